@@ -1,0 +1,14 @@
+// Every kvcore operator schema, in one place. Implementations register per
+// backend in csrc/ops/*; fake (meta) implementations live in python/kvcore/_fake.py.
+#include <torch/library.h>
+
+TORCH_LIBRARY(kvcore, m) {
+  // Bit-packs x [..., T, D] into b-bit codes [..., T, D*bits/8] (uint8) with
+  // per-group (scale, min) in x's dtype. axis="token": groups of group_size
+  // channels per token; axis="channel": groups of group_size tokens per channel.
+  m.def("quantize_kv(Tensor x, int bits, int group_size, str axis) -> (Tensor, Tensor, Tensor)");
+  // Inverse of quantize_kv; returns [..., T, D] in `dtype` (default: scale's dtype).
+  m.def(
+      "dequantize_kv(Tensor codes, Tensor scale, Tensor mn, int bits, int group_size, str axis, "
+      "ScalarType? dtype=None) -> Tensor");
+}

@@ -1,0 +1,32 @@
+"""kvcore: compressed KV caches for LLM inference, with fused CPU/CUDA kernels.
+
+Importing kvcore loads the native operators (``torch.ops.kvcore.*``) and their
+fake implementations; it patches nothing.
+"""
+import torch  # noqa: F401  (loads libtorch before the extension)
+
+from . import _C  # registers torch.ops.kvcore.*
+from . import _fake  # noqa: F401  (fake tensors for torch.compile / meta)
+from . import ops
+from .ops import dequantize_kv, quantize_kv
+
+__version__ = "0.1.0"
+
+
+def build_info() -> dict:
+    """What this kvcore binary was compiled with.
+
+    Returns a dict with ``version``, ``cpu`` (always True), ``cuda`` (CUDA kernels
+    linked in), ``cuda_archs``, ``cuda_version``, ``torch_version`` (the torch the
+    extension was built against) and ``compiler``.
+
+    Example::
+
+        >>> import kvcore
+        >>> kvcore.build_info()["cuda"]
+        False
+    """
+    return dict(_C.build_info())
+
+
+__all__ = ["ops", "quantize_kv", "dequantize_kv", "build_info", "__version__"]

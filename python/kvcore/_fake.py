@@ -1,0 +1,24 @@
+"""Fake (meta) implementations of every kvcore op, so torch.compile and
+FakeTensor tracing know output shapes without running a kernel."""
+import torch
+
+from ._schema import quantized_shapes
+
+
+@torch.library.register_fake("kvcore::quantize_kv")
+def _quantize_kv_fake(x, bits, group_size, axis):
+    torch._check(x.dim() >= 2, lambda: "kvcore.quantize_kv: x must have shape [..., T, D]")
+    torch._check(bits in (2, 4, 8), lambda: f"kvcore.quantize_kv: bits must be 2, 4 or 8, got {bits}")
+    torch._check(group_size in (32, 64, 128), lambda: f"kvcore.quantize_kv: group_size must be 32, 64 or 128, got {group_size}")
+    torch._check(axis in ("token", "channel"), lambda: f"kvcore.quantize_kv: axis must be \"token\" or \"channel\", got {axis!r}")
+    codes_shape, meta_shape = quantized_shapes(x.shape, bits, group_size, axis)
+    codes = x.new_empty(codes_shape, dtype=torch.uint8)
+    return codes, x.new_empty(meta_shape), x.new_empty(meta_shape)
+
+
+@torch.library.register_fake("kvcore::dequantize_kv")
+def _dequantize_kv_fake(codes, scale, mn, bits, group_size, axis, dtype=None):
+    torch._check(codes.dim() >= 2, lambda: "kvcore.dequantize_kv: codes must have shape [..., T, D*bits/8]")
+    torch._check(bits in (2, 4, 8), lambda: f"kvcore.dequantize_kv: bits must be 2, 4 or 8, got {bits}")
+    shape = (*codes.shape[:-1], codes.shape[-1] * 8 // bits)
+    return scale.new_empty(shape, dtype=dtype if dtype is not None else scale.dtype)
