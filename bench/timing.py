@@ -1,0 +1,39 @@
+"""Shared timing for the Python benchmarks: CUDA events around each launch, an L2
+flush before each timed launch, warm-up, median; plus the copy-bandwidth ceiling."""
+import statistics
+
+import torch
+
+
+class Timer:
+    def __init__(self, device="cuda"):
+        l2 = torch.cuda.get_device_properties(device).L2_cache_size
+        self.flush = torch.empty(max(l2, 1 << 20) * 4, dtype=torch.uint8, device=device)
+
+    def median_ms(self, fn, warmup=3, iters=20):
+        for _ in range(warmup):
+            fn()
+        torch.cuda.synchronize()
+        times = []
+        for i in range(iters):
+            self.flush.fill_(i & 0xFF)
+            start, stop = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            start.record()
+            fn()
+            stop.record()
+            stop.synchronize()
+            times.append(start.elapsed_time(stop))
+        return statistics.median(times)
+
+    def copy_gbs(self, nbytes):
+        """Device-to-device copy bandwidth (bytes read + written) for nbytes."""
+        a = torch.ones(nbytes, dtype=torch.uint8, device="cuda")
+        b = torch.empty_like(a)
+        ms = self.median_ms(lambda: b.copy_(a))
+        return 2 * nbytes / (ms * 1e-3) / 1e9
+
+
+def gpu_header():
+    p = torch.cuda.get_device_properties(0)
+    return {"gpu": p.name, "sms": p.multi_processor_count, "l2_mb": p.L2_cache_size / 2**20,
+            "torch": torch.__version__, "cuda": torch.version.cuda}

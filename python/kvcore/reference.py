@@ -1,0 +1,100 @@
+"""Pure-PyTorch oracles for the kvcore ops (tests only; slow, written for clarity).
+
+They implement the format of docs/FORMAT.md independently of the C++ code, with
+the same signatures as ``kvcore.ops``.
+"""
+import torch
+
+_INT_VIEW = {torch.float16: torch.int16, torch.bfloat16: torch.int16, torch.float32: torch.int32}
+
+
+def _step(t: torch.Tensor, up: bool) -> torch.Tensor:
+    """Next representable value of a finite tensor toward +inf (up) or -inf."""
+    iv = t.view(_INT_VIEW[t.dtype])
+    nbits = iv.element_size() * 8
+    sign_bit = -(1 << (nbits - 1))  # the sign bit as a signed integer
+    neg = iv < 0
+    is_neg_zero = iv == sign_bit
+    if up:
+        out = torch.where(neg, iv - 1, iv + 1)  # magnitude shrinks if negative
+        out = torch.where(is_neg_zero, torch.ones_like(iv), out)
+    else:
+        out = torch.where(neg, iv + 1, iv - 1)
+        out = torch.where(iv == 0, torch.full_like(iv, sign_bit | 1), out)
+        out = torch.where(is_neg_zero, torch.full_like(iv, sign_bit | 1), out)
+    return out.view(t.dtype)
+
+
+def group_params(lo: torch.Tensor, hi: torch.Tensor, bits: int, dtype: torch.dtype):
+    """Stored (scale, mn) for groups with float32 range [lo, hi]; NaN where poisoned."""
+    qmax = float(2**bits - 1)
+    poisoned = torch.isinf(lo) | torch.isinf(hi) | torch.isnan(lo) | torch.isnan(hi)
+    lo = torch.where(poisoned, torch.zeros_like(lo), lo)
+    hi = torch.where(poisoned, torch.zeros_like(hi), hi)
+    m = lo.to(dtype)
+    m = torch.where(m.float() > lo, _step(m, up=False), m)
+    mf = m.float()
+    s = ((hi - mf) / qmax).to(dtype)
+    for _ in range(4):
+        s = torch.where(s.float() * qmax + mf < hi, _step(s, up=True), s)
+    nan = torch.full_like(s, float("nan"))
+    return torch.where(poisoned, nan, s), torch.where(poisoned, nan, m)
+
+
+def _pack(codes: torch.Tensor, bits: int) -> torch.Tensor:
+    """codes [..., D] int64 in [0, 2^bits) -> [..., D*bits/8] uint8 (FORMAT.md layout)."""
+    per_word = 32 // bits
+    *lead, D = codes.shape
+    c = codes.reshape(*lead, D // per_word, per_word)
+    j = torch.arange(per_word)
+    offset = (j % 2) * 16 + (j // 2) * bits
+    words = (c << offset).sum(-1)  # disjoint bits: sum == or
+    b = torch.stack([(words >> (8 * k)) & 0xFF for k in range(4)], dim=-1)
+    return b.reshape(*lead, D * bits // 8).to(torch.uint8)
+
+
+def _unpack(packed: torch.Tensor, bits: int) -> torch.Tensor:
+    per_word = 32 // bits
+    *lead, nbytes = packed.shape
+    b = packed.to(torch.int64).reshape(*lead, nbytes // 4, 4)
+    words = b[..., 0] | (b[..., 1] << 8) | (b[..., 2] << 16) | (b[..., 3] << 24)
+    j = torch.arange(per_word)
+    offset = (j % 2) * 16 + (j // 2) * bits
+    codes = (words.unsqueeze(-1) >> offset) & (2**bits - 1)
+    return codes.reshape(*lead, nbytes * 8 // bits)
+
+
+def _grouped(x: torch.Tensor, group_size: int, axis: str) -> torch.Tensor:
+    """View x [..., T, D] as [..., ngroups..., group_size] with the group last."""
+    *lead, T, D = x.shape
+    if axis == "token":
+        return x.reshape(*lead, T, D // group_size, group_size)
+    return x.reshape(*lead, T // group_size, group_size, D).transpose(-1, -2)
+
+
+def _ungrouped(g: torch.Tensor, shape, group_size: int, axis: str) -> torch.Tensor:
+    if axis == "token":
+        return g.reshape(shape)
+    return g.transpose(-1, -2).reshape(shape)
+
+
+def quantize_kv(x: torch.Tensor, bits: int, group_size: int, axis: str):
+    g = _grouped(x.float(), group_size, axis)
+    finite = torch.isfinite(g).all(-1)
+    lo = torch.where(finite, torch.nan_to_num(g, posinf=0.0, neginf=0.0, nan=0.0).amin(-1), float("-inf"))
+    hi = torch.where(finite, torch.nan_to_num(g, posinf=0.0, neginf=0.0, nan=0.0).amax(-1), float("inf"))
+    scale, mn = group_params(lo, hi, bits, x.dtype)
+    sf, mf = scale.float().unsqueeze(-1), mn.float().unsqueeze(-1)
+    inv = torch.where(sf > 0, 1.0 / sf, torch.zeros_like(sf))
+    q = torch.round((g - mf) * inv)  # round half to even, like rint
+    q = torch.nan_to_num(q, nan=0.0).clamp(0, 2**bits - 1).to(torch.int64)
+    codes = _pack(_ungrouped(q, x.shape, group_size, axis), bits)
+    return codes, scale, mn
+
+
+def dequantize_kv(codes, scale, mn, bits, group_size, axis, dtype=None):
+    c = _unpack(codes, bits).float()
+    shape = c.shape
+    g = _grouped(c, group_size, axis)
+    out = g * scale.float().unsqueeze(-1) + mn.float().unsqueeze(-1)
+    return _ungrouped(out, shape, group_size, axis).to(dtype or scale.dtype)
