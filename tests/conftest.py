@@ -22,10 +22,16 @@ def _seed():
 
 
 def bits_equal(a: torch.Tensor, b: torch.Tensor) -> bool:
-    """Bitwise equality (NaN payloads included) of two same-dtype tensors."""
+    """Bitwise equality of two same-dtype tensors (signed zeros distinguished).
+    NaNs must sit at the same places; their payloads are not part of the format."""
     if a.shape != b.shape or a.dtype != b.dtype:
         return False
+    a, b = a.cpu(), b.cpu()
     if a.dtype.is_floating_point:
+        if not torch.equal(torch.isnan(a), torch.isnan(b)):
+            return False
+        a = torch.where(torch.isnan(a), torch.zeros_like(a), a)
+        b = torch.where(torch.isnan(b), torch.zeros_like(b), b)
         iv = {2: torch.int16, 4: torch.int32, 8: torch.int64}[a.element_size()]
-        return torch.equal(a.cpu().view(iv), b.cpu().view(iv))
-    return torch.equal(a.cpu(), b.cpu())
+        return torch.equal(a.view(iv), b.view(iv))
+    return torch.equal(a, b)

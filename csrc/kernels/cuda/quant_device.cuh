@@ -1,0 +1,106 @@
+// Device helpers for the quantize/dequantize kernels: vector loads of 8 elements,
+// range accumulation, a fast encode and decode that round exactly like
+// quant_format.h's encode_code / decode_code (so codes match the CPU bit for bit).
+#pragma once
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+#include "kvcore/quant_format.h"
+
+namespace kvcore {
+namespace dev {
+
+template <int KIND>
+using Bits = typename Storage<KIND>::bits_t;
+
+constexpr float kMagic = 8388608.0f;  // 2^23: v + 2^23 rounds v in [0, 2^22) to an integer, ties to even
+
+// Loads 8 consecutive elements at element index e (16-byte aligned) as floats.
+template <int KIND>
+__device__ __forceinline__ void load8(const void* base, int64_t e, float (&v)[8]) {
+  if constexpr (KIND == 0) {
+    const float4* p = reinterpret_cast<const float4*>(static_cast<const float*>(base) + e);
+    const float4 a = __ldcs(p), b = __ldcs(p + 1);
+    v[0] = a.x; v[1] = a.y; v[2] = a.z; v[3] = a.w;
+    v[4] = b.x; v[5] = b.y; v[6] = b.z; v[7] = b.w;
+  } else {
+    const uint4 u = __ldcs(reinterpret_cast<const uint4*>(static_cast<const uint16_t*>(base) + e));
+    const uint32_t w[4] = {u.x, u.y, u.z, u.w};
+#pragma unroll
+    for (int i = 0; i < 4; ++i) {
+      if constexpr (KIND == 2) {
+        v[2 * i] = __uint_as_float(w[i] << 16);
+        v[2 * i + 1] = __uint_as_float(w[i] & 0xFFFF0000u);
+      } else {
+        const float2 f = __half22float2(*reinterpret_cast<const __half2*>(&w[i]));
+        v[2 * i] = f.x;
+        v[2 * i + 1] = f.y;
+      }
+    }
+  }
+}
+
+// Packs two floats into one 32-bit word of the 16-bit storage type (round to nearest even).
+template <int KIND>
+__device__ __forceinline__ uint32_t pack2(float a, float b) {
+  if constexpr (KIND == 1) {
+    const __half2 h = __floats2half2_rn(a, b);
+    return *reinterpret_cast<const uint32_t*>(&h);
+  } else {
+    const __nv_bfloat162 h = __floats2bfloat162_rn(a, b);
+    return *reinterpret_cast<const uint32_t*>(&h);
+  }
+}
+
+template <int KIND>
+__device__ __forceinline__ void store8(void* base, int64_t e, const float (&v)[8]) {
+  if constexpr (KIND == 0) {
+    float4* p = reinterpret_cast<float4*>(static_cast<float*>(base) + e);
+    __stcs(p, make_float4(v[0], v[1], v[2], v[3]));
+    __stcs(p + 1, make_float4(v[4], v[5], v[6], v[7]));
+  } else {
+    __stcs(reinterpret_cast<uint4*>(static_cast<uint16_t*>(base) + e),
+           make_uint4(pack2<KIND>(v[0], v[1]), pack2<KIND>(v[2], v[3]), pack2<KIND>(v[4], v[5]),
+                      pack2<KIND>(v[6], v[7])));
+  }
+}
+
+// Range of a group with a NaN/Inf flag: `poison` stays 0 for finite data and
+// becomes NaN once any x is NaN or +-inf (x * 0 is NaN exactly then).
+struct Range {
+  float lo = INFINITY, hi = -INFINITY, poison = 0.0f;
+  __device__ __forceinline__ void add(float x) {
+    lo = fminf(lo, x);
+    hi = fmaxf(hi, x);
+    poison = __fmaf_rn(x, 0.0f, poison);
+  }
+  __device__ __forceinline__ void merge(float l, float h, float p) {
+    lo = fminf(lo, l);
+    hi = fmaxf(hi, h);
+    poison += p;
+  }
+  __device__ __forceinline__ void shfl_merge(int lane_mask) {
+    merge(__shfl_xor_sync(0xffffffffu, lo, lane_mask), __shfl_xor_sync(0xffffffffu, hi, lane_mask),
+          __shfl_xor_sync(0xffffffffu, poison, lane_mask));
+  }
+  // Range in the convention of choose_group_params (poisoned -> (-inf, inf)).
+  __device__ __forceinline__ float final_lo() const { return poison == 0.0f ? lo : -INFINITY; }
+  __device__ __forceinline__ float final_hi() const { return poison == 0.0f ? hi : INFINITY; }
+};
+
+// Same code as encode_code(x, inv, mn, bits) for every input, in fewer instructions:
+// clamp before rounding (equivalent: the bounds are integers) and round with 2^23.
+// Returns the code in the low bits of the result (higher bits are garbage-free: 0x4B000000 is masked).
+template <int BITS>
+__device__ __forceinline__ uint32_t encode_fast(float x, float inv, float mn) {
+  constexpr float qmax = (float)((1 << BITS) - 1);
+  const float v = fminf(fmaxf(__fmul_rn(x - mn, inv), 0.0f), qmax);  // fmaxf maps NaN to 0
+  return __float_as_uint(__fadd_rn(v, kMagic)) & ((1u << BITS) - 1u);
+}
+
+// float(code) via the 2^23 trick (cheaper than an int-to-float conversion).
+__device__ __forceinline__ float code_to_float(uint32_t code) {
+  return __fsub_rn(__uint_as_float(0x4B000000u | code), kMagic);
+}
+
+}  // namespace dev
+}  // namespace kvcore
