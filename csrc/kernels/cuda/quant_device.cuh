@@ -39,6 +39,27 @@ __device__ __forceinline__ void load8(const void* base, int64_t e, float (&v)[8]
   }
 }
 
+// Raw 16-byte vectors of 8 elements (16-bit types) kept in registers, and their floats.
+template <int KIND>
+__device__ __forceinline__ uint4 load_raw(const void* base, int64_t e) {
+  return __ldcs(reinterpret_cast<const uint4*>(static_cast<const uint16_t*>(base) + e));
+}
+template <int KIND>
+__device__ __forceinline__ void unpack8(const uint4& u, float (&v)[8]) {
+  const uint32_t w[4] = {u.x, u.y, u.z, u.w};
+#pragma unroll
+  for (int i = 0; i < 4; ++i) {
+    if constexpr (KIND == 2) {
+      v[2 * i] = __uint_as_float(w[i] << 16);
+      v[2 * i + 1] = __uint_as_float(w[i] & 0xFFFF0000u);
+    } else {
+      const float2 f = __half22float2(*reinterpret_cast<const __half2*>(&w[i]));
+      v[2 * i] = f.x;
+      v[2 * i + 1] = f.y;
+    }
+  }
+}
+
 // Packs two floats into one 32-bit word of the 16-bit storage type (round to nearest even).
 template <int KIND>
 __device__ __forceinline__ uint32_t pack2(float a, float b) {

@@ -4,6 +4,7 @@
 // over 32 elements where the grouping allows. Codes match the CPU bit for bit.
 #include "../quantize_kv.h"
 #include "quant_device.cuh"
+#include <type_traits>
 
 namespace kvcore {
 namespace {
@@ -41,38 +42,52 @@ __device__ __forceinline__ void store_chunk_shfl(uint32_t* out, int64_t chunk, u
   }
 }
 
+// Stores the codes of 32 consecutive channels (4 chunks, encoded by encode_chunk)
+// at quad index q: 2 bits -> 8 bytes, 4 bits -> 16 bytes, 8 bits -> 32 bytes.
+template <int BITS>
+__device__ __forceinline__ void store_quad(uint8_t* codes, int64_t q, const uint32_t (&w)[4][2]) {
+  if constexpr (BITS == 2) {
+    __stcs(reinterpret_cast<uint2*>(codes) + q, make_uint2(w[0][0] | w[1][0], w[2][0] | w[3][0]));
+  } else if constexpr (BITS == 4) {
+    __stcs(reinterpret_cast<uint4*>(codes) + q, make_uint4(w[0][0], w[1][0], w[2][0], w[3][0]));
+  } else {
+    uint4* o = reinterpret_cast<uint4*>(codes) + 2 * q;
+    __stcs(o, make_uint4(w[0][0], w[0][1], w[1][0], w[1][1]));
+    __stcs(o + 1, make_uint4(w[2][0], w[2][1], w[3][0], w[3][1]));
+  }
+}
+
 // ---- axis = token --------------------------------------------------------------------
-// A group of G channels = G/8 chunks, handled by L = G/32 lanes with 4 chunks each
-// (lane l takes chunks l, l+L, l+2L, l+3L of its group, so a warp's loads stay contiguous).
+// Each lane owns a "quad" of 32 consecutive channels of one token (four 16-byte loads);
+// a group of G channels is G/32 neighbouring lanes that reduce their range by shuffles.
 template <int KIND, int BITS, int G>
-__global__ void __launch_bounds__(256) quantize_token_kernel(QuantizeArgs a, int64_t ngroups) {
-  constexpr int TPG = G / 8, U = 4, L = TPG / U;
-  const int64_t tid = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
-  const int64_t group = tid / L;
-  const int l = (int)(tid % L);
-  const bool valid = group < ngroups;
-  float v[U][8];
-  Range r;
+__global__ void __launch_bounds__(256) quantize_token_kernel(QuantizeArgs a, int64_t nquads) {
+  constexpr int L = G / 32;
+  const int64_t q = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
+  const bool valid = q < nquads;  // nquads is a multiple of L: groups are all-valid or all-invalid
+  float v[4][8];
 #pragma unroll
-  for (int k = 0; k < U; ++k) {
+  for (int k = 0; k < 4; ++k) {
     if (valid) {
-      dev::load8<KIND>(a.x, (group * TPG + k * L + l) * 8, v[k]);
+      dev::load8<KIND>(a.x, q * 32 + k * 8, v[k]);
     } else {
 #pragma unroll
       for (int j = 0; j < 8; ++j) v[k][j] = 0.0f;
     }
   }
+  Range r;
 #pragma unroll
-  for (int k = 0; k < U; ++k)
+  for (int k = 0; k < 4; ++k)
 #pragma unroll
     for (int j = 0; j < 8; ++j) r.add(v[k][j]);
 #pragma unroll
   for (int m = 1; m < L; m <<= 1) r.shfl_merge(m);
   Bits<KIND> sb, mb;
   choose_group_params<KIND>(r.final_lo(), r.final_hi(), BITS, &sb, &mb);
-  if (valid && l == 0) {
-    static_cast<Bits<KIND>*>(a.scale)[group] = sb;
-    static_cast<Bits<KIND>*>(a.mn)[group] = mb;
+  if (!valid) return;
+  if (q % L == 0) {
+    static_cast<Bits<KIND>*>(a.scale)[q / L] = sb;
+    static_cast<Bits<KIND>*>(a.mn)[q / L] = mb;
   }
   float inv[8], mn[8];
   {
@@ -80,143 +95,184 @@ __global__ void __launch_bounds__(256) quantize_token_kernel(QuantizeArgs a, int
 #pragma unroll
     for (int j = 0; j < 8; ++j) { inv[j] = iv; mn[j] = m; }
   }
-  uint32_t w[U][2];
+  uint32_t w[4][2];
 #pragma unroll
-  for (int k = 0; k < U; ++k) encode_chunk<BITS>(v[k], inv, mn, L == 1 ? (k & 1) : (l & 1), w[k]);
-  uint32_t* out = reinterpret_cast<uint32_t*>(a.codes);
-  if constexpr (L == 1) {
-    // One lane owns the whole group: its 4 chunks are contiguous, store them at once.
-    if (!valid) return;
-    if constexpr (BITS == 2) {
-      __stcs(reinterpret_cast<uint2*>(out) + group, make_uint2(w[0][0] | w[1][0], w[2][0] | w[3][0]));
-    } else if constexpr (BITS == 4) {
-      __stcs(reinterpret_cast<uint4*>(out) + group, make_uint4(w[0][0], w[1][0], w[2][0], w[3][0]));
-    } else {
-      uint4* o = reinterpret_cast<uint4*>(out) + 2 * group;
-      __stcs(o, make_uint4(w[0][0], w[0][1], w[1][0], w[1][1]));
-      __stcs(o + 1, make_uint4(w[2][0], w[2][1], w[3][0], w[3][1]));
-    }
-  } else {
-#pragma unroll
-    for (int k = 0; k < U; ++k) store_chunk_shfl<BITS>(out, group * TPG + k * L + l, w[k], valid);
-  }
+  for (int k = 0; k < 4; ++k) encode_chunk<BITS>(v[k], inv, mn, (k & 1) != 0, w[k]);
+  store_quad<BITS>(a.codes, q, w);
 }
 
 // ---- axis = channel -----------------------------------------------------------------
-// A block owns G tokens x 8*CX channels: threadIdx.x = chunk, threadIdx.y = one of 16
-// row lanes holding G/16 rows in registers between the range pass and the encode pass.
-constexpr int kRowLanes = 16;
-constexpr int kMaxChunks = 32;
+// One warp owns G tokens x a slab of CW chunks (8*CW channels). Lane = c + CW*y:
+// c picks the chunk, y one of RL row lanes that each hold G/RL rows in registers
+// between the range pass and the encode pass. Ranges are combined with a butterfly
+// reduce-scatter, after which row lane y owns channel y%8 of its chunk: it picks that
+// channel's (scale, min) and broadcasts them back. No shared memory, no block barrier.
+template <int KIND>
+struct ChannelTile {
+  static constexpr int CW = KIND == 0 ? 2 : 4;  // 64 contiguous bytes of a row per warp row
+  static constexpr int RL = 32 / CW;
+};
+
+template <int HALF, int CW>
+__device__ __forceinline__ void reduce_scatter_step(float* lo, float* hi, int y) {
+  const bool upper = (y & HALF) != 0;
+#pragma unroll
+  for (int i = 0; i < HALF; ++i) {
+    const float send_lo = upper ? lo[i] : lo[i + HALF], keep_lo = upper ? lo[i + HALF] : lo[i];
+    const float send_hi = upper ? hi[i] : hi[i + HALF], keep_hi = upper ? hi[i + HALF] : hi[i];
+    lo[i] = fminf(keep_lo, __shfl_xor_sync(0xffffffffu, send_lo, HALF * CW));
+    hi[i] = fmaxf(keep_hi, __shfl_xor_sync(0xffffffffu, send_hi, HALF * CW));
+  }
+}
 
 template <int KIND, int BITS, int G>
-__global__ void __launch_bounds__(512) quantize_channel_kernel(QuantizeArgs a) {
-  constexpr int RPT = G / kRowLanes;
-  __shared__ float s_lo[kRowLanes][kMaxChunks * 8];
-  __shared__ float s_hi[kRowLanes][kMaxChunks * 8];
-  __shared__ float s_inv[kMaxChunks * 8], s_mn[kMaxChunks * 8];
-  const int64_t D = a.D, nchunk = D / 8;
-  const int tx = threadIdx.x, ty = threadIdx.y;
-  const int64_t chunk = (int64_t)blockIdx.y * blockDim.x + tx;
+__global__ void __launch_bounds__(256) quantize_channel_kernel(QuantizeArgs a, int64_t nwarps) {
+  constexpr int CW = ChannelTile<KIND>::CW, RL = ChannelTile<KIND>::RL, RPT = G / RL;
+  const int64_t warp = ((int64_t)blockIdx.x * blockDim.x + threadIdx.x) >> 5;
+  if (warp >= nwarps) return;  // whole warps only
+  const int lane = threadIdx.x & 31, c = lane % CW, y = lane / CW;
+  const int64_t D = a.D, nchunk = D / 8, nslab = (nchunk + CW - 1) / CW;
+  const int64_t block = warp / nslab, chunk = (warp % nslab) * CW + c;
   const bool valid = chunk < nchunk;
-  const int64_t block = blockIdx.x;  // token block over all [outer*T] rows
-  const int64_t row0 = block * G;
+  const int64_t row0 = block * G + y;
 
-  float v[RPT][8];
+  // Rows stay in registers: raw 16-byte vectors for 16-bit types, floats for fp32.
+  using Raw = typename std::conditional<KIND == 0, float[8], uint4>::type;
+  Raw raw[RPT];
 #pragma unroll
   for (int r = 0; r < RPT; ++r) {
-    if (valid) {
-      dev::load8<KIND>(a.x, (row0 + ty + r * kRowLanes) * D + chunk * 8, v[r]);
+    const int64_t e = (row0 + r * RL) * D + chunk * 8;
+    if constexpr (KIND == 0) {
+      if (valid) dev::load8<0>(a.x, e, raw[r]);
+      else
+#pragma unroll
+        for (int j = 0; j < 8; ++j) raw[r][j] = 0.0f;
     } else {
-#pragma unroll
-      for (int j = 0; j < 8; ++j) v[r][j] = 0.0f;
+      raw[r] = valid ? dev::load_raw<KIND>(a.x, e) : make_uint4(0, 0, 0, 0);
     }
   }
+  auto row_floats = [&](int r, float (&v)[8]) {
+    if constexpr (KIND == 0) {
 #pragma unroll
-  for (int j = 0; j < 8; ++j) {
-    Range rg;
-#pragma unroll
-    for (int r = 0; r < RPT; ++r) rg.add(v[r][j]);
-    s_lo[ty][tx * 8 + j] = rg.final_lo();
-    s_hi[ty][tx * 8 + j] = rg.final_hi();
-  }
-  __syncthreads();
-  if (ty < 8) {  // 8 row lanes finish the 8 channels of each chunk in parallel
-    const int c = tx * 8 + ty;
-    float lo = s_lo[0][c], hi = s_hi[0][c];
-#pragma unroll
-    for (int y = 1; y < kRowLanes; ++y) { lo = fminf(lo, s_lo[y][c]); hi = fmaxf(hi, s_hi[y][c]); }
-    Bits<KIND> sb, mb;
-    choose_group_params<KIND>(lo, hi, BITS, &sb, &mb);
-    if (valid) {
-      static_cast<Bits<KIND>*>(a.scale)[block * D + chunk * 8 + ty] = sb;
-      static_cast<Bits<KIND>*>(a.mn)[block * D + chunk * 8 + ty] = mb;
+      for (int j = 0; j < 8; ++j) v[j] = raw[r][j];
+    } else {
+      dev::unpack8<KIND>(raw[r], v);
     }
-    s_inv[c] = inv_scale(Storage<KIND>::load(sb));
-    s_mn[c] = Storage<KIND>::load(mb);
+  };
+  Range rg[8];
+#pragma unroll
+  for (int r = 0; r < RPT; ++r) {
+    float v[8];
+    row_floats(r, v);
+#pragma unroll
+    for (int j = 0; j < 8; ++j) rg[j].add(v[j]);
   }
-  __syncthreads();
+  float lo[8], hi[8];
+#pragma unroll
+  for (int j = 0; j < 8; ++j) { lo[j] = rg[j].final_lo(); hi[j] = rg[j].final_hi(); }
+  if constexpr (RL == 16) {  // fold the upper 8 row lanes first (plain reduce)
+#pragma unroll
+    for (int j = 0; j < 8; ++j) {
+      lo[j] = fminf(lo[j], __shfl_xor_sync(0xffffffffu, lo[j], 8 * CW));
+      hi[j] = fmaxf(hi[j], __shfl_xor_sync(0xffffffffu, hi[j], 8 * CW));
+    }
+  }
+  reduce_scatter_step<4, CW>(lo, hi, y);
+  reduce_scatter_step<2, CW>(lo, hi, y);
+  reduce_scatter_step<1, CW>(lo, hi, y);
+  const int my_ch = y & 7;  // this lane now holds the full range of channel my_ch of its chunk
+  Bits<KIND> sb, mb;
+  choose_group_params<KIND>(lo[0], hi[0], BITS, &sb, &mb);
+  if (valid && y < 8) {
+    static_cast<Bits<KIND>*>(a.scale)[block * D + chunk * 8 + my_ch] = sb;
+    static_cast<Bits<KIND>*>(a.mn)[block * D + chunk * 8 + my_ch] = mb;
+  }
+  const float my_inv = inv_scale(Storage<KIND>::load(sb)), my_mn = Storage<KIND>::load(mb);
   float inv[8], mn[8];
 #pragma unroll
-  for (int j = 0; j < 8; ++j) { inv[j] = s_inv[tx * 8 + j]; mn[j] = s_mn[tx * 8 + j]; }
+  for (int j = 0; j < 8; ++j) {
+    inv[j] = __shfl_sync(0xffffffffu, my_inv, c + CW * j);
+    mn[j] = __shfl_sync(0xffffffffu, my_mn, c + CW * j);
+  }
   uint32_t* out = reinterpret_cast<uint32_t*>(a.codes);
 #pragma unroll
   for (int r = 0; r < RPT; ++r) {
-    const int64_t ch = (row0 + ty + r * kRowLanes) * nchunk + chunk;
+    float v[8];
+    row_floats(r, v);
+    const int64_t ch = (row0 + r * RL) * nchunk + chunk;
     uint32_t w[2];
-    encode_chunk<BITS>(v[r], inv, mn, (ch & 1) != 0, w);
+    encode_chunk<BITS>(v, inv, mn, (ch & 1) != 0, w);
     store_chunk_shfl<BITS>(out, ch, w, valid);
   }
 }
 
 // ---- dequantize ---------------------------------------------------------------------
-// Codes of 16 consecutive channels (a chunk pair) starting at chunk pair p.
-template <int BITS>
-__device__ __forceinline__ void load_pair_codes(const uint8_t* codes, int64_t p, uint32_t (&c)[16]) {
-  if constexpr (BITS == 2) {
-    const uint32_t w = __ldcs(reinterpret_cast<const unsigned int*>(codes) + p);
-#pragma unroll
-    for (int j = 0; j < 16; ++j) c[j] = (w >> code_bit_offset(j, 2)) & 0x3u;
-  } else if constexpr (BITS == 4) {
-    const uint2 w = __ldcs(reinterpret_cast<const uint2*>(codes) + p);
-#pragma unroll
-    for (int j = 0; j < 8; ++j) {
-      c[j] = (w.x >> code_bit_offset(j, 4)) & 0xFu;
-      c[j + 8] = (w.y >> code_bit_offset(j, 4)) & 0xFu;
-    }
+// Codes of N consecutive channels (N = 16 or 32) starting at channel N*i of the codes.
+template <int BITS, int N>
+__device__ __forceinline__ void load_codes(const uint8_t* codes, int64_t i, uint32_t (&c)[N]) {
+  constexpr int WORDS = N * BITS / 32, PER = 32 / BITS;
+  uint32_t w[WORDS];
+  if constexpr (WORDS == 1) {
+    w[0] = __ldcs(reinterpret_cast<const unsigned int*>(codes) + i);
+  } else if constexpr (WORDS == 2) {
+    const uint2 t = __ldcs(reinterpret_cast<const uint2*>(codes) + i);
+    w[0] = t.x; w[1] = t.y;
   } else {
-    const uint4 w = __ldcs(reinterpret_cast<const uint4*>(codes) + p);
-    const uint32_t ws[4] = {w.x, w.y, w.z, w.w};
 #pragma unroll
-    for (int j = 0; j < 16; ++j) c[j] = (ws[j / 4] >> code_bit_offset(j % 4, 8)) & 0xFFu;
+    for (int k = 0; k < WORDS / 4; ++k) {
+      const uint4 t = __ldcs(reinterpret_cast<const uint4*>(codes) + i * (WORDS / 4) + k);
+      w[4 * k] = t.x; w[4 * k + 1] = t.y; w[4 * k + 2] = t.z; w[4 * k + 3] = t.w;
+    }
+  }
+#pragma unroll
+  for (int j = 0; j < N; ++j) c[j] = (w[j / PER] >> code_bit_offset(j % PER, BITS)) & ((1u << BITS) - 1u);
+}
+
+// 16 consecutive metadata values (16-byte aligned) as floats.
+template <int MK>
+__device__ __forceinline__ void load_meta16(const void* base, int64_t e, float (&v)[16]) {
+  float a[8], b[8];
+  if constexpr (MK == 0) {
+    const float4* p = reinterpret_cast<const float4*>(static_cast<const float*>(base) + e);
+    const float4 t0 = __ldg(p), t1 = __ldg(p + 1), t2 = __ldg(p + 2), t3 = __ldg(p + 3);
+    a[0] = t0.x; a[1] = t0.y; a[2] = t0.z; a[3] = t0.w; a[4] = t1.x; a[5] = t1.y; a[6] = t1.z; a[7] = t1.w;
+    b[0] = t2.x; b[1] = t2.y; b[2] = t2.z; b[3] = t2.w; b[4] = t3.x; b[5] = t3.y; b[6] = t3.z; b[7] = t3.w;
+  } else {
+    const uint4* p = reinterpret_cast<const uint4*>(static_cast<const uint16_t*>(base) + e);
+    dev::unpack8<MK>(__ldg(p), a);
+    dev::unpack8<MK>(__ldg(p + 1), b);
+  }
+#pragma unroll
+  for (int j = 0; j < 8; ++j) { v[j] = a[j]; v[j + 8] = b[j]; }
+}
+
+template <int OK, int N>
+__device__ __forceinline__ void decode_store(void* out, int64_t e, const uint32_t (&c)[N], const float* s,
+                                             const float* m) {
+#pragma unroll
+  for (int k = 0; k < N / 8; ++k) {
+    float v[8];
+#pragma unroll
+    for (int j = 0; j < 8; ++j)
+      v[j] = __fadd_rn(__fmul_rn(dev::code_to_float(c[8 * k + j]), s[8 * k + j]), m[8 * k + j]);
+    dev::store8<OK>(out, e + 8 * k, v);
   }
 }
 
-template <int OK>
-__device__ __forceinline__ void decode_store_pair(void* out, int64_t p, const uint32_t (&c)[16],
-                                                  const float* s, const float* m) {
-  float v0[8], v1[8];
-#pragma unroll
-  for (int j = 0; j < 8; ++j) {
-    v0[j] = __fadd_rn(__fmul_rn(dev::code_to_float(c[j]), s[j]), m[j]);
-    v1[j] = __fadd_rn(__fmul_rn(dev::code_to_float(c[j + 8]), s[j + 8]), m[j + 8]);
-  }
-  dev::store8<OK>(out, p * 16, v0);
-  dev::store8<OK>(out, p * 16 + 8, v1);
-}
-
+// One thread: 32 consecutive channels of one token (one group: groups hold >= 32).
 template <int MK, int OK, int BITS>
-__global__ void __launch_bounds__(256) dequantize_token_kernel(DequantizeArgs a, int64_t npairs) {
-  const int64_t p = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
-  if (p >= npairs) return;
-  const int64_t gi = p * 16 / a.group;  // groups hold >= 32 channels: one group per pair
+__global__ void __launch_bounds__(256) dequantize_token_kernel(DequantizeArgs a, int64_t nquads) {
+  const int64_t q = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
+  if (q >= nquads) return;
+  const int64_t gi = q * 32 / a.group;
   const float s = Storage<MK>::load(__ldg(static_cast<const Bits<MK>*>(a.scale) + gi));
   const float m = Storage<MK>::load(__ldg(static_cast<const Bits<MK>*>(a.mn) + gi));
-  float ss[16], ms[16];
+  float ss[32], ms[32];
 #pragma unroll
-  for (int j = 0; j < 16; ++j) { ss[j] = s; ms[j] = m; }
-  uint32_t c[16];
-  load_pair_codes<BITS>(a.codes, p, c);
-  decode_store_pair<OK>(a.out, p, c, ss, ms);
+  for (int j = 0; j < 32; ++j) { ss[j] = s; ms[j] = m; }
+  uint32_t c[32];
+  load_codes<BITS, 32>(a.codes, q, c);
+  decode_store<OK, 32>(a.out, q * 32, c, ss, ms);
 }
 
 // One thread: 16 channels over 8 consecutive rows of one token block, so the
@@ -229,40 +285,36 @@ __global__ void __launch_bounds__(256) dequantize_channel_kernel(DequantizeArgs 
   const int64_t pair = item % npair, row0 = (item / npair) * 8;
   const int64_t mi = (row0 / a.group) * a.D + pair * 16;
   float s[16], m[16];
-#pragma unroll
-  for (int j = 0; j < 16; ++j) {
-    s[j] = Storage<MK>::load(__ldg(static_cast<const Bits<MK>*>(a.scale) + mi + j));
-    m[j] = Storage<MK>::load(__ldg(static_cast<const Bits<MK>*>(a.mn) + mi + j));
-  }
-#pragma unroll 2
+  load_meta16<MK>(a.scale, mi, s);
+  load_meta16<MK>(a.mn, mi, m);
+#pragma unroll 4
   for (int r = 0; r < 8; ++r) {
     const int64_t p = (row0 + r) * npair + pair;
     uint32_t c[16];
-    load_pair_codes<BITS>(a.codes, p, c);
-    decode_store_pair<OK>(a.out, p, c, s, m);
+    load_codes<BITS, 16>(a.codes, p, c);
+    decode_store<OK, 16>(a.out, p * 16, c, s, m);
   }
 }
 
 template <int KIND, int BITS>
 cudaError_t launch_quantize(const QuantizeArgs& a, cudaStream_t st) {
   if (a.axis == Axis::Token) {
-    const int64_t ngroups = a.outer * a.T * (a.D / a.group);
-    const int64_t lanes = ngroups * (a.group / 32);
-    const unsigned grid = (unsigned)((lanes + 255) / 256);
+    const int64_t nquads = a.outer * a.T * (a.D / 32);
+    const unsigned grid = (unsigned)((nquads + 255) / 256);
     switch (a.group) {
-      case 32: quantize_token_kernel<KIND, BITS, 32><<<grid, 256, 0, st>>>(a, ngroups); break;
-      case 64: quantize_token_kernel<KIND, BITS, 64><<<grid, 256, 0, st>>>(a, ngroups); break;
-      default: quantize_token_kernel<KIND, BITS, 128><<<grid, 256, 0, st>>>(a, ngroups); break;
+      case 32: quantize_token_kernel<KIND, BITS, 32><<<grid, 256, 0, st>>>(a, nquads); break;
+      case 64: quantize_token_kernel<KIND, BITS, 64><<<grid, 256, 0, st>>>(a, nquads); break;
+      default: quantize_token_kernel<KIND, BITS, 128><<<grid, 256, 0, st>>>(a, nquads); break;
     }
   } else {
-    const int64_t nchunk = a.D / 8;
-    const int cx = (int)(nchunk < kMaxChunks ? nchunk : kMaxChunks);
-    const dim3 block(cx, kRowLanes);
-    const dim3 grid((unsigned)(a.outer * a.T / a.group), (unsigned)((nchunk + cx - 1) / cx));
+    constexpr int CW = ChannelTile<KIND>::CW;
+    const int64_t nslab = (a.D / 8 + CW - 1) / CW;
+    const int64_t nwarps = a.outer * (a.T / a.group) * nslab;
+    const unsigned grid = (unsigned)((nwarps + 7) / 8);
     switch (a.group) {
-      case 32: quantize_channel_kernel<KIND, BITS, 32><<<grid, block, 0, st>>>(a); break;
-      case 64: quantize_channel_kernel<KIND, BITS, 64><<<grid, block, 0, st>>>(a); break;
-      default: quantize_channel_kernel<KIND, BITS, 128><<<grid, block, 0, st>>>(a); break;
+      case 32: quantize_channel_kernel<KIND, BITS, 32><<<grid, 256, 0, st>>>(a, nwarps); break;
+      case 64: quantize_channel_kernel<KIND, BITS, 64><<<grid, 256, 0, st>>>(a, nwarps); break;
+      default: quantize_channel_kernel<KIND, BITS, 128><<<grid, 256, 0, st>>>(a, nwarps); break;
     }
   }
   return cudaGetLastError();
@@ -271,7 +323,7 @@ cudaError_t launch_quantize(const QuantizeArgs& a, cudaStream_t st) {
 template <int MK, int OK>
 cudaError_t launch_dequantize_bits(const DequantizeArgs& a, cudaStream_t st) {
   const bool tok = a.axis == Axis::Token;
-  const int64_t n = tok ? a.outer * a.T * (a.D / 16) : a.outer * (a.T / 8) * (a.D / 16);
+  const int64_t n = tok ? a.outer * a.T * (a.D / 32) : a.outer * (a.T / 8) * (a.D / 16);
   const unsigned grid = (unsigned)((n + 255) / 256);
 #define KV_DQ(B)                                                           \
   if (tok) dequantize_token_kernel<MK, OK, B><<<grid, 256, 0, st>>>(a, n); \
