@@ -34,11 +34,11 @@ template <int BITS>
 __device__ __forceinline__ void store_chunk_shfl(uint32_t* out, int64_t chunk, uint32_t (&w)[2], bool valid) {
   if constexpr (BITS == 2) {
     w[0] |= __shfl_xor_sync(0xffffffffu, w[0], 1);
-    if (valid && (chunk & 1) == 0) __stcs(out + chunk / 2, w[0]);
+    if (valid && (chunk & 1) == 0) out[chunk / 2] = w[0];
   } else if constexpr (BITS == 4) {
-    if (valid) __stcs(out + chunk, w[0]);
+    if (valid) out[chunk] = w[0];
   } else {
-    if (valid) __stcs(reinterpret_cast<uint2*>(out) + chunk, make_uint2(w[0], w[1]));
+    if (valid) reinterpret_cast<uint2*>(out)[chunk] = make_uint2(w[0], w[1]);
   }
 }
 
@@ -125,30 +125,41 @@ __device__ __forceinline__ void reduce_scatter_step(float* lo, float* hi, int y)
   }
 }
 
+template <int KIND, int G>
+struct ChannelWork {
+  static constexpr int RPT = G / ChannelTile<KIND>::RL;  // rows per lane per token block
+  static constexpr int BPW = RPT >= 8 ? 1 : 8 / RPT;     // token blocks per warp: >= 8 rows in flight
+};
+
 template <int KIND, int BITS, int G>
-__global__ void __launch_bounds__(256) quantize_channel_kernel(QuantizeArgs a, int64_t nwarps) {
-  constexpr int CW = ChannelTile<KIND>::CW, RL = ChannelTile<KIND>::RL, RPT = G / RL;
+__global__ void __launch_bounds__(256) quantize_channel_kernel(QuantizeArgs a, int64_t nwarps, int64_t nblocks) {
+  constexpr int CW = ChannelTile<KIND>::CW, RL = ChannelTile<KIND>::RL;
+  constexpr int RPT = ChannelWork<KIND, G>::RPT, BPW = ChannelWork<KIND, G>::BPW;
   const int64_t warp = ((int64_t)blockIdx.x * blockDim.x + threadIdx.x) >> 5;
   if (warp >= nwarps) return;  // whole warps only
   const int lane = threadIdx.x & 31, c = lane % CW, y = lane / CW;
   const int64_t D = a.D, nchunk = D / 8, nslab = (nchunk + CW - 1) / CW;
-  const int64_t block = warp / nslab, chunk = (warp % nslab) * CW + c;
+  const int64_t block0 = (warp / nslab) * BPW, chunk = (warp % nslab) * CW + c;
   const bool valid = chunk < nchunk;
-  const int64_t row0 = block * G + y;
 
-  // Rows stay in registers: raw 16-byte vectors for 16-bit types, floats for fp32.
+  // All rows of the warp's token blocks are loaded first (raw 16-byte vectors for
+  // 16-bit types, floats for fp32) and stay in registers until they are encoded.
   using Raw = typename std::conditional<KIND == 0, float[8], uint4>::type;
-  Raw raw[RPT];
+  Raw raw[BPW * RPT];
 #pragma unroll
-  for (int r = 0; r < RPT; ++r) {
-    const int64_t e = (row0 + r * RL) * D + chunk * 8;
-    if constexpr (KIND == 0) {
-      if (valid) dev::load8<0>(a.x, e, raw[r]);
-      else
+  for (int i = 0; i < BPW; ++i) {
+    const bool ok = valid && block0 + i < nblocks;
 #pragma unroll
-        for (int j = 0; j < 8; ++j) raw[r][j] = 0.0f;
-    } else {
-      raw[r] = valid ? dev::load_raw<KIND>(a.x, e) : make_uint4(0, 0, 0, 0);
+    for (int r = 0; r < RPT; ++r) {
+      const int64_t e = ((block0 + i) * G + y + r * RL) * D + chunk * 8;
+      if constexpr (KIND == 0) {
+        if (ok) dev::load8<0>(a.x, e, raw[i * RPT + r]);
+        else
+#pragma unroll
+          for (int j = 0; j < 8; ++j) raw[i * RPT + r][j] = 0.0f;
+      } else {
+        raw[i * RPT + r] = ok ? dev::load_raw<KIND>(a.x, e) : make_uint4(0, 0, 0, 0);
+      }
     }
   }
   auto row_floats = [&](int r, float (&v)[8]) {
@@ -159,140 +170,152 @@ __global__ void __launch_bounds__(256) quantize_channel_kernel(QuantizeArgs a, i
       dev::unpack8<KIND>(raw[r], v);
     }
   };
-  Range rg[8];
-#pragma unroll
-  for (int r = 0; r < RPT; ++r) {
-    float v[8];
-    row_floats(r, v);
-#pragma unroll
-    for (int j = 0; j < 8; ++j) rg[j].add(v[j]);
-  }
-  float lo[8], hi[8];
-#pragma unroll
-  for (int j = 0; j < 8; ++j) { lo[j] = rg[j].final_lo(); hi[j] = rg[j].final_hi(); }
-  if constexpr (RL == 16) {  // fold the upper 8 row lanes first (plain reduce)
-#pragma unroll
-    for (int j = 0; j < 8; ++j) {
-      lo[j] = fminf(lo[j], __shfl_xor_sync(0xffffffffu, lo[j], 8 * CW));
-      hi[j] = fmaxf(hi[j], __shfl_xor_sync(0xffffffffu, hi[j], 8 * CW));
-    }
-  }
-  reduce_scatter_step<4, CW>(lo, hi, y);
-  reduce_scatter_step<2, CW>(lo, hi, y);
-  reduce_scatter_step<1, CW>(lo, hi, y);
-  const int my_ch = y & 7;  // this lane now holds the full range of channel my_ch of its chunk
-  Bits<KIND> sb, mb;
-  choose_group_params<KIND>(lo[0], hi[0], BITS, &sb, &mb);
-  if (valid && y < 8) {
-    static_cast<Bits<KIND>*>(a.scale)[block * D + chunk * 8 + my_ch] = sb;
-    static_cast<Bits<KIND>*>(a.mn)[block * D + chunk * 8 + my_ch] = mb;
-  }
-  const float my_inv = inv_scale(Storage<KIND>::load(sb)), my_mn = Storage<KIND>::load(mb);
-  float inv[8], mn[8];
-#pragma unroll
-  for (int j = 0; j < 8; ++j) {
-    inv[j] = __shfl_sync(0xffffffffu, my_inv, c + CW * j);
-    mn[j] = __shfl_sync(0xffffffffu, my_mn, c + CW * j);
-  }
   uint32_t* out = reinterpret_cast<uint32_t*>(a.codes);
 #pragma unroll
-  for (int r = 0; r < RPT; ++r) {
-    float v[8];
-    row_floats(r, v);
-    const int64_t ch = (row0 + r * RL) * nchunk + chunk;
-    uint32_t w[2];
-    encode_chunk<BITS>(v, inv, mn, (ch & 1) != 0, w);
-    store_chunk_shfl<BITS>(out, ch, w, valid);
+  for (int i = 0; i < BPW; ++i) {
+    const int64_t block = block0 + i;
+    if (block >= nblocks) break;  // uniform across the warp
+    Range rg[8];
+#pragma unroll
+    for (int r = 0; r < RPT; ++r) {
+      float v[8];
+      row_floats(i * RPT + r, v);
+#pragma unroll
+      for (int j = 0; j < 8; ++j) rg[j].add(v[j]);
+    }
+    float lo[8], hi[8];
+#pragma unroll
+    for (int j = 0; j < 8; ++j) { lo[j] = rg[j].final_lo(); hi[j] = rg[j].final_hi(); }
+    if constexpr (RL == 16) {  // fold the upper 8 row lanes first (plain reduce)
+#pragma unroll
+      for (int j = 0; j < 8; ++j) {
+        lo[j] = fminf(lo[j], __shfl_xor_sync(0xffffffffu, lo[j], 8 * CW));
+        hi[j] = fmaxf(hi[j], __shfl_xor_sync(0xffffffffu, hi[j], 8 * CW));
+      }
+    }
+    reduce_scatter_step<4, CW>(lo, hi, y);
+    reduce_scatter_step<2, CW>(lo, hi, y);
+    reduce_scatter_step<1, CW>(lo, hi, y);
+    const int my_ch = y & 7;  // this lane now holds the full range of channel my_ch of its chunk
+    Bits<KIND> sb, mb;
+    choose_group_params<KIND>(lo[0], hi[0], BITS, &sb, &mb);
+    if (valid && y < 8) {
+      static_cast<Bits<KIND>*>(a.scale)[block * D + chunk * 8 + my_ch] = sb;
+      static_cast<Bits<KIND>*>(a.mn)[block * D + chunk * 8 + my_ch] = mb;
+    }
+    const float my_inv = inv_scale(Storage<KIND>::load(sb)), my_mn = Storage<KIND>::load(mb);
+    float inv[8], mn[8];
+#pragma unroll
+    for (int j = 0; j < 8; ++j) {
+      inv[j] = __shfl_sync(0xffffffffu, my_inv, c + CW * j);
+      mn[j] = __shfl_sync(0xffffffffu, my_mn, c + CW * j);
+    }
+#pragma unroll
+    for (int r = 0; r < RPT; ++r) {
+      float v[8];
+      row_floats(i * RPT + r, v);
+      const int64_t ch = (block * G + y + r * RL) * nchunk + chunk;
+      uint32_t w[2];
+      encode_chunk<BITS>(v, inv, mn, (ch & 1) != 0, w);
+      store_chunk_shfl<BITS>(out, ch, w, valid);
+    }
   }
 }
 
 // ---- dequantize ---------------------------------------------------------------------
-// Codes of N consecutive channels (N = 16 or 32) starting at channel N*i of the codes.
-template <int BITS, int N>
-__device__ __forceinline__ void load_codes(const uint8_t* codes, int64_t i, uint32_t (&c)[N]) {
-  constexpr int WORDS = N * BITS / 32, PER = 32 / BITS;
-  uint32_t w[WORDS];
-  if constexpr (WORDS == 1) {
-    w[0] = __ldcs(reinterpret_cast<const unsigned int*>(codes) + i);
-  } else if constexpr (WORDS == 2) {
-    const uint2 t = __ldcs(reinterpret_cast<const uint2*>(codes) + i);
-    w[0] = t.x; w[1] = t.y;
-  } else {
+// Codes of one 8-channel chunk (for 2 bits, half of a word shared with the neighbour chunk).
+template <int BITS>
+__device__ __forceinline__ void load_chunk_codes(const uint8_t* codes, int64_t chunk, uint32_t (&c)[8]) {
+  if constexpr (BITS == 2) {
+    const uint32_t w = __ldg(reinterpret_cast<const unsigned int*>(codes) + chunk / 2);
+    const int base = (int)(chunk & 1) * 8;
 #pragma unroll
-    for (int k = 0; k < WORDS / 4; ++k) {
-      const uint4 t = __ldcs(reinterpret_cast<const uint4*>(codes) + i * (WORDS / 4) + k);
-      w[4 * k] = t.x; w[4 * k + 1] = t.y; w[4 * k + 2] = t.z; w[4 * k + 3] = t.w;
+    for (int j = 0; j < 8; ++j) c[j] = (w >> code_bit_offset(base + j, 2)) & 0x3u;
+  } else if constexpr (BITS == 4) {
+    const uint32_t w = __ldcs(reinterpret_cast<const unsigned int*>(codes) + chunk);
+#pragma unroll
+    for (int j = 0; j < 8; ++j) c[j] = (w >> code_bit_offset(j, 4)) & 0xFu;
+  } else {
+    const uint2 w = __ldcs(reinterpret_cast<const uint2*>(codes) + chunk);
+#pragma unroll
+    for (int j = 0; j < 4; ++j) {
+      c[j] = (w.x >> code_bit_offset(j, 8)) & 0xFFu;
+      c[j + 4] = (w.y >> code_bit_offset(j, 8)) & 0xFFu;
+    }
+  }
+}
+
+// 8 consecutive metadata values (16-byte aligned for 16-bit types, 32 for fp32) as floats.
+template <int MK>
+__device__ __forceinline__ void load_meta8(const void* base, int64_t e, float (&v)[8]) {
+  if constexpr (MK == 0) {
+    const float4* p = reinterpret_cast<const float4*>(static_cast<const float*>(base) + e);
+    const float4 t0 = __ldg(p), t1 = __ldg(p + 1);
+    v[0] = t0.x; v[1] = t0.y; v[2] = t0.z; v[3] = t0.w; v[4] = t1.x; v[5] = t1.y; v[6] = t1.z; v[7] = t1.w;
+  } else {
+    dev::unpack8<MK>(__ldg(reinterpret_cast<const uint4*>(static_cast<const uint16_t*>(base) + e)), v);
+  }
+}
+
+template <int OK>
+__device__ __forceinline__ void decode_store_chunk(void* out, int64_t chunk, const uint32_t (&c)[8],
+                                                   const float* s, const float* m) {
+  float v[8];
+#pragma unroll
+  for (int j = 0; j < 8; ++j) v[j] = __fadd_rn(__fmul_rn(dev::code_to_float(c[j]), s[j]), m[j]);
+  dev::store8<OK>(out, chunk * 8, v);
+}
+
+constexpr int kDqThreads = 256, kDqPerThread = 4;
+
+// One thread: 4 chunks spaced a block apart, so every load and store instruction
+// of a warp covers consecutive chunks. All loads are issued before any store.
+template <int MK, int OK, int BITS>
+__global__ void __launch_bounds__(kDqThreads) dequantize_token_kernel(DequantizeArgs a, int64_t nchunks) {
+  const int64_t base = (int64_t)blockIdx.x * (kDqThreads * kDqPerThread) + threadIdx.x;
+  const int64_t cpg = a.group / 8;
+  uint32_t c[kDqPerThread][8];
+  float s[kDqPerThread], m[kDqPerThread];
+#pragma unroll
+  for (int k = 0; k < kDqPerThread; ++k) {
+    const int64_t chunk = base + k * kDqThreads;
+    if (chunk < nchunks) {
+      load_chunk_codes<BITS>(a.codes, chunk, c[k]);
+      s[k] = Storage<MK>::load(__ldg(static_cast<const Bits<MK>*>(a.scale) + chunk / cpg));
+      m[k] = Storage<MK>::load(__ldg(static_cast<const Bits<MK>*>(a.mn) + chunk / cpg));
     }
   }
 #pragma unroll
-  for (int j = 0; j < N; ++j) c[j] = (w[j / PER] >> code_bit_offset(j % PER, BITS)) & ((1u << BITS) - 1u);
-}
-
-// 16 consecutive metadata values (16-byte aligned) as floats.
-template <int MK>
-__device__ __forceinline__ void load_meta16(const void* base, int64_t e, float (&v)[16]) {
-  float a[8], b[8];
-  if constexpr (MK == 0) {
-    const float4* p = reinterpret_cast<const float4*>(static_cast<const float*>(base) + e);
-    const float4 t0 = __ldg(p), t1 = __ldg(p + 1), t2 = __ldg(p + 2), t3 = __ldg(p + 3);
-    a[0] = t0.x; a[1] = t0.y; a[2] = t0.z; a[3] = t0.w; a[4] = t1.x; a[5] = t1.y; a[6] = t1.z; a[7] = t1.w;
-    b[0] = t2.x; b[1] = t2.y; b[2] = t2.z; b[3] = t2.w; b[4] = t3.x; b[5] = t3.y; b[6] = t3.z; b[7] = t3.w;
-  } else {
-    const uint4* p = reinterpret_cast<const uint4*>(static_cast<const uint16_t*>(base) + e);
-    dev::unpack8<MK>(__ldg(p), a);
-    dev::unpack8<MK>(__ldg(p + 1), b);
-  }
+  for (int k = 0; k < kDqPerThread; ++k) {
+    const int64_t chunk = base + k * kDqThreads;
+    if (chunk < nchunks) {
+      float ss[8], ms[8];
 #pragma unroll
-  for (int j = 0; j < 8; ++j) { v[j] = a[j]; v[j + 8] = b[j]; }
-}
-
-template <int OK, int N>
-__device__ __forceinline__ void decode_store(void* out, int64_t e, const uint32_t (&c)[N], const float* s,
-                                             const float* m) {
-#pragma unroll
-  for (int k = 0; k < N / 8; ++k) {
-    float v[8];
-#pragma unroll
-    for (int j = 0; j < 8; ++j)
-      v[j] = __fadd_rn(__fmul_rn(dev::code_to_float(c[8 * k + j]), s[8 * k + j]), m[8 * k + j]);
-    dev::store8<OK>(out, e + 8 * k, v);
+      for (int j = 0; j < 8; ++j) { ss[j] = s[k]; ms[j] = m[k]; }
+      decode_store_chunk<OK>(a.out, chunk, c[k], ss, ms);
+    }
   }
 }
 
-// One thread: 32 consecutive channels of one token (one group: groups hold >= 32).
+// One thread: one chunk over the 8 rows of a row group (per-channel metadata read
+// once); consecutive threads take consecutive chunks, so each row's stores coalesce.
 template <int MK, int OK, int BITS>
-__global__ void __launch_bounds__(256) dequantize_token_kernel(DequantizeArgs a, int64_t nquads) {
-  const int64_t q = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
-  if (q >= nquads) return;
-  const int64_t gi = q * 32 / a.group;
-  const float s = Storage<MK>::load(__ldg(static_cast<const Bits<MK>*>(a.scale) + gi));
-  const float m = Storage<MK>::load(__ldg(static_cast<const Bits<MK>*>(a.mn) + gi));
-  float ss[32], ms[32];
-#pragma unroll
-  for (int j = 0; j < 32; ++j) { ss[j] = s; ms[j] = m; }
-  uint32_t c[32];
-  load_codes<BITS, 32>(a.codes, q, c);
-  decode_store<OK, 32>(a.out, q * 32, c, ss, ms);
-}
-
-// One thread: 16 channels over 8 consecutive rows of one token block, so the
-// per-channel metadata is read once per 8 rows.
-template <int MK, int OK, int BITS>
-__global__ void __launch_bounds__(256) dequantize_channel_kernel(DequantizeArgs a, int64_t nitems) {
+__global__ void __launch_bounds__(kDqThreads) dequantize_channel_kernel(DequantizeArgs a, int64_t nitems) {
   const int64_t item = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
   if (item >= nitems) return;
-  const int64_t npair = a.D / 16;
-  const int64_t pair = item % npair, row0 = (item / npair) * 8;
-  const int64_t mi = (row0 / a.group) * a.D + pair * 16;
-  float s[16], m[16];
-  load_meta16<MK>(a.scale, mi, s);
-  load_meta16<MK>(a.mn, mi, m);
-#pragma unroll 4
-  for (int r = 0; r < 8; ++r) {
-    const int64_t p = (row0 + r) * npair + pair;
-    uint32_t c[16];
-    load_codes<BITS, 16>(a.codes, p, c);
-    decode_store<OK, 16>(a.out, p * 16, c, s, m);
+  const int64_t nchunk = a.D / 8;
+  const int64_t chunk = item % nchunk, row0 = (item / nchunk) * 8;
+  const int64_t mi = (row0 / a.group) * a.D + chunk * 8;
+  float s[8], m[8];
+  load_meta8<MK>(a.scale, mi, s);
+  load_meta8<MK>(a.mn, mi, m);
+#pragma unroll
+  for (int half = 0; half < 2; ++half) {
+    uint32_t c[4][8];
+#pragma unroll
+    for (int r = 0; r < 4; ++r) load_chunk_codes<BITS>(a.codes, (row0 + half * 4 + r) * nchunk + chunk, c[r]);
+#pragma unroll
+    for (int r = 0; r < 4; ++r) decode_store_chunk<OK>(a.out, (row0 + half * 4 + r) * nchunk + chunk, c[r], s, m);
   }
 }
 
@@ -309,12 +332,15 @@ cudaError_t launch_quantize(const QuantizeArgs& a, cudaStream_t st) {
   } else {
     constexpr int CW = ChannelTile<KIND>::CW;
     const int64_t nslab = (a.D / 8 + CW - 1) / CW;
-    const int64_t nwarps = a.outer * (a.T / a.group) * nslab;
-    const unsigned grid = (unsigned)((nwarps + 7) / 8);
+    const int64_t nblocks = a.outer * (a.T / a.group);
+    auto launch = [&](auto kernel, int bpw) {
+      const int64_t nwarps = (nblocks + bpw - 1) / bpw * nslab;
+      kernel<<<(unsigned)((nwarps + 7) / 8), 256, 0, st>>>(a, nwarps, nblocks);
+    };
     switch (a.group) {
-      case 32: quantize_channel_kernel<KIND, BITS, 32><<<grid, 256, 0, st>>>(a, nwarps); break;
-      case 64: quantize_channel_kernel<KIND, BITS, 64><<<grid, 256, 0, st>>>(a, nwarps); break;
-      default: quantize_channel_kernel<KIND, BITS, 128><<<grid, 256, 0, st>>>(a, nwarps); break;
+      case 32: launch(quantize_channel_kernel<KIND, BITS, 32>, ChannelWork<KIND, 32>::BPW); break;
+      case 64: launch(quantize_channel_kernel<KIND, BITS, 64>, ChannelWork<KIND, 64>::BPW); break;
+      default: launch(quantize_channel_kernel<KIND, BITS, 128>, ChannelWork<KIND, 128>::BPW); break;
     }
   }
   return cudaGetLastError();
@@ -323,11 +349,12 @@ cudaError_t launch_quantize(const QuantizeArgs& a, cudaStream_t st) {
 template <int MK, int OK>
 cudaError_t launch_dequantize_bits(const DequantizeArgs& a, cudaStream_t st) {
   const bool tok = a.axis == Axis::Token;
-  const int64_t n = tok ? a.outer * a.T * (a.D / 32) : a.outer * (a.T / 8) * (a.D / 16);
-  const unsigned grid = (unsigned)((n + 255) / 256);
+  const int64_t n = tok ? a.outer * a.T * (a.D / 8) : a.outer * (a.T / 8) * (a.D / 8);
+  const int64_t per_block = tok ? kDqThreads * kDqPerThread : kDqThreads;
+  const unsigned grid = (unsigned)((n + per_block - 1) / per_block);
 #define KV_DQ(B)                                                           \
-  if (tok) dequantize_token_kernel<MK, OK, B><<<grid, 256, 0, st>>>(a, n); \
-  else dequantize_channel_kernel<MK, OK, B><<<grid, 256, 0, st>>>(a, n);
+  if (tok) dequantize_token_kernel<MK, OK, B><<<grid, kDqThreads, 0, st>>>(a, n); \
+  else dequantize_channel_kernel<MK, OK, B><<<grid, kDqThreads, 0, st>>>(a, n);
   switch (a.bits) {
     case 2: KV_DQ(2) break;
     case 4: KV_DQ(4) break;
