@@ -266,7 +266,7 @@ __device__ __forceinline__ void decode_store_chunk(void* out, int64_t chunk, con
   dev::store8<OK>(out, chunk * 8, v);
 }
 
-constexpr int kDqThreads = 256, kDqPerThread = 4;
+constexpr int kDqThreads = 256, kDqPerThread = 8;
 
 // One thread: 4 chunks spaced a block apart, so every load and store instruction
 // of a warp covers consecutive chunks. All loads are issued before any store.
