@@ -131,16 +131,27 @@ struct ChannelWork {
   static constexpr int BPW = RPT >= 8 ? 1 : 8 / RPT;     // token blocks per warp: >= 8 rows in flight
 };
 
-template <int KIND, int BITS, int G>
+// STAGE: a CUDA block holds every slab of its token blocks (nslab * ngroups warps), its
+// warps write codes into shared memory, and the block then stores whole rows with
+// 16-byte vectors. (Direct stores would write 8-32 byte pieces per row and slab:
+// partial 32-byte sectors, which cost HBM read-modify-writes.) Used when D is small
+// enough for all slabs to fit one block; otherwise codes are stored directly.
+template <int KIND, int BITS, int G, bool STAGE>
 __global__ void __launch_bounds__(256) quantize_channel_kernel(QuantizeArgs a, int64_t nwarps, int64_t nblocks) {
   constexpr int CW = ChannelTile<KIND>::CW, RL = ChannelTile<KIND>::RL;
   constexpr int RPT = ChannelWork<KIND, G>::RPT, BPW = ChannelWork<KIND, G>::BPW;
+  extern __shared__ uint4 stage_smem[];
   const int64_t warp = ((int64_t)blockIdx.x * blockDim.x + threadIdx.x) >> 5;
-  if (warp >= nwarps) return;  // whole warps only
+  if (!STAGE && warp >= nwarps) return;  // whole warps only (STAGE grids hold no spare warps)
   const int lane = threadIdx.x & 31, c = lane % CW, y = lane / CW;
   const int64_t D = a.D, nchunk = D / 8, nslab = (nchunk + CW - 1) / CW;
   const int64_t block0 = (warp / nslab) * BPW, chunk = (warp % nslab) * CW + c;
   const bool valid = chunk < nchunk;
+  const int64_t row_bytes = D * BITS / 8;
+  // Staged codes of this warp's token-block group: [BPW*G rows][row_bytes].
+  const int group_in_block = (int)((threadIdx.x >> 5) / nslab);
+  uint32_t* stage = reinterpret_cast<uint32_t*>(
+      reinterpret_cast<uint8_t*>(stage_smem) + (int64_t)group_in_block * BPW * G * row_bytes);
 
   // All rows of the warp's token blocks are loaded first (raw 16-byte vectors for
   // 16-bit types, floats for fp32) and stay in registers until they are encoded.
@@ -217,32 +228,55 @@ __global__ void __launch_bounds__(256) quantize_channel_kernel(QuantizeArgs a, i
       const int64_t ch = (block * G + y + r * RL) * nchunk + chunk;
       uint32_t w[2];
       encode_chunk<BITS>(v, inv, mn, (ch & 1) != 0, w);
-      store_chunk_shfl<BITS>(out, ch, w, valid);
+      if constexpr (STAGE) {
+        const int64_t local = (i * G + y + r * RL) * nchunk + chunk;  // chunk index within the stage
+        store_chunk_shfl<BITS>(stage, local, w, valid);
+      } else {
+        store_chunk_shfl<BITS>(out, ch, w, valid);
+      }
     }
+  }
+  if constexpr (STAGE) {
+    __syncthreads();
+    // Every token block of the CUDA block is a contiguous run of rows in the codes.
+    const int64_t ngroups_here = blockDim.x / 32 / nslab;
+    const int64_t first_block = (int64_t)blockIdx.x * ngroups_here * BPW;
+    const int64_t valid_blocks = min((int64_t)ngroups_here * BPW, nblocks - first_block);
+    const int64_t vecs = valid_blocks * G * row_bytes / 16;
+    uint4* dst = reinterpret_cast<uint4*>(a.codes + first_block * G * row_bytes);
+    for (int64_t v = threadIdx.x; v < vecs; v += blockDim.x) __stcs(dst + v, stage_smem[v]);
   }
 }
 
 // ---- dequantize ---------------------------------------------------------------------
-// Codes of one 8-channel chunk (for 2 bits, half of a word shared with the neighbour chunk).
+// The packed words holding one 8-channel chunk's codes: 1 word for 2 bits (shared
+// with the neighbour chunk), 1 for 4 bits, 2 for 8 bits. Kept raw to save registers.
 template <int BITS>
-__device__ __forceinline__ void load_chunk_codes(const uint8_t* codes, int64_t chunk, uint32_t (&c)[8]) {
+struct ChunkWords {
+  uint32_t w[BITS == 8 ? 2 : 1];
+};
+
+template <int BITS>
+__device__ __forceinline__ ChunkWords<BITS> load_chunk_words(const uint8_t* codes, int64_t chunk) {
+  ChunkWords<BITS> cw;
   if constexpr (BITS == 2) {
-    const uint32_t w = __ldg(reinterpret_cast<const unsigned int*>(codes) + chunk / 2);
-    const int base = (int)(chunk & 1) * 8;
-#pragma unroll
-    for (int j = 0; j < 8; ++j) c[j] = (w >> code_bit_offset(base + j, 2)) & 0x3u;
+    cw.w[0] = __ldg(reinterpret_cast<const unsigned int*>(codes) + chunk / 2);
   } else if constexpr (BITS == 4) {
-    const uint32_t w = __ldcs(reinterpret_cast<const unsigned int*>(codes) + chunk);
-#pragma unroll
-    for (int j = 0; j < 8; ++j) c[j] = (w >> code_bit_offset(j, 4)) & 0xFu;
+    cw.w[0] = __ldcs(reinterpret_cast<const unsigned int*>(codes) + chunk);
   } else {
-    const uint2 w = __ldcs(reinterpret_cast<const uint2*>(codes) + chunk);
-#pragma unroll
-    for (int j = 0; j < 4; ++j) {
-      c[j] = (w.x >> code_bit_offset(j, 8)) & 0xFFu;
-      c[j + 4] = (w.y >> code_bit_offset(j, 8)) & 0xFFu;
-    }
+    const uint2 t = __ldcs(reinterpret_cast<const uint2*>(codes) + chunk);
+    cw.w[0] = t.x;
+    cw.w[1] = t.y;
   }
+  return cw;
+}
+
+// Code of channel j (0..7) of the chunk; `odd` = second chunk of a 2-bit word.
+template <int BITS>
+__device__ __forceinline__ uint32_t chunk_code(const ChunkWords<BITS>& cw, int j, bool odd) {
+  if constexpr (BITS == 2) return (cw.w[0] >> code_bit_offset(j + (odd ? 8 : 0), 2)) & 0x3u;
+  else if constexpr (BITS == 4) return (cw.w[0] >> code_bit_offset(j, 4)) & 0xFu;
+  else return (cw.w[j / 4] >> code_bit_offset(j % 4, 8)) & 0xFFu;
 }
 
 // 8 consecutive metadata values (16-byte aligned for 16-bit types, 32 for fp32) as floats.
@@ -257,16 +291,18 @@ __device__ __forceinline__ void load_meta8(const void* base, int64_t e, float (&
   }
 }
 
-template <int OK>
-__device__ __forceinline__ void decode_store_chunk(void* out, int64_t chunk, const uint32_t (&c)[8],
-                                                   const float* s, const float* m) {
+template <int OK, int BITS, typename ScaleAt, typename MinAt>
+__device__ __forceinline__ void decode_store_chunk(void* out, int64_t chunk, const ChunkWords<BITS>& cw,
+                                                   ScaleAt s, MinAt m) {
+  const bool odd = (chunk & 1) != 0;
   float v[8];
 #pragma unroll
-  for (int j = 0; j < 8; ++j) v[j] = __fadd_rn(__fmul_rn(dev::code_to_float(c[j]), s[j]), m[j]);
+  for (int j = 0; j < 8; ++j)
+    v[j] = __fadd_rn(__fmul_rn(dev::code_to_float(chunk_code<BITS>(cw, j, odd)), s(j)), m(j));
   dev::store8<OK>(out, chunk * 8, v);
 }
 
-constexpr int kDqThreads = 256, kDqPerThread = 8;
+constexpr int kDqThreads = 256, kDqPerThread = 4;
 
 // One thread: 4 chunks spaced a block apart, so every load and store instruction
 // of a warp covers consecutive chunks. All loads are issued before any store.
@@ -274,13 +310,13 @@ template <int MK, int OK, int BITS>
 __global__ void __launch_bounds__(kDqThreads) dequantize_token_kernel(DequantizeArgs a, int64_t nchunks) {
   const int64_t base = (int64_t)blockIdx.x * (kDqThreads * kDqPerThread) + threadIdx.x;
   const int64_t cpg = a.group / 8;
-  uint32_t c[kDqPerThread][8];
+  ChunkWords<BITS> cw[kDqPerThread];
   float s[kDqPerThread], m[kDqPerThread];
 #pragma unroll
   for (int k = 0; k < kDqPerThread; ++k) {
     const int64_t chunk = base + k * kDqThreads;
     if (chunk < nchunks) {
-      load_chunk_codes<BITS>(a.codes, chunk, c[k]);
+      cw[k] = load_chunk_words<BITS>(a.codes, chunk);
       s[k] = Storage<MK>::load(__ldg(static_cast<const Bits<MK>*>(a.scale) + chunk / cpg));
       m[k] = Storage<MK>::load(__ldg(static_cast<const Bits<MK>*>(a.mn) + chunk / cpg));
     }
@@ -288,12 +324,8 @@ __global__ void __launch_bounds__(kDqThreads) dequantize_token_kernel(Dequantize
 #pragma unroll
   for (int k = 0; k < kDqPerThread; ++k) {
     const int64_t chunk = base + k * kDqThreads;
-    if (chunk < nchunks) {
-      float ss[8], ms[8];
-#pragma unroll
-      for (int j = 0; j < 8; ++j) { ss[j] = s[k]; ms[j] = m[k]; }
-      decode_store_chunk<OK>(a.out, chunk, c[k], ss, ms);
-    }
+    if (chunk < nchunks)
+      decode_store_chunk<OK, BITS>(a.out, chunk, cw[k], [&](int) { return s[k]; }, [&](int) { return m[k]; });
   }
 }
 
@@ -309,14 +341,13 @@ __global__ void __launch_bounds__(kDqThreads) dequantize_channel_kernel(Dequanti
   float s[8], m[8];
   load_meta8<MK>(a.scale, mi, s);
   load_meta8<MK>(a.mn, mi, m);
+  ChunkWords<BITS> cw[8];
 #pragma unroll
-  for (int half = 0; half < 2; ++half) {
-    uint32_t c[4][8];
+  for (int r = 0; r < 8; ++r) cw[r] = load_chunk_words<BITS>(a.codes, (row0 + r) * nchunk + chunk);
 #pragma unroll
-    for (int r = 0; r < 4; ++r) load_chunk_codes<BITS>(a.codes, (row0 + half * 4 + r) * nchunk + chunk, c[r]);
-#pragma unroll
-    for (int r = 0; r < 4; ++r) decode_store_chunk<OK>(a.out, (row0 + half * 4 + r) * nchunk + chunk, c[r], s, m);
-  }
+  for (int r = 0; r < 8; ++r)
+    decode_store_chunk<OK, BITS>(a.out, (row0 + r) * nchunk + chunk, cw[r], [&](int j) { return s[j]; },
+                                 [&](int j) { return m[j]; });
 }
 
 template <int KIND, int BITS>
@@ -333,15 +364,30 @@ cudaError_t launch_quantize(const QuantizeArgs& a, cudaStream_t st) {
     constexpr int CW = ChannelTile<KIND>::CW;
     const int64_t nslab = (a.D / 8 + CW - 1) / CW;
     const int64_t nblocks = a.outer * (a.T / a.group);
-    auto launch = [&](auto kernel, int bpw) {
-      const int64_t nwarps = (nblocks + bpw - 1) / bpw * nslab;
-      kernel<<<(unsigned)((nwarps + 7) / 8), 256, 0, st>>>(a, nwarps, nblocks);
+    const bool stage = nslab <= 8;
+    const int64_t row_bytes = a.D * BITS / 8;
+    auto launch = [&](auto direct, auto staged, int bpw) {
+      const int64_t ngroups = (nblocks + bpw - 1) / bpw;  // token-block groups (one per warp row of slabs)
+      if (stage) {
+        const int per_block = (int)(8 / nslab);  // token-block groups per CUDA block
+        const size_t smem = (size_t)per_block * bpw * a.group * row_bytes;
+        const int64_t nwarps = (ngroups + per_block - 1) / per_block * per_block * nslab;
+        cudaFuncSetAttribute(staged, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem);
+        staged<<<(unsigned)(nwarps / (per_block * nslab)), (unsigned)(32 * per_block * nslab), smem, st>>>(
+            a, nwarps, nblocks);
+      } else {
+        const int64_t nwarps = ngroups * nslab;
+        direct<<<(unsigned)((nwarps + 7) / 8), 256, 0, st>>>(a, nwarps, nblocks);
+      }
     };
+#define KV_CH(G) launch(quantize_channel_kernel<KIND, BITS, G, false>, quantize_channel_kernel<KIND, BITS, G, true>, \
+                        ChannelWork<KIND, G>::BPW)
     switch (a.group) {
-      case 32: launch(quantize_channel_kernel<KIND, BITS, 32>, ChannelWork<KIND, 32>::BPW); break;
-      case 64: launch(quantize_channel_kernel<KIND, BITS, 64>, ChannelWork<KIND, 64>::BPW); break;
-      default: launch(quantize_channel_kernel<KIND, BITS, 128>, ChannelWork<KIND, 128>::BPW); break;
+      case 32: KV_CH(32); break;
+      case 64: KV_CH(64); break;
+      default: KV_CH(128); break;
     }
+#undef KV_CH
   }
   return cudaGetLastError();
 }
