@@ -4,6 +4,7 @@
 #pragma once
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
+#include <type_traits>
 #include "kvcore/quant_format.h"
 
 namespace kvcore {
@@ -108,14 +109,58 @@ struct Range {
   __device__ __forceinline__ float final_hi() const { return poison == 0.0f ? hi : INFINITY; }
 };
 
-// Same code as encode_code(x, inv, mn, bits) for every input, in fewer instructions:
-// clamp before rounding (equivalent: the bounds are integers) and round with 2^23.
-// Returns the code in the low bits of the result (higher bits are garbage-free: 0x4B000000 is masked).
+// Packed range of pairs of 16-bit values (channels 2i, 2i+1 of a 32-bit word), exact.
+template <int KIND>
+struct Range2 {
+  using T2 = typename std::conditional<KIND == 1, __half2, __nv_bfloat162>::type;
+  T2 lo, hi, po;
+  __device__ __forceinline__ Range2() {
+    const uint32_t inf = KIND == 1 ? 0x7C007C00u : 0x7F807F80u;
+    lo = from_bits(inf);
+    hi = from_bits(inf | 0x80008000u);
+    po = from_bits(0u);
+  }
+  __device__ __forceinline__ static T2 from_bits(uint32_t u) { return *reinterpret_cast<const T2*>(&u); }
+  __device__ __forceinline__ void add(uint32_t word) {
+    const T2 x = from_bits(word);
+    lo = __hmin2(lo, x);  // a NaN operand is ignored: `po` catches it
+    hi = __hmax2(hi, x);
+    po = __hfma2(x, from_bits(0u), po);  // becomes NaN once x is NaN or +-inf
+  }
+  __device__ __forceinline__ static float2 to_float2(T2 v) {
+    if constexpr (KIND == 1) return __half22float2(v);
+    else return __bfloat1622float2(v);
+  }
+  // Ranges of the two channels in choose_group_params' convention (poisoned -> (-inf, inf)).
+  __device__ __forceinline__ void finals(float (&l)[2], float (&h)[2]) const {
+    const float2 fl = to_float2(lo), fh = to_float2(hi), fp = to_float2(po);
+    l[0] = fp.x == 0.0f ? fl.x : -INFINITY;
+    h[0] = fp.x == 0.0f ? fh.x : INFINITY;
+    l[1] = fp.y == 0.0f ? fl.y : -INFINITY;
+    h[1] = fp.y == 0.0f ? fh.y : INFINITY;
+  }
+};
+
+// encode_code(x, inv, mn, bits) computed as the float bits of (v + 2^23), whose low
+// `bits` bits are the code: v + 2^23 rounds v to an integer, ties to even, like rint.
+// The clamp to [0, qmax] that encode_code applies is a no-op here: the stored (scale,
+// min) put v in [0, qmax + 0.04] for 16-bit inputs (min rounded down, scale rounded up;
+// fp32 rounding of the range check adds < 0.04), so only fp32 inputs need the upper
+// clamp; the lower one also maps NaN to 0. Poisoned groups must pass mn = 0, inv = 0.
+template <int KIND, int BITS>
+__device__ __forceinline__ uint32_t encode_magic(float x, float inv, float mn) {
+  float v = fmaxf(__fmul_rn(x - mn, inv), 0.0f);
+  if constexpr (KIND == 0) v = fminf(v, (float)((1 << BITS) - 1));
+  return __float_as_uint(__fadd_rn(v, kMagic));
+}
+
+// Sum over channels j of a word of (0x4B000000 << offset_j): what the magic bits of
+// encode_magic add to a word accumulated as sum(bits_j << offset_j), mod 2^32.
 template <int BITS>
-__device__ __forceinline__ uint32_t encode_fast(float x, float inv, float mn) {
-  constexpr float qmax = (float)((1 << BITS) - 1);
-  const float v = fminf(fmaxf(__fmul_rn(x - mn, inv), 0.0f), qmax);  // fmaxf maps NaN to 0
-  return __float_as_uint(__fadd_rn(v, kMagic)) & ((1u << BITS) - 1u);
+__host__ __device__ constexpr uint32_t magic_word_bias(int first, int count) {
+  uint32_t b = 0;
+  for (int j = first; j < first + count; ++j) b += 0x4B000000u << code_bit_offset(j, BITS);
+  return b;
 }
 
 // float(code) via the 2^23 trick (cheaper than an int-to-float conversion).

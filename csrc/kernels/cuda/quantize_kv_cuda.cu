@@ -12,20 +12,33 @@ namespace {
 using dev::Bits;
 using dev::Range;
 
-// Partial packed word of one 8-channel chunk. For 2 bits a word spans two chunks:
-// `odd` says whether this chunk is the second one (channels 8..15 of the word).
-template <int BITS>
+// Packed word(s) of one 8-channel chunk. For 2 bits a word spans two chunks: `odd`
+// says whether this chunk is the second one (its fields sit 8 bits higher).
+// Codes are accumulated as sum(magic_bits << offset) in one IMAD each, then the
+// constant contribution of the magic exponent bits is subtracted (all mod 2^32).
+template <int KIND, int BITS>
 __device__ __forceinline__ void encode_chunk(const float (&v)[8], const float* inv, const float* mn,
                                              bool odd, uint32_t (&w)[2]) {
   w[0] = w[1] = 0;
 #pragma unroll
   for (int j = 0; j < 8; ++j) {
-    const float iv = inv[j], m = mn[j];
-    const uint32_t c = dev::encode_fast<BITS>(v[j], iv, m);
-    if constexpr (BITS == 8) w[j / 4] |= c << code_bit_offset(j % 4, 8);
-    else if constexpr (BITS == 4) w[0] |= c << code_bit_offset(j, 4);
-    else w[0] |= c << code_bit_offset(j + (odd ? 8 : 0), 2);
+    const uint32_t m = dev::encode_magic<KIND, BITS>(v[j], inv[j], mn[j]);
+    if constexpr (BITS == 8) w[j / 4] += m << code_bit_offset(j % 4, 8);
+    else w[0] += m << code_bit_offset(j, BITS);
   }
+  if constexpr (BITS == 8) {
+    w[0] -= dev::magic_word_bias<8>(0, 4);
+    w[1] -= dev::magic_word_bias<8>(0, 4);
+  } else {
+    w[0] -= dev::magic_word_bias<BITS>(0, 8);
+    if (BITS == 2 && odd) w[0] <<= 8;
+  }
+}
+
+// (inv, mn) used to encode a group: a poisoned group (NaN scale/min) encodes as 0.
+__device__ __forceinline__ void encode_params(float scale, float mn, float& inv_out, float& mn_out) {
+  inv_out = inv_scale(scale);
+  mn_out = mn == mn ? mn : 0.0f;
 }
 
 // Stores a chunk's codes (word pointer `out` = codes as 32-bit words). For 2 bits,
@@ -65,25 +78,47 @@ __global__ void __launch_bounds__(256) quantize_token_kernel(QuantizeArgs a, int
   constexpr int L = G / 32;
   const int64_t q = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
   const bool valid = q < nquads;  // nquads is a multiple of L: groups are all-valid or all-invalid
-  float v[4][8];
+  // 32 elements in registers: floats for fp32, raw 16-byte vectors for 16-bit types.
+  using Raw = typename std::conditional<KIND == 0, float[8], uint4>::type;
+  Raw raw[4];
+  float lo, hi;
 #pragma unroll
   for (int k = 0; k < 4; ++k) {
-    if (valid) {
-      dev::load8<KIND>(a.x, q * 32 + k * 8, v[k]);
-    } else {
+    if constexpr (KIND == 0) {
+      if (valid) dev::load8<0>(a.x, q * 32 + k * 8, raw[k]);
+      else
 #pragma unroll
-      for (int j = 0; j < 8; ++j) v[k][j] = 0.0f;
+        for (int j = 0; j < 8; ++j) raw[k][j] = 0.0f;
+    } else {
+      raw[k] = valid ? dev::load_raw<KIND>(a.x, q * 32 + k * 8) : make_uint4(0, 0, 0, 0);
     }
   }
-  Range r;
+  if constexpr (KIND == 0) {
+    Range r;
 #pragma unroll
-  for (int k = 0; k < 4; ++k)
+    for (int k = 0; k < 4; ++k)
 #pragma unroll
-    for (int j = 0; j < 8; ++j) r.add(v[k][j]);
+      for (int j = 0; j < 8; ++j) r.add(raw[k][j]);
+    lo = r.final_lo();
+    hi = r.final_hi();
+  } else {
+    dev::Range2<KIND> r;
 #pragma unroll
-  for (int m = 1; m < L; m <<= 1) r.shfl_merge(m);
+    for (int k = 0; k < 4; ++k) {
+      r.add(raw[k].x); r.add(raw[k].y); r.add(raw[k].z); r.add(raw[k].w);
+    }
+    float l[2], h[2];
+    r.finals(l, h);
+    lo = fminf(l[0], l[1]);
+    hi = fmaxf(h[0], h[1]);
+  }
+#pragma unroll
+  for (int m = 1; m < L; m <<= 1) {
+    lo = fminf(lo, __shfl_xor_sync(0xffffffffu, lo, m));
+    hi = fmaxf(hi, __shfl_xor_sync(0xffffffffu, hi, m));
+  }
   Bits<KIND> sb, mb;
-  choose_group_params<KIND>(r.final_lo(), r.final_hi(), BITS, &sb, &mb);
+  choose_group_params<KIND>(lo, hi, BITS, &sb, &mb);
   if (!valid) return;
   if (q % L == 0) {
     static_cast<Bits<KIND>*>(a.scale)[q / L] = sb;
@@ -91,13 +126,23 @@ __global__ void __launch_bounds__(256) quantize_token_kernel(QuantizeArgs a, int
   }
   float inv[8], mn[8];
   {
-    const float iv = inv_scale(Storage<KIND>::load(sb)), m = Storage<KIND>::load(mb);
+    float iv, m;
+    encode_params(Storage<KIND>::load(sb), Storage<KIND>::load(mb), iv, m);
 #pragma unroll
     for (int j = 0; j < 8; ++j) { inv[j] = iv; mn[j] = m; }
   }
   uint32_t w[4][2];
 #pragma unroll
-  for (int k = 0; k < 4; ++k) encode_chunk<BITS>(v[k], inv, mn, (k & 1) != 0, w[k]);
+  for (int k = 0; k < 4; ++k) {
+    float v[8];
+    if constexpr (KIND == 0) {
+#pragma unroll
+      for (int j = 0; j < 8; ++j) v[j] = raw[k][j];
+    } else {
+      dev::unpack8<KIND>(raw[k], v);
+    }
+    encode_chunk<KIND, BITS>(v, inv, mn, (k & 1) != 0, w[k]);
+  }
   store_quad<BITS>(a.codes, q, w);
 }
 
@@ -186,17 +231,30 @@ __global__ void __launch_bounds__(256) quantize_channel_kernel(QuantizeArgs a, i
   for (int i = 0; i < BPW; ++i) {
     const int64_t block = block0 + i;
     if (block >= nblocks) break;  // uniform across the warp
-    Range rg[8];
-#pragma unroll
-    for (int r = 0; r < RPT; ++r) {
-      float v[8];
-      row_floats(i * RPT + r, v);
-#pragma unroll
-      for (int j = 0; j < 8; ++j) rg[j].add(v[j]);
-    }
     float lo[8], hi[8];
+    if constexpr (KIND == 0) {
+      Range rg[8];
 #pragma unroll
-    for (int j = 0; j < 8; ++j) { lo[j] = rg[j].final_lo(); hi[j] = rg[j].final_hi(); }
+      for (int r = 0; r < RPT; ++r)
+#pragma unroll
+        for (int j = 0; j < 8; ++j) rg[j].add(raw[i * RPT + r][j]);
+#pragma unroll
+      for (int j = 0; j < 8; ++j) { lo[j] = rg[j].final_lo(); hi[j] = rg[j].final_hi(); }
+    } else {
+      dev::Range2<KIND> rg[4];  // channel pairs (0,1), (2,3), (4,5), (6,7)
+#pragma unroll
+      for (int r = 0; r < RPT; ++r) {
+        const uint4& u = raw[i * RPT + r];
+        rg[0].add(u.x); rg[1].add(u.y); rg[2].add(u.z); rg[3].add(u.w);
+      }
+#pragma unroll
+      for (int p = 0; p < 4; ++p) {
+        float l[2], h[2];
+        rg[p].finals(l, h);
+        lo[2 * p] = l[0]; lo[2 * p + 1] = l[1];
+        hi[2 * p] = h[0]; hi[2 * p + 1] = h[1];
+      }
+    }
     if constexpr (RL == 16) {  // fold the upper 8 row lanes first (plain reduce)
 #pragma unroll
       for (int j = 0; j < 8; ++j) {
@@ -214,7 +272,8 @@ __global__ void __launch_bounds__(256) quantize_channel_kernel(QuantizeArgs a, i
       static_cast<Bits<KIND>*>(a.scale)[block * D + chunk * 8 + my_ch] = sb;
       static_cast<Bits<KIND>*>(a.mn)[block * D + chunk * 8 + my_ch] = mb;
     }
-    const float my_inv = inv_scale(Storage<KIND>::load(sb)), my_mn = Storage<KIND>::load(mb);
+    float my_inv, my_mn;
+    encode_params(Storage<KIND>::load(sb), Storage<KIND>::load(mb), my_inv, my_mn);
     float inv[8], mn[8];
 #pragma unroll
     for (int j = 0; j < 8; ++j) {
@@ -227,7 +286,7 @@ __global__ void __launch_bounds__(256) quantize_channel_kernel(QuantizeArgs a, i
       row_floats(i * RPT + r, v);
       const int64_t ch = (block * G + y + r * RL) * nchunk + chunk;
       uint32_t w[2];
-      encode_chunk<BITS>(v, inv, mn, (ch & 1) != 0, w);
+      encode_chunk<KIND, BITS>(v, inv, mn, (ch & 1) != 0, w);
       if constexpr (STAGE) {
         const int64_t local = (i * G + y + r * RL) * nchunk + chunk;  // chunk index within the stage
         store_chunk_shfl<BITS>(stage, local, w, valid);
@@ -309,7 +368,7 @@ constexpr int kDqThreads = 256, kDqPerThread = 4;
 template <int MK, int OK, int BITS>
 __global__ void __launch_bounds__(kDqThreads) dequantize_token_kernel(DequantizeArgs a, int64_t nchunks) {
   const int64_t base = (int64_t)blockIdx.x * (kDqThreads * kDqPerThread) + threadIdx.x;
-  const int64_t cpg = a.group / 8;
+  const int cpg_shift = __ffs(a.group / 8) - 1;  // chunks per group is a power of two
   ChunkWords<BITS> cw[kDqPerThread];
   float s[kDqPerThread], m[kDqPerThread];
 #pragma unroll
@@ -317,8 +376,8 @@ __global__ void __launch_bounds__(kDqThreads) dequantize_token_kernel(Dequantize
     const int64_t chunk = base + k * kDqThreads;
     if (chunk < nchunks) {
       cw[k] = load_chunk_words<BITS>(a.codes, chunk);
-      s[k] = Storage<MK>::load(__ldg(static_cast<const Bits<MK>*>(a.scale) + chunk / cpg));
-      m[k] = Storage<MK>::load(__ldg(static_cast<const Bits<MK>*>(a.mn) + chunk / cpg));
+      s[k] = Storage<MK>::load(__ldg(static_cast<const Bits<MK>*>(a.scale) + (chunk >> cpg_shift)));
+      m[k] = Storage<MK>::load(__ldg(static_cast<const Bits<MK>*>(a.mn) + (chunk >> cpg_shift)));
     }
   }
 #pragma unroll
