@@ -150,30 +150,35 @@ __global__ void __launch_bounds__(256) quantize_token_kernel(QuantizeArgs a, int
 // One warp owns G tokens x a slab of CW chunks (8*CW channels). Lane = c + CW*y:
 // c picks the chunk, y one of RL row lanes that each hold G/RL rows in registers
 // between the range pass and the encode pass. Ranges are combined with a butterfly
-// reduce-scatter, after which row lane y owns channel y%8 of its chunk: it picks that
-// channel's (scale, min) and broadcasts them back. No shared memory, no block barrier.
-template <int KIND>
+// reduce-scatter, after which each row lane owns NCH = 8/RL (at least 1) channels of its
+// chunk: it picks their (scale, min) and broadcasts them back. No block barrier.
+// Wider slabs (more chunks, fewer row lanes) mean more rows per lane, which amortises
+// the per-block work; the widths keep the rows held in registers at <= 64 registers.
+template <int KIND, int G>
 struct ChannelTile {
-  static constexpr int CW = KIND == 0 ? 2 : 4;  // 64 contiguous bytes of a row per warp row
-  static constexpr int RL = 32 / CW;
+  static constexpr int CW = KIND == 0 ? (G <= 64 ? 4 : 2) : (G <= 64 ? 8 : 4);  // chunks per warp row
+  static constexpr int RL = 32 / CW;                   // row lanes
+  static constexpr int NCH = RL >= 8 ? 1 : 8 / RL;     // channels per lane after the scatter
 };
 
-template <int HALF, int CW>
+// One butterfly step: lanes whose y has bit YB keep the upper HALF channels, the others
+// the lower HALF, and each combines its half with the partner's copy of that half.
+template <int HALF, int YB, int CW>
 __device__ __forceinline__ void reduce_scatter_step(float* lo, float* hi, int y) {
-  const bool upper = (y & HALF) != 0;
+  const bool upper = (y & YB) != 0;
 #pragma unroll
   for (int i = 0; i < HALF; ++i) {
     const float send_lo = upper ? lo[i] : lo[i + HALF], keep_lo = upper ? lo[i + HALF] : lo[i];
     const float send_hi = upper ? hi[i] : hi[i + HALF], keep_hi = upper ? hi[i + HALF] : hi[i];
-    lo[i] = fminf(keep_lo, __shfl_xor_sync(0xffffffffu, send_lo, HALF * CW));
-    hi[i] = fmaxf(keep_hi, __shfl_xor_sync(0xffffffffu, send_hi, HALF * CW));
+    lo[i] = fminf(keep_lo, __shfl_xor_sync(0xffffffffu, send_lo, YB * CW));
+    hi[i] = fmaxf(keep_hi, __shfl_xor_sync(0xffffffffu, send_hi, YB * CW));
   }
 }
 
 template <int KIND, int G>
 struct ChannelWork {
-  static constexpr int RPT = G / ChannelTile<KIND>::RL;  // rows per lane per token block
-  static constexpr int BPW = RPT >= 8 ? 1 : 8 / RPT;     // token blocks per warp: >= 8 rows in flight
+  static constexpr int RPT = G / ChannelTile<KIND, G>::RL;  // rows per lane per token block
+  static constexpr int BPW = RPT >= 8 ? 1 : 8 / RPT;        // token blocks per warp: >= 8 rows in flight
 };
 
 // STAGE: a CUDA block holds every slab of its token blocks (nslab * ngroups warps), its
@@ -183,7 +188,7 @@ struct ChannelWork {
 // enough for all slabs to fit one block; otherwise codes are stored directly.
 template <int KIND, int BITS, int G, bool STAGE>
 __global__ void __launch_bounds__(256) quantize_channel_kernel(QuantizeArgs a, int64_t nwarps, int64_t nblocks) {
-  constexpr int CW = ChannelTile<KIND>::CW, RL = ChannelTile<KIND>::RL;
+  constexpr int CW = ChannelTile<KIND, G>::CW, RL = ChannelTile<KIND, G>::RL, NCH = ChannelTile<KIND, G>::NCH;
   constexpr int RPT = ChannelWork<KIND, G>::RPT, BPW = ChannelWork<KIND, G>::BPW;
   extern __shared__ uint4 stage_smem[];
   const int64_t warp = ((int64_t)blockIdx.x * blockDim.x + threadIdx.x) >> 5;
@@ -262,23 +267,28 @@ __global__ void __launch_bounds__(256) quantize_channel_kernel(QuantizeArgs a, i
         hi[j] = fmaxf(hi[j], __shfl_xor_sync(0xffffffffu, hi[j], 8 * CW));
       }
     }
-    reduce_scatter_step<4, CW>(lo, hi, y);
-    reduce_scatter_step<2, CW>(lo, hi, y);
-    reduce_scatter_step<1, CW>(lo, hi, y);
-    const int my_ch = y & 7;  // this lane now holds the full range of channel my_ch of its chunk
-    Bits<KIND> sb, mb;
-    choose_group_params<KIND>(lo[0], hi[0], BITS, &sb, &mb);
-    if (valid && y < 8) {
-      static_cast<Bits<KIND>*>(a.scale)[block * D + chunk * 8 + my_ch] = sb;
-      static_cast<Bits<KIND>*>(a.mn)[block * D + chunk * 8 + my_ch] = mb;
+    // Scatter over the (up to 3) low bits of y: half 4 on the highest, then 2, then 1.
+    constexpr int RL8 = RL > 8 ? 8 : RL;
+    reduce_scatter_step<4, RL8 / 2, CW>(lo, hi, y);
+    if constexpr (RL8 >= 4) reduce_scatter_step<2, RL8 / 4, CW>(lo, hi, y);
+    if constexpr (RL8 >= 8) reduce_scatter_step<1, 1, CW>(lo, hi, y);
+    const int y8 = y % RL8, base_ch = y8 * NCH;  // this lane now holds channels base_ch .. +NCH-1
+    float my_inv[NCH], my_mn[NCH];
+#pragma unroll
+    for (int i = 0; i < NCH; ++i) {
+      Bits<KIND> sb, mb;
+      choose_group_params<KIND>(lo[i], hi[i], BITS, &sb, &mb);
+      if (valid && y < RL8) {
+        static_cast<Bits<KIND>*>(a.scale)[block * D + chunk * 8 + base_ch + i] = sb;
+        static_cast<Bits<KIND>*>(a.mn)[block * D + chunk * 8 + base_ch + i] = mb;
+      }
+      encode_params(Storage<KIND>::load(sb), Storage<KIND>::load(mb), my_inv[i], my_mn[i]);
     }
-    float my_inv, my_mn;
-    encode_params(Storage<KIND>::load(sb), Storage<KIND>::load(mb), my_inv, my_mn);
     float inv[8], mn[8];
 #pragma unroll
     for (int j = 0; j < 8; ++j) {
-      inv[j] = __shfl_sync(0xffffffffu, my_inv, c + CW * j);
-      mn[j] = __shfl_sync(0xffffffffu, my_mn, c + CW * j);
+      inv[j] = __shfl_sync(0xffffffffu, my_inv[j % NCH], c + CW * (j / NCH));
+      mn[j] = __shfl_sync(0xffffffffu, my_mn[j % NCH], c + CW * (j / NCH));
     }
 #pragma unroll
     for (int r = 0; r < RPT; ++r) {
@@ -420,12 +430,11 @@ cudaError_t launch_quantize(const QuantizeArgs& a, cudaStream_t st) {
       default: quantize_token_kernel<KIND, BITS, 128><<<grid, 256, 0, st>>>(a, nquads); break;
     }
   } else {
-    constexpr int CW = ChannelTile<KIND>::CW;
-    const int64_t nslab = (a.D / 8 + CW - 1) / CW;
     const int64_t nblocks = a.outer * (a.T / a.group);
-    const bool stage = nslab <= 8;
     const int64_t row_bytes = a.D * BITS / 8;
-    auto launch = [&](auto direct, auto staged, int bpw) {
+    auto launch = [&](auto direct, auto staged, int bpw, int cw) {
+      const int64_t nslab = (a.D / 8 + cw - 1) / cw;
+      const bool stage = nslab <= 8;
       const int64_t ngroups = (nblocks + bpw - 1) / bpw;  // token-block groups (one per warp row of slabs)
       if (stage) {
         const int per_block = (int)(8 / nslab);  // token-block groups per CUDA block
@@ -440,7 +449,7 @@ cudaError_t launch_quantize(const QuantizeArgs& a, cudaStream_t st) {
       }
     };
 #define KV_CH(G) launch(quantize_channel_kernel<KIND, BITS, G, false>, quantize_channel_kernel<KIND, BITS, G, true>, \
-                        ChannelWork<KIND, G>::BPW)
+                        ChannelWork<KIND, G>::BPW, ChannelTile<KIND, G>::CW)
     switch (a.group) {
       case 32: KV_CH(32); break;
       case 64: KV_CH(64); break;
