@@ -34,7 +34,7 @@ def group_params(lo: torch.Tensor, hi: torch.Tensor, bits: int, dtype: torch.dty
     m = lo.to(dtype)
     m = torch.where(m.float() > lo, _step(m, up=False), m)
     mf = m.float()
-    s = ((hi - mf) / qmax).to(dtype)
+    s = ((hi - mf) * torch.tensor(1.0 / qmax, dtype=torch.float32)).to(dtype)  # as the kernels: times float(1/qmax)
     for _ in range(4):
         s = torch.where(s.float() * qmax + mf < hi, _step(s, up=True), s)
     nan = torch.full_like(s, float("nan"))

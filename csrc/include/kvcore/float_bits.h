@@ -6,6 +6,7 @@
 #include <cstring>
 #include "kvcore/host_device.h"
 #if defined(__CUDACC__)
+#include <cuda_bf16.h>
 #include <cuda_fp16.h>
 #endif
 
@@ -80,6 +81,10 @@ KV_HD uint16_t float_to_half_bits(float f) {
 KV_HD float bf16_bits_to_float(uint16_t b) { return bits_as_float((uint32_t)b << 16); }
 
 KV_HD uint16_t float_to_bf16_bits(float f) {
+#if defined(__CUDA_ARCH__)
+  if (f != f) return (uint16_t)((__float_as_uint(f) >> 16 & 0x8000u) | 0x7FC0u);
+  return __bfloat16_as_ushort(__float2bfloat16_rn(f));  // hardware round-to-nearest-even
+#endif
   uint32_t x = float_as_bits(f);
   if ((x & 0x7FFFFFFFu) > 0x7F800000u) return (uint16_t)(((x >> 16) & 0x8000u) | 0x7FC0u);
   uint32_t lsb = (x >> 16) & 1u;

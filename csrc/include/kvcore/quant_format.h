@@ -81,10 +81,13 @@ KV_HD void choose_group_params(float lo, float hi, int bits,
     return;
   }
   const float qmax = (float)((1 << bits) - 1);
+  // 1/qmax as a float constant (multiplying is cheaper than dividing; the loop below
+  // makes the scale large enough whatever the rounding of this first guess).
+  const float inv_qmax = bits == 2 ? 0.333333343f : bits == 4 ? 0.0666666701f : 0.00392156886f;
   B m = S::store(lo);
   if (S::load(m) > lo) m = bits_next_down<B>(m, NB);
   const float mf = S::load(m);
-  B s = S::store((hi - mf) / qmax);
+  B s = S::store(mul_rn(hi - mf, inv_qmax));
   // Grow the scale until the top code reaches hi (at most a couple of steps).
   for (int i = 0; i < 4 && add_rn(mul_rn(S::load(s), qmax), mf) < hi; ++i) s = bits_next_up<B>(s, NB);
   *scale_bits = s;
@@ -92,7 +95,13 @@ KV_HD void choose_group_params(float lo, float hi, int bits,
 }
 
 // Reciprocal of a stored scale; 0 for a constant (scale 0) or poisoned (NaN) group.
-KV_HD float inv_scale(float scale) { return scale > 0.0f ? 1.0f / scale : 0.0f; }
+KV_HD float inv_scale(float scale) {
+#if defined(__CUDA_ARCH__)
+  return scale > 0.0f ? __frcp_rn(scale) : 0.0f;  // IEEE round-to-nearest, same as 1.0f / scale
+#else
+  return scale > 0.0f ? 1.0f / scale : 0.0f;
+#endif
+}
 
 // Code of x given the group's min and inv_scale(scale). Identical on CPU and
 // CUDA: IEEE subtract, multiply without contraction, round half to even.

@@ -73,12 +73,30 @@ __device__ __forceinline__ uint32_t pack2(float a, float b) {
   }
 }
 
+// Stores 8 elements at e. For fp32 (32 bytes a lane) the lanes of a pair holding
+// neighbouring chunks swap halves first, so that each store instruction writes whole
+// 32-byte sectors (partial-sector writes ran at half speed). Callers guarantee that
+// lanes 2k and 2k+1 are both active and hold chunks e and e + 8.
 template <int KIND>
 __device__ __forceinline__ void store8(void* base, int64_t e, const float (&v)[8]) {
   if constexpr (KIND == 0) {
-    float4* p = reinterpret_cast<float4*>(static_cast<float*>(base) + e);
-    __stcs(p, make_float4(v[0], v[1], v[2], v[3]));
-    __stcs(p + 1, make_float4(v[4], v[5], v[6], v[7]));
+    const unsigned mask = __activemask();
+    const bool odd = (threadIdx.x & 1) != 0;
+    float send[4], recv[4];
+#pragma unroll
+    for (int i = 0; i < 4; ++i) send[i] = odd ? v[i] : v[i + 4];
+#pragma unroll
+    for (int i = 0; i < 4; ++i) recv[i] = __shfl_xor_sync(mask, send[i], 1);
+    float* p = static_cast<float*>(base) + (odd ? e - 8 : e);  // the even lane's chunk
+    // Branch-free, so both lanes of a pair store in the same instruction.
+    const float4 first = odd ? make_float4(recv[0], recv[1], recv[2], recv[3]) : make_float4(v[0], v[1], v[2], v[3]);
+    const float4 second = odd ? make_float4(v[4], v[5], v[6], v[7]) : make_float4(recv[0], recv[1], recv[2], recv[3]);
+    __stcs(reinterpret_cast<float4*>(p + (odd ? 4 : 0)), first);    // even chunk, 32 bytes per pair
+    __stcs(reinterpret_cast<float4*>(p + (odd ? 12 : 8)), second);  // odd chunk, 32 bytes per pair
+  } else {
+      __stcs(reinterpret_cast<float4*>(p + 4), make_float4(recv[0], recv[1], recv[2], recv[3]));
+      __stcs(reinterpret_cast<float4*>(p + 12), make_float4(v[4], v[5], v[6], v[7]));
+    }
   } else {
     __stcs(reinterpret_cast<uint4*>(static_cast<uint16_t*>(base) + e),
            make_uint4(pack2<KIND>(v[0], v[1]), pack2<KIND>(v[2], v[3]), pack2<KIND>(v[4], v[5]),
