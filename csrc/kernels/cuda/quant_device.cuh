@@ -94,10 +94,6 @@ __device__ __forceinline__ void store8(void* base, int64_t e, const float (&v)[8
     __stcs(reinterpret_cast<float4*>(p + (odd ? 4 : 0)), first);    // even chunk, 32 bytes per pair
     __stcs(reinterpret_cast<float4*>(p + (odd ? 12 : 8)), second);  // odd chunk, 32 bytes per pair
   } else {
-      __stcs(reinterpret_cast<float4*>(p + 4), make_float4(recv[0], recv[1], recv[2], recv[3]));
-      __stcs(reinterpret_cast<float4*>(p + 12), make_float4(v[4], v[5], v[6], v[7]));
-    }
-  } else {
     __stcs(reinterpret_cast<uint4*>(static_cast<uint16_t*>(base) + e),
            make_uint4(pack2<KIND>(v[0], v[1]), pack2<KIND>(v[2], v[3]), pack2<KIND>(v[4], v[5]),
                       pack2<KIND>(v[6], v[7])));
