@@ -21,7 +21,7 @@ from timing import Timer, gpu_header  # noqa: E402
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--shape", type=int, nargs=4, default=[8, 8, 32768, 128], metavar=("B", "H", "T", "D"))
-    ap.add_argument("--dtypes", nargs="+", default=["bfloat16", "float16"])
+    ap.add_argument("--dtypes", nargs="+", default=["bfloat16", "float16", "float32"])
     ap.add_argument("--json", default=None)
     args = ap.parse_args()
 
