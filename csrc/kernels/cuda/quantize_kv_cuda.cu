@@ -55,48 +55,66 @@ __device__ __forceinline__ void store_chunk_shfl(uint32_t* out, int64_t chunk, u
   }
 }
 
-// Stores the codes of 32 consecutive channels (4 chunks, encoded by encode_chunk)
-// at quad index q: 2 bits -> 8 bytes, 4 bits -> 16 bytes, 8 bits -> 32 bytes.
-template <int BITS>
-__device__ __forceinline__ void store_quad(uint8_t* codes, int64_t q, const uint32_t (&w)[4][2]) {
-  if constexpr (BITS == 2) {
-    __stcs(reinterpret_cast<uint2*>(codes) + q, make_uint2(w[0][0] | w[1][0], w[2][0] | w[3][0]));
-  } else if constexpr (BITS == 4) {
-    __stcs(reinterpret_cast<uint4*>(codes) + q, make_uint4(w[0][0], w[1][0], w[2][0], w[3][0]));
+// Stores the codes of NCK*8 consecutive channels (NCK chunks from encode_chunk) at
+// lane-run index q: a run of NCK*BITS bytes, i.e. 4..32 bytes.
+template <int BITS, int NCK>
+__device__ __forceinline__ void store_run(uint8_t* codes, int64_t q, const uint32_t (&w)[NCK][2]) {
+  constexpr int WORDS = NCK * BITS / 4;
+  uint32_t o[WORDS];
+#pragma unroll
+  for (int k = 0; k < NCK; ++k) {
+    if constexpr (BITS == 2) {
+      if (k & 1) o[k / 2] |= w[k][0];
+      else o[k / 2] = w[k][0];
+    } else if constexpr (BITS == 4) {
+      o[k] = w[k][0];
+    } else {
+      o[2 * k] = w[k][0];
+      o[2 * k + 1] = w[k][1];
+    }
+  }
+  if constexpr (WORDS == 1) {
+    __stcs(reinterpret_cast<unsigned int*>(codes) + q, o[0]);
+  } else if constexpr (WORDS == 2) {
+    __stcs(reinterpret_cast<uint2*>(codes) + q, make_uint2(o[0], o[1]));
   } else {
-    uint4* o = reinterpret_cast<uint4*>(codes) + 2 * q;
-    __stcs(o, make_uint4(w[0][0], w[0][1], w[1][0], w[1][1]));
-    __stcs(o + 1, make_uint4(w[2][0], w[2][1], w[3][0], w[3][1]));
+#pragma unroll
+    for (int i = 0; i < WORDS / 4; ++i)
+      __stcs(reinterpret_cast<uint4*>(codes) + q * (WORDS / 4) + i, make_uint4(o[4 * i], o[4 * i + 1], o[4 * i + 2], o[4 * i + 3]));
   }
 }
 
 // ---- axis = token --------------------------------------------------------------------
-// Each lane owns a "quad" of 32 consecutive channels of one token (four 16-byte loads);
-// a group of G channels is G/32 neighbouring lanes that reduce their range by shuffles.
+// Each lane owns a run of NCK chunks (64 consecutive bytes of one token: 32 channels of a
+// 16-bit type, 16 of fp32); a group of G channels is G/(8*NCK) neighbouring lanes that
+// reduce their range by shuffles.
+template <int KIND>
+constexpr int token_run_chunks() { return KIND == 0 ? 2 : 4; }
+
 template <int KIND, int BITS, int G>
-__global__ void __launch_bounds__(256) quantize_token_kernel(QuantizeArgs a, int64_t nquads) {
-  constexpr int L = G / 32;
+__global__ void __launch_bounds__(256) quantize_token_kernel(QuantizeArgs a, int64_t nruns) {
+  constexpr int NCK = token_run_chunks<KIND>(), L = G / (8 * NCK);
   const int64_t q = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
-  const bool valid = q < nquads;  // nquads is a multiple of L: groups are all-valid or all-invalid
-  // 32 elements in registers: floats for fp32, raw 16-byte vectors for 16-bit types.
+  const bool valid = q < nruns;  // nruns is a multiple of L: groups are all-valid or all-invalid
+  // The run in registers: floats for fp32, raw 16-byte vectors for 16-bit types.
   using Raw = typename std::conditional<KIND == 0, float[8], uint4>::type;
-  Raw raw[4];
+  Raw raw[NCK];
   float lo, hi;
 #pragma unroll
-  for (int k = 0; k < 4; ++k) {
+  for (int k = 0; k < NCK; ++k) {
     if constexpr (KIND == 0) {
-      if (valid) dev::load8<0>(a.x, q * 32 + k * 8, raw[k]);
+      if (valid) dev::load8<0>(a.x, (q * NCK + k) * 8, raw[k]);
       else
 #pragma unroll
         for (int j = 0; j < 8; ++j) raw[k][j] = 0.0f;
     } else {
-      raw[k] = valid ? dev::load_raw<KIND>(a.x, q * 32 + k * 8) : make_uint4(0, 0, 0, 0);
+      raw[k] = valid ? dev::load_raw<KIND>(a.x, (q * NCK + k) * 8) : make_uint4(0, 0, 0, 0);
     }
   }
   if constexpr (KIND == 0) {
     Range r;
 #pragma unroll
-    for (int k = 0; k < 4; ++k)
+    for (int k = 0; k < NCK; ++k)
 #pragma unroll
       for (int j = 0; j < 8; ++j) r.add(raw[k][j]);
     lo = r.final_lo();
@@ -104,7 +122,7 @@ __global__ void __launch_bounds__(256) quantize_token_kernel(QuantizeArgs a, int
   } else {
     dev::Range2<KIND> r;
 #pragma unroll
-    for (int k = 0; k < 4; ++k) {
+    for (int k = 0; k < NCK; ++k) {
       r.add(raw[k].x); r.add(raw[k].y); r.add(raw[k].z); r.add(raw[k].w);
     }
     float l[2], h[2];
@@ -131,9 +149,9 @@ __global__ void __launch_bounds__(256) quantize_token_kernel(QuantizeArgs a, int
 #pragma unroll
     for (int j = 0; j < 8; ++j) { inv[j] = iv; mn[j] = m; }
   }
-  uint32_t w[4][2];
+  uint32_t w[NCK][2];
 #pragma unroll
-  for (int k = 0; k < 4; ++k) {
+  for (int k = 0; k < NCK; ++k) {
     float v[8];
     if constexpr (KIND == 0) {
 #pragma unroll
@@ -143,7 +161,7 @@ __global__ void __launch_bounds__(256) quantize_token_kernel(QuantizeArgs a, int
     }
     encode_chunk<KIND, BITS>(v, inv, mn, (k & 1) != 0, w[k]);
   }
-  store_quad<BITS>(a.codes, q, w);
+  store_run<BITS, NCK>(a.codes, q, w);
 }
 
 // ---- axis = channel -----------------------------------------------------------------
@@ -422,12 +440,12 @@ __global__ void __launch_bounds__(kDqThreads) dequantize_channel_kernel(Dequanti
 template <int KIND, int BITS>
 cudaError_t launch_quantize(const QuantizeArgs& a, cudaStream_t st) {
   if (a.axis == Axis::Token) {
-    const int64_t nquads = a.outer * a.T * (a.D / 32);
-    const unsigned grid = (unsigned)((nquads + 255) / 256);
+    const int64_t nruns = a.outer * a.T * (a.D / (8 * token_run_chunks<KIND>()));
+    const unsigned grid = (unsigned)((nruns + 255) / 256);
     switch (a.group) {
-      case 32: quantize_token_kernel<KIND, BITS, 32><<<grid, 256, 0, st>>>(a, nquads); break;
-      case 64: quantize_token_kernel<KIND, BITS, 64><<<grid, 256, 0, st>>>(a, nquads); break;
-      default: quantize_token_kernel<KIND, BITS, 128><<<grid, 256, 0, st>>>(a, nquads); break;
+      case 32: quantize_token_kernel<KIND, BITS, 32><<<grid, 256, 0, st>>>(a, nruns); break;
+      case 64: quantize_token_kernel<KIND, BITS, 64><<<grid, 256, 0, st>>>(a, nruns); break;
+      default: quantize_token_kernel<KIND, BITS, 128><<<grid, 256, 0, st>>>(a, nruns); break;
     }
   } else {
     const int64_t nblocks = a.outer * (a.T / a.group);
