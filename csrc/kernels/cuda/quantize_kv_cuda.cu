@@ -89,7 +89,7 @@ __device__ __forceinline__ void store_run(uint8_t* codes, int64_t q, const uint3
 // 16-bit type, 16 of fp32); a group of G channels is G/(8*NCK) neighbouring lanes that
 // reduce their range by shuffles.
 template <int KIND>
-constexpr int token_run_chunks() { return KIND == 0 ? 2 : 4; }
+__host__ __device__ constexpr int token_run_chunks() { return KIND == 0 ? 2 : 4; }
 
 template <int KIND, int BITS, int G>
 __global__ void __launch_bounds__(256) quantize_token_kernel(QuantizeArgs a, int64_t nruns) {
