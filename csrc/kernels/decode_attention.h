@@ -1,0 +1,60 @@
+// Torch-free entry points of the fused decode-attention kernels (CPU and CUDA).
+//
+// One new query token per sequence attends to that sequence's whole cache:
+//   sinks    [0, sink_len[b])   full precision  k_sink/v_sink   [B, Hkv, s_cap, D]
+//   packed   [0, packed_len[b]) b-bit codes     keys per channel, values per token
+//   residual [0, resid_len[b])  full precision  k_resid/v_resid [B, Hkv, r_cap, D]
+// Softmax is over the union (order does not matter). Query head h reads KV head
+// h / (Hq / Hkv). Lengths live on the device and are clamped to the capacities
+// in the kernels (no host synchronisation); packed_len is rounded down to a
+// multiple of `group` (only sealed blocks are packed).
+#pragma once
+#include <cstddef>
+#include <cstdint>
+#include "kvcore/quant_format.h"
+
+#if defined(KVCORE_WITH_CUDA) || defined(__CUDACC__)
+#include <cuda_runtime.h>
+#endif
+
+namespace kvcore {
+
+struct DecodeArgs {
+  int B = 0, Hq = 0, Hkv = 0, D = 0;
+  int bits = 2, group = 64;
+  int64_t t_cap = 0;  // packed capacity in tokens (multiple of group)
+  int64_t r_cap = 0;  // residual capacity in tokens
+  int64_t s_cap = 0;  // sink capacity in tokens (0: no sinks)
+  DType dtype = DType::F16;  // of q, out, residual, sinks and all (scale, min) metadata: F16 or BF16
+  float sm_scale = 0.0f;     // softmax scale applied to q.k
+
+  const void* q = nullptr;            // [B, Hq, D]
+  const uint8_t* k_codes = nullptr;   // [B, Hkv, t_cap, D*bits/8]   (quantize_kv axis="channel")
+  const void* k_scale = nullptr;      // [B, Hkv, t_cap/group, D]
+  const void* k_mn = nullptr;         // [B, Hkv, t_cap/group, D]
+  const uint8_t* v_codes = nullptr;   // [B, Hkv, t_cap, D*bits/8]   (quantize_kv axis="token")
+  const void* v_scale = nullptr;      // [B, Hkv, t_cap, D/group]
+  const void* v_mn = nullptr;         // [B, Hkv, t_cap, D/group]
+  const void* k_resid = nullptr;      // [B, Hkv, r_cap, D]
+  const void* v_resid = nullptr;      // [B, Hkv, r_cap, D]
+  const void* k_sink = nullptr;       // [B, Hkv, s_cap, D] or null
+  const void* v_sink = nullptr;       // [B, Hkv, s_cap, D] or null
+  const int32_t* packed_len = nullptr;  // [B]
+  const int32_t* resid_len = nullptr;   // [B]
+  const int32_t* sink_len = nullptr;    // [B] or null (no sinks)
+
+  void* out = nullptr;   // [B, Hq, D] in dtype
+  float* lse = nullptr;  // [B, Hq] natural-log sum of exp of the scaled scores (-inf if no token)
+};
+
+// CPU: units are (b, query head) pairs, [begin, end) of B*Hq.
+void decode_attention_cpu(const DecodeArgs& a, int64_t begin, int64_t end);
+
+#if defined(KVCORE_WITH_CUDA) || defined(__CUDACC__)
+// Bytes of device scratch that decode_attention_cuda needs for these shapes.
+size_t decode_attention_cuda_workspace(const DecodeArgs& a, int num_sms);
+// Enqueues the split kernels and the merge on `stream`. No host synchronisation.
+cudaError_t decode_attention_cuda(const DecodeArgs& a, void* workspace, int num_sms, cudaStream_t stream);
+#endif
+
+}  // namespace kvcore
