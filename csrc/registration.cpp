@@ -11,4 +11,10 @@ TORCH_LIBRARY(kvcore, m) {
   m.def(
       "dequantize_kv(Tensor codes, Tensor scale, Tensor mn, int bits, int group_size, str axis, "
       "ScalarType? dtype=None) -> Tensor");
+  // One query token per sequence attends to its sinks + packed (b-bit) + residual KV; returns (out, lse).
+  m.def(
+      "decode_attention(Tensor q, Tensor k_codes, Tensor k_scale, Tensor k_mn, Tensor v_codes, "
+      "Tensor v_scale, Tensor v_mn, Tensor k_resid, Tensor v_resid, Tensor packed_len, Tensor resid_len, "
+      "int bits, int group_size, float? sm_scale=None, Tensor? k_sink=None, Tensor? v_sink=None, "
+      "Tensor? sink_len=None) -> (Tensor, Tensor)");
 }

@@ -1,49 +1,63 @@
 #!/usr/bin/env bash
-# On a GPU machine: build kvcore with CUDA, run the tests (also the CUDA tests
-# under compute-sanitizer), run the benchmarks, and write everything to $1
-# (default: $OUT, else ./gpu_out). Wheels missing there (nvidia-cutlass) can be
-# placed in .whl/ and are installed first.
-#   bash scripts/gpu_check.sh [OUT_DIR] [--quick]
+# On a GPU machine: build kvcore with CUDA, run the tests (the CUDA ones also under
+# compute-sanitizer), run the benchmarks, and write everything to OUT_DIR (default:
+# $OUT, else ./gpu_out). Wheels missing there (nvidia-cutlass) can be put in .whl/.
+#   bash scripts/gpu_check.sh [OUT_DIR] [--quick|--no-bench]
+# Writes (7 files): run.log, tests.log, bench.txt, quantize.json, quantize_native.json,
+# decode.json, decode_native.json.
 set -uo pipefail
 OUT_DIR=${1:-${OUT:-$PWD/gpu_out}}
-QUICK=${2:-}
+MODE=${2:-}
 mkdir -p "$OUT_DIR"
 cd "$(dirname "$0")/.."
 status=0
-step() { echo; echo "=== $* ==="; }
+RUN="$OUT_DIR/run.log"; TESTS="$OUT_DIR/tests.log"; BENCH="$OUT_DIR/bench.txt"
+step() { echo; echo "=== $* ===" | tee -a "$RUN"; }
 
 if ls .whl/*.whl >/dev/null 2>&1; then
   python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/kv_site .whl/*.whl || exit 1
   export PYTHONPATH=/tmp/kv_site${PYTHONPATH:+:$PYTHONPATH}
 fi
 export PYTHONUNBUFFERED=1
-nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | tee "$OUT_DIR/gpu.txt"
-python3 -c "import torch; print('torch', torch.__version__, 'cuda', torch.version.cuda)" | tee -a "$OUT_DIR/gpu.txt"
+{ date -u; nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
+  python3 -c "import torch; print('torch', torch.__version__, 'cuda', torch.version.cuda)"; } | tee "$RUN"
 
 step "build (CUDA ON)"
 export KVCORE_CUDA=ON MAX_JOBS=${MAX_JOBS:-16}
-python3 -m pip install --no-build-isolation --no-deps --no-index -e . > "$OUT_DIR/build.log" 2>&1 \
-  || { tail -50 "$OUT_DIR/build.log"; exit 1; }
-python3 -c "import kvcore; print(kvcore.build_info())" | tee -a "$OUT_DIR/gpu.txt"
+python3 -m pip install --no-build-isolation --no-deps --no-index -e . > /tmp/kv_build.log 2>&1 \
+  || { tail -60 /tmp/kv_build.log | tee -a "$RUN"; exit 1; }
+python3 -c "import kvcore; print(kvcore.build_info())" | tee -a "$RUN"
 
 step "tests (CPU and CUDA)"
-python3 -m pytest -q -x tests -p no:cacheprovider 2>&1 | tee "$OUT_DIR/pytest.log" | tail -5
-[ "${PIPESTATUS[0]}" = 0 ] || status=1
+python3 -m pytest -q tests -p no:cacheprovider > "$TESTS" 2>&1; rc=$?
+tail -3 "$TESTS" | tee -a "$RUN"; [ $rc = 0 ] || status=1
 
-step "CUDA tests under compute-sanitizer (memcheck)"
-compute-sanitizer --tool memcheck --error-exitcode 9 python3 -m pytest -q -x tests -m cuda -p no:cacheprovider \
-  > "$OUT_DIR/sanitizer.log" 2>&1; rc=$?
-tail -3 "$OUT_DIR/sanitizer.log"; [ $rc = 0 ] || { echo "sanitizer rc=$rc"; status=1; }
-for b in build/cmake/bench/kvcore_bench_*; do
-  compute-sanitizer --tool racecheck --error-exitcode 9 "$b" --shape 1 2 256 128 >> "$OUT_DIR/sanitizer.log" 2>&1 \
-    || { echo "racecheck failed: $b"; status=1; }
-done
-grep -E "ERROR SUMMARY|RACECHECK SUMMARY" "$OUT_DIR/sanitizer.log" | sort | uniq -c
+step "CUDA tests under compute-sanitizer (memcheck), benchmark binaries under racecheck"
+{ echo "=== memcheck: pytest -m cuda"; compute-sanitizer --tool memcheck --error-exitcode 9 \
+    python3 -m pytest -q tests -m cuda -p no:cacheprovider 2>&1 | tail -8; } >> "$TESTS"; rc=${PIPESTATUS[0]}
+[ $rc = 0 ] || { echo "memcheck rc=$rc" | tee -a "$RUN"; status=1; }
+{ echo "=== racecheck: kvcore_bench_quantize"
+  compute-sanitizer --tool racecheck --error-exitcode 9 build/cmake/bench/kvcore_bench_quantize --shape 1 2 256 128 2>&1 | tail -3
+  echo "=== racecheck: kvcore_bench_decode"
+  compute-sanitizer --tool racecheck --error-exitcode 9 build/cmake/bench/kvcore_bench_decode --shape 2 8 2 128 1024 2>&1 | tail -3
+  echo "=== memcheck: kvcore_bench_decode"
+  compute-sanitizer --tool memcheck --error-exitcode 9 build/cmake/bench/kvcore_bench_decode --shape 3 9 3 64 3000 2>&1 | tail -3
+} >> "$TESTS"
+grep -E "ERROR SUMMARY|RACECHECK SUMMARY|passed|failed" "$TESTS" | tail -12 | tee -a "$RUN"
+grep -qE "ERROR SUMMARY: [1-9]|RACECHECK SUMMARY: [1-9]| [1-9][0-9]* hazard| [1-9][0-9]* error" "$TESTS" && status=1
 
-if [ "$QUICK" != "--quick" ]; then
+if [ "$MODE" != "--no-bench" ]; then
   step "benchmarks"
-  build/cmake/bench/kvcore_bench_quantize --json "$OUT_DIR/bench_quantize_native.json" | tee "$OUT_DIR/bench_quantize_native.txt"
-  python3 bench/bench_quantize.py --json "$OUT_DIR/bench_quantize.json" | tee "$OUT_DIR/bench_quantize.txt"
+  : > "$BENCH"
+  build/cmake/bench/kvcore_bench_quantize --json "$OUT_DIR/quantize_native.json" >> "$BENCH" 2>&1 || status=1
+  build/cmake/bench/kvcore_bench_decode --json "$OUT_DIR/decode_native.json" >> "$BENCH" 2>&1 || status=1
+  if [ "$MODE" = "--quick" ]; then
+    python3 bench/bench_decode.py --quick --json "$OUT_DIR/decode.json" >> "$BENCH" 2>&1 || status=1
+  else
+    python3 bench/bench_quantize.py --json "$OUT_DIR/quantize.json" >> "$BENCH" 2>&1 || status=1
+    python3 bench/bench_decode.py --json "$OUT_DIR/decode.json" >> "$BENCH" 2>&1 || status=1
+  fi
+  tail -40 "$BENCH"
 fi
-echo "gpu_check status: $status"
+echo "gpu_check status: $status" | tee -a "$RUN"
 exit $status

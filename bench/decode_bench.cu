@@ -1,0 +1,135 @@
+// Microbenchmark of the fused decode attention on raw device pointers (no torch).
+// For each shape it reports the kernel time (CUDA events, L2 flushed before every
+// timed launch, median), the bytes the step must move (packed codes + metadata +
+// residual window + q/out), the achieved GB/s against the device-to-device copy
+// bandwidth measured in the same run, and the time an ideal fp16 cache would need
+// (its K+V bytes at copy bandwidth): the bytes-moved roofline of the fp16 baseline.
+//   kvcore_bench_decode [--json out.json] [--shape B Hq Hkv D L]  (default: a sweep)
+#include <cuda_fp16.h>
+
+#include <cstdint>
+#include <cstring>
+#include <vector>
+
+#include "bench_util.cuh"
+#include "kernels/decode_attention.h"
+
+namespace {
+
+__global__ void fill_bytes(uint8_t* p, int64_t n, uint32_t seed) {
+  for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (int64_t)gridDim.x * blockDim.x) {
+    uint32_t h = (uint32_t)i * 2654435761u ^ seed;
+    h ^= h >> 15; h *= 2246822519u; h ^= h >> 13;
+    p[i] = (uint8_t)h;
+  }
+}
+
+__global__ void fill_half(__half* p, int64_t n, float lo, float hi, uint32_t seed) {
+  for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (int64_t)gridDim.x * blockDim.x) {
+    uint32_t h = (uint32_t)i * 2654435761u ^ seed;
+    h ^= h >> 15; h *= 2246822519u; h ^= h >> 13;
+    p[i] = __float2half(lo + (hi - lo) * (float)(h & 0xFFFFFF) / 16777216.0f);
+  }
+}
+
+struct Case {
+  int B, Hq, Hkv, D;
+  int64_t L;
+};
+
+template <typename T>
+T* dev_alloc(int64_t n) {
+  T* p = nullptr;
+  BENCH_CHECK(cudaMalloc(&p, (size_t)std::max<int64_t>(n, 1) * sizeof(T)));
+  return p;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  const char* json_path = nullptr;
+  std::vector<Case> cases;
+  for (int i = 1; i < argc; ++i) {
+    if (!std::strcmp(argv[i], "--json") && i + 1 < argc) json_path = argv[++i];
+    else if (!std::strcmp(argv[i], "--shape") && i + 5 < argc) {
+      Case c;
+      c.B = std::atoi(argv[++i]); c.Hq = std::atoi(argv[++i]); c.Hkv = std::atoi(argv[++i]);
+      c.D = std::atoi(argv[++i]); c.L = std::atoll(argv[++i]);
+      cases.push_back(c);
+    }
+  }
+  if (cases.empty())
+    for (int64_t L : {1024, 4096, 16384, 32768, 65536, 131072}) cases.push_back({8, 32, 8, 128, L});
+  bench::Timer timer;
+  int dev = 0, sms = 0;
+  BENCH_CHECK(cudaGetDevice(&dev));
+  BENCH_CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev));
+  const std::string gpu = bench::gpu_name();
+  const double copy_gbs = bench::copy_bandwidth_gbs(timer, (size_t)1 << 30);
+  std::printf("GPU: %s, %d SMs, copy %.0f GB/s (read+write)\n", gpu.c_str(), sms, copy_gbs);
+  std::printf("%3s %3s %3s %4s %7s %4s %9s %9s %8s %10s %9s\n", "B", "Hq", "Hkv", "D", "L", "bits", "time_us",
+              "GB/s", "vs_copy", "fp16_ideal", "x_ideal");
+  FILE* js = json_path ? std::fopen(json_path, "w") : nullptr;
+  if (js) std::fprintf(js, "{\"gpu\": \"%s\", \"sms\": %d, \"copy_gbs\": %.1f, \"rows\": [\n", gpu.c_str(), sms, copy_gbs);
+  bool first = true;
+  const int group = 64, resid = 64;
+  for (const Case& c : cases) {
+    for (int bits : {2, 4}) {
+      const int64_t t_cap = (c.L - resid) / group * group;
+      const int64_t rb = c.D * bits / 8, bh = (int64_t)c.B * c.Hkv;
+      kvcore::DecodeArgs a;
+      a.B = c.B; a.Hq = c.Hq; a.Hkv = c.Hkv; a.D = c.D; a.bits = bits; a.group = group;
+      a.t_cap = t_cap; a.r_cap = resid; a.dtype = kvcore::DType::F16; a.sm_scale = 1.0f / std::sqrt((float)c.D);
+      uint8_t* kc = dev_alloc<uint8_t>(bh * t_cap * rb);
+      uint8_t* vc = dev_alloc<uint8_t>(bh * t_cap * rb);
+      __half* ks = dev_alloc<__half>(bh * (t_cap / group) * c.D);
+      __half* km = dev_alloc<__half>(bh * (t_cap / group) * c.D);
+      __half* vs = dev_alloc<__half>(bh * t_cap * (c.D / group));
+      __half* vm = dev_alloc<__half>(bh * t_cap * (c.D / group));
+      __half* kr = dev_alloc<__half>(bh * resid * c.D);
+      __half* vr = dev_alloc<__half>(bh * resid * c.D);
+      __half* q = dev_alloc<__half>((int64_t)c.B * c.Hq * c.D);
+      __half* out = dev_alloc<__half>((int64_t)c.B * c.Hq * c.D);
+      float* lse = dev_alloc<float>((int64_t)c.B * c.Hq);
+      int32_t* plen = dev_alloc<int32_t>(c.B);
+      int32_t* rlen = dev_alloc<int32_t>(c.B);
+      fill_bytes<<<1024, 256>>>(kc, bh * t_cap * rb, 1u);
+      fill_bytes<<<1024, 256>>>(vc, bh * t_cap * rb, 2u);
+      fill_half<<<1024, 256>>>(ks, bh * (t_cap / group) * c.D, 0.05f, 0.5f, 3u);
+      fill_half<<<1024, 256>>>(km, bh * (t_cap / group) * c.D, -1.0f, 0.0f, 4u);
+      fill_half<<<1024, 256>>>(vs, bh * t_cap * (c.D / group), 0.05f, 0.5f, 5u);
+      fill_half<<<1024, 256>>>(vm, bh * t_cap * (c.D / group), -1.0f, 0.0f, 6u);
+      fill_half<<<1024, 256>>>(kr, bh * resid * c.D, -1.0f, 1.0f, 7u);
+      fill_half<<<1024, 256>>>(vr, bh * resid * c.D, -1.0f, 1.0f, 8u);
+      fill_half<<<1024, 256>>>(q, (int64_t)c.B * c.Hq * c.D, -1.0f, 1.0f, 9u);
+      std::vector<int32_t> hp(c.B, (int32_t)t_cap), hr(c.B, resid);
+      BENCH_CHECK(cudaMemcpy(plen, hp.data(), c.B * 4, cudaMemcpyHostToDevice));
+      BENCH_CHECK(cudaMemcpy(rlen, hr.data(), c.B * 4, cudaMemcpyHostToDevice));
+      a.q = q; a.k_codes = kc; a.k_scale = ks; a.k_mn = km; a.v_codes = vc; a.v_scale = vs; a.v_mn = vm;
+      a.k_resid = kr; a.v_resid = vr; a.packed_len = plen; a.resid_len = rlen; a.out = out; a.lse = lse;
+      void* ws = dev_alloc<uint8_t>((int64_t)kvcore::decode_attention_cuda_workspace(a, sms));
+      const double ms = timer.median_ms([&] { BENCH_CHECK(kvcore::decode_attention_cuda(a, ws, sms, 0)); });
+      std::vector<float> hl(c.B * c.Hq);
+      BENCH_CHECK(cudaMemcpy(hl.data(), lse, hl.size() * 4, cudaMemcpyDeviceToHost));
+      for (float v : hl)
+        if (!std::isfinite(v)) { std::fprintf(stderr, "non-finite lse: broken kernel\n"); return 1; }
+      const double bytes = 2.0 * bh * t_cap * rb + 2.0 * bh * (t_cap / group) * c.D * 2 +
+                           2.0 * bh * t_cap * (c.D / group) * 2 + 2.0 * bh * resid * c.D * 2 +
+                           2.0 * c.B * c.Hq * c.D * 2;
+      const double fp16_bytes = 2.0 * bh * c.L * c.D * 2;
+      const double gbs = bytes / (ms * 1e-3) / 1e9;
+      const double ideal_us = fp16_bytes / (copy_gbs * 1e9) * 1e6;
+      std::printf("%3d %3d %3d %4d %7lld %4d %9.1f %9.0f %7.1f%% %10.1f %8.2fx\n", c.B, c.Hq, c.Hkv, c.D,
+                  (long long)c.L, bits, ms * 1e3, gbs, 100 * gbs / copy_gbs, ideal_us, ideal_us / (ms * 1e3));
+      if (js) std::fprintf(js, "%s  {\"B\": %d, \"Hq\": %d, \"Hkv\": %d, \"D\": %d, \"L\": %lld, \"bits\": %d, \"group\": %d, \"time_us\": %.2f, \"gbs\": %.1f, \"ratio_to_copy\": %.4f, \"fp16_ideal_us\": %.2f}",
+                           first ? "" : ",\n", c.B, c.Hq, c.Hkv, c.D, (long long)c.L, bits, group, ms * 1e3, gbs,
+                           gbs / copy_gbs, ideal_us);
+      first = false;
+      for (void* p : {(void*)kc, (void*)vc, (void*)ks, (void*)km, (void*)vs, (void*)vm, (void*)kr, (void*)vr,
+                      (void*)q, (void*)out, (void*)lse, (void*)plen, (void*)rlen, ws})
+        BENCH_CHECK(cudaFree(p));
+    }
+  }
+  if (js) { std::fprintf(js, "\n]}\n"); std::fclose(js); }
+  return 0;
+}

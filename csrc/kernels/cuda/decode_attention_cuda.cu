@@ -1,0 +1,537 @@
+// Fused decode attention over the packed KV cache (flash-decoding on tensor cores).
+//
+// Work split: grid (split, KV head x head pass, batch). A CTA owns `chunk` packed tokens
+// of one KV head and serves up to 8 of its query heads (one mma N tile), so the cache
+// is read once per step for GQA groups up to 8. Its 4 warps take consecutive quarters
+// of the chunk; each warp streams its tokens through shared memory with cp.async
+// (NS stages of TT tokens), runs online softmax in base 2, and the CTA merges its warps
+// into one partial (O, max, sum) per split. The full-precision sinks and residual
+// window are one more split (a small CUDA-core kernel); a merge kernel combines the
+// splits by log-sum-exp. Nothing reads lengths on the host.
+//
+// Math (per query head; q' = q * sm_scale * log2(e), SC = 2^bits):
+//   codes enter the tensor cores as fp16 values 1 + c/SC, built with one funnel shift
+//   and one LOP3 from the packed word (no int->float conversion).
+//   S^T = K x Q'^T (M = 16 tokens, K = channels, N = 8 heads). Keys are grouped per
+//     channel, so the channel scale folds into the B operand: qs_d = SC * q'_d * ks_d,
+//     and q'.k = sum_d qs_d (1 + c_d/SC) + [sum_d q'_d km_d - sum_d qs_d] (per block).
+//   O^T = V^T x P^T (M = 16 channels of one value group, K = 16 tokens, N = 8 heads).
+//     Values are grouped per token, so the token scale folds into P:
+//     b_t = fp16(SC * p_t * vs_t), o = sum_t b_t (1 + c_t/SC) + sum_t (p_t vm_t - b_t).
+//   The P^T operand comes from the S^T accumulators with one movmatrix transpose.
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+
+#include <algorithm>
+#include <cfloat>
+
+#include "../decode_attention.h"
+#include "mma_utils.cuh"
+#include "quant_device.cuh"
+
+namespace kvcore {
+namespace {
+
+using dev::Bits;
+
+constexpr int kWarps = 4;         // warps per split CTA
+constexpr int kHeadsPerPass = 8;  // query heads per CTA (the mma N dimension)
+constexpr int kStages = 3;        // cp.async pipeline depth per warp
+constexpr float kLog2e = 1.4426950408889634f;
+constexpr float kLn2 = 0.6931471805599453f;
+
+template <int D>
+struct TileShape {
+  static constexpr int TT = D <= 128 ? 64 : 32;  // tokens per pipeline stage
+  static constexpr int MT = TT / 16;             // 16-token m-tiles per stage
+};
+
+// Byte layout of one pipeline stage of one warp.
+template <int D, int BITS, int G>
+struct StageLayout {
+  static constexpr int TT = TileShape<D>::TT;
+  static constexpr int RB = D * BITS / 8;             // code bytes per token
+  static constexpr int NKB = TT >= G ? TT / G : 1;    // key blocks a stage touches
+  static constexpr int NG = D / G;                    // value groups per token
+  static constexpr int KC = 0;                        // key codes [TT][RB]
+  static constexpr int VC = KC + TT * RB;             // value codes [TT][RB]
+  static constexpr int KS = VC + TT * RB;             // key scale [NKB][D]
+  static constexpr int KM = KS + NKB * D * 2;         // key min [NKB][D]
+  static constexpr int VS = KM + NKB * D * 2;         // value scale [TT][NG]
+  static constexpr int VM = VS + TT * NG * 2;         // value min [TT][NG]
+  static constexpr int BYTES = VM + TT * NG * 2;      // a multiple of 16
+};
+
+// fp16 pair (1 + c_even/SC, 1 + c_odd/SC) of pair k of a packed word: rotate the two
+// fields to the top of the fp16 mantissas, mask, and OR in the exponent of 1.0.
+template <int BITS>
+__device__ __forceinline__ uint32_t code_pair_h2(uint32_t word, int k) {
+  constexpr int TB = 10 - BITS;
+  constexpr uint32_t mask = (((1u << BITS) - 1u) << TB) * 0x00010001u;
+  const uint32_t rot = __funnelshift_r(word, word, (k * BITS - TB) & 31);
+  return (rot & mask) | 0x3C003C00u;
+}
+
+template <int KIND>
+__device__ __forceinline__ float meta_at(const uint8_t* base, int idx) {
+  return Storage<KIND>::load(reinterpret_cast<const Bits<KIND>*>(base)[idx]);
+}
+
+struct SplitParams {
+  int64_t chunk;   // packed tokens per CTA (multiple of kWarps * TT and of the group)
+  int nsplit;      // CTAs per (batch, KV head, head pass)
+  int passes;      // head passes per KV head: ceil(Gq / 8)
+  int np;          // partials per query head: nsplit + 1 (the full-precision split)
+  float* ws_o;     // [B, Hq, np, D]
+  float* ws_m;     // [B, Hq, np]   running max (base 2)
+  float* ws_l;     // [B, Hq, np]   sum of exp2
+};
+
+// ------------------------------------------------------------------------------------
+template <int KIND, int BITS, int D, int G>
+__global__ void __launch_bounds__(kWarps * 32) decode_packed_kernel(DecodeArgs a, SplitParams sp) {
+  using L = StageLayout<D, BITS, G>;
+  constexpr int TT = L::TT, MT = TileShape<D>::MT, RB = L::RB, NG = L::NG, KT = D / 16;
+  constexpr float SC = (float)(1 << BITS);
+  extern __shared__ __align__(16) uint8_t smem[];
+  float* q_s = reinterpret_cast<float*>(smem);                       // [8][D] scaled queries
+  uint8_t* stages = smem + kHeadsPerPass * D * sizeof(float);        // [kWarps][kStages][BYTES]
+
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, g = lane >> 2, t = lane & 3;
+  const int split = blockIdx.x, b = blockIdx.z;
+  const int kvh = blockIdx.y / sp.passes, pass = blockIdx.y % sp.passes;
+  const int gq = a.Hq / a.Hkv;
+  const int h0 = kvh * gq + pass * kHeadsPerPass;
+  const int nh = min(kHeadsPerPass, gq - pass * kHeadsPerPass);
+
+  int64_t n = min((int64_t)a.packed_len[b], a.t_cap);
+  n = n < 0 ? 0 : n - n % G;
+  const int64_t cta_begin = (int64_t)split * sp.chunk;
+  const int64_t cta_end = min(cta_begin + sp.chunk, n);
+
+  // Scaled queries of this pass's heads (zeros pad the unused heads).
+  const float qscale = a.sm_scale * kLog2e;
+  for (int i = threadIdx.x; i < kHeadsPerPass * D; i += blockDim.x) {
+    const int h = i / D, d = i % D;
+    float v = 0.0f;
+    if (h < nh) v = Storage<KIND>::load(static_cast<const Bits<KIND>*>(a.q)[((int64_t)b * a.Hq + h0 + h) * D + d]) * qscale;
+    q_s[i] = v;
+  }
+  __syncthreads();
+
+  const int64_t bh = (int64_t)b * a.Hkv + kvh;
+  const uint8_t* kc_g = a.k_codes + bh * a.t_cap * RB;
+  const uint8_t* vc_g = a.v_codes + bh * a.t_cap * RB;
+  const uint8_t* ks_g = static_cast<const uint8_t*>(a.k_scale) + bh * (a.t_cap / G) * D * 2;
+  const uint8_t* km_g = static_cast<const uint8_t*>(a.k_mn) + bh * (a.t_cap / G) * D * 2;
+  const uint8_t* vs_g = static_cast<const uint8_t*>(a.v_scale) + bh * a.t_cap * NG * 2;
+  const uint8_t* vm_g = static_cast<const uint8_t*>(a.v_mn) + bh * a.t_cap * NG * 2;
+  uint8_t* my_stages = stages + (size_t)warp * kStages * L::BYTES;
+
+  const int64_t wchunk = sp.chunk / kWarps;
+  const int64_t w_begin = cta_begin + warp * wchunk;
+  const int64_t w_end = min(w_begin + wchunk, cta_end);
+  const int ntiles = w_end > w_begin ? (int)((w_end - w_begin + TT - 1) / TT) : 0;
+
+  auto issue_tile = [&](int i) {
+    if (i < ntiles) {
+      uint8_t* st = my_stages + (i % kStages) * L::BYTES;
+      const int64_t t0 = w_begin + (int64_t)i * TT;
+      for (int c = lane; c < TT * RB / 16; c += 32) {
+        const bool ok = t0 + c * 16 / RB < a.t_cap;
+        dev::cp_async_16(st + L::KC + c * 16, kc_g + (ok ? t0 * RB + c * 16 : 0), ok);
+        dev::cp_async_16(st + L::VC + c * 16, vc_g + (ok ? t0 * RB + c * 16 : 0), ok);
+      }
+      const int64_t kb0 = t0 / G;
+      for (int c = lane; c < L::NKB * D * 2 / 16; c += 32) {
+        const bool ok = kb0 + c * 16 / (D * 2) < a.t_cap / G;
+        dev::cp_async_16(st + L::KS + c * 16, ks_g + (ok ? kb0 * D * 2 + c * 16 : 0), ok);
+        dev::cp_async_16(st + L::KM + c * 16, km_g + (ok ? kb0 * D * 2 + c * 16 : 0), ok);
+      }
+      for (int c = lane; c < TT * NG * 2 / 16; c += 32) {
+        const bool ok = t0 + c * 16 / (NG * 2) < a.t_cap;
+        dev::cp_async_16(st + L::VS + c * 16, vs_g + (ok ? t0 * NG * 2 + c * 16 : 0), ok);
+        dev::cp_async_16(st + L::VM + c * 16, vm_g + (ok ? t0 * NG * 2 + c * 16 : 0), ok);
+      }
+    }
+    dev::cp_async_commit();  // always, so group counting stays uniform
+  };
+
+  // Per-thread state. Heads of this lane's S/O columns: 2t and 2t+1.
+  float o[KT][4];  // O^T fragments: rows = channels 16*mc + 2g (+1), cols = heads 2t, 2t+1
+#pragma unroll
+  for (int mc = 0; mc < KT; ++mc) o[mc][0] = o[mc][1] = o[mc][2] = o[mc][3] = 0.0f;
+  float corr[NG][2];
+#pragma unroll
+  for (int gr = 0; gr < NG; ++gr) corr[gr][0] = corr[gr][1] = 0.0f;
+  float m_run[2] = {-INFINITY, -INFINITY}, l_run[2] = {0.0f, 0.0f};
+  uint32_t qsb[KT][2];   // B fragments of qs for head g
+  float cst[2] = {0.0f, 0.0f};  // per-block constant for heads 2t, 2t+1
+
+#pragma unroll
+  for (int s = 0; s < kStages - 1; ++s) issue_tile(s);
+
+  for (int i = 0; i < ntiles; ++i) {
+    dev::cp_async_wait<kStages - 2>();
+    __syncwarp();
+    issue_tile(i + kStages - 1);
+    const uint8_t* st = my_stages + (i % kStages) * L::BYTES;
+    const int64_t t0 = w_begin + (int64_t)i * TT;
+
+    // ---- scores S^T for the stage's MT m-tiles --------------------------------------
+    float s[MT][4];
+#pragma unroll
+    for (int mt = 0; mt < MT; ++mt) {
+      const int64_t tok = t0 + 16 * mt;
+      if ((i == 0 && mt == 0) || tok % G == 0) {
+        // New key block: B fragments qs = SC * q' * ks and the block constant.
+        const int lb = TT >= G ? (16 * mt) / G : 0;
+        const uint8_t* ks = st + L::KS + lb * D * 2;
+        const uint8_t* km = st + L::KM + lb * D * 2;
+        float part = 0.0f;
+#pragma unroll
+        for (int kt = 0; kt < KT; ++kt) {
+#pragma unroll
+          for (int hf = 0; hf < 2; ++hf) {
+            const int d = 16 * kt + 2 * t + 8 * hf;
+            const float2 qv = *reinterpret_cast<const float2*>(q_s + g * D + d);
+            const float s0 = meta_at<KIND>(ks, d), s1 = meta_at<KIND>(ks, d + 1);
+            const uint32_t pk = dev::pack_half2(SC * qv.x * s0, SC * qv.y * s1);
+            qsb[kt][hf] = pk;
+            const float2 pr = __half22float2(*reinterpret_cast<const __half2*>(&pk));
+            part += qv.x * meta_at<KIND>(km, d) + qv.y * meta_at<KIND>(km, d + 1) - pr.x - pr.y;
+          }
+        }
+        part += __shfl_xor_sync(0xffffffffu, part, 1);
+        part += __shfl_xor_sync(0xffffffffu, part, 2);  // constant of head g, in every lane of the quad
+        cst[0] = __shfl_sync(0xffffffffu, part, (2 * t) * 4);
+        cst[1] = __shfl_sync(0xffffffffu, part, (2 * t + 1) * 4);
+      }
+      float acc[4] = {0.0f, 0.0f, 0.0f, 0.0f};
+      const uint8_t* kr0 = st + L::KC + (16 * mt + g) * RB;
+      const uint8_t* kr1 = kr0 + 8 * RB;
+#pragma unroll
+      for (int v4 = 0; v4 < RB / 16; ++v4) {
+        const uint4 w0 = *reinterpret_cast<const uint4*>(kr0 + 16 * v4);
+        const uint4 w1 = *reinterpret_cast<const uint4*>(kr1 + 16 * v4);
+        const uint32_t r0[4] = {w0.x, w0.y, w0.z, w0.w}, r1[4] = {w1.x, w1.y, w1.z, w1.w};
+        if constexpr (BITS == 2) {  // a word = one 16-channel k-tile
+#pragma unroll
+          for (int j = 0; j < 4; ++j) {
+            const uint32_t af[4] = {code_pair_h2<2>(r0[j], t), code_pair_h2<2>(r1[j], t),
+                                    code_pair_h2<2>(r0[j], t + 4), code_pair_h2<2>(r1[j], t + 4)};
+            dev::mma_f16_16816(acc, af, qsb[4 * v4 + j][0], qsb[4 * v4 + j][1]);
+          }
+        } else {  // two words = one k-tile
+#pragma unroll
+          for (int j = 0; j < 2; ++j) {
+            const uint32_t af[4] = {code_pair_h2<4>(r0[2 * j], t), code_pair_h2<4>(r1[2 * j], t),
+                                    code_pair_h2<4>(r0[2 * j + 1], t), code_pair_h2<4>(r1[2 * j + 1], t)};
+            dev::mma_f16_16816(acc, af, qsb[2 * v4 + j][0], qsb[2 * v4 + j][1]);
+          }
+        }
+      }
+      const bool ok0 = tok + g < w_end, ok1 = tok + g + 8 < w_end;
+      s[mt][0] = ok0 ? acc[0] + cst[0] : -INFINITY;
+      s[mt][1] = ok0 ? acc[1] + cst[1] : -INFINITY;
+      s[mt][2] = ok1 ? acc[2] + cst[0] : -INFINITY;
+      s[mt][3] = ok1 ? acc[3] + cst[1] : -INFINITY;
+    }
+
+    // ---- online softmax over the stage (base 2) -------------------------------------
+    float mx[2] = {-INFINITY, -INFINITY};
+#pragma unroll
+    for (int mt = 0; mt < MT; ++mt) {
+      mx[0] = fmaxf(mx[0], fmaxf(s[mt][0], s[mt][2]));
+      mx[1] = fmaxf(mx[1], fmaxf(s[mt][1], s[mt][3]));
+    }
+    float alpha[2], m_use[2];
+#pragma unroll
+    for (int c = 0; c < 2; ++c) {
+      mx[c] = fmaxf(mx[c], __shfl_xor_sync(0xffffffffu, mx[c], 4));
+      mx[c] = fmaxf(mx[c], __shfl_xor_sync(0xffffffffu, mx[c], 8));
+      mx[c] = fmaxf(mx[c], __shfl_xor_sync(0xffffffffu, mx[c], 16));
+      const float m_new = fmaxf(m_run[c], mx[c]);
+      m_use[c] = m_new == -INFINITY ? 0.0f : m_new;  // all -inf so far: keep exp2 finite
+      alpha[c] = exp2f(m_run[c] - m_use[c]);
+      m_run[c] = m_new;
+      l_run[c] *= alpha[c];
+    }
+#pragma unroll
+    for (int mc = 0; mc < KT; ++mc) {
+      o[mc][0] *= alpha[0]; o[mc][1] *= alpha[1];
+      o[mc][2] *= alpha[0]; o[mc][3] *= alpha[1];
+    }
+#pragma unroll
+    for (int gr = 0; gr < NG; ++gr) { corr[gr][0] *= alpha[0]; corr[gr][1] *= alpha[1]; }
+
+    // ---- P V ------------------------------------------------------------------------
+#pragma unroll
+    for (int mt = 0; mt < MT; ++mt) {
+      float p[4];
+#pragma unroll
+      for (int c = 0; c < 4; ++c) p[c] = exp2f(s[mt][c] - m_use[c & 1]);  // 0 for masked tokens
+      l_run[0] += p[0] + p[2];
+      l_run[1] += p[1] + p[3];
+      const int r0 = 16 * mt + g, r1 = r0 + 8;  // stage rows of this lane's two tokens
+      const bool ok0 = t0 + r0 < w_end, ok1 = t0 + r1 < w_end;
+      uint32_t bfr[NG][2];
+#pragma unroll
+      for (int gr = 0; gr < NG; ++gr) {
+        const float vs0 = ok0 ? meta_at<KIND>(st + L::VS, r0 * NG + gr) : 0.0f;
+        const float vs1 = ok1 ? meta_at<KIND>(st + L::VS, r1 * NG + gr) : 0.0f;
+        const float vm0 = ok0 ? meta_at<KIND>(st + L::VM, r0 * NG + gr) : 0.0f;
+        const float vm1 = ok1 ? meta_at<KIND>(st + L::VM, r1 * NG + gr) : 0.0f;
+        const uint32_t top = dev::pack_half2(SC * p[0] * vs0, SC * p[1] * vs0);
+        const uint32_t bot = dev::pack_half2(SC * p[2] * vs1, SC * p[3] * vs1);
+        const float2 tf = __half22float2(*reinterpret_cast<const __half2*>(&top));
+        const float2 bf = __half22float2(*reinterpret_cast<const __half2*>(&bot));
+        corr[gr][0] += p[0] * vm0 - tf.x + p[2] * vm1 - bf.x;
+        corr[gr][1] += p[1] * vm0 - tf.y + p[3] * vm1 - bf.y;
+        bfr[gr][0] = dev::movmatrix_trans(top);  // tokens 2t, 2t+1 of the m-tile, head g
+        bfr[gr][1] = dev::movmatrix_trans(bot);  // tokens 2t+8, 2t+9
+      }
+      // Value codes of this lane's 4 tokens (2t, 2t+1, 2t+8, 2t+9 of the m-tile).
+      const uint8_t* vr[4] = {st + L::VC + (16 * mt + 2 * t) * RB, st + L::VC + (16 * mt + 2 * t + 1) * RB,
+                              st + L::VC + (16 * mt + 2 * t + 8) * RB, st + L::VC + (16 * mt + 2 * t + 9) * RB};
+#pragma unroll
+      for (int v4 = 0; v4 < RB / 16; ++v4) {
+        uint32_t w[4][4];
+#pragma unroll
+        for (int u = 0; u < 4; ++u) {
+          const uint4 x = *reinterpret_cast<const uint4*>(vr[u] + 16 * v4);
+          w[u][0] = x.x; w[u][1] = x.y; w[u][2] = x.z; w[u][3] = x.w;
+        }
+        constexpr int MC_PER_V4 = BITS == 2 ? 4 : 2;  // channel m-tiles covered by 16 code bytes
+#pragma unroll
+        for (int j = 0; j < MC_PER_V4; ++j) {
+          const int mc = MC_PER_V4 * v4 + j;
+          uint32_t x[4];
+#pragma unroll
+          for (int u = 0; u < 4; ++u) {
+            // channel 16*mc + 2g (and +1): 2 bits -> word j, pair g; 4 bits -> word 2j + g/4, pair g%4
+            x[u] = BITS == 2 ? code_pair_h2<2>(w[u][j], g) : code_pair_h2<4>(w[u][2 * j + (g >> 2)], g & 3);
+          }
+          const uint32_t af[4] = {dev::prmt(x[0], x[1], 0x5410u), dev::prmt(x[0], x[1], 0x7632u),
+                                  dev::prmt(x[2], x[3], 0x5410u), dev::prmt(x[2], x[3], 0x7632u)};
+          const int gr = (16 * mc) / G;
+          dev::mma_f16_16816(o[mc], af, bfr[gr][0], bfr[gr][1]);
+        }
+      }
+    }
+    __syncwarp();  // the stage is overwritten by a later issue
+  }
+  dev::cp_async_wait<0>();
+
+  // ---- finish the warp: reduce over the 8 token lanes, fold the value-min term ---------
+#pragma unroll
+  for (int c = 0; c < 2; ++c) {
+    l_run[c] += __shfl_xor_sync(0xffffffffu, l_run[c], 4);
+    l_run[c] += __shfl_xor_sync(0xffffffffu, l_run[c], 8);
+    l_run[c] += __shfl_xor_sync(0xffffffffu, l_run[c], 16);
+#pragma unroll
+    for (int gr = 0; gr < NG; ++gr) {
+      corr[gr][c] += __shfl_xor_sync(0xffffffffu, corr[gr][c], 4);
+      corr[gr][c] += __shfl_xor_sync(0xffffffffu, corr[gr][c], 8);
+      corr[gr][c] += __shfl_xor_sync(0xffffffffu, corr[gr][c], 16);
+    }
+  }
+  __syncthreads();  // all warps done with their stages: reuse them for the merge
+  float* wo = reinterpret_cast<float*>(stages);                 // [kWarps][8][D]
+  float* wm = wo + kWarps * kHeadsPerPass * D;                  // [kWarps][8]
+  float* wl = wm + kWarps * kHeadsPerPass;                      // [kWarps][8]
+#pragma unroll
+  for (int mc = 0; mc < KT; ++mc) {
+    const int gr = (16 * mc) / G, ch = 16 * mc + 2 * g;
+    float* base = wo + warp * kHeadsPerPass * D;
+    base[(2 * t) * D + ch] = o[mc][0] + corr[gr][0];
+    base[(2 * t + 1) * D + ch] = o[mc][1] + corr[gr][1];
+    base[(2 * t) * D + ch + 1] = o[mc][2] + corr[gr][0];
+    base[(2 * t + 1) * D + ch + 1] = o[mc][3] + corr[gr][1];
+  }
+  if (g == 0) {
+    wm[warp * kHeadsPerPass + 2 * t] = m_run[0];
+    wm[warp * kHeadsPerPass + 2 * t + 1] = m_run[1];
+    wl[warp * kHeadsPerPass + 2 * t] = l_run[0];
+    wl[warp * kHeadsPerPass + 2 * t + 1] = l_run[1];
+  }
+  __syncthreads();
+  for (int idx = threadIdx.x; idx < nh * D; idx += blockDim.x) {
+    const int h = idx / D, d = idx % D;
+    float m = -INFINITY;
+#pragma unroll
+    for (int w = 0; w < kWarps; ++w) m = fmaxf(m, wm[w * kHeadsPerPass + h]);
+    float ov = 0.0f, lv = 0.0f;
+    if (m != -INFINITY) {
+#pragma unroll
+      for (int w = 0; w < kWarps; ++w) {
+        const float f = exp2f(wm[w * kHeadsPerPass + h] - m);
+        ov += f * wo[(w * kHeadsPerPass + h) * D + d];
+        lv += f * wl[w * kHeadsPerPass + h];
+      }
+    }
+    const int64_t slot = ((int64_t)b * a.Hq + h0 + h) * sp.np + split;
+    sp.ws_o[slot * D + d] = ov;
+    if (d == 0) {
+      sp.ws_m[slot] = m;
+      sp.ws_l[slot] = lv;
+    }
+  }
+}
+
+// ------------------------------------------------------------------------------------
+// Sinks and residual window: full-precision tokens, one warp per query head, lanes
+// split the channels. Writes the last partial slot.
+template <int KIND, int D>
+__global__ void __launch_bounds__(128) decode_fp_kernel(DecodeArgs a, SplitParams sp) {
+  constexpr int CPL = D / 32;  // channels per lane
+  const int lane = threadIdx.x & 31;
+  const int64_t unit = (int64_t)blockIdx.x * 4 + (threadIdx.x >> 5);
+  if (unit >= (int64_t)a.B * a.Hq) return;
+  const int b = (int)(unit / a.Hq), h = (int)(unit % a.Hq);
+  const int kvh = h / (a.Hq / a.Hkv);
+  const float qscale = a.sm_scale * kLog2e;
+  float q[CPL], o[CPL];
+#pragma unroll
+  for (int j = 0; j < CPL; ++j) {
+    q[j] = Storage<KIND>::load(static_cast<const Bits<KIND>*>(a.q)[unit * D + lane * CPL + j]) * qscale;
+    o[j] = 0.0f;
+  }
+  float m = -INFINITY, l = 0.0f;
+  auto segment = [&](const void* kp, const void* vp, int64_t cap, int64_t len) {
+    len = len < 0 ? 0 : min(len, cap);
+    const Bits<KIND>* k = static_cast<const Bits<KIND>*>(kp) + ((int64_t)b * a.Hkv + kvh) * cap * D;
+    const Bits<KIND>* v = static_cast<const Bits<KIND>*>(vp) + ((int64_t)b * a.Hkv + kvh) * cap * D;
+    for (int64_t tk = 0; tk < len; ++tk) {
+      float dot = 0.0f;
+#pragma unroll
+      for (int j = 0; j < CPL; ++j) dot += q[j] * Storage<KIND>::load(k[tk * D + lane * CPL + j]);
+#pragma unroll
+      for (int off = 16; off > 0; off >>= 1) dot += __shfl_xor_sync(0xffffffffu, dot, off);
+      const float m_new = fmaxf(m, dot);
+      const float alpha = exp2f(m - m_new), p = exp2f(dot - m_new);
+      l = l * alpha + p;
+#pragma unroll
+      for (int j = 0; j < CPL; ++j) o[j] = o[j] * alpha + p * Storage<KIND>::load(v[tk * D + lane * CPL + j]);
+      m = m_new;
+    }
+  };
+  if (a.sink_len != nullptr && a.s_cap > 0) segment(a.k_sink, a.v_sink, a.s_cap, a.sink_len[b]);
+  if (a.r_cap > 0) segment(a.k_resid, a.v_resid, a.r_cap, a.resid_len[b]);
+  const int64_t slot = unit * sp.np + sp.np - 1;
+#pragma unroll
+  for (int j = 0; j < CPL; ++j) sp.ws_o[slot * D + lane * CPL + j] = o[j];
+  if (lane == 0) {
+    sp.ws_m[slot] = m;
+    sp.ws_l[slot] = l;
+  }
+}
+
+// Combines the partials of each (sequence, query head) by log-sum-exp.
+template <int KIND, int D>
+__global__ void __launch_bounds__(128) decode_merge_kernel(DecodeArgs a, SplitParams sp) {
+  const int64_t unit = blockIdx.x;
+  const float* m = sp.ws_m + unit * sp.np;
+  const float* l = sp.ws_l + unit * sp.np;
+  float mx = -INFINITY;
+  for (int p = 0; p < sp.np; ++p) mx = fmaxf(mx, m[p]);
+  float lsum = 0.0f;
+  if (mx != -INFINITY)
+    for (int p = 0; p < sp.np; ++p) lsum += exp2f(m[p] - mx) * l[p];
+  Bits<KIND>* out = static_cast<Bits<KIND>*>(a.out) + unit * D;
+  for (int d = threadIdx.x; d < D; d += blockDim.x) {
+    float acc = 0.0f;
+    if (lsum > 0.0f) {
+      for (int p = 0; p < sp.np; ++p) acc += exp2f(m[p] - mx) * sp.ws_o[(unit * sp.np + p) * D + d];
+      acc /= lsum;
+    }
+    out[d] = Storage<KIND>::store(acc);
+  }
+  if (threadIdx.x == 0) a.lse[unit] = lsum > 0.0f ? (mx + log2f(lsum)) * kLn2 : -INFINITY;
+}
+
+// ------------------------------------------------------------------------------------
+int tile_tokens(int D) { return D <= 128 ? 64 : 32; }
+
+SplitParams plan_splits(const DecodeArgs& a, int num_sms) {
+  SplitParams sp{};
+  const int gq = a.Hq / a.Hkv;
+  sp.passes = (gq + kHeadsPerPass - 1) / kHeadsPerPass;
+  const int64_t unit = (int64_t)kWarps * tile_tokens(a.D);  // chunk granularity
+  const int64_t align = std::max<int64_t>(unit, a.group);
+  const int64_t ctas_per_split = (int64_t)a.B * a.Hkv * sp.passes;
+  // ~4 CTAs per SM in total, but no chunk below one tile per warp.
+  const int64_t want = std::max<int64_t>(1, (4LL * num_sms + ctas_per_split - 1) / ctas_per_split);
+  int64_t chunk = (a.t_cap + want - 1) / want;
+  chunk = std::max<int64_t>(align, (chunk + align - 1) / align * align);
+  sp.chunk = chunk;
+  sp.nsplit = a.t_cap > 0 ? (int)((a.t_cap + chunk - 1) / chunk) : 0;
+  sp.np = sp.nsplit + 1;
+  return sp;
+}
+
+template <int KIND, int BITS, int D, int G>
+cudaError_t launch_packed(const DecodeArgs& a, const SplitParams& sp, cudaStream_t st) {
+  using L = StageLayout<D, BITS, G>;
+  const size_t stage_bytes = (size_t)kWarps * kStages * L::BYTES;
+  const size_t merge_bytes = (size_t)kWarps * kHeadsPerPass * (D + 2) * sizeof(float);
+  const size_t smem = kHeadsPerPass * D * sizeof(float) + std::max(stage_bytes, merge_bytes);
+  auto kernel = decode_packed_kernel<KIND, BITS, D, G>;
+  cudaError_t e = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem);
+  if (e != cudaSuccess) return e;
+  const dim3 grid((unsigned)sp.nsplit, (unsigned)(a.Hkv * sp.passes), (unsigned)a.B);
+  kernel<<<grid, kWarps * 32, smem, st>>>(a, sp);
+  return cudaGetLastError();
+}
+
+template <int KIND, int BITS, int D>
+cudaError_t dispatch_group(const DecodeArgs& a, const SplitParams& sp, cudaStream_t st) {
+  switch (a.group) {
+    case 32: return launch_packed<KIND, BITS, D, 32>(a, sp, st);
+    case 64: return launch_packed<KIND, BITS, D, 64>(a, sp, st);
+    default:
+      if constexpr (D % 128 == 0) return launch_packed<KIND, BITS, D, 128>(a, sp, st);
+      return cudaErrorInvalidValue;  // group 128 needs D >= 128 (the glue rejects it first)
+  }
+}
+
+template <int KIND, int D>
+cudaError_t run_all(const DecodeArgs& a, const SplitParams& sp, cudaStream_t st) {
+  if (sp.nsplit > 0) {
+    const cudaError_t e = a.bits == 2 ? dispatch_group<KIND, 2, D>(a, sp, st) : dispatch_group<KIND, 4, D>(a, sp, st);
+    if (e != cudaSuccess) return e;
+  }
+  const int64_t units = (int64_t)a.B * a.Hq;
+  decode_fp_kernel<KIND, D><<<(unsigned)((units + 3) / 4), 128, 0, st>>>(a, sp);
+  decode_merge_kernel<KIND, D><<<(unsigned)units, 128, 0, st>>>(a, sp);
+  return cudaGetLastError();
+}
+
+template <int KIND>
+cudaError_t dispatch_dim(const DecodeArgs& a, const SplitParams& sp, cudaStream_t st) {
+  switch (a.D) {
+    case 64: return run_all<KIND, 64>(a, sp, st);
+    case 128: return run_all<KIND, 128>(a, sp, st);
+    default: return run_all<KIND, 256>(a, sp, st);
+  }
+}
+
+}  // namespace
+
+size_t decode_attention_cuda_workspace(const DecodeArgs& a, int num_sms) {
+  const SplitParams sp = plan_splits(a, num_sms);
+  const size_t slots = (size_t)a.B * a.Hq * sp.np;
+  return slots * ((size_t)a.D + 2) * sizeof(float);
+}
+
+cudaError_t decode_attention_cuda(const DecodeArgs& a, void* workspace, int num_sms, cudaStream_t stream) {
+  if ((int64_t)a.B * a.Hq == 0) return cudaSuccess;
+  SplitParams sp = plan_splits(a, num_sms);
+  const size_t slots = (size_t)a.B * a.Hq * sp.np;
+  sp.ws_o = static_cast<float*>(workspace);
+  sp.ws_m = sp.ws_o + slots * a.D;
+  sp.ws_l = sp.ws_m + slots;
+  return a.dtype == DType::BF16 ? dispatch_dim<2>(a, sp, stream) : dispatch_dim<1>(a, sp, stream);
+}
+
+}  // namespace kvcore

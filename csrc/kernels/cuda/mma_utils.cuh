@@ -1,0 +1,58 @@
+// Thin wrappers over the PTX instructions the decode kernel uses: tensor-core
+// mma (m16n8k16, fp16 in, fp32 accumulate), an 8x8 register transpose, and
+// asynchronous global->shared copies.
+//
+// Fragment layouts of mma.m16n8k16 (g = lane / 4, t = lane % 4), each register a pair:
+//   A (16x16, row-major): a0 (row g,   cols 2t..2t+1)   a1 (row g+8, cols 2t..2t+1)
+//                         a2 (row g,   cols 2t+8..+9)   a3 (row g+8, cols 2t+8..+9)
+//   B (16x8,  col-major): b0 (rows 2t..2t+1,  col g)    b1 (rows 2t+8..+9, col g)
+//   C (16x8,  fp32):      c0,c1 (row g, cols 2t, 2t+1)  c2,c3 (row g+8, cols 2t, 2t+1)
+#pragma once
+#include <cuda_fp16.h>
+
+#include <cstdint>
+
+namespace kvcore {
+namespace dev {
+
+__device__ __forceinline__ void mma_f16_16816(float (&d)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1) {
+  asm volatile(
+      "mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
+      "{%0,%1,%2,%3};\n"
+      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+}
+
+// Transposes an 8x8 matrix of 16-bit values held one pair per lane
+// (lane holds row g, cols 2t..2t+1) into the same layout of the transpose.
+__device__ __forceinline__ uint32_t movmatrix_trans(uint32_t x) {
+  uint32_t y;
+  asm volatile("movmatrix.sync.aligned.m8n8.trans.b16 %0, %1;\n" : "=r"(y) : "r"(x));
+  return y;
+}
+
+// 16-byte global->shared copy; when `pred` is false nothing is read and zeros are written.
+__device__ __forceinline__ void cp_async_16(void* smem, const void* gmem, bool pred) {
+  const unsigned s = static_cast<unsigned>(__cvta_generic_to_shared(smem));
+  const int bytes = pred ? 16 : 0;
+  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(s), "l"(gmem), "r"(bytes));
+}
+__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::); }
+template <int N>
+__device__ __forceinline__ void cp_async_wait() {
+  asm volatile("cp.async.wait_group %0;\n" ::"n"(N));
+}
+
+__device__ __forceinline__ uint32_t pack_half2(float lo, float hi) {
+  const __half2 h = __floats2half2_rn(lo, hi);
+  return *reinterpret_cast<const uint32_t*>(&h);
+}
+
+__device__ __forceinline__ uint32_t prmt(uint32_t a, uint32_t b, uint32_t sel) {
+  uint32_t r;
+  asm("prmt.b32 %0, %1, %2, %3;\n" : "=r"(r) : "r"(a), "r"(b), "r"(sel));
+  return r;
+}
+
+}  // namespace dev
+}  // namespace kvcore

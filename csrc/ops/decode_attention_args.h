@@ -1,0 +1,27 @@
+// Validation and output allocation for decode_attention, shared by the CPU and
+// CUDA glue so both reject bad input with the same messages.
+#pragma once
+#include <ATen/core/Tensor.h>
+#include <optional>
+#include <tuple>
+#include "../kernels/decode_attention.h"
+
+namespace kvcore {
+
+// Checks every input (dtypes, shapes, devices, contiguity, bits/group_size, the
+// sink triple) and fills all fields of DecodeArgs, input pointers included; out
+// and lse stay null (see alloc_decode_outputs). Lengths are device data and are
+// not compared with the capacities here (the kernels clamp them).
+DecodeArgs check_decode_args(const at::Tensor& q, const at::Tensor& k_codes, const at::Tensor& k_scale,
+                             const at::Tensor& k_mn, const at::Tensor& v_codes, const at::Tensor& v_scale,
+                             const at::Tensor& v_mn, const at::Tensor& k_resid, const at::Tensor& v_resid,
+                             const at::Tensor& packed_len, const at::Tensor& resid_len, int64_t bits,
+                             int64_t group_size, std::optional<double> sm_scale,
+                             const std::optional<at::Tensor>& k_sink, const std::optional<at::Tensor>& v_sink,
+                             const std::optional<at::Tensor>& sink_len);
+
+// Allocates out [B, Hq, D] (q's dtype and device) and lse [B, Hq] (float32) and
+// points a.out / a.lse at them. Returns (out, lse).
+std::tuple<at::Tensor, at::Tensor> alloc_decode_outputs(const at::Tensor& q, DecodeArgs& a);
+
+}  // namespace kvcore

@@ -1,0 +1,62 @@
+// CUDA implementation of kvcore::decode_attention: checks, output and scratch
+// allocation (through torch's caching allocator, so CUDA-graph capture works), and
+// the launches on the current stream. No host synchronisation.
+#include <c10/cuda/CUDAGuard.h>
+#include <c10/cuda/CUDAStream.h>
+#include <torch/library.h>
+
+#include <array>
+#include <atomic>
+
+#include "decode_attention_args.h"
+
+namespace kvcore {
+namespace {
+
+int sm_count(int device) {
+  static std::array<std::atomic<int>, 64> cache{};  // per device, filled on first use
+  if (device < 0 || device >= (int)cache.size()) device = 0;
+  int n = cache[device].load();
+  if (n == 0) {
+    TORCH_CHECK(cudaDeviceGetAttribute(&n, cudaDevAttrMultiProcessorCount, device) == cudaSuccess,
+                "kvcore.decode_attention: could not query the multiprocessor count");
+    cache[device].store(n);
+  }
+  return n;
+}
+
+void check_aligned16(const at::Tensor& t, const char* arg) {
+  TORCH_CHECK(reinterpret_cast<uintptr_t>(t.data_ptr()) % 16 == 0, "kvcore.decode_attention: ", arg,
+              " must be 16-byte aligned on CUDA (it is a view at an odd offset); pass ", arg, ".clone()");
+}
+
+std::tuple<at::Tensor, at::Tensor> decode_attention_cuda_op(
+    const at::Tensor& q, const at::Tensor& k_codes, const at::Tensor& k_scale, const at::Tensor& k_mn,
+    const at::Tensor& v_codes, const at::Tensor& v_scale, const at::Tensor& v_mn, const at::Tensor& k_resid,
+    const at::Tensor& v_resid, const at::Tensor& packed_len, const at::Tensor& resid_len, int64_t bits,
+    int64_t group_size, std::optional<double> sm_scale, const std::optional<at::Tensor>& k_sink,
+    const std::optional<at::Tensor>& v_sink, const std::optional<at::Tensor>& sink_len) {
+  DecodeArgs a = check_decode_args(q, k_codes, k_scale, k_mn, v_codes, v_scale, v_mn, k_resid, v_resid, packed_len,
+                                   resid_len, bits, group_size, sm_scale, k_sink, v_sink, sink_len);
+  // The packed operands are streamed with 16-byte asynchronous copies.
+  check_aligned16(k_codes, "k_codes");
+  check_aligned16(v_codes, "v_codes");
+  check_aligned16(k_scale, "k_scale");
+  check_aligned16(k_mn, "k_mn");
+  check_aligned16(v_scale, "v_scale");
+  check_aligned16(v_mn, "v_mn");
+  const c10::cuda::CUDAGuard guard(q.device());
+  auto outs = alloc_decode_outputs(q, a);
+  const int sms = sm_count(q.get_device());
+  const size_t ws_bytes = decode_attention_cuda_workspace(a, sms);
+  auto ws = at::empty({(int64_t)ws_bytes}, q.options().dtype(at::kByte));
+  const cudaError_t err = decode_attention_cuda(a, ws.data_ptr(), sms, c10::cuda::getCurrentCUDAStream().stream());
+  TORCH_CHECK(err == cudaSuccess, "kvcore.decode_attention: CUDA launch failed: ", cudaGetErrorString(err));
+  return outs;
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(kvcore, CUDA, m) { m.impl("decode_attention", &decode_attention_cuda_op); }
+
+}  // namespace kvcore
