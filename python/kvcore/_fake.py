@@ -22,3 +22,17 @@ def _dequantize_kv_fake(codes, scale, mn, bits, group_size, axis, dtype=None):
     torch._check(bits in (2, 4, 8), lambda: f"kvcore.dequantize_kv: bits must be 2, 4 or 8, got {bits}")
     shape = (*codes.shape[:-1], codes.shape[-1] * 8 // bits)
     return scale.new_empty(shape, dtype=dtype if dtype is not None else scale.dtype)
+
+
+@torch.library.register_fake("kvcore::decode_attention")
+def _decode_attention_fake(q, k_codes, k_scale, k_mn, v_codes, v_scale, v_mn, k_resid, v_resid,
+                           packed_len, resid_len, bits, group_size, sm_scale=None,
+                           k_sink=None, v_sink=None, sink_len=None):
+    torch._check(q.dim() == 3, lambda: "kvcore.decode_attention: q must have shape [B, Hq, D]")
+    torch._check(q.dtype in (torch.float16, torch.bfloat16),
+                 lambda: f"kvcore.decode_attention: q must be float16 or bfloat16, got {q.dtype}")
+    torch._check(bits in (2, 4), lambda: f"kvcore.decode_attention: bits must be 2 or 4, got {bits}")
+    torch._check(group_size in (32, 64, 128),
+                 lambda: f"kvcore.decode_attention: group_size must be 32, 64 or 128, got {group_size}")
+    B, Hq, _ = q.shape
+    return q.new_empty(q.shape), q.new_empty((B, Hq), dtype=torch.float32)

@@ -1,5 +1,6 @@
-"""Typed wrappers over ``torch.ops.kvcore``. Shapes use B (batch), H (KV heads),
-T (tokens), D (head_dim); the byte layout is documented in docs/FORMAT.md."""
+"""Typed wrappers over ``torch.ops.kvcore``. Shapes use B (batch), H (KV heads;
+Hq / Hkv for query / KV heads where both appear), T (tokens), D (head_dim); the
+byte layout is documented in docs/FORMAT.md."""
 from typing import Optional, Tuple
 
 import torch
@@ -69,4 +70,91 @@ def dequantize_kv(
     return torch.ops.kvcore.dequantize_kv(codes, scale, mn, bits, group_size, axis, dtype)
 
 
-__all__ = ["quantize_kv", "dequantize_kv", "AXES"]
+def decode_attention(
+    q: Tensor,
+    k_codes: Tensor,
+    k_scale: Tensor,
+    k_mn: Tensor,
+    v_codes: Tensor,
+    v_scale: Tensor,
+    v_mn: Tensor,
+    k_resid: Tensor,
+    v_resid: Tensor,
+    packed_len: Tensor,
+    resid_len: Tensor,
+    bits: int = 2,
+    group_size: int = 64,
+    sm_scale: Optional[float] = None,
+    k_sink: Optional[Tensor] = None,
+    v_sink: Optional[Tensor] = None,
+    sink_len: Optional[Tensor] = None,
+) -> Tuple[Tensor, Tensor]:
+    """Attention of one new query token per sequence over a compressed KV cache.
+
+    Sequence b attends to the union of three token ranges (softmax over all of
+    them; their order does not matter):
+
+    * sinks ``[0, sink_len[b])`` of ``k_sink`` / ``v_sink`` (optional, full precision);
+    * packed ``[0, packed_len[b])`` of the b-bit cache: keys quantized per channel
+      (``quantize_kv(k, bits, group_size, axis="channel")``), values per token
+      (``axis="token"``);
+    * residual ``[0, resid_len[b])`` of ``k_resid`` / ``v_resid`` (full precision:
+      the recent tokens that do not fill a sealed block yet).
+
+    Query head h reads KV head ``h // (Hq // Hkv)`` (GQA; MQA when Hkv == 1). The
+    kernels compute ``softmax(sm_scale * q.K^T) V`` in float32.
+
+    Args (B sequences, Hq query heads, Hkv KV heads, head_dim D in {64, 128, 256};
+    every tensor contiguous and on one device):
+        q: ``[B, Hq, D]`` float16 or bfloat16. Every scale/min, residual and sink
+            tensor must have q's dtype.
+        k_codes, v_codes: ``[B, Hkv, T_cap, D*bits/8]`` uint8, T_cap a multiple of
+            group_size.
+        k_scale, k_mn: ``[B, Hkv, T_cap/group_size, D]`` (key groups: group_size tokens
+            of one channel).
+        v_scale, v_mn: ``[B, Hkv, T_cap, D/group_size]`` (value groups: group_size
+            channels of one token).
+        k_resid, v_resid: ``[B, Hkv, R_cap, D]``; R_cap may be 0.
+        packed_len, resid_len: ``[B]`` int32, on the device.
+        bits: 2 or 4 (8-bit caches are not supported by this op).
+        group_size: 32, 64 or 128, dividing D.
+        sm_scale: softmax scale; default ``1/sqrt(D)``.
+        k_sink, v_sink: ``[B, Hkv, S_cap, D]``; sink_len: ``[B]`` int32. Give all
+            three or none.
+
+    Lengths are device data, so they are not checked against the capacities (that
+    would need a host synchronisation); the kernels clamp them instead: a negative
+    length counts as 0, packed_len is clamped to T_cap and rounded down to a
+    multiple of group_size (only sealed blocks are read), resid_len is clamped to
+    R_cap and sink_len to S_cap. Nothing past a clamped length is read, so unused
+    capacity may hold anything.
+
+    Returns:
+        ``(out, lse)``: out ``[B, Hq, D]`` in q's dtype; lse ``[B, Hq]`` float32, the
+        natural log of the sum of exp of the scaled scores (to merge with attention
+        over other tokens). A sequence with no tokens gets an all-zero out row and
+        lse = -inf.
+
+    Example::
+
+        >>> B, Hq, Hkv, D, T = 2, 32, 8, 128, 1024
+        >>> k = torch.randn(B, Hkv, T, D, dtype=torch.bfloat16)
+        >>> v = torch.randn(B, Hkv, T, D, dtype=torch.bfloat16)
+        >>> k_codes, k_scale, k_mn = kvcore.ops.quantize_kv(k, bits=2, group_size=64, axis="channel")
+        >>> v_codes, v_scale, v_mn = kvcore.ops.quantize_kv(v, bits=2, group_size=64, axis="token")
+        >>> k_resid = torch.randn(B, Hkv, 64, D, dtype=torch.bfloat16)  # room for one unsealed block
+        >>> v_resid = torch.randn(B, Hkv, 64, D, dtype=torch.bfloat16)
+        >>> packed_len = torch.tensor([1024, 640], dtype=torch.int32)
+        >>> resid_len = torch.tensor([5, 0], dtype=torch.int32)
+        >>> q = torch.randn(B, Hq, D, dtype=torch.bfloat16)
+        >>> out, lse = kvcore.ops.decode_attention(q, k_codes, k_scale, k_mn, v_codes, v_scale, v_mn,
+        ...                                        k_resid, v_resid, packed_len, resid_len, bits=2, group_size=64)
+        >>> out.shape, lse.shape
+        (torch.Size([2, 32, 128]), torch.Size([2, 32]))
+    """
+    return torch.ops.kvcore.decode_attention(
+        q, k_codes, k_scale, k_mn, v_codes, v_scale, v_mn, k_resid, v_resid, packed_len, resid_len,
+        bits, group_size, sm_scale, k_sink, v_sink, sink_len)
+
+
+__all__ = ["quantize_kv", "dequantize_kv", "decode_attention", "AXES"]

@@ -98,3 +98,70 @@ def dequantize_kv(codes, scale, mn, bits, group_size, axis, dtype=None):
     g = _grouped(c, group_size, axis)
     out = g * scale.float().unsqueeze(-1) + mn.float().unsqueeze(-1)
     return _ungrouped(out, shape, group_size, axis).to(dtype or scale.dtype)
+
+
+def clamped_lengths(lengths, cap: int, multiple: int = 1):
+    """Lengths [B] as decode_attention uses them (a list): in [0, cap], rounded down to a multiple."""
+    if lengths is None:
+        return None
+    n = lengths.cpu().to(torch.int64).clamp(0, cap)
+    return (n - n % multiple).tolist()
+
+
+def decode_kv_tokens(k_codes, k_scale, k_mn, v_codes, v_scale, v_mn, k_resid, v_resid,
+                     packed_len, resid_len, bits, group_size, k_sink=None, v_sink=None, sink_len=None):
+    """The keys and values each sequence attends to in decode_attention.
+
+    Returns a list over the B sequences of ``(k, v)``, each float32 ``[Hkv, n_b, D]``
+    on the CPU: the valid sinks, then the dequantized sealed packed tokens, then the
+    valid residual tokens (lengths clamped like the kernels clamp them).
+    """
+    k_all = dequantize_kv(k_codes.cpu(), k_scale.cpu(), k_mn.cpu(), bits, group_size, "channel", torch.float32)
+    v_all = dequantize_kv(v_codes.cpu(), v_scale.cpu(), v_mn.cpu(), bits, group_size, "token", torch.float32)
+    n_packed = clamped_lengths(packed_len, k_codes.shape[2], group_size)
+    n_resid = clamped_lengths(resid_len, k_resid.shape[2])
+    n_sink = clamped_lengths(sink_len, k_sink.shape[2]) if k_sink is not None else None
+    tokens = []
+    for b in range(k_codes.shape[0]):
+        ks, vs = [], []
+        if n_sink is not None:
+            ks.append(k_sink[b, :, :n_sink[b]].cpu().float())
+            vs.append(v_sink[b, :, :n_sink[b]].cpu().float())
+        ks.append(k_all[b, :, :n_packed[b]])
+        vs.append(v_all[b, :, :n_packed[b]])
+        ks.append(k_resid[b, :, :n_resid[b]].cpu().float())
+        vs.append(v_resid[b, :, :n_resid[b]].cpu().float())
+        tokens.append((torch.cat(ks, dim=1), torch.cat(vs, dim=1)))
+    return tokens
+
+
+def decode_attention_f64(q, k_codes, k_scale, k_mn, v_codes, v_scale, v_mn, k_resid, v_resid,
+                         packed_len, resid_len, bits=2, group_size=64, sm_scale=None,
+                         k_sink=None, v_sink=None, sink_len=None):
+    """decode_attention in float64 on the CPU: ``(out [B, Hq, D], lse [B, Hq])``,
+    both float64 and unrounded (the oracle the tests measure errors against)."""
+    B, Hq, D = q.shape
+    scale = D ** -0.5 if sm_scale is None else sm_scale
+    out = torch.zeros(B, Hq, D, dtype=torch.float64)
+    lse = torch.full((B, Hq), float("-inf"), dtype=torch.float64)
+    tokens = decode_kv_tokens(k_codes, k_scale, k_mn, v_codes, v_scale, v_mn, k_resid, v_resid,
+                              packed_len, resid_len, bits, group_size, k_sink, v_sink, sink_len)
+    for b, (k, v) in enumerate(tokens):
+        if k.shape[1] == 0:
+            continue  # no tokens: zeros and -inf
+        rep = Hq // k.shape[0]  # query head h reads KV head h // rep
+        k = k.double().repeat_interleave(rep, dim=0)
+        v = v.double().repeat_interleave(rep, dim=0)
+        scores = torch.einsum("hd,htd->ht", q[b].cpu().double(), k) * scale
+        lse[b] = torch.logsumexp(scores, dim=-1)
+        out[b] = torch.einsum("ht,htd->hd", torch.softmax(scores, dim=-1), v)
+    return out, lse
+
+
+def decode_attention(q, k_codes, k_scale, k_mn, v_codes, v_scale, v_mn, k_resid, v_resid,
+                     packed_len, resid_len, bits=2, group_size=64, sm_scale=None,
+                     k_sink=None, v_sink=None, sink_len=None):
+    """Oracle for kvcore.ops.decode_attention: ``(out in q.dtype, lse float32)`` on q's device."""
+    out, lse = decode_attention_f64(q, k_codes, k_scale, k_mn, v_codes, v_scale, v_mn, k_resid, v_resid,
+                                    packed_len, resid_len, bits, group_size, sm_scale, k_sink, v_sink, sink_len)
+    return out.to(device=q.device, dtype=q.dtype), lse.to(device=q.device, dtype=torch.float32)

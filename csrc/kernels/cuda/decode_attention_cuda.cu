@@ -36,7 +36,7 @@ using dev::Bits;
 
 constexpr int kWarps = 4;         // warps per split CTA
 constexpr int kHeadsPerPass = 8;  // query heads per CTA (the mma N dimension)
-constexpr int kStages = 3;        // cp.async pipeline depth per warp
+constexpr int kStages = 2;        // cp.async pipeline depth per warp (2 keeps 4+ CTAs per SM)
 constexpr float kLog2e = 1.4426950408889634f;
 constexpr float kLn2 = 0.6931471805599453f;
 
@@ -64,17 +64,26 @@ struct StageLayout {
 
 // fp16 pair (1 + c_even/SC, 1 + c_odd/SC) of pair k of a packed word: rotate the two
 // fields to the top of the fp16 mantissas, mask, and OR in the exponent of 1.0.
+// `rot` = pair_rotation<BITS>(k), computed once per lane.
 template <int BITS>
-__device__ __forceinline__ uint32_t code_pair_h2(uint32_t word, int k) {
+__device__ __forceinline__ int pair_rotation(int k) { return (k * BITS - (10 - BITS)) & 31; }
+template <int BITS>
+__device__ __forceinline__ uint32_t code_pair_h2(uint32_t word, int rot) {
   constexpr int TB = 10 - BITS;
   constexpr uint32_t mask = (((1u << BITS) - 1u) << TB) * 0x00010001u;
-  const uint32_t rot = __funnelshift_r(word, word, (k * BITS - TB) & 31);
-  return (rot & mask) | 0x3C003C00u;
+  return (__funnelshift_r(word, word, rot) & mask) | 0x3C003C00u;
 }
 
 template <int KIND>
 __device__ __forceinline__ float meta_at(const uint8_t* base, int idx) {
   return Storage<KIND>::load(reinterpret_cast<const Bits<KIND>*>(base)[idx]);
+}
+// Two consecutive 16-bit metadata values (idx even) as floats, one 32-bit load.
+template <int KIND>
+__device__ __forceinline__ float2 meta_pair(const uint8_t* base, int idx) {
+  const uint32_t w = *reinterpret_cast<const uint32_t*>(base + 2 * idx);
+  if constexpr (KIND == 1) return __half22float2(*reinterpret_cast<const __half2*>(&w));
+  else return make_float2(__uint_as_float(w << 16), __uint_as_float(w & 0xFFFF0000u));
 }
 
 struct SplitParams {
@@ -89,13 +98,15 @@ struct SplitParams {
 
 // ------------------------------------------------------------------------------------
 template <int KIND, int BITS, int D, int G>
-__global__ void __launch_bounds__(kWarps * 32) decode_packed_kernel(DecodeArgs a, SplitParams sp) {
+__global__ void __launch_bounds__(kWarps * 32, D <= 128 ? 4 : 2) decode_packed_kernel(DecodeArgs a, SplitParams sp) {
   using L = StageLayout<D, BITS, G>;
   constexpr int TT = L::TT, MT = TileShape<D>::MT, RB = L::RB, NG = L::NG, KT = D / 16;
   constexpr float SC = (float)(1 << BITS);
   extern __shared__ __align__(16) uint8_t smem[];
-  float* q_s = reinterpret_cast<float*>(smem);                       // [8][D] scaled queries
-  uint8_t* stages = smem + kHeadsPerPass * D * sizeof(float);        // [kWarps][kStages][BYTES]
+  // SC * q' of this pass's heads as [D/2 channel pairs][8 heads] float2: the lanes of a
+  // warp read 8 heads of one pair at once, conflict-free.
+  float2* q_s = reinterpret_cast<float2*>(smem);
+  uint8_t* stages = smem + kHeadsPerPass * D * sizeof(float);  // [kWarps][kStages][BYTES]
 
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, g = lane >> 2, t = lane & 3;
   const int split = blockIdx.x, b = blockIdx.z;
@@ -111,10 +122,13 @@ __global__ void __launch_bounds__(kWarps * 32) decode_packed_kernel(DecodeArgs a
 
   // Scaled queries of this pass's heads (zeros pad the unused heads).
   const float qscale = a.sm_scale * kLog2e;
-  for (int i = threadIdx.x; i < kHeadsPerPass * D; i += blockDim.x) {
-    const int h = i / D, d = i % D;
-    float v = 0.0f;
-    if (h < nh) v = Storage<KIND>::load(static_cast<const Bits<KIND>*>(a.q)[((int64_t)b * a.Hq + h0 + h) * D + d]) * qscale;
+  for (int i = threadIdx.x; i < kHeadsPerPass * D / 2; i += blockDim.x) {
+    const int h = i % kHeadsPerPass, pr = i / kHeadsPerPass;
+    float2 v = make_float2(0.0f, 0.0f);
+    if (h < nh) {
+      const Bits<KIND>* qh = static_cast<const Bits<KIND>*>(a.q) + ((int64_t)b * a.Hq + h0 + h) * D + 2 * pr;
+      v = make_float2(SC * qscale * Storage<KIND>::load(qh[0]), SC * qscale * Storage<KIND>::load(qh[1]));
+    }
     q_s[i] = v;
   }
   __syncthreads();
@@ -137,21 +151,33 @@ __global__ void __launch_bounds__(kWarps * 32) decode_packed_kernel(DecodeArgs a
     if (i < ntiles) {
       uint8_t* st = my_stages + (i % kStages) * L::BYTES;
       const int64_t t0 = w_begin + (int64_t)i * TT;
-      for (int c = lane; c < TT * RB / 16; c += 32) {
-        const bool ok = t0 + c * 16 / RB < a.t_cap;
-        dev::cp_async_16(st + L::KC + c * 16, kc_g + (ok ? t0 * RB + c * 16 : 0), ok);
-        dev::cp_async_16(st + L::VC + c * 16, vc_g + (ok ? t0 * RB + c * 16 : 0), ok);
-      }
+      // Rows (and key blocks) that exist in memory; the rest are zero-filled.
+      const int rows = (int)min((int64_t)TT, a.t_cap - t0);
       const int64_t kb0 = t0 / G;
-      for (int c = lane; c < L::NKB * D * 2 / 16; c += 32) {
-        const bool ok = kb0 + c * 16 / (D * 2) < a.t_cap / G;
-        dev::cp_async_16(st + L::KS + c * 16, ks_g + (ok ? kb0 * D * 2 + c * 16 : 0), ok);
-        dev::cp_async_16(st + L::KM + c * 16, km_g + (ok ? kb0 * D * 2 + c * 16 : 0), ok);
+      const int kblocks = (int)min((int64_t)L::NKB, a.t_cap / G - kb0);
+      const uint8_t* kc = kc_g + t0 * RB;
+      const uint8_t* vc = vc_g + t0 * RB;
+      const uint8_t* ksb = ks_g + kb0 * D * 2;
+      const uint8_t* kmb = km_g + kb0 * D * 2;
+      const uint8_t* vsb = vs_g + t0 * NG * 2;
+      const uint8_t* vmb = vm_g + t0 * NG * 2;
+#pragma unroll
+      for (int c = lane; c < TT * RB / 16; c += 32) {
+        const bool ok = c * 16 / RB < rows;
+        dev::cp_async_16(st + L::KC + c * 16, ok ? kc + c * 16 : kc_g, ok);
+        dev::cp_async_16(st + L::VC + c * 16, ok ? vc + c * 16 : vc_g, ok);
       }
+#pragma unroll
+      for (int c = lane; c < L::NKB * D * 2 / 16; c += 32) {
+        const bool ok = c * 16 / (D * 2) < kblocks;
+        dev::cp_async_16(st + L::KS + c * 16, ok ? ksb + c * 16 : ks_g, ok);
+        dev::cp_async_16(st + L::KM + c * 16, ok ? kmb + c * 16 : km_g, ok);
+      }
+#pragma unroll
       for (int c = lane; c < TT * NG * 2 / 16; c += 32) {
-        const bool ok = t0 + c * 16 / (NG * 2) < a.t_cap;
-        dev::cp_async_16(st + L::VS + c * 16, vs_g + (ok ? t0 * NG * 2 + c * 16 : 0), ok);
-        dev::cp_async_16(st + L::VM + c * 16, vm_g + (ok ? t0 * NG * 2 + c * 16 : 0), ok);
+        const bool ok = c * 16 / (NG * 2) < rows;
+        dev::cp_async_16(st + L::VS + c * 16, ok ? vsb + c * 16 : vs_g, ok);
+        dev::cp_async_16(st + L::VM + c * 16, ok ? vmb + c * 16 : vm_g, ok);
       }
     }
     dev::cp_async_commit();  // always, so group counting stays uniform
@@ -166,6 +192,10 @@ __global__ void __launch_bounds__(kWarps * 32) decode_packed_kernel(DecodeArgs a
   for (int gr = 0; gr < NG; ++gr) corr[gr][0] = corr[gr][1] = 0.0f;
   float m_run[2] = {-INFINITY, -INFINITY}, l_run[2] = {0.0f, 0.0f};
   uint32_t qsb[KT][2];   // B fragments of qs for head g
+  // Rotations that bring this lane's code pairs to the fp16 mantissa tops: keys use
+  // pairs t and t+4 (2 bits) or t (4 bits) of a word, values pair g (2 bits) or g%4.
+  const int rk0 = pair_rotation<BITS>(t), rk1 = pair_rotation<BITS>(t + 4);
+  const int rv = BITS == 2 ? pair_rotation<BITS>(g) : pair_rotation<BITS>(g & 3);
   float cst[2] = {0.0f, 0.0f};  // per-block constant for heads 2t, 2t+1
 
 #pragma unroll
@@ -177,65 +207,85 @@ __global__ void __launch_bounds__(kWarps * 32) decode_packed_kernel(DecodeArgs a
     issue_tile(i + kStages - 1);
     const uint8_t* st = my_stages + (i % kStages) * L::BYTES;
     const int64_t t0 = w_begin + (int64_t)i * TT;
+    const int lim = (int)min((int64_t)TT, w_end - t0);  // valid rows of this stage
 
     // ---- scores S^T for the stage's MT m-tiles --------------------------------------
+    // m-tiles of one key block share the qs fragments; for them the k loop is outer
+    // and the m-tile loop inner, so MG independent mma chains interleave.
+    constexpr int MG = MT < G / 16 ? MT : G / 16;
     float s[MT][4];
 #pragma unroll
-    for (int mt = 0; mt < MT; ++mt) {
-      const int64_t tok = t0 + 16 * mt;
-      if ((i == 0 && mt == 0) || tok % G == 0) {
+    for (int mg = 0; mg < MT; mg += MG) {
+      const int64_t tok = t0 + 16 * mg;
+      if ((i == 0 && mg == 0) || tok % G == 0) {
         // New key block: B fragments qs = SC * q' * ks and the block constant.
-        const int lb = TT >= G ? (16 * mt) / G : 0;
+        const int lb = TT >= G ? (16 * mg) / G : 0;
         const uint8_t* ks = st + L::KS + lb * D * 2;
         const uint8_t* km = st + L::KM + lb * D * 2;
-        float part = 0.0f;
+        float dot_km = 0.0f, sum_qs = 0.0f;  // sum SC q' km, and sum of the rounded qs
 #pragma unroll
         for (int kt = 0; kt < KT; ++kt) {
 #pragma unroll
           for (int hf = 0; hf < 2; ++hf) {
             const int d = 16 * kt + 2 * t + 8 * hf;
-            const float2 qv = *reinterpret_cast<const float2*>(q_s + g * D + d);
-            const float s0 = meta_at<KIND>(ks, d), s1 = meta_at<KIND>(ks, d + 1);
-            const uint32_t pk = dev::pack_half2(SC * qv.x * s0, SC * qv.y * s1);
+            const float2 qv = q_s[(d / 2) * kHeadsPerPass + g];
+            const float2 sv = meta_pair<KIND>(ks, d), mv = meta_pair<KIND>(km, d);
+            const uint32_t pk = dev::pack_half2(qv.x * sv.x, qv.y * sv.y);
             qsb[kt][hf] = pk;
             const float2 pr = __half22float2(*reinterpret_cast<const __half2*>(&pk));
-            part += qv.x * meta_at<KIND>(km, d) + qv.y * meta_at<KIND>(km, d + 1) - pr.x - pr.y;
+            dot_km = fmaf(qv.x, mv.x, fmaf(qv.y, mv.y, dot_km));
+            sum_qs += pr.x + pr.y;
           }
         }
+        float part = dot_km * (1.0f / SC) - sum_qs;
         part += __shfl_xor_sync(0xffffffffu, part, 1);
         part += __shfl_xor_sync(0xffffffffu, part, 2);  // constant of head g, in every lane of the quad
         cst[0] = __shfl_sync(0xffffffffu, part, (2 * t) * 4);
         cst[1] = __shfl_sync(0xffffffffu, part, (2 * t + 1) * 4);
       }
-      float acc[4] = {0.0f, 0.0f, 0.0f, 0.0f};
-      const uint8_t* kr0 = st + L::KC + (16 * mt + g) * RB;
-      const uint8_t* kr1 = kr0 + 8 * RB;
+      float acc[MG][4];
+#pragma unroll
+      for (int m = 0; m < MG; ++m) acc[m][0] = acc[m][1] = acc[m][2] = acc[m][3] = 0.0f;
 #pragma unroll
       for (int v4 = 0; v4 < RB / 16; ++v4) {
-        const uint4 w0 = *reinterpret_cast<const uint4*>(kr0 + 16 * v4);
-        const uint4 w1 = *reinterpret_cast<const uint4*>(kr1 + 16 * v4);
-        const uint32_t r0[4] = {w0.x, w0.y, w0.z, w0.w}, r1[4] = {w1.x, w1.y, w1.z, w1.w};
+        uint32_t r0[MG][4], r1[MG][4];
+#pragma unroll
+        for (int m = 0; m < MG; ++m) {
+          const uint8_t* kr0 = st + L::KC + (16 * (mg + m) + g) * RB + 16 * v4;
+          const uint4 w0 = *reinterpret_cast<const uint4*>(kr0);
+          const uint4 w1 = *reinterpret_cast<const uint4*>(kr0 + 8 * RB);
+          r0[m][0] = w0.x; r0[m][1] = w0.y; r0[m][2] = w0.z; r0[m][3] = w0.w;
+          r1[m][0] = w1.x; r1[m][1] = w1.y; r1[m][2] = w1.z; r1[m][3] = w1.w;
+        }
         if constexpr (BITS == 2) {  // a word = one 16-channel k-tile
 #pragma unroll
-          for (int j = 0; j < 4; ++j) {
-            const uint32_t af[4] = {code_pair_h2<2>(r0[j], t), code_pair_h2<2>(r1[j], t),
-                                    code_pair_h2<2>(r0[j], t + 4), code_pair_h2<2>(r1[j], t + 4)};
-            dev::mma_f16_16816(acc, af, qsb[4 * v4 + j][0], qsb[4 * v4 + j][1]);
-          }
+          for (int j = 0; j < 4; ++j)
+#pragma unroll
+            for (int m = 0; m < MG; ++m) {
+              const uint32_t af[4] = {code_pair_h2<2>(r0[m][j], rk0), code_pair_h2<2>(r1[m][j], rk0),
+                                      code_pair_h2<2>(r0[m][j], rk1), code_pair_h2<2>(r1[m][j], rk1)};
+              dev::mma_f16_16816(acc[m], af, qsb[4 * v4 + j][0], qsb[4 * v4 + j][1]);
+            }
         } else {  // two words = one k-tile
 #pragma unroll
-          for (int j = 0; j < 2; ++j) {
-            const uint32_t af[4] = {code_pair_h2<4>(r0[2 * j], t), code_pair_h2<4>(r1[2 * j], t),
-                                    code_pair_h2<4>(r0[2 * j + 1], t), code_pair_h2<4>(r1[2 * j + 1], t)};
-            dev::mma_f16_16816(acc, af, qsb[2 * v4 + j][0], qsb[2 * v4 + j][1]);
-          }
+          for (int j = 0; j < 2; ++j)
+#pragma unroll
+            for (int m = 0; m < MG; ++m) {
+              const uint32_t af[4] = {code_pair_h2<4>(r0[m][2 * j], rk0), code_pair_h2<4>(r1[m][2 * j], rk0),
+                                      code_pair_h2<4>(r0[m][2 * j + 1], rk0), code_pair_h2<4>(r1[m][2 * j + 1], rk0)};
+              dev::mma_f16_16816(acc[m], af, qsb[2 * v4 + j][0], qsb[2 * v4 + j][1]);
+            }
         }
       }
-      const bool ok0 = tok + g < w_end, ok1 = tok + g + 8 < w_end;
-      s[mt][0] = ok0 ? acc[0] + cst[0] : -INFINITY;
-      s[mt][1] = ok0 ? acc[1] + cst[1] : -INFINITY;
-      s[mt][2] = ok1 ? acc[2] + cst[0] : -INFINITY;
-      s[mt][3] = ok1 ? acc[3] + cst[1] : -INFINITY;
+#pragma unroll
+      for (int m = 0; m < MG; ++m) {
+        const int mt = mg + m;
+        const bool ok0 = 16 * mt + g < lim, ok1 = 16 * mt + g + 8 < lim;
+        s[mt][0] = ok0 ? acc[m][0] + cst[0] : -INFINITY;
+        s[mt][1] = ok0 ? acc[m][1] + cst[1] : -INFINITY;
+        s[mt][2] = ok1 ? acc[m][2] + cst[0] : -INFINITY;
+        s[mt][3] = ok1 ? acc[m][3] + cst[1] : -INFINITY;
+      }
     }
 
     // ---- online softmax over the stage (base 2) -------------------------------------
@@ -274,16 +324,17 @@ __global__ void __launch_bounds__(kWarps * 32) decode_packed_kernel(DecodeArgs a
       l_run[0] += p[0] + p[2];
       l_run[1] += p[1] + p[3];
       const int r0 = 16 * mt + g, r1 = r0 + 8;  // stage rows of this lane's two tokens
-      const bool ok0 = t0 + r0 < w_end, ok1 = t0 + r1 < w_end;
+      const bool ok0 = r0 < lim, ok1 = r1 < lim;
       uint32_t bfr[NG][2];
+      const float sp0 = SC * p[0], sp1 = SC * p[1], sp2 = SC * p[2], sp3 = SC * p[3];
 #pragma unroll
       for (int gr = 0; gr < NG; ++gr) {
         const float vs0 = ok0 ? meta_at<KIND>(st + L::VS, r0 * NG + gr) : 0.0f;
         const float vs1 = ok1 ? meta_at<KIND>(st + L::VS, r1 * NG + gr) : 0.0f;
         const float vm0 = ok0 ? meta_at<KIND>(st + L::VM, r0 * NG + gr) : 0.0f;
         const float vm1 = ok1 ? meta_at<KIND>(st + L::VM, r1 * NG + gr) : 0.0f;
-        const uint32_t top = dev::pack_half2(SC * p[0] * vs0, SC * p[1] * vs0);
-        const uint32_t bot = dev::pack_half2(SC * p[2] * vs1, SC * p[3] * vs1);
+        const uint32_t top = dev::pack_half2(sp0 * vs0, sp1 * vs0);
+        const uint32_t bot = dev::pack_half2(sp2 * vs1, sp3 * vs1);
         const float2 tf = __half22float2(*reinterpret_cast<const __half2*>(&top));
         const float2 bf = __half22float2(*reinterpret_cast<const __half2*>(&bot));
         corr[gr][0] += p[0] * vm0 - tf.x + p[2] * vm1 - bf.x;
@@ -310,7 +361,9 @@ __global__ void __launch_bounds__(kWarps * 32) decode_packed_kernel(DecodeArgs a
 #pragma unroll
           for (int u = 0; u < 4; ++u) {
             // channel 16*mc + 2g (and +1): 2 bits -> word j, pair g; 4 bits -> word 2j + g/4, pair g%4
-            x[u] = BITS == 2 ? code_pair_h2<2>(w[u][j], g) : code_pair_h2<4>(w[u][2 * j + (g >> 2)], g & 3);
+            // (a select, not a run-time array index, which would put w in local memory)
+            x[u] = BITS == 2 ? code_pair_h2<2>(w[u][j], rv)
+                             : code_pair_h2<4>((g >> 2) ? w[u][2 * j + 1] : w[u][2 * j], rv);
           }
           const uint32_t af[4] = {dev::prmt(x[0], x[1], 0x5410u), dev::prmt(x[0], x[1], 0x7632u),
                                   dev::prmt(x[2], x[3], 0x5410u), dev::prmt(x[2], x[3], 0x7632u)};
@@ -381,10 +434,13 @@ __global__ void __launch_bounds__(kWarps * 32) decode_packed_kernel(DecodeArgs a
 
 // ------------------------------------------------------------------------------------
 // Sinks and residual window: full-precision tokens, one warp per query head, lanes
-// split the channels. Writes the last partial slot.
+// split the channels. Tokens go in batches of 8 whose loads are all issued before
+// any use, so the warp waits for memory once per batch, not once per token.
+// Writes the last partial slot.
 template <int KIND, int D>
 __global__ void __launch_bounds__(128) decode_fp_kernel(DecodeArgs a, SplitParams sp) {
-  constexpr int CPL = D / 32;  // channels per lane
+  constexpr int CPL = D / 32;  // channels per lane (consecutive)
+  constexpr int NB = 8;        // tokens per batch
   const int lane = threadIdx.x & 31;
   const int64_t unit = (int64_t)blockIdx.x * 4 + (threadIdx.x >> 5);
   if (unit >= (int64_t)a.B * a.Hq) return;
@@ -400,19 +456,48 @@ __global__ void __launch_bounds__(128) decode_fp_kernel(DecodeArgs a, SplitParam
   float m = -INFINITY, l = 0.0f;
   auto segment = [&](const void* kp, const void* vp, int64_t cap, int64_t len) {
     len = len < 0 ? 0 : min(len, cap);
-    const Bits<KIND>* k = static_cast<const Bits<KIND>*>(kp) + ((int64_t)b * a.Hkv + kvh) * cap * D;
-    const Bits<KIND>* v = static_cast<const Bits<KIND>*>(vp) + ((int64_t)b * a.Hkv + kvh) * cap * D;
-    for (int64_t tk = 0; tk < len; ++tk) {
-      float dot = 0.0f;
+    const Bits<KIND>* k = static_cast<const Bits<KIND>*>(kp) + ((int64_t)b * a.Hkv + kvh) * cap * D + lane * CPL;
+    const Bits<KIND>* v = static_cast<const Bits<KIND>*>(vp) + ((int64_t)b * a.Hkv + kvh) * cap * D + lane * CPL;
+    for (int64_t t0 = 0; t0 < len; t0 += NB) {
+      float kx[NB][CPL], vx[NB][CPL];
 #pragma unroll
-      for (int j = 0; j < CPL; ++j) dot += q[j] * Storage<KIND>::load(k[tk * D + lane * CPL + j]);
+      for (int u = 0; u < NB; ++u) {
+        const int64_t tk = min(t0 + u, len - 1);  // a valid row; surplus tokens are masked below
 #pragma unroll
-      for (int off = 16; off > 0; off >>= 1) dot += __shfl_xor_sync(0xffffffffu, dot, off);
-      const float m_new = fmaxf(m, dot);
-      const float alpha = exp2f(m - m_new), p = exp2f(dot - m_new);
-      l = l * alpha + p;
+        for (int j = 0; j < CPL; ++j) {
+          kx[u][j] = Storage<KIND>::load(k[tk * D + j]);
+          vx[u][j] = Storage<KIND>::load(v[tk * D + j]);
+        }
+      }
+      float sc[NB];
 #pragma unroll
-      for (int j = 0; j < CPL; ++j) o[j] = o[j] * alpha + p * Storage<KIND>::load(v[tk * D + lane * CPL + j]);
+      for (int u = 0; u < NB; ++u) {
+        float dot = 0.0f;
+#pragma unroll
+        for (int j = 0; j < CPL; ++j) dot += q[j] * kx[u][j];
+        sc[u] = dot;
+      }
+#pragma unroll
+      for (int off = 16; off > 0; off >>= 1)
+#pragma unroll
+        for (int u = 0; u < NB; ++u) sc[u] += __shfl_xor_sync(0xffffffffu, sc[u], off);
+      float m_new = m;
+#pragma unroll
+      for (int u = 0; u < NB; ++u) {
+        if (t0 + u >= len) sc[u] = -INFINITY;
+        m_new = fmaxf(m_new, sc[u]);
+      }
+      const float alpha = exp2f(m - m_new);  // m_new is finite: the batch holds a real token
+      l *= alpha;
+#pragma unroll
+      for (int j = 0; j < CPL; ++j) o[j] *= alpha;
+#pragma unroll
+      for (int u = 0; u < NB; ++u) {
+        const float p = exp2f(sc[u] - m_new);
+        l += p;
+#pragma unroll
+        for (int j = 0; j < CPL; ++j) o[j] += p * vx[u][j];
+      }
       m = m_new;
     }
   };
@@ -475,7 +560,7 @@ cudaError_t launch_packed(const DecodeArgs& a, const SplitParams& sp, cudaStream
   using L = StageLayout<D, BITS, G>;
   const size_t stage_bytes = (size_t)kWarps * kStages * L::BYTES;
   const size_t merge_bytes = (size_t)kWarps * kHeadsPerPass * (D + 2) * sizeof(float);
-  const size_t smem = kHeadsPerPass * D * sizeof(float) + std::max(stage_bytes, merge_bytes);
+  const size_t smem = kHeadsPerPass * D * sizeof(float) + std::max(stage_bytes, merge_bytes);  // q_s + stages
   auto kernel = decode_packed_kernel<KIND, BITS, D, G>;
   cudaError_t e = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem);
   if (e != cudaSuccess) return e;

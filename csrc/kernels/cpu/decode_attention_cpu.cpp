@@ -1,0 +1,231 @@
+// CPU decode attention (semantics in decode_attention.h). One unit is one
+// (sequence, query head): float32 scores over the sinks, the sealed packed blocks
+// and the residual tokens, a stable softmax, then one pass over the values.
+// Templated on dtype, bits and head_dim so the inner loops have fixed trip counts.
+#include <algorithm>
+#include <cmath>
+#include <vector>
+#include "../decode_attention.h"
+
+namespace kvcore {
+namespace {
+
+template <int KIND>
+using Bits = typename Storage<KIND>::bits_t;
+
+// Full-precision tokens are summed in chunks of this many: partial sums keep the
+// float32 rounding error of long sums small (packed tokens use their blocks).
+constexpr int64_t kChunk = 64;
+
+// Token counts of one sequence once its device lengths are clamped to the capacities.
+struct SeqLens {
+  int64_t sink = 0, packed = 0, resid = 0;
+  int64_t total() const { return sink + packed + resid; }
+};
+
+int64_t clamp_len(const int32_t* len, int b, int64_t cap) {
+  if (len == nullptr) return 0;
+  return std::min<int64_t>(std::max<int64_t>(len[b], 0), cap);
+}
+
+SeqLens seq_lens(const DecodeArgs& a, int b) {
+  SeqLens n;
+  n.sink = clamp_len(a.sink_len, b, a.s_cap);
+  const int64_t packed = clamp_len(a.packed_len, b, a.t_cap);
+  n.packed = packed - packed % a.group;  // only sealed blocks count
+  n.resid = clamp_len(a.resid_len, b, a.r_cap);
+  return n;
+}
+
+uint32_t load_le32(const uint8_t* p) {
+  return (uint32_t)p[0] | ((uint32_t)p[1] << 8) | ((uint32_t)p[2] << 16) | ((uint32_t)p[3] << 24);
+}
+
+// The D codes of one packed token (D*BITS/8 bytes), as floats in channel order.
+template <int BITS, int D>
+void unpack_row(const uint8_t* row, float* codes) {
+  constexpr int kPerWord = 32 / BITS;
+  constexpr uint32_t kMask = (1u << BITS) - 1u;
+  for (int w = 0; w < D / kPerWord; ++w) {
+    const uint32_t word = load_le32(row + 4 * w);
+    for (int j = 0; j < kPerWord; ++j)
+      codes[w * kPerWord + j] = (float)((word >> code_bit_offset(j, BITS)) & kMask);
+  }
+}
+
+// Row `row` of a [*, D] tensor of storage KIND, as floats.
+template <int KIND, int D>
+void load_row(const void* base, int64_t row, float* out) {
+  const Bits<KIND>* p = static_cast<const Bits<KIND>*>(base) + row * D;
+  for (int d = 0; d < D; ++d) out[d] = Storage<KIND>::load(p[d]);
+}
+
+// Dot product with 8 independent partial sums (short dependency chains, vectorisable).
+template <int D>
+float dot(const float* x, const float* y) {
+  float part[8] = {};
+  for (int d = 0; d < D; d += 8)
+    for (int j = 0; j < 8; ++j) part[j] += x[d + j] * y[d + j];
+  return ((part[0] + part[1]) + (part[2] + part[3])) + ((part[4] + part[5]) + (part[6] + part[7]));
+}
+
+// s[t] = sm_scale * q.k[row0 + t] for n full-precision keys.
+template <int KIND, int D>
+void full_scores(const void* k, int64_t row0, int64_t n, const float* q, float sm_scale, float* s) {
+  float kt[D];
+  for (int64_t t = 0; t < n; ++t) {
+    load_row<KIND, D>(k, row0 + t, kt);
+    s[t] = sm_scale * dot<D>(q, kt);
+  }
+}
+
+// Scores of the first n packed keys (n a multiple of group) of KV row kv. Within a
+// block k[t][d] = code*scale[d] + mn[d], so q.k = sum_d code_d*(q_d*scale_d) + q.mn:
+// the block's scale is folded into q and q.mn computed once per block.
+template <int KIND, int BITS, int D>
+void packed_scores(const DecodeArgs& a, int64_t kv, int64_t n, const float* q, float* s) {
+  constexpr int64_t kRowBytes = D * BITS / 8;
+  const int64_t G = a.group, blocks_cap = a.t_cap / G;
+  float q_scale[D], mn[D], codes[D];
+  for (int64_t blk = 0; blk < n / G; ++blk) {
+    load_row<KIND, D>(a.k_scale, kv * blocks_cap + blk, q_scale);
+    load_row<KIND, D>(a.k_mn, kv * blocks_cap + blk, mn);
+    for (int d = 0; d < D; ++d) q_scale[d] *= q[d];
+    const float q_mn = dot<D>(q, mn);
+    for (int64_t t = blk * G; t < (blk + 1) * G; ++t) {
+      unpack_row<BITS, D>(a.k_codes + (kv * a.t_cap + t) * kRowBytes, codes);
+      s[t] = a.sm_scale * (dot<D>(codes, q_scale) + q_mn);
+    }
+  }
+}
+
+struct SoftmaxStats {
+  float max, sum;
+};
+
+// Replaces the n scores by exp(s - max) and returns max and the sum of the exps.
+SoftmaxStats softmax_weights(float* s, int64_t n) {
+  const float mx = *std::max_element(s, s + n);
+  float sum = 0.0f;
+  for (int64_t t0 = 0; t0 < n; t0 += kChunk) {
+    float part = 0.0f;
+    for (int64_t t = t0; t < std::min(t0 + kChunk, n); ++t) {
+      s[t] = std::exp(s[t] - mx);
+      part += s[t];
+    }
+    sum += part;
+  }
+  return {mx, sum};
+}
+
+// acc += sum_t p[t] * v[row0 + t] over n full-precision values.
+template <int KIND, int D>
+void add_full_values(const void* v, int64_t row0, int64_t n, const float* p, float* acc) {
+  float vt[D], part[D];
+  for (int64_t t0 = 0; t0 < n; t0 += kChunk) {
+    std::fill(part, part + D, 0.0f);
+    for (int64_t t = t0; t < std::min(t0 + kChunk, n); ++t) {
+      load_row<KIND, D>(v, row0 + t, vt);
+      for (int d = 0; d < D; ++d) part[d] += p[t] * vt[d];
+    }
+    for (int d = 0; d < D; ++d) acc[d] += part[d];
+  }
+}
+
+// acc += sum_t p[t] * v[t] over the first n packed values of KV row kv, one sealed
+// block at a time. v[t][d] = code*scale_g + mn_g for the channel group g of d, so
+// the p-weighted mins are summed per group and added once per block.
+template <int KIND, int BITS, int D>
+void add_packed_values(const DecodeArgs& a, int64_t kv, int64_t n, const float* p, float* acc) {
+  constexpr int64_t kRowBytes = D * BITS / 8;
+  constexpr int kMaxGroups = D / 32;
+  const int G = a.group, groups = D / G;
+  const auto* scale = static_cast<const Bits<KIND>*>(a.v_scale);
+  const auto* mn = static_cast<const Bits<KIND>*>(a.v_mn);
+  float codes[D], part[D], part_mn[kMaxGroups];
+  for (int64_t t0 = 0; t0 < n; t0 += G) {
+    std::fill(part, part + D, 0.0f);
+    std::fill(part_mn, part_mn + groups, 0.0f);
+    for (int64_t t = t0; t < t0 + G; ++t) {
+      const int64_t row = kv * a.t_cap + t;
+      unpack_row<BITS, D>(a.v_codes + row * kRowBytes, codes);
+      for (int g = 0; g < groups; ++g) {
+        const float p_scale = p[t] * Storage<KIND>::load(scale[row * groups + g]);
+        part_mn[g] += p[t] * Storage<KIND>::load(mn[row * groups + g]);
+        for (int d = g * G; d < (g + 1) * G; ++d) part[d] += codes[d] * p_scale;
+      }
+    }
+    for (int g = 0; g < groups; ++g)
+      for (int d = g * G; d < (g + 1) * G; ++d) acc[d] += part[d] + part_mn[g];
+  }
+}
+
+template <int KIND, int D>
+void write_empty(const DecodeArgs& a, int64_t u) {
+  auto* out = static_cast<Bits<KIND>*>(a.out) + u * D;
+  std::fill(out, out + D, Storage<KIND>::store(0.0f));
+  a.lse[u] = -INFINITY;
+}
+
+// One (sequence b, query head h) unit; `scores` is scratch reused across units.
+template <int KIND, int BITS, int D>
+void decode_unit(const DecodeArgs& a, int64_t u, std::vector<float>& scores) {
+  const int b = (int)(u / a.Hq), h = (int)(u % a.Hq);
+  const int64_t kv = (int64_t)b * a.Hkv + h / (a.Hq / a.Hkv);  // row of the [B*Hkv] KV heads
+  const SeqLens n = seq_lens(a, b);
+  if (n.total() == 0) return write_empty<KIND, D>(a, u);
+
+  float q[D], acc[D] = {};
+  load_row<KIND, D>(a.q, u, q);
+  scores.resize(n.total());
+  float* s_sink = scores.data();
+  float* s_packed = s_sink + n.sink;
+  float* s_resid = s_packed + n.packed;
+  full_scores<KIND, D>(a.k_sink, kv * a.s_cap, n.sink, q, a.sm_scale, s_sink);
+  packed_scores<KIND, BITS, D>(a, kv, n.packed, q, s_packed);
+  full_scores<KIND, D>(a.k_resid, kv * a.r_cap, n.resid, q, a.sm_scale, s_resid);
+
+  const SoftmaxStats st = softmax_weights(scores.data(), n.total());
+  add_full_values<KIND, D>(a.v_sink, kv * a.s_cap, n.sink, s_sink, acc);
+  add_packed_values<KIND, BITS, D>(a, kv, n.packed, s_packed, acc);
+  add_full_values<KIND, D>(a.v_resid, kv * a.r_cap, n.resid, s_resid, acc);
+
+  auto* out = static_cast<Bits<KIND>*>(a.out) + u * D;
+  for (int d = 0; d < D; ++d) out[d] = Storage<KIND>::store(acc[d] / st.sum);
+  a.lse[u] = st.max + std::log(st.sum);
+}
+
+template <int KIND, int BITS, int D>
+void decode_units(const DecodeArgs& a, int64_t begin, int64_t end) {
+  std::vector<float> scores;
+  for (int64_t u = begin; u < end; ++u) decode_unit<KIND, BITS, D>(a, u, scores);
+}
+
+// The dispatchers below do nothing for values check_decode_args rejects.
+template <int KIND, int BITS>
+void dispatch_head_dim(const DecodeArgs& a, int64_t begin, int64_t end) {
+  switch (a.D) {
+    case 64: return decode_units<KIND, BITS, 64>(a, begin, end);
+    case 128: return decode_units<KIND, BITS, 128>(a, begin, end);
+    case 256: return decode_units<KIND, BITS, 256>(a, begin, end);
+    default: return;
+  }
+}
+
+template <int KIND>
+void dispatch_bits(const DecodeArgs& a, int64_t begin, int64_t end) {
+  if (a.bits == 2) return dispatch_head_dim<KIND, 2>(a, begin, end);
+  if (a.bits == 4) return dispatch_head_dim<KIND, 4>(a, begin, end);
+}
+
+}  // namespace
+
+void decode_attention_cpu(const DecodeArgs& a, int64_t begin, int64_t end) {
+  switch (a.dtype) {
+    case DType::F16: return dispatch_bits<1>(a, begin, end);
+    case DType::BF16: return dispatch_bits<2>(a, begin, end);
+    default: return;  // float32 is not a decode_attention dtype
+  }
+}
+
+}  // namespace kvcore

@@ -1,0 +1,29 @@
+// CPU implementation of kvcore::decode_attention: checks, allocation, and the
+// (sequence, query head) units spread over at::parallel_for.
+#include <ATen/Parallel.h>
+#include <torch/library.h>
+#include "decode_attention_args.h"
+
+namespace kvcore {
+namespace {
+
+std::tuple<at::Tensor, at::Tensor> decode_attention_cpu_op(
+    const at::Tensor& q, const at::Tensor& k_codes, const at::Tensor& k_scale, const at::Tensor& k_mn,
+    const at::Tensor& v_codes, const at::Tensor& v_scale, const at::Tensor& v_mn, const at::Tensor& k_resid,
+    const at::Tensor& v_resid, const at::Tensor& packed_len, const at::Tensor& resid_len, int64_t bits,
+    int64_t group_size, std::optional<double> sm_scale, const std::optional<at::Tensor>& k_sink,
+    const std::optional<at::Tensor>& v_sink, const std::optional<at::Tensor>& sink_len) {
+  DecodeArgs a = check_decode_args(q, k_codes, k_scale, k_mn, v_codes, v_scale, v_mn, k_resid, v_resid,
+                                   packed_len, resid_len, bits, group_size, sm_scale, k_sink, v_sink, sink_len);
+  auto outs = alloc_decode_outputs(q, a);
+  const int64_t units = (int64_t)a.B * a.Hq;
+  // A unit reads a whole sequence: one per task is already plenty of work.
+  at::parallel_for(0, units, 1, [&](int64_t b, int64_t e) { decode_attention_cpu(a, b, e); });
+  return outs;
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(kvcore, CPU, m) { m.impl("decode_attention", &decode_attention_cpu_op); }
+
+}  // namespace kvcore
