@@ -1,6 +1,7 @@
 // CUDA implementation of kvcore::decode_attention: checks, output and scratch
 // allocation (through torch's caching allocator, so CUDA-graph capture works), and
 // the launches on the current stream. No host synchronisation.
+#include <ATen/ops/empty.h>
 #include <c10/cuda/CUDAGuard.h>
 #include <c10/cuda/CUDAStream.h>
 #include <torch/library.h>

@@ -15,9 +15,11 @@
 //   S^T = K x Q'^T (M = 16 tokens, K = channels, N = 8 heads). Keys are grouped per
 //     channel, so the channel scale folds into the B operand: qs_d = SC * q'_d * ks_d,
 //     and q'.k = sum_d qs_d (1 + c_d/SC) + [sum_d q'_d km_d - sum_d qs_d] (per block).
+//     qs and the P operand below go to the tensor cores as fp16 hi + lo pairs (two mmas
+//     on the same A fragments), which keeps the result as precise as fp32 operands.
 //   O^T = V^T x P^T (M = 16 channels of one value group, K = 16 tokens, N = 8 heads).
 //     Values are grouped per token, so the token scale folds into P:
-//     b_t = fp16(SC * p_t * vs_t), o = sum_t b_t (1 + c_t/SC) + sum_t (p_t vm_t - b_t).
+//     b_t = SC * p_t * vs_t, o = sum_t b_t (1 + c_t/SC) + sum_t (p_t vm_t - b_t).
 //   The P^T operand comes from the S^T accumulators with one movmatrix transpose.
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
@@ -98,7 +100,7 @@ struct SplitParams {
 
 // ------------------------------------------------------------------------------------
 template <int KIND, int BITS, int D, int G>
-__global__ void __launch_bounds__(kWarps * 32, D <= 128 ? 4 : 2) decode_packed_kernel(DecodeArgs a, SplitParams sp) {
+__global__ void __launch_bounds__(kWarps * 32, D <= 128 ? 3 : 2) decode_packed_kernel(DecodeArgs a, SplitParams sp) {
   using L = StageLayout<D, BITS, G>;
   constexpr int TT = L::TT, MT = TileShape<D>::MT, RB = L::RB, NG = L::NG, KT = D / 16;
   constexpr float SC = (float)(1 << BITS);
@@ -191,7 +193,10 @@ __global__ void __launch_bounds__(kWarps * 32, D <= 128 ? 4 : 2) decode_packed_k
 #pragma unroll
   for (int gr = 0; gr < NG; ++gr) corr[gr][0] = corr[gr][1] = 0.0f;
   float m_run[2] = {-INFINITY, -INFINITY}, l_run[2] = {0.0f, 0.0f};
-  uint32_t qsb[KT][2];   // B fragments of qs for head g
+  // B fragments of qs for head g, split into fp16 hi + lo parts (two mmas share the
+  // A fragments) so the scores keep ~22 bits: one fp16 rounding of q'*ks would cost
+  // as much as the whole error budget of an fp16 attention.
+  uint32_t qsb[KT][2], qsl[KT][2];
   // Rotations that bring this lane's code pairs to the fp16 mantissa tops: keys use
   // pairs t and t+4 (2 bits) or t (4 bits) of a word, values pair g (2 bits) or g%4.
   const int rk0 = pair_rotation<BITS>(t), rk1 = pair_rotation<BITS>(t + 4);
@@ -222,7 +227,7 @@ __global__ void __launch_bounds__(kWarps * 32, D <= 128 ? 4 : 2) decode_packed_k
         const int lb = TT >= G ? (16 * mg) / G : 0;
         const uint8_t* ks = st + L::KS + lb * D * 2;
         const uint8_t* km = st + L::KM + lb * D * 2;
-        float dot_km = 0.0f, sum_qs = 0.0f;  // sum SC q' km, and sum of the rounded qs
+        float dot_km = 0.0f, sum_qs = 0.0f;  // sum SC q' km, and sum qs
 #pragma unroll
         for (int kt = 0; kt < KT; ++kt) {
 #pragma unroll
@@ -230,11 +235,13 @@ __global__ void __launch_bounds__(kWarps * 32, D <= 128 ? 4 : 2) decode_packed_k
             const int d = 16 * kt + 2 * t + 8 * hf;
             const float2 qv = q_s[(d / 2) * kHeadsPerPass + g];
             const float2 sv = meta_pair<KIND>(ks, d), mv = meta_pair<KIND>(km, d);
-            const uint32_t pk = dev::pack_half2(qv.x * sv.x, qv.y * sv.y);
-            qsb[kt][hf] = pk;
+            const float px = qv.x * sv.x, py = qv.y * sv.y;
+            const uint32_t pk = dev::pack_half2(px, py);
             const float2 pr = __half22float2(*reinterpret_cast<const __half2*>(&pk));
+            qsb[kt][hf] = pk;
+            qsl[kt][hf] = dev::pack_half2(px - pr.x, py - pr.y);
             dot_km = fmaf(qv.x, mv.x, fmaf(qv.y, mv.y, dot_km));
-            sum_qs += pr.x + pr.y;
+            sum_qs += px + py;
           }
         }
         float part = dot_km * (1.0f / SC) - sum_qs;
@@ -265,6 +272,7 @@ __global__ void __launch_bounds__(kWarps * 32, D <= 128 ? 4 : 2) decode_packed_k
               const uint32_t af[4] = {code_pair_h2<2>(r0[m][j], rk0), code_pair_h2<2>(r1[m][j], rk0),
                                       code_pair_h2<2>(r0[m][j], rk1), code_pair_h2<2>(r1[m][j], rk1)};
               dev::mma_f16_16816(acc[m], af, qsb[4 * v4 + j][0], qsb[4 * v4 + j][1]);
+              dev::mma_f16_16816(acc[m], af, qsl[4 * v4 + j][0], qsl[4 * v4 + j][1]);
             }
         } else {  // two words = one k-tile
 #pragma unroll
@@ -274,6 +282,7 @@ __global__ void __launch_bounds__(kWarps * 32, D <= 128 ? 4 : 2) decode_packed_k
               const uint32_t af[4] = {code_pair_h2<4>(r0[m][2 * j], rk0), code_pair_h2<4>(r1[m][2 * j], rk0),
                                       code_pair_h2<4>(r0[m][2 * j + 1], rk0), code_pair_h2<4>(r1[m][2 * j + 1], rk0)};
               dev::mma_f16_16816(acc[m], af, qsb[2 * v4 + j][0], qsb[2 * v4 + j][1]);
+              dev::mma_f16_16816(acc[m], af, qsl[2 * v4 + j][0], qsl[2 * v4 + j][1]);
             }
         }
       }
@@ -325,7 +334,7 @@ __global__ void __launch_bounds__(kWarps * 32, D <= 128 ? 4 : 2) decode_packed_k
       l_run[1] += p[1] + p[3];
       const int r0 = 16 * mt + g, r1 = r0 + 8;  // stage rows of this lane's two tokens
       const bool ok0 = r0 < lim, ok1 = r1 < lim;
-      uint32_t bfr[NG][2];
+      uint32_t bfr[NG][2], bfl[NG][2];  // P' fragments, fp16 hi + lo parts
       const float sp0 = SC * p[0], sp1 = SC * p[1], sp2 = SC * p[2], sp3 = SC * p[3];
 #pragma unroll
       for (int gr = 0; gr < NG; ++gr) {
@@ -333,14 +342,17 @@ __global__ void __launch_bounds__(kWarps * 32, D <= 128 ? 4 : 2) decode_packed_k
         const float vs1 = ok1 ? meta_at<KIND>(st + L::VS, r1 * NG + gr) : 0.0f;
         const float vm0 = ok0 ? meta_at<KIND>(st + L::VM, r0 * NG + gr) : 0.0f;
         const float vm1 = ok1 ? meta_at<KIND>(st + L::VM, r1 * NG + gr) : 0.0f;
-        const uint32_t top = dev::pack_half2(sp0 * vs0, sp1 * vs0);
-        const uint32_t bot = dev::pack_half2(sp2 * vs1, sp3 * vs1);
+        const float b0 = sp0 * vs0, b1 = sp1 * vs0, b2 = sp2 * vs1, b3 = sp3 * vs1;
+        const uint32_t top = dev::pack_half2(b0, b1);
+        const uint32_t bot = dev::pack_half2(b2, b3);
         const float2 tf = __half22float2(*reinterpret_cast<const __half2*>(&top));
         const float2 bf = __half22float2(*reinterpret_cast<const __half2*>(&bot));
-        corr[gr][0] += p[0] * vm0 - tf.x + p[2] * vm1 - bf.x;
-        corr[gr][1] += p[1] * vm0 - tf.y + p[3] * vm1 - bf.y;
+        corr[gr][0] += p[0] * vm0 - b0 + p[2] * vm1 - b2;
+        corr[gr][1] += p[1] * vm0 - b1 + p[3] * vm1 - b3;
         bfr[gr][0] = dev::movmatrix_trans(top);  // tokens 2t, 2t+1 of the m-tile, head g
         bfr[gr][1] = dev::movmatrix_trans(bot);  // tokens 2t+8, 2t+9
+        bfl[gr][0] = dev::movmatrix_trans(dev::pack_half2(b0 - tf.x, b1 - tf.y));
+        bfl[gr][1] = dev::movmatrix_trans(dev::pack_half2(b2 - bf.x, b3 - bf.y));
       }
       // Value codes of this lane's 4 tokens (2t, 2t+1, 2t+8, 2t+9 of the m-tile).
       const uint8_t* vr[4] = {st + L::VC + (16 * mt + 2 * t) * RB, st + L::VC + (16 * mt + 2 * t + 1) * RB,
@@ -369,6 +381,7 @@ __global__ void __launch_bounds__(kWarps * 32, D <= 128 ? 4 : 2) decode_packed_k
                                   dev::prmt(x[2], x[3], 0x5410u), dev::prmt(x[2], x[3], 0x7632u)};
           const int gr = (16 * mc) / G;
           dev::mma_f16_16816(o[mc], af, bfr[gr][0], bfr[gr][1]);
+          dev::mma_f16_16816(o[mc], af, bfl[gr][0], bfl[gr][1]);
         }
       }
     }
