@@ -26,6 +26,7 @@
 
 #include <algorithm>
 #include <cfloat>
+#include <type_traits>
 
 #include "../decode_attention.h"
 #include "mma_utils.cuh"
@@ -549,54 +550,107 @@ __global__ void __launch_bounds__(128) decode_merge_kernel(DecodeArgs a, SplitPa
 }
 
 // ------------------------------------------------------------------------------------
-int tile_tokens(int D) { return D <= 128 ? 64 : 32; }
+// One instantiation of the packed kernel: its shared memory, how many of its CTAs fit
+// on an SM (asked of the runtime once), and its launch.
+template <int KIND, int BITS, int D, int G>
+struct Packed {
+  static constexpr int TT = TileShape<D>::TT;
+  static size_t smem() {
+    using L = StageLayout<D, BITS, G>;
+    const size_t stage_bytes = (size_t)kWarps * kStages * L::BYTES;
+    const size_t merge_bytes = (size_t)kWarps * kHeadsPerPass * (D + 2) * sizeof(float);
+    return kHeadsPerPass * D * sizeof(float) + std::max(stage_bytes, merge_bytes);  // q_s + stages
+  }
+  static int ctas_per_sm() {
+    static const int n = [] {
+      int blocks = 1;
+      auto kernel = decode_packed_kernel<KIND, BITS, D, G>;
+      if (cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem()) == cudaSuccess)
+        cudaOccupancyMaxActiveBlocksPerMultiprocessor(&blocks, kernel, kWarps * 32, smem());
+      cudaGetLastError();  // a failed query leaves the estimate at 1, never an error for the caller
+      return std::max(blocks, 1);
+    }();
+    return n;
+  }
+  static cudaError_t launch(const DecodeArgs& a, const SplitParams& sp, cudaStream_t st) {
+    auto kernel = decode_packed_kernel<KIND, BITS, D, G>;
+    const cudaError_t e = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem());
+    if (e != cudaSuccess) return e;
+    const dim3 grid((unsigned)sp.nsplit, (unsigned)(a.Hkv * sp.passes), (unsigned)a.B);
+    kernel<<<grid, kWarps * 32, smem(), st>>>(a, sp);
+    return cudaGetLastError();
+  }
+};
 
+// Calls f(Packed<...>{}) for the instantiation that serves `a` (false: none does).
+template <typename F>
+bool visit_packed(const DecodeArgs& a, F&& f) {
+  auto by_group = [&](auto kind, auto bits, auto dim) {
+    constexpr int K = decltype(kind)::value, B = decltype(bits)::value, D = decltype(dim)::value;
+    switch (a.group) {
+      case 32: f(Packed<K, B, D, 32>{}); return true;
+      case 64: f(Packed<K, B, D, 64>{}); return true;
+      default:
+        if constexpr (D % 128 == 0) {
+          f(Packed<K, B, D, 128>{});
+          return true;
+        }
+        return false;  // group 128 needs D >= 128 (the glue rejects it first)
+    }
+  };
+  auto by_dim = [&](auto kind, auto bits) {
+    switch (a.D) {
+      case 64: return by_group(kind, bits, std::integral_constant<int, 64>{});
+      case 128: return by_group(kind, bits, std::integral_constant<int, 128>{});
+      default: return by_group(kind, bits, std::integral_constant<int, 256>{});
+    }
+  };
+  auto by_bits = [&](auto kind) {
+    return a.bits == 2 ? by_dim(kind, std::integral_constant<int, 2>{}) : by_dim(kind, std::integral_constant<int, 4>{});
+  };
+  return a.dtype == DType::BF16 ? by_bits(std::integral_constant<int, 2>{}) : by_bits(std::integral_constant<int, 1>{});
+}
+
+// Chooses the split size. CTAs run in waves of (SMs x CTAs per SM); a last wave that is
+// mostly empty wastes the GPU, so among 1..8 waves' worth of splits take the one whose
+// CTA count fills its waves best, keeping at least two tiles per warp.
 SplitParams plan_splits(const DecodeArgs& a, int num_sms) {
   SplitParams sp{};
   const int gq = a.Hq / a.Hkv;
   sp.passes = (gq + kHeadsPerPass - 1) / kHeadsPerPass;
-  const int64_t unit = (int64_t)kWarps * tile_tokens(a.D);  // chunk granularity
-  const int64_t align = std::max<int64_t>(unit, a.group);
-  const int64_t ctas_per_split = (int64_t)a.B * a.Hkv * sp.passes;
-  // ~4 CTAs per SM in total, but no chunk below one tile per warp.
-  const int64_t want = std::max<int64_t>(1, (4LL * num_sms + ctas_per_split - 1) / ctas_per_split);
-  int64_t chunk = (a.t_cap + want - 1) / want;
-  chunk = std::max<int64_t>(align, (chunk + align - 1) / align * align);
-  sp.chunk = chunk;
-  sp.nsplit = a.t_cap > 0 ? (int)((a.t_cap + chunk - 1) / chunk) : 0;
+  int per_sm = 1, tt = 64;
+  visit_packed(a, [&](auto p) {
+    per_sm = decltype(p)::ctas_per_sm();
+    tt = decltype(p)::TT;
+  });
+  const int64_t align = std::max<int64_t>((int64_t)kWarps * tt, a.group);  // chunk granularity
+  const int64_t min_chunk = std::max<int64_t>(align, 2LL * kWarps * tt);
+  const int64_t units = (int64_t)a.B * a.Hkv * sp.passes;
+  const int64_t slots = (int64_t)num_sms * per_sm;
+  int64_t best_chunk = 0;
+  double best_eff = -1.0;
+  for (int waves = 1; waves <= 8; ++waves) {
+    const int64_t target = std::max<int64_t>(1, (waves * slots + units - 1) / units);
+    int64_t chunk = (a.t_cap + target - 1) / target;
+    chunk = std::max(min_chunk, (chunk + align - 1) / align * align);
+    const int64_t ctas = (a.t_cap + chunk - 1) / chunk * units;
+    const double eff = (double)ctas / (double)(((ctas + slots - 1) / slots) * slots);
+    if (eff > best_eff + 0.02) {  // prefer fewer, larger splits unless clearly better
+      best_eff = eff;
+      best_chunk = chunk;
+    }
+  }
+  sp.chunk = best_chunk;
+  sp.nsplit = a.t_cap > 0 ? (int)((a.t_cap + best_chunk - 1) / best_chunk) : 0;
   sp.np = sp.nsplit + 1;
   return sp;
-}
-
-template <int KIND, int BITS, int D, int G>
-cudaError_t launch_packed(const DecodeArgs& a, const SplitParams& sp, cudaStream_t st) {
-  using L = StageLayout<D, BITS, G>;
-  const size_t stage_bytes = (size_t)kWarps * kStages * L::BYTES;
-  const size_t merge_bytes = (size_t)kWarps * kHeadsPerPass * (D + 2) * sizeof(float);
-  const size_t smem = kHeadsPerPass * D * sizeof(float) + std::max(stage_bytes, merge_bytes);  // q_s + stages
-  auto kernel = decode_packed_kernel<KIND, BITS, D, G>;
-  cudaError_t e = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem);
-  if (e != cudaSuccess) return e;
-  const dim3 grid((unsigned)sp.nsplit, (unsigned)(a.Hkv * sp.passes), (unsigned)a.B);
-  kernel<<<grid, kWarps * 32, smem, st>>>(a, sp);
-  return cudaGetLastError();
-}
-
-template <int KIND, int BITS, int D>
-cudaError_t dispatch_group(const DecodeArgs& a, const SplitParams& sp, cudaStream_t st) {
-  switch (a.group) {
-    case 32: return launch_packed<KIND, BITS, D, 32>(a, sp, st);
-    case 64: return launch_packed<KIND, BITS, D, 64>(a, sp, st);
-    default:
-      if constexpr (D % 128 == 0) return launch_packed<KIND, BITS, D, 128>(a, sp, st);
-      return cudaErrorInvalidValue;  // group 128 needs D >= 128 (the glue rejects it first)
-  }
 }
 
 template <int KIND, int D>
 cudaError_t run_all(const DecodeArgs& a, const SplitParams& sp, cudaStream_t st) {
   if (sp.nsplit > 0) {
-    const cudaError_t e = a.bits == 2 ? dispatch_group<KIND, 2, D>(a, sp, st) : dispatch_group<KIND, 4, D>(a, sp, st);
+    cudaError_t e = cudaErrorInvalidValue;
+    visit_packed(a, [&](auto p) { e = decltype(p)::launch(a, sp, st); });
     if (e != cudaSuccess) return e;
   }
   const int64_t units = (int64_t)a.B * a.Hq;
