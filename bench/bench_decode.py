@@ -147,9 +147,12 @@ def dequant_sdpa(backend, q4, cache):
 
 
 def check_same(out, expected, what):
-    """Guard against timing a broken path: kvcore against SDPA over the same dequantized cache."""
+    """Guard against timing a broken path: kvcore against SDPA over the same dequantized cache.
+    A coarse bound on purpose: the bf16 SDPA it compares with rounds the dequantized cache and
+    P to bf16 (its error grows with L and batch); kvcore's precision is tested against a
+    float64 reference in tests/test_decode_attention.py."""
     err = (out.float() - expected.float()).abs().max().item()
-    tol = 0.02 + 0.02 * expected.float().abs().max().item()
+    tol = 0.05 + 0.05 * expected.float().abs().max().item()
     assert err <= tol, f"{what}: kvcore differs from dequantize+SDPA by {err:.3g} (> {tol:.3g})"
 
 
@@ -215,6 +218,7 @@ def parse_args(argv=None):
     ap.add_argument("--quick", action="store_true", help="B=8, (Hq, Hkv)=(32, 8), D=128, L in {4K, 32K}")
     ap.add_argument("--max-gb", type=float, default=60.0, help="skip configurations whose bf16 cache exceeds this")
     ap.add_argument("--json", default=None, metavar="PATH", help="write the results as JSON")
+    ap.add_argument("--batches", type=int, nargs="+", default=None, help="only these batch sizes")
     return ap.parse_args(argv)
 
 
@@ -229,6 +233,8 @@ def main(argv=None):
           f"group {GROUP}, residual window {RESID_WINDOW}")
     rows, skipped = [], []
     for B, Hq, Hkv, D, L in configs(QUICK if args.quick else FULL):
+        if args.batches is not None and B not in args.batches:
+            continue
         name = f"B={B} Hq={Hq} Hkv={Hkv} D={D} L={L}"
         reason = skip_reason(B, Hkv, D, L, args.max_gb)
         if reason is None:
