@@ -293,14 +293,14 @@ __global__ void __launch_bounds__(256) quantize_channel_kernel(QuantizeArgs a, i
     const int y8 = y % RL8, base_ch = y8 * NCH;  // this lane now holds channels base_ch .. +NCH-1
     float my_inv[NCH], my_mn[NCH];
 #pragma unroll
-    for (int i = 0; i < NCH; ++i) {
+    for (int n = 0; n < NCH; ++n) {
       Bits<KIND> sb, mb;
-      choose_group_params<KIND>(lo[i], hi[i], BITS, &sb, &mb);
+      choose_group_params<KIND>(lo[n], hi[n], BITS, &sb, &mb);
       if (valid && y < RL8) {
-        static_cast<Bits<KIND>*>(a.scale)[block * D + chunk * 8 + base_ch + i] = sb;
-        static_cast<Bits<KIND>*>(a.mn)[block * D + chunk * 8 + base_ch + i] = mb;
+        static_cast<Bits<KIND>*>(a.scale)[block * D + chunk * 8 + base_ch + n] = sb;
+        static_cast<Bits<KIND>*>(a.mn)[block * D + chunk * 8 + base_ch + n] = mb;
       }
-      encode_params(Storage<KIND>::load(sb), Storage<KIND>::load(mb), my_inv[i], my_mn[i]);
+      encode_params(Storage<KIND>::load(sb), Storage<KIND>::load(mb), my_inv[n], my_mn[n]);
     }
     float inv[8], mn[8];
 #pragma unroll
