@@ -196,10 +196,7 @@ __device__ __forceinline__ void reduce_scatter_step(float* lo, float* hi, int y)
 template <int KIND, int G>
 struct ChannelWork {
   static constexpr int RPT = G / ChannelTile<KIND, G>::RL;  // rows per lane per token block
-  // Token blocks per warp: at least 8 rows in flight per lane (16 for 16-bit types, whose
-  // rows take 4 registers each: fewer rows left 2-bit keys at group 32 below 80% of copy).
-  static constexpr int MIN_ROWS = KIND == 0 ? 8 : 16;
-  static constexpr int BPW = RPT >= MIN_ROWS ? 1 : MIN_ROWS / RPT;
+  static constexpr int BPW = RPT >= 8 ? 1 : 8 / RPT;        // token blocks per warp: >= 8 rows in flight
 };
 
 // STAGE: a CUDA block holds every slab of its token blocks (nslab * ngroups warps), its
