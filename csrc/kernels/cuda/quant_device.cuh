@@ -15,31 +15,6 @@ using Bits = typename Storage<KIND>::bits_t;
 
 constexpr float kMagic = 8388608.0f;  // 2^23: v + 2^23 rounds v in [0, 2^22) to an integer, ties to even
 
-// Loads 8 consecutive elements at element index e (16-byte aligned) as floats.
-template <int KIND>
-__device__ __forceinline__ void load8(const void* base, int64_t e, float (&v)[8]) {
-  if constexpr (KIND == 0) {
-    const float4* p = reinterpret_cast<const float4*>(static_cast<const float*>(base) + e);
-    const float4 a = __ldcs(p), b = __ldcs(p + 1);
-    v[0] = a.x; v[1] = a.y; v[2] = a.z; v[3] = a.w;
-    v[4] = b.x; v[5] = b.y; v[6] = b.z; v[7] = b.w;
-  } else {
-    const uint4 u = __ldcs(reinterpret_cast<const uint4*>(static_cast<const uint16_t*>(base) + e));
-    const uint32_t w[4] = {u.x, u.y, u.z, u.w};
-#pragma unroll
-    for (int i = 0; i < 4; ++i) {
-      if constexpr (KIND == 2) {
-        v[2 * i] = __uint_as_float(w[i] << 16);
-        v[2 * i + 1] = __uint_as_float(w[i] & 0xFFFF0000u);
-      } else {
-        const float2 f = __half22float2(*reinterpret_cast<const __half2*>(&w[i]));
-        v[2 * i] = f.x;
-        v[2 * i + 1] = f.y;
-      }
-    }
-  }
-}
-
 // Raw 16-byte vectors of 8 elements (16-bit types) kept in registers, and their floats.
 template <int KIND>
 __device__ __forceinline__ uint4 load_raw(const void* base, int64_t e) {
@@ -58,6 +33,19 @@ __device__ __forceinline__ void unpack8(const uint4& u, float (&v)[8]) {
       v[2 * i] = f.x;
       v[2 * i + 1] = f.y;
     }
+  }
+}
+
+// Loads 8 consecutive elements at element index e (16-byte aligned) as floats.
+template <int KIND>
+__device__ __forceinline__ void load8(const void* base, int64_t e, float (&v)[8]) {
+  if constexpr (KIND == 0) {
+    const float4* p = reinterpret_cast<const float4*>(static_cast<const float*>(base) + e);
+    const float4 a = __ldcs(p), b = __ldcs(p + 1);
+    v[0] = a.x; v[1] = a.y; v[2] = a.z; v[3] = a.w;
+    v[4] = b.x; v[5] = b.y; v[6] = b.z; v[7] = b.w;
+  } else {
+    unpack8<KIND>(load_raw<KIND>(base, e), v);
   }
 }
 
