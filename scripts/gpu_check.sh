@@ -3,8 +3,9 @@
 # compute-sanitizer), run the benchmarks, and write everything to OUT_DIR (default:
 # $OUT, else ./gpu_out). Wheels missing there (nvidia-cutlass) can be put in .whl/.
 #   bash scripts/gpu_check.sh [OUT_DIR] [--quick|--no-bench]
-# Writes (7 files): run.log, tests.log, bench.txt, quantize.json, quantize_native.json,
-# decode.json, decode_native.json.
+# Writes: run.log, tests.log, bench.txt, quantize.json, quantize_native.json,
+# decode_native.json, and decode_b8.json, decode_b1.json, decode_b32.json (--quick:
+# decode.json, B=8 only).
 set -uo pipefail
 OUT_DIR=${1:-${OUT:-$PWD/gpu_out}}
 MODE=${2:-}
@@ -55,7 +56,11 @@ if [ "$MODE" != "--no-bench" ]; then
     python3 bench/bench_decode.py --quick --json "$OUT_DIR/decode.json" >> "$BENCH" 2>&1 || status=1
   else
     python3 bench/bench_quantize.py --json "$OUT_DIR/quantize.json" >> "$BENCH" 2>&1 || status=1
-    python3 bench/bench_decode.py --json "$OUT_DIR/decode.json" >> "$BENCH" 2>&1 || status=1
+    # one process and file per batch size, the bar's B=8 first: a run cut short by a
+    # time limit keeps what it finished
+    for b in 8 1 32; do
+      python3 bench/bench_decode.py --batches $b --json "$OUT_DIR/decode_b$b.json" >> "$BENCH" 2>&1 || status=1
+    done
   fi
   tail -40 "$BENCH"
 fi

@@ -4,22 +4,30 @@
 // of one KV head and serves up to 8 of its query heads (one mma N tile), so the cache
 // is read once per step for GQA groups up to 8. Its 4 warps take consecutive quarters
 // of the chunk; each warp streams its tokens through shared memory with cp.async
-// (NS stages of TT tokens), runs online softmax in base 2, and the CTA merges its warps
-// into one partial (O, max, sum) per split. The full-precision sinks and residual
-// window are one more split (a small CUDA-core kernel); a merge kernel combines the
-// splits by log-sum-exp. Nothing reads lengths on the host.
+// (2 stages of TT tokens), runs online softmax in base 2 (rescaling only when the
+// running max grows), and the CTA merges its warps into one partial (O, max, sum) per
+// split. The last split of each (batch, KV head, pass) does the full-precision sinks
+// and residual window on CUDA cores, concurrently with the packed splits; a merge
+// kernel combines the splits by log-sum-exp. Nothing reads lengths on the host.
 //
 // Math (per query head; q' = q * sm_scale * log2(e), SC = 2^bits):
-//   codes enter the tensor cores as fp16 values 1 + c/SC, built with one funnel shift
-//   and one LOP3 from the packed word (no int->float conversion).
+//   Codes enter the tensor cores as fp16 values 1 + c 2^(pos-10): the BITS-bit field at
+//   bit `pos` of both 16-bit halves of a word, ORed with the exponent of 1.0 (one LOP3,
+//   after at most one shift or rotation shared by several fields).
 //   S^T = K x Q'^T (M = 16 tokens, K = channels, N = 8 heads). Keys are grouped per
-//     channel, so the channel scale folds into the B operand: qs_d = SC * q'_d * ks_d,
-//     and q'.k = sum_d qs_d (1 + c_d/SC) + [sum_d q'_d km_d - sum_d qs_d] (per block).
-//     qs and the P operand below go to the tensor cores as fp16 hi + lo pairs (two mmas
-//     on the same A fragments), which keeps the result as precise as fp32 operands.
+//     channel, so the channel scale folds into the B operand:
+//     qs_d = q'_d ks_d 2^(10-pos_d), q'.k = sum_d qs_d x_d + [sum_d q'_d km_d - sum_d qs_d].
+//     The k dimension is permuted (lane t takes its own quarter of the channels) so
+//     that every field position is a compile-time constant. qs goes to the tensor
+//     cores as fp16 hi + lo (two mmas on the same A fragments): one fp16 rounding of
+//     q' ks would cost as much as the whole error budget of an fp16 attention. The
+//     block constant's sum_d qs_d is an mma with an all-ones A, so the 1.0 offsets
+//     cancel against the very values the scores were computed with.
 //   O^T = V^T x P^T (M = 16 channels of one value group, K = 16 tokens, N = 8 heads).
-//     Values are grouped per token, so the token scale folds into P:
-//     b_t = SC * p_t * vs_t, o = sum_t b_t (1 + c_t/SC) + sum_t (p_t vm_t - b_t).
+//     Values are grouped per token, so the token scale folds into P: b_t = SC p_t vs_t
+//     (fp16), o = sum_t p_t vm_t + 2^(10-BITS-pos) (sum_t b_t x_t - sum_t b_t). A PRMT
+//     pairs two tokens' half-words; the m dimension is permuted so that each lane's
+//     codes of a value group sit in one word. sum_t b_t is again an all-ones mma.
 //   The P^T operand comes from the S^T accumulators with one movmatrix transpose.
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
@@ -65,16 +73,84 @@ struct StageLayout {
   static constexpr int BYTES = VM + TT * NG * 2;      // a multiple of 16
 };
 
-// fp16 pair (1 + c_even/SC, 1 + c_odd/SC) of pair k of a packed word: rotate the two
-// fields to the top of the fp16 mantissas, mask, and OR in the exponent of 1.0.
-// `rot` = pair_rotation<BITS>(k), computed once per lane.
+// ---- codes -> fp16 tensor-core operands ---------------------------------------------
+// A BITS-bit field at bit `pos` (pos + BITS <= 10) of both halves of a word, with the
+// exponent of 1.0 ORed in, is the fp16 pair (1 + c_lo 2^(pos-10), 1 + c_hi 2^(pos-10)):
+// one LOP3, no int->float conversion. The 1.0 offsets and the 2^(pos-10) factors are
+// undone outside the inner loop (per key block for keys, once per warp for values).
+// `ones` = 0x3C003C00 in a register the compiler cannot see through (see the kernel):
+// with both constants as immediates ptxas splits the AND-OR into two LOP3s.
 template <int BITS>
-__device__ __forceinline__ int pair_rotation(int k) { return (k * BITS - (10 - BITS)) & 31; }
+__device__ __forceinline__ uint32_t fields_h2(uint32_t w, int pos, uint32_t ones) {
+  const uint32_t mask = (((1u << BITS) - 1u) << pos) * 0x00010001u;
+  return (w & mask) | ones;
+}
+
+// 2^x for the softmax (x <= 0 or -inf): one MUFU.EX2; results below 2^-126 flush to 0.
+__device__ __forceinline__ float fast_exp2(float x) {
+  float y;
+  asm("ex2.approx.ftz.f32 %0, %1;" : "=f"(y) : "f"(x));
+  return y;
+}
+
+// Keys. Packed word = channel pairs (even channel in the low half, odd in the high
+// half). The mma's k dimension may be permuted freely as long as A and B agree, so
+// lane t takes the channel pairs of its own quarter of each row (words t*KW ..) and
+// k-tile j uses pairs 2j and 2j+1 of that list. The pair index i inside a word is then
+// known at compile time: the field is brought into the mantissa by a fixed shift
+// shared by several pairs (2 bits: <<4, none, >>6; 4 bits: <<6, <<2, >>2, >>6), and
+// its 2^(10-pos) goes into the query operand.
 template <int BITS>
-__device__ __forceinline__ uint32_t code_pair_h2(uint32_t word, int rot) {
-  constexpr int TB = 10 - BITS;
-  constexpr uint32_t mask = (((1u << BITS) - 1u) << TB) * 0x00010001u;
-  return (__funnelshift_r(word, word, rot) & mask) | 0x3C003C00u;
+struct KeyPos {
+  static constexpr int PW = 16 / BITS;  // channel pairs per word
+  __host__ __device__ static constexpr int shift(int i) {  // < 0: left
+    return BITS == 2 ? (i < 2 ? -4 : i < 5 ? 0 : 6) : (i == 0 ? -6 : i == 1 ? -2 : i == 2 ? 2 : 6);
+  }
+  __host__ __device__ static constexpr int pos(int i) { return i * BITS - shift(i); }
+};
+template <int BITS>
+__device__ __forceinline__ uint32_t key_pair_h2(uint32_t w, int i, uint32_t ones) {
+  const int sh = KeyPos<BITS>::shift(i);
+  return fields_h2<BITS>(sh < 0 ? w << (-sh) : w >> sh, KeyPos<BITS>::pos(i), ones);
+}
+
+// Values. O^T = V^T P^T needs, per register, one channel at two tokens: a PRMT of two
+// tokens' words puts their low halves (even channels) or high halves (odd channels)
+// side by side. The mma's m dimension (channels) is free, so lane g takes VPL
+// consecutive even codes of each value group (and the odd ones beside them): m-tile
+// gr*VPL + k, rows g / g+8 = channels gr*G + 2(g*VPL + k) and +1. One rotation brings
+// a code (2 bits: two neighbouring codes) to bit kVPos (and kVPos + 2). Value fields
+// stay high in the mantissa because their 1.0 offsets accumulate over all tokens.
+constexpr int kVPos = 6;
+template <int BITS, int VPL>
+__device__ __forceinline__ int value_rotation(int g, int k) {
+  constexpr int CH = 16 / BITS;  // codes per half-word
+  const int idx = (g * VPL + k) % CH;
+  return (idx * BITS - kVPos) & 31;
+}
+
+// Index of channel pair P, head h in the q' table: 4 float2 of padding per quarter of
+// the channels so that the 4 lanes t of a quad read different banks.
+template <int D>
+__host__ __device__ constexpr int q_index(int P, int h) { return P * kHeadsPerPass + h + 4 * (P / (D / 8)); }
+template <int D>
+constexpr size_t kQBytes = (size_t)(kHeadsPerPass * D / 2 + 16) * sizeof(float2);
+
+// N consecutive 32-bit words from shared memory (N * 4 bytes aligned).
+template <int N>
+__device__ __forceinline__ void load_words(const uint8_t* p, uint32_t (&w)[N]) {
+  if constexpr (N == 1) {
+    w[0] = *reinterpret_cast<const uint32_t*>(p);
+  } else if constexpr (N == 2) {
+    const uint2 x = *reinterpret_cast<const uint2*>(p);
+    w[0] = x.x; w[1] = x.y;
+  } else {
+#pragma unroll
+    for (int i = 0; i < N / 4; ++i) {
+      const uint4 x = reinterpret_cast<const uint4*>(p)[i];
+      w[4 * i] = x.x; w[4 * i + 1] = x.y; w[4 * i + 2] = x.z; w[4 * i + 3] = x.w;
+    }
+  }
 }
 
 template <int KIND>
@@ -99,365 +175,14 @@ struct SplitParams {
   float* ws_l;     // [B, Hq, np]   sum of exp2
 };
 
-// ------------------------------------------------------------------------------------
-template <int KIND, int BITS, int D, int G>
-__global__ void __launch_bounds__(kWarps * 32, D <= 128 ? 3 : 2) decode_packed_kernel(DecodeArgs a, SplitParams sp) {
-  using L = StageLayout<D, BITS, G>;
-  constexpr int TT = L::TT, MT = TileShape<D>::MT, RB = L::RB, NG = L::NG, KT = D / 16;
-  constexpr float SC = (float)(1 << BITS);
-  extern __shared__ __align__(16) uint8_t smem[];
-  // SC * q' of this pass's heads as [D/2 channel pairs][8 heads] float2: the lanes of a
-  // warp read 8 heads of one pair at once, conflict-free.
-  float2* q_s = reinterpret_cast<float2*>(smem);
-  uint8_t* stages = smem + kHeadsPerPass * D * sizeof(float);  // [kWarps][kStages][BYTES]
-
-  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, g = lane >> 2, t = lane & 3;
-  const int split = blockIdx.x, b = blockIdx.z;
-  const int kvh = blockIdx.y / sp.passes, pass = blockIdx.y % sp.passes;
-  const int gq = a.Hq / a.Hkv;
-  const int h0 = kvh * gq + pass * kHeadsPerPass;
-  const int nh = min(kHeadsPerPass, gq - pass * kHeadsPerPass);
-
-  int64_t n = min((int64_t)a.packed_len[b], a.t_cap);
-  n = n < 0 ? 0 : n - n % G;
-  const int64_t cta_begin = (int64_t)split * sp.chunk;
-  const int64_t cta_end = min(cta_begin + sp.chunk, n);
-
-  // Scaled queries of this pass's heads (zeros pad the unused heads).
-  const float qscale = a.sm_scale * kLog2e;
-  for (int i = threadIdx.x; i < kHeadsPerPass * D / 2; i += blockDim.x) {
-    const int h = i % kHeadsPerPass, pr = i / kHeadsPerPass;
-    float2 v = make_float2(0.0f, 0.0f);
-    if (h < nh) {
-      const Bits<KIND>* qh = static_cast<const Bits<KIND>*>(a.q) + ((int64_t)b * a.Hq + h0 + h) * D + 2 * pr;
-      v = make_float2(SC * qscale * Storage<KIND>::load(qh[0]), SC * qscale * Storage<KIND>::load(qh[1]));
-    }
-    q_s[i] = v;
-  }
-  __syncthreads();
-
-  const int64_t bh = (int64_t)b * a.Hkv + kvh;
-  const uint8_t* kc_g = a.k_codes + bh * a.t_cap * RB;
-  const uint8_t* vc_g = a.v_codes + bh * a.t_cap * RB;
-  const uint8_t* ks_g = static_cast<const uint8_t*>(a.k_scale) + bh * (a.t_cap / G) * D * 2;
-  const uint8_t* km_g = static_cast<const uint8_t*>(a.k_mn) + bh * (a.t_cap / G) * D * 2;
-  const uint8_t* vs_g = static_cast<const uint8_t*>(a.v_scale) + bh * a.t_cap * NG * 2;
-  const uint8_t* vm_g = static_cast<const uint8_t*>(a.v_mn) + bh * a.t_cap * NG * 2;
-  uint8_t* my_stages = stages + (size_t)warp * kStages * L::BYTES;
-
-  const int64_t wchunk = sp.chunk / kWarps;
-  const int64_t w_begin = cta_begin + warp * wchunk;
-  const int64_t w_end = min(w_begin + wchunk, cta_end);
-  const int ntiles = w_end > w_begin ? (int)((w_end - w_begin + TT - 1) / TT) : 0;
-
-  auto issue_tile = [&](int i) {
-    if (i < ntiles) {
-      uint8_t* st = my_stages + (i % kStages) * L::BYTES;
-      const int64_t t0 = w_begin + (int64_t)i * TT;
-      // Rows (and key blocks) that exist in memory; the rest are zero-filled.
-      const int rows = (int)min((int64_t)TT, a.t_cap - t0);
-      const int64_t kb0 = t0 / G;
-      const int kblocks = (int)min((int64_t)L::NKB, a.t_cap / G - kb0);
-      const uint8_t* kc = kc_g + t0 * RB;
-      const uint8_t* vc = vc_g + t0 * RB;
-      const uint8_t* ksb = ks_g + kb0 * D * 2;
-      const uint8_t* kmb = km_g + kb0 * D * 2;
-      const uint8_t* vsb = vs_g + t0 * NG * 2;
-      const uint8_t* vmb = vm_g + t0 * NG * 2;
-#pragma unroll
-      for (int c = lane; c < TT * RB / 16; c += 32) {
-        const bool ok = c * 16 / RB < rows;
-        dev::cp_async_16(st + L::KC + c * 16, ok ? kc + c * 16 : kc_g, ok);
-        dev::cp_async_16(st + L::VC + c * 16, ok ? vc + c * 16 : vc_g, ok);
-      }
-#pragma unroll
-      for (int c = lane; c < L::NKB * D * 2 / 16; c += 32) {
-        const bool ok = c * 16 / (D * 2) < kblocks;
-        dev::cp_async_16(st + L::KS + c * 16, ok ? ksb + c * 16 : ks_g, ok);
-        dev::cp_async_16(st + L::KM + c * 16, ok ? kmb + c * 16 : km_g, ok);
-      }
-#pragma unroll
-      for (int c = lane; c < TT * NG * 2 / 16; c += 32) {
-        const bool ok = c * 16 / (NG * 2) < rows;
-        dev::cp_async_16(st + L::VS + c * 16, ok ? vsb + c * 16 : vs_g, ok);
-        dev::cp_async_16(st + L::VM + c * 16, ok ? vmb + c * 16 : vm_g, ok);
-      }
-    }
-    dev::cp_async_commit();  // always, so group counting stays uniform
-  };
-
-  // Per-thread state. Heads of this lane's S/O columns: 2t and 2t+1.
-  float o[KT][4];  // O^T fragments: rows = channels 16*mc + 2g (+1), cols = heads 2t, 2t+1
-#pragma unroll
-  for (int mc = 0; mc < KT; ++mc) o[mc][0] = o[mc][1] = o[mc][2] = o[mc][3] = 0.0f;
-  float corr[NG][2];
-#pragma unroll
-  for (int gr = 0; gr < NG; ++gr) corr[gr][0] = corr[gr][1] = 0.0f;
-  float m_run[2] = {-INFINITY, -INFINITY}, l_run[2] = {0.0f, 0.0f};
-  // B fragments of qs for head g, split into fp16 hi + lo parts (two mmas share the
-  // A fragments) so the scores keep ~22 bits: one fp16 rounding of q'*ks would cost
-  // as much as the whole error budget of an fp16 attention.
-  uint32_t qsb[KT][2], qsl[KT][2];
-  // Rotations that bring this lane's code pairs to the fp16 mantissa tops: keys use
-  // pairs t and t+4 (2 bits) or t (4 bits) of a word, values pair g (2 bits) or g%4.
-  const int rk0 = pair_rotation<BITS>(t), rk1 = pair_rotation<BITS>(t + 4);
-  const int rv = BITS == 2 ? pair_rotation<BITS>(g) : pair_rotation<BITS>(g & 3);
-  float cst[2] = {0.0f, 0.0f};  // per-block constant for heads 2t, 2t+1
-
-#pragma unroll
-  for (int s = 0; s < kStages - 1; ++s) issue_tile(s);
-
-  for (int i = 0; i < ntiles; ++i) {
-    dev::cp_async_wait<kStages - 2>();
-    __syncwarp();
-    issue_tile(i + kStages - 1);
-    const uint8_t* st = my_stages + (i % kStages) * L::BYTES;
-    const int64_t t0 = w_begin + (int64_t)i * TT;
-    const int lim = (int)min((int64_t)TT, w_end - t0);  // valid rows of this stage
-
-    // ---- scores S^T for the stage's MT m-tiles --------------------------------------
-    // m-tiles of one key block share the qs fragments; for them the k loop is outer
-    // and the m-tile loop inner, so MG independent mma chains interleave.
-    constexpr int MG = MT < G / 16 ? MT : G / 16;
-    float s[MT][4];
-#pragma unroll
-    for (int mg = 0; mg < MT; mg += MG) {
-      const int64_t tok = t0 + 16 * mg;
-      if ((i == 0 && mg == 0) || tok % G == 0) {
-        // New key block: B fragments qs = SC * q' * ks and the block constant.
-        const int lb = TT >= G ? (16 * mg) / G : 0;
-        const uint8_t* ks = st + L::KS + lb * D * 2;
-        const uint8_t* km = st + L::KM + lb * D * 2;
-        float dot_km = 0.0f, sum_qs = 0.0f;  // sum SC q' km, and sum qs
-#pragma unroll
-        for (int kt = 0; kt < KT; ++kt) {
-#pragma unroll
-          for (int hf = 0; hf < 2; ++hf) {
-            const int d = 16 * kt + 2 * t + 8 * hf;
-            const float2 qv = q_s[(d / 2) * kHeadsPerPass + g];
-            const float2 sv = meta_pair<KIND>(ks, d), mv = meta_pair<KIND>(km, d);
-            const float px = qv.x * sv.x, py = qv.y * sv.y;
-            const uint32_t pk = dev::pack_half2(px, py);
-            const float2 pr = __half22float2(*reinterpret_cast<const __half2*>(&pk));
-            qsb[kt][hf] = pk;
-            qsl[kt][hf] = dev::pack_half2(px - pr.x, py - pr.y);
-            dot_km = fmaf(qv.x, mv.x, fmaf(qv.y, mv.y, dot_km));
-            sum_qs += px + py;
-          }
-        }
-        float part = dot_km * (1.0f / SC) - sum_qs;
-        part += __shfl_xor_sync(0xffffffffu, part, 1);
-        part += __shfl_xor_sync(0xffffffffu, part, 2);  // constant of head g, in every lane of the quad
-        cst[0] = __shfl_sync(0xffffffffu, part, (2 * t) * 4);
-        cst[1] = __shfl_sync(0xffffffffu, part, (2 * t + 1) * 4);
-      }
-      float acc[MG][4];
-#pragma unroll
-      for (int m = 0; m < MG; ++m) acc[m][0] = acc[m][1] = acc[m][2] = acc[m][3] = 0.0f;
-#pragma unroll
-      for (int v4 = 0; v4 < RB / 16; ++v4) {
-        uint32_t r0[MG][4], r1[MG][4];
-#pragma unroll
-        for (int m = 0; m < MG; ++m) {
-          const uint8_t* kr0 = st + L::KC + (16 * (mg + m) + g) * RB + 16 * v4;
-          const uint4 w0 = *reinterpret_cast<const uint4*>(kr0);
-          const uint4 w1 = *reinterpret_cast<const uint4*>(kr0 + 8 * RB);
-          r0[m][0] = w0.x; r0[m][1] = w0.y; r0[m][2] = w0.z; r0[m][3] = w0.w;
-          r1[m][0] = w1.x; r1[m][1] = w1.y; r1[m][2] = w1.z; r1[m][3] = w1.w;
-        }
-        if constexpr (BITS == 2) {  // a word = one 16-channel k-tile
-#pragma unroll
-          for (int j = 0; j < 4; ++j)
-#pragma unroll
-            for (int m = 0; m < MG; ++m) {
-              const uint32_t af[4] = {code_pair_h2<2>(r0[m][j], rk0), code_pair_h2<2>(r1[m][j], rk0),
-                                      code_pair_h2<2>(r0[m][j], rk1), code_pair_h2<2>(r1[m][j], rk1)};
-              dev::mma_f16_16816(acc[m], af, qsb[4 * v4 + j][0], qsb[4 * v4 + j][1]);
-              dev::mma_f16_16816(acc[m], af, qsl[4 * v4 + j][0], qsl[4 * v4 + j][1]);
-            }
-        } else {  // two words = one k-tile
-#pragma unroll
-          for (int j = 0; j < 2; ++j)
-#pragma unroll
-            for (int m = 0; m < MG; ++m) {
-              const uint32_t af[4] = {code_pair_h2<4>(r0[m][2 * j], rk0), code_pair_h2<4>(r1[m][2 * j], rk0),
-                                      code_pair_h2<4>(r0[m][2 * j + 1], rk0), code_pair_h2<4>(r1[m][2 * j + 1], rk0)};
-              dev::mma_f16_16816(acc[m], af, qsb[2 * v4 + j][0], qsb[2 * v4 + j][1]);
-              dev::mma_f16_16816(acc[m], af, qsl[2 * v4 + j][0], qsl[2 * v4 + j][1]);
-            }
-        }
-      }
-#pragma unroll
-      for (int m = 0; m < MG; ++m) {
-        const int mt = mg + m;
-        const bool ok0 = 16 * mt + g < lim, ok1 = 16 * mt + g + 8 < lim;
-        s[mt][0] = ok0 ? acc[m][0] + cst[0] : -INFINITY;
-        s[mt][1] = ok0 ? acc[m][1] + cst[1] : -INFINITY;
-        s[mt][2] = ok1 ? acc[m][2] + cst[0] : -INFINITY;
-        s[mt][3] = ok1 ? acc[m][3] + cst[1] : -INFINITY;
-      }
-    }
-
-    // ---- online softmax over the stage (base 2) -------------------------------------
-    float mx[2] = {-INFINITY, -INFINITY};
-#pragma unroll
-    for (int mt = 0; mt < MT; ++mt) {
-      mx[0] = fmaxf(mx[0], fmaxf(s[mt][0], s[mt][2]));
-      mx[1] = fmaxf(mx[1], fmaxf(s[mt][1], s[mt][3]));
-    }
-    float alpha[2], m_use[2];
-#pragma unroll
-    for (int c = 0; c < 2; ++c) {
-      mx[c] = fmaxf(mx[c], __shfl_xor_sync(0xffffffffu, mx[c], 4));
-      mx[c] = fmaxf(mx[c], __shfl_xor_sync(0xffffffffu, mx[c], 8));
-      mx[c] = fmaxf(mx[c], __shfl_xor_sync(0xffffffffu, mx[c], 16));
-      const float m_new = fmaxf(m_run[c], mx[c]);
-      m_use[c] = m_new == -INFINITY ? 0.0f : m_new;  // all -inf so far: keep exp2 finite
-      alpha[c] = exp2f(m_run[c] - m_use[c]);
-      m_run[c] = m_new;
-      l_run[c] *= alpha[c];
-    }
-#pragma unroll
-    for (int mc = 0; mc < KT; ++mc) {
-      o[mc][0] *= alpha[0]; o[mc][1] *= alpha[1];
-      o[mc][2] *= alpha[0]; o[mc][3] *= alpha[1];
-    }
-#pragma unroll
-    for (int gr = 0; gr < NG; ++gr) { corr[gr][0] *= alpha[0]; corr[gr][1] *= alpha[1]; }
-
-    // ---- P V ------------------------------------------------------------------------
-#pragma unroll
-    for (int mt = 0; mt < MT; ++mt) {
-      float p[4];
-#pragma unroll
-      for (int c = 0; c < 4; ++c) p[c] = exp2f(s[mt][c] - m_use[c & 1]);  // 0 for masked tokens
-      l_run[0] += p[0] + p[2];
-      l_run[1] += p[1] + p[3];
-      const int r0 = 16 * mt + g, r1 = r0 + 8;  // stage rows of this lane's two tokens
-      const bool ok0 = r0 < lim, ok1 = r1 < lim;
-      uint32_t bfr[NG][2], bfl[NG][2];  // P' fragments, fp16 hi + lo parts
-      const float sp0 = SC * p[0], sp1 = SC * p[1], sp2 = SC * p[2], sp3 = SC * p[3];
-#pragma unroll
-      for (int gr = 0; gr < NG; ++gr) {
-        const float vs0 = ok0 ? meta_at<KIND>(st + L::VS, r0 * NG + gr) : 0.0f;
-        const float vs1 = ok1 ? meta_at<KIND>(st + L::VS, r1 * NG + gr) : 0.0f;
-        const float vm0 = ok0 ? meta_at<KIND>(st + L::VM, r0 * NG + gr) : 0.0f;
-        const float vm1 = ok1 ? meta_at<KIND>(st + L::VM, r1 * NG + gr) : 0.0f;
-        const float b0 = sp0 * vs0, b1 = sp1 * vs0, b2 = sp2 * vs1, b3 = sp3 * vs1;
-        const uint32_t top = dev::pack_half2(b0, b1);
-        const uint32_t bot = dev::pack_half2(b2, b3);
-        const float2 tf = __half22float2(*reinterpret_cast<const __half2*>(&top));
-        const float2 bf = __half22float2(*reinterpret_cast<const __half2*>(&bot));
-        corr[gr][0] += p[0] * vm0 - b0 + p[2] * vm1 - b2;
-        corr[gr][1] += p[1] * vm0 - b1 + p[3] * vm1 - b3;
-        bfr[gr][0] = dev::movmatrix_trans(top);  // tokens 2t, 2t+1 of the m-tile, head g
-        bfr[gr][1] = dev::movmatrix_trans(bot);  // tokens 2t+8, 2t+9
-        bfl[gr][0] = dev::movmatrix_trans(dev::pack_half2(b0 - tf.x, b1 - tf.y));
-        bfl[gr][1] = dev::movmatrix_trans(dev::pack_half2(b2 - bf.x, b3 - bf.y));
-      }
-      // Value codes of this lane's 4 tokens (2t, 2t+1, 2t+8, 2t+9 of the m-tile).
-      const uint8_t* vr[4] = {st + L::VC + (16 * mt + 2 * t) * RB, st + L::VC + (16 * mt + 2 * t + 1) * RB,
-                              st + L::VC + (16 * mt + 2 * t + 8) * RB, st + L::VC + (16 * mt + 2 * t + 9) * RB};
-#pragma unroll
-      for (int v4 = 0; v4 < RB / 16; ++v4) {
-        uint32_t w[4][4];
-#pragma unroll
-        for (int u = 0; u < 4; ++u) {
-          const uint4 x = *reinterpret_cast<const uint4*>(vr[u] + 16 * v4);
-          w[u][0] = x.x; w[u][1] = x.y; w[u][2] = x.z; w[u][3] = x.w;
-        }
-        constexpr int MC_PER_V4 = BITS == 2 ? 4 : 2;  // channel m-tiles covered by 16 code bytes
-#pragma unroll
-        for (int j = 0; j < MC_PER_V4; ++j) {
-          const int mc = MC_PER_V4 * v4 + j;
-          uint32_t x[4];
-#pragma unroll
-          for (int u = 0; u < 4; ++u) {
-            // channel 16*mc + 2g (and +1): 2 bits -> word j, pair g; 4 bits -> word 2j + g/4, pair g%4
-            // (a select, not a run-time array index, which would put w in local memory)
-            x[u] = BITS == 2 ? code_pair_h2<2>(w[u][j], rv)
-                             : code_pair_h2<4>((g >> 2) ? w[u][2 * j + 1] : w[u][2 * j], rv);
-          }
-          const uint32_t af[4] = {dev::prmt(x[0], x[1], 0x5410u), dev::prmt(x[0], x[1], 0x7632u),
-                                  dev::prmt(x[2], x[3], 0x5410u), dev::prmt(x[2], x[3], 0x7632u)};
-          const int gr = (16 * mc) / G;
-          dev::mma_f16_16816(o[mc], af, bfr[gr][0], bfr[gr][1]);
-          dev::mma_f16_16816(o[mc], af, bfl[gr][0], bfl[gr][1]);
-        }
-      }
-    }
-    __syncwarp();  // the stage is overwritten by a later issue
-  }
-  dev::cp_async_wait<0>();
-
-  // ---- finish the warp: reduce over the 8 token lanes, fold the value-min term ---------
-#pragma unroll
-  for (int c = 0; c < 2; ++c) {
-    l_run[c] += __shfl_xor_sync(0xffffffffu, l_run[c], 4);
-    l_run[c] += __shfl_xor_sync(0xffffffffu, l_run[c], 8);
-    l_run[c] += __shfl_xor_sync(0xffffffffu, l_run[c], 16);
-#pragma unroll
-    for (int gr = 0; gr < NG; ++gr) {
-      corr[gr][c] += __shfl_xor_sync(0xffffffffu, corr[gr][c], 4);
-      corr[gr][c] += __shfl_xor_sync(0xffffffffu, corr[gr][c], 8);
-      corr[gr][c] += __shfl_xor_sync(0xffffffffu, corr[gr][c], 16);
-    }
-  }
-  __syncthreads();  // all warps done with their stages: reuse them for the merge
-  float* wo = reinterpret_cast<float*>(stages);                 // [kWarps][8][D]
-  float* wm = wo + kWarps * kHeadsPerPass * D;                  // [kWarps][8]
-  float* wl = wm + kWarps * kHeadsPerPass;                      // [kWarps][8]
-#pragma unroll
-  for (int mc = 0; mc < KT; ++mc) {
-    const int gr = (16 * mc) / G, ch = 16 * mc + 2 * g;
-    float* base = wo + warp * kHeadsPerPass * D;
-    base[(2 * t) * D + ch] = o[mc][0] + corr[gr][0];
-    base[(2 * t + 1) * D + ch] = o[mc][1] + corr[gr][1];
-    base[(2 * t) * D + ch + 1] = o[mc][2] + corr[gr][0];
-    base[(2 * t + 1) * D + ch + 1] = o[mc][3] + corr[gr][1];
-  }
-  if (g == 0) {
-    wm[warp * kHeadsPerPass + 2 * t] = m_run[0];
-    wm[warp * kHeadsPerPass + 2 * t + 1] = m_run[1];
-    wl[warp * kHeadsPerPass + 2 * t] = l_run[0];
-    wl[warp * kHeadsPerPass + 2 * t + 1] = l_run[1];
-  }
-  __syncthreads();
-  for (int idx = threadIdx.x; idx < nh * D; idx += blockDim.x) {
-    const int h = idx / D, d = idx % D;
-    float m = -INFINITY;
-#pragma unroll
-    for (int w = 0; w < kWarps; ++w) m = fmaxf(m, wm[w * kHeadsPerPass + h]);
-    float ov = 0.0f, lv = 0.0f;
-    if (m != -INFINITY) {
-#pragma unroll
-      for (int w = 0; w < kWarps; ++w) {
-        const float f = exp2f(wm[w * kHeadsPerPass + h] - m);
-        ov += f * wo[(w * kHeadsPerPass + h) * D + d];
-        lv += f * wl[w * kHeadsPerPass + h];
-      }
-    }
-    const int64_t slot = ((int64_t)b * a.Hq + h0 + h) * sp.np + split;
-    sp.ws_o[slot * D + d] = ov;
-    if (d == 0) {
-      sp.ws_m[slot] = m;
-      sp.ws_l[slot] = lv;
-    }
-  }
-}
-
-// ------------------------------------------------------------------------------------
-// Sinks and residual window: full-precision tokens, one warp per query head, lanes
-// split the channels. Tokens go in batches of 8 whose loads are all issued before
-// any use, so the warp waits for memory once per batch, not once per token.
-// Writes the last partial slot.
+// Sinks and residual window: full-precision tokens of one (sequence, query head) unit,
+// done by one warp whose lanes split the channels. Tokens go in batches of 8 whose
+// loads are all issued before any use, so the warp waits for memory once per batch.
+// Writes the unit's last partial slot. Run by the extra split of the packed kernel.
 template <int KIND, int D>
-__global__ void __launch_bounds__(128) decode_fp_kernel(DecodeArgs a, SplitParams sp) {
+__device__ __forceinline__ void fp_partial(const DecodeArgs& a, const SplitParams& sp, int64_t unit, int lane) {
   constexpr int CPL = D / 32;  // channels per lane (consecutive)
   constexpr int NB = 8;        // tokens per batch
-  const int lane = threadIdx.x & 31;
-  const int64_t unit = (int64_t)blockIdx.x * 4 + (threadIdx.x >> 5);
-  if (unit >= (int64_t)a.B * a.Hq) return;
   const int b = (int)(unit / a.Hq), h = (int)(unit % a.Hq);
   const int kvh = h / (a.Hq / a.Hkv);
   const float qscale = a.sm_scale * kLog2e;
@@ -526,25 +251,423 @@ __global__ void __launch_bounds__(128) decode_fp_kernel(DecodeArgs a, SplitParam
   }
 }
 
-// Combines the partials of each (sequence, query head) by log-sum-exp.
+// ------------------------------------------------------------------------------------
+template <int KIND, int BITS, int D, int G>
+__global__ void __launch_bounds__(kWarps * 32, D <= 128 ? 3 : 2) decode_packed_kernel(DecodeArgs a, SplitParams sp) {
+  using L = StageLayout<D, BITS, G>;
+  constexpr int TT = L::TT, MT = TileShape<D>::MT, RB = L::RB, NG = L::NG, KT = D / 16;
+  constexpr int KW = D * BITS / 128;  // key words per row and lane (a quarter of the row)
+  constexpr int VPL = G / 16;         // value codes per lane, group and half-word parity
+  constexpr float SC = (float)(1 << BITS);
+  extern __shared__ __align__(16) uint8_t smem[];
+  // q' of this pass's heads as float2 [D/2 channel pairs][8 heads] (index q_index):
+  // the lanes of a warp read 8 heads of 4 pairs a quarter of the channels apart at once.
+  float2* q_s = reinterpret_cast<float2*>(smem);
+  uint8_t* stages = smem + kQBytes<D>;  // [kWarps][kStages][BYTES]
+
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, g = lane >> 2, t = lane & 3;
+  const int split = blockIdx.x, b = blockIdx.z;
+  const int kvh = blockIdx.y / sp.passes, pass = blockIdx.y % sp.passes;
+  const int gq = a.Hq / a.Hkv;
+  const int h0 = kvh * gq + pass * kHeadsPerPass;
+  const int nh = min(kHeadsPerPass, gq - pass * kHeadsPerPass);
+  if (split == sp.nsplit) {  // the last split: sinks and residual window, a warp per head
+    for (int h = warp; h < nh; h += kWarps) fp_partial<KIND, D>(a, sp, (int64_t)b * a.Hq + h0 + h, lane);
+    return;
+  }
+
+  int64_t n = min((int64_t)a.packed_len[b], a.t_cap);
+  n = n < 0 ? 0 : n - n % G;
+  const int64_t cta_begin = (int64_t)split * sp.chunk;
+  const int64_t cta_end = min(cta_begin + sp.chunk, n);
+
+  // Scaled queries of this pass's heads (zeros pad the unused heads).
+  const float qscale = a.sm_scale * kLog2e;
+  for (int i = threadIdx.x; i < kHeadsPerPass * D / 2; i += blockDim.x) {
+    const int h = i % kHeadsPerPass, pr = i / kHeadsPerPass;
+    float2 v = make_float2(0.0f, 0.0f);
+    if (h < nh) {
+      const Bits<KIND>* qh = static_cast<const Bits<KIND>*>(a.q) + ((int64_t)b * a.Hq + h0 + h) * D + 2 * pr;
+      // times 2^(10 - pos) of the channel pair's key field (pair index within a word)
+      const float f = (float)(1 << (10 - KeyPos<BITS>::pos(pr % KeyPos<BITS>::PW)));
+      v = make_float2(f * qscale * Storage<KIND>::load(qh[0]), f * qscale * Storage<KIND>::load(qh[1]));
+    }
+    q_s[q_index<D>(pr, h)] = v;
+  }
+  __syncthreads();
+
+  const int64_t bh = (int64_t)b * a.Hkv + kvh;
+  const uint8_t* kc_g = a.k_codes + bh * a.t_cap * RB;
+  const uint8_t* vc_g = a.v_codes + bh * a.t_cap * RB;
+  const uint8_t* ks_g = static_cast<const uint8_t*>(a.k_scale) + bh * (a.t_cap / G) * D * 2;
+  const uint8_t* km_g = static_cast<const uint8_t*>(a.k_mn) + bh * (a.t_cap / G) * D * 2;
+  const uint8_t* vs_g = static_cast<const uint8_t*>(a.v_scale) + bh * a.t_cap * NG * 2;
+  const uint8_t* vm_g = static_cast<const uint8_t*>(a.v_mn) + bh * a.t_cap * NG * 2;
+  uint8_t* my_stages = stages + (size_t)warp * kStages * L::BYTES;
+
+  const int64_t wchunk = sp.chunk / kWarps;
+  const int64_t w_begin = cta_begin + warp * wchunk;
+  const int64_t w_end = min(w_begin + wchunk, cta_end);
+  const int ntiles = w_end > w_begin ? (int)((w_end - w_begin + TT - 1) / TT) : 0;
+
+  auto issue_tile = [&](int i) {
+    if (i < ntiles) {
+      uint8_t* st = my_stages + (i % kStages) * L::BYTES;
+      const int64_t t0 = w_begin + (int64_t)i * TT;
+      // Rows (and key blocks) that exist in memory; the rest are zero-filled.
+      const int rows = (int)min((int64_t)TT, a.t_cap - t0);
+      const int64_t kb0 = t0 / G;
+      const int kblocks = (int)min((int64_t)L::NKB, a.t_cap / G - kb0);
+      const uint8_t* kc = kc_g + t0 * RB;
+      const uint8_t* vc = vc_g + t0 * RB;
+      const uint8_t* ksb = ks_g + kb0 * D * 2;
+      const uint8_t* kmb = km_g + kb0 * D * 2;
+      const uint8_t* vsb = vs_g + t0 * NG * 2;
+      const uint8_t* vmb = vm_g + t0 * NG * 2;
+#pragma unroll
+      for (int c = lane; c < TT * RB / 16; c += 32) {
+        const bool ok = c * 16 / RB < rows;
+        dev::cp_async_16(st + L::KC + c * 16, ok ? kc + c * 16 : kc_g, ok);
+        dev::cp_async_16(st + L::VC + c * 16, ok ? vc + c * 16 : vc_g, ok);
+      }
+#pragma unroll
+      for (int c = lane; c < L::NKB * D * 2 / 16; c += 32) {
+        const bool ok = c * 16 / (D * 2) < kblocks;
+        dev::cp_async_16(st + L::KS + c * 16, ok ? ksb + c * 16 : ks_g, ok);
+        dev::cp_async_16(st + L::KM + c * 16, ok ? kmb + c * 16 : km_g, ok);
+      }
+#pragma unroll
+      for (int c = lane; c < TT * NG * 2 / 16; c += 32) {
+        const bool ok = c * 16 / (NG * 2) < rows;
+        dev::cp_async_16(st + L::VS + c * 16, ok ? vsb + c * 16 : vs_g, ok);
+        dev::cp_async_16(st + L::VM + c * 16, ok ? vmb + c * 16 : vm_g, ok);
+      }
+    }
+    dev::cp_async_commit();  // always, so group counting stays uniform
+  };
+
+  // Per-thread state. Heads of this lane's S/O columns: 2t and 2t+1.
+  // o[mc]: rows g / g+8 hold channels value_channel(mc, g) and +1 (see the value
+  // mapping below), accumulated as sum_t b_t (1 + c 2^(P-10)) with b_t = SC p_t vs_t.
+  float o[KT][4];
+#pragma unroll
+  for (int mc = 0; mc < KT; ++mc) o[mc][0] = o[mc][1] = o[mc][2] = o[mc][3] = 0.0f;
+  float sb[NG][4];   // sum_t b_t per value group (an mma against ones: every row equal)
+  float cvm[NG][2];  // sum_t p_t vm_t per value group, heads 2t and 2t+1 (this lane's tokens)
+#pragma unroll
+  for (int gr = 0; gr < NG; ++gr) {
+    sb[gr][0] = sb[gr][1] = sb[gr][2] = sb[gr][3] = 0.0f;
+    cvm[gr][0] = cvm[gr][1] = 0.0f;
+  }
+  float m_run[2] = {-INFINITY, -INFINITY}, l_run[2] = {0.0f, 0.0f};
+  // B fragments of the scaled queries for head g: qsb[e] holds channels 2P, 2P+1 with
+  // P = t * D/8 + e (this lane's quarter of the channels), times 2^(10 - pos).
+  uint32_t qsb[D / 8];
+  uint32_t qsl[D / 8];
+
+  float cst[2] = {0.0f, 0.0f};  // per-block constant for heads 2t, 2t+1
+  // fp16 (1.0, 1.0), built from a kernel argument so that ptxas keeps it in a register
+  // (B >= 0, so the OR adds nothing): fields_h2 then costs one LOP3.
+  const uint32_t ones = 0x3C003C00u | ((uint32_t)a.B >> 31);
+  const uint32_t kOnes[4] = {ones, ones, ones, ones};
+
+#pragma unroll
+  for (int s = 0; s < kStages - 1; ++s) issue_tile(s);
+
+  for (int i = 0; i < ntiles; ++i) {
+    dev::cp_async_wait<kStages - 2>();
+    __syncwarp();
+    issue_tile(i + kStages - 1);
+    const uint8_t* st = my_stages + (i % kStages) * L::BYTES;
+    const int64_t t0 = w_begin + (int64_t)i * TT;
+    const int lim = (int)min((int64_t)TT, w_end - t0);  // valid rows of this stage
+
+    // ---- scores S^T for the stage's MT m-tiles --------------------------------------
+    // m-tiles of one key block share the qs fragments; for them the k loop is outer
+    // and the m-tile loop inner, so MG independent mma chains interleave.
+    constexpr int MG = MT < G / 16 ? MT : G / 16;
+    float s[MT][4];
+#pragma unroll
+    for (int mg = 0; mg < MT; mg += MG) {
+      const int64_t tok = t0 + 16 * mg;
+      if ((i == 0 && mg == 0) || tok % G == 0) {
+        // New key block: B fragments qs = q' * ks * 2^(10-pos) (rounded to fp16) and
+        // the block constant sum_d q'_d km_d - sum_d qs_d, taken over the rounded qs so
+        // that the 1.0 offsets of the A operand cancel exactly.
+        const int lb = TT >= G ? (16 * mg) / G : 0;
+        const uint8_t* ks = st + L::KS + lb * D * 2;
+        const uint8_t* km = st + L::KM + lb * D * 2;
+        // The q table holds q' * 2^(10-pos); dot_km is summed per field position (dk)
+        // and scaled back once.
+        float dk[3] = {0.0f, 0.0f, 0.0f};
+#pragma unroll
+        for (int e = 0; e < D / 8; ++e) {
+          const int P = t * (D / 8) + e;
+          const float2 qv = q_s[q_index<D>(P, g)];
+          const float2 sv = meta_pair<KIND>(ks, 2 * P), mv = meta_pair<KIND>(km, 2 * P);
+          const float px = qv.x * sv.x, py = qv.y * sv.y;
+          const uint32_t pk = dev::pack_half2(px, py);
+          const float2 pr = __half22float2(*reinterpret_cast<const __half2*>(&pk));
+          qsb[e] = pk;
+          qsl[e] = dev::pack_half2(px - pr.x, py - pr.y);
+          const int cls = (KeyPos<BITS>::pos(e % KeyPos<BITS>::PW) - 4) / 2;  // pos 4, 6, 8
+          dk[cls] = fmaf(qv.x, mv.x, fmaf(qv.y, mv.y, dk[cls]));
+        }
+        float part = dk[0] * (1.0f / 64.0f) + dk[1] * (1.0f / 16.0f) + dk[2] * (1.0f / 4.0f);
+        part += __shfl_xor_sync(0xffffffffu, part, 1);
+        part += __shfl_xor_sync(0xffffffffu, part, 2);  // sum q'.km of head g, in every lane of the quad
+        // sum of the rounded qs (hi + lo) of heads 2t, 2t+1: an all-ones A operand
+        float sq[4] = {0.0f, 0.0f, 0.0f, 0.0f};
+#pragma unroll
+        for (int j = 0; j < KT; ++j) {
+          dev::mma_f16_16816(sq, kOnes, qsb[2 * j], qsb[2 * j + 1]);
+          dev::mma_f16_16816(sq, kOnes, qsl[2 * j], qsl[2 * j + 1]);
+        }
+        cst[0] = __shfl_sync(0xffffffffu, part, (2 * t) * 4) - sq[0];
+        cst[1] = __shfl_sync(0xffffffffu, part, (2 * t + 1) * 4) - sq[1];
+      }
+      float acc[MG][4];
+      uint32_t kw0[MG][KW], kw1[MG][KW];  // this lane's words of rows g and g+8
+#pragma unroll
+      for (int m = 0; m < MG; ++m) {
+        acc[m][0] = acc[m][1] = acc[m][2] = acc[m][3] = 0.0f;
+        const uint8_t* kr0 = st + L::KC + (16 * (mg + m) + g) * RB + t * KW * 4;
+        load_words<KW>(kr0, kw0[m]);
+        load_words<KW>(kr0 + 8 * RB, kw1[m]);
+      }
+#pragma unroll
+      for (int j = 0; j < KT; ++j) {
+        constexpr int PW = KeyPos<BITS>::PW;
+        const int e0 = 2 * j, wl = e0 / PW, i0 = e0 % PW;
+#pragma unroll
+        for (int m = 0; m < MG; ++m) {
+          const uint32_t af[4] = {key_pair_h2<BITS>(kw0[m][wl], i0, ones), key_pair_h2<BITS>(kw1[m][wl], i0, ones),
+                                  key_pair_h2<BITS>(kw0[m][wl], i0 + 1, ones),
+                                  key_pair_h2<BITS>(kw1[m][wl], i0 + 1, ones)};
+          dev::mma_f16_16816(acc[m], af, qsb[e0], qsb[e0 + 1]);
+          dev::mma_f16_16816(acc[m], af, qsl[e0], qsl[e0 + 1]);
+
+        }
+      }
+#pragma unroll
+      for (int m = 0; m < MG; ++m) {
+        const int mt = mg + m;
+        const bool ok0 = 16 * mt + g < lim, ok1 = 16 * mt + g + 8 < lim;
+        s[mt][0] = ok0 ? acc[m][0] + cst[0] : -INFINITY;
+        s[mt][1] = ok0 ? acc[m][1] + cst[1] : -INFINITY;
+        s[mt][2] = ok1 ? acc[m][2] + cst[0] : -INFINITY;
+        s[mt][3] = ok1 ? acc[m][3] + cst[1] : -INFINITY;
+      }
+    }
+
+    // ---- online softmax over the stage (base 2) -------------------------------------
+    float mx[2] = {-INFINITY, -INFINITY};
+#pragma unroll
+    for (int mt = 0; mt < MT; ++mt) {
+      mx[0] = fmaxf(mx[0], fmaxf(s[mt][0], s[mt][2]));
+      mx[1] = fmaxf(mx[1], fmaxf(s[mt][1], s[mt][3]));
+    }
+    float m_use[2];
+    bool grow = false;
+#pragma unroll
+    for (int c = 0; c < 2; ++c) {
+      mx[c] = fmaxf(mx[c], __shfl_xor_sync(0xffffffffu, mx[c], 4));
+      mx[c] = fmaxf(mx[c], __shfl_xor_sync(0xffffffffu, mx[c], 8));
+      mx[c] = fmaxf(mx[c], __shfl_xor_sync(0xffffffffu, mx[c], 16));
+      grow |= mx[c] > m_run[c];
+    }
+    // The running max rarely grows after the first stages: rescale only when it does
+    // (a warp-uniform branch; skipping is exact since alpha would be 1).
+    if (__any_sync(0xffffffffu, grow)) {
+      float alpha[2];
+#pragma unroll
+      for (int c = 0; c < 2; ++c) {
+        const float m_new = fmaxf(m_run[c], mx[c]);
+        alpha[c] = m_new == -INFINITY ? 1.0f : fast_exp2(m_run[c] - m_new);
+        m_run[c] = m_new;
+        l_run[c] *= alpha[c];
+      }
+#pragma unroll
+      for (int mc = 0; mc < KT; ++mc) {
+        o[mc][0] *= alpha[0]; o[mc][1] *= alpha[1];
+        o[mc][2] *= alpha[0]; o[mc][3] *= alpha[1];
+      }
+#pragma unroll
+      for (int gr = 0; gr < NG; ++gr) {
+        sb[gr][0] *= alpha[0]; sb[gr][1] *= alpha[1];
+        sb[gr][2] *= alpha[0]; sb[gr][3] *= alpha[1];
+        cvm[gr][0] *= alpha[0]; cvm[gr][1] *= alpha[1];
+      }
+    }
+#pragma unroll
+    for (int c = 0; c < 2; ++c) m_use[c] = m_run[c] == -INFINITY ? 0.0f : m_run[c];  // keep exp2 finite
+
+    // ---- P V ------------------------------------------------------------------------
+#pragma unroll
+    for (int mt = 0; mt < MT; ++mt) {
+      float p[4];
+#pragma unroll
+      for (int c = 0; c < 4; ++c) p[c] = fast_exp2(s[mt][c] - m_use[c & 1]);  // 0 for masked tokens
+      l_run[0] += p[0] + p[2];
+      l_run[1] += p[1] + p[3];
+      const int r0 = 16 * mt + g, r1 = r0 + 8;  // stage rows of this lane's two tokens
+      const bool ok0 = r0 < lim, ok1 = r1 < lim;
+      uint32_t bfr[NG][2];  // P' = SC p vs fragments (fp16), one per value group
+      const float sp0 = SC * p[0], sp1 = SC * p[1], sp2 = SC * p[2], sp3 = SC * p[3];
+#pragma unroll
+      for (int gr = 0; gr < NG; ++gr) {
+        const float vs0 = ok0 ? meta_at<KIND>(st + L::VS, r0 * NG + gr) : 0.0f;
+        const float vs1 = ok1 ? meta_at<KIND>(st + L::VS, r1 * NG + gr) : 0.0f;
+        const float vm0 = ok0 ? meta_at<KIND>(st + L::VM, r0 * NG + gr) : 0.0f;
+        const float vm1 = ok1 ? meta_at<KIND>(st + L::VM, r1 * NG + gr) : 0.0f;
+        cvm[gr][0] += p[0] * vm0 + p[2] * vm1;
+        cvm[gr][1] += p[1] * vm0 + p[3] * vm1;
+        const float b0 = sp0 * vs0, b1 = sp1 * vs0, b2 = sp2 * vs1, b3 = sp3 * vs1;
+        const uint32_t top = dev::pack_half2(b0, b1), bot = dev::pack_half2(b2, b3);
+        bfr[gr][0] = dev::movmatrix_trans(top);  // tokens 2t, 2t+1, head g
+        bfr[gr][1] = dev::movmatrix_trans(bot);  // tokens 2t+8, 2t+9
+        dev::mma_f16_16816(sb[gr], kOnes, bfr[gr][0], bfr[gr][1]);
+      }
+      // Value codes: lane g takes CPL consecutive even codes (and the odd ones beside
+      // them) of each value group, for its tokens 2t, 2t+1 (A) and 2t+8, 2t+9 (C).
+      const uint8_t* vA = st + L::VC + (16 * mt + 2 * t) * RB;
+#pragma unroll
+      for (int gr = 0; gr < NG; ++gr) {
+        constexpr int CPL = VPL, CH = 16 / BITS, NW = CPL > CH ? CPL / CH : 1;
+        const int wbase = (gr * (G / 2) + g * CPL) / CH;
+        uint32_t wa[NW], wb[NW], wc[NW], wd[NW];
+        load_words<NW>(vA + 4 * wbase, wa);
+        load_words<NW>(vA + RB + 4 * wbase, wb);
+        load_words<NW>(vA + 8 * RB + 4 * wbase, wc);
+        load_words<NW>(vA + 9 * RB + 4 * wbase, wd);
+#pragma unroll
+        for (int u = 0; u < NW; ++u) {
+          const uint32_t ev0 = dev::prmt(wa[u], wb[u], 0x5410u), od0 = dev::prmt(wa[u], wb[u], 0x7632u);
+          const uint32_t ev1 = dev::prmt(wc[u], wd[u], 0x5410u), od1 = dev::prmt(wc[u], wd[u], 0x7632u);
+          constexpr int KPW = CPL < CH ? CPL : CH;  // codes of this lane in the word
+          constexpr int STEP = BITS == 2 ? 2 : 1;   // codes per rotation
+#pragma unroll
+          for (int k0 = 0; k0 < KPW; k0 += STEP) {
+            const int rot = value_rotation<BITS, CPL>(g, u * CH + k0);
+            const uint32_t e0 = __funnelshift_r(ev0, ev0, rot), o0 = __funnelshift_r(od0, od0, rot);
+            const uint32_t e1 = __funnelshift_r(ev1, ev1, rot), o1 = __funnelshift_r(od1, od1, rot);
+#pragma unroll
+            for (int kk = 0; kk < STEP; ++kk) {
+              const int pos = kVPos + 2 * kk;  // 2 bits: codes k0, k0+1 at bits 6, 8; 4 bits: bit 6
+              const uint32_t af[4] = {fields_h2<BITS>(e0, pos, ones), fields_h2<BITS>(o0, pos, ones),
+                                      fields_h2<BITS>(e1, pos, ones), fields_h2<BITS>(o1, pos, ones)};
+              const int mc = gr * CPL + u * CH + k0 + kk;
+              dev::mma_f16_16816(o[mc], af, bfr[gr][0], bfr[gr][1]);
+            }
+          }
+        }
+      }
+    }
+    __syncwarp();  // the stage is overwritten by a later issue
+  }
+  dev::cp_async_wait<0>();
+
+  // ---- finish the warp: reduce over the 8 token lanes ----------------------------------
+#pragma unroll
+  for (int c = 0; c < 2; ++c) {
+    l_run[c] += __shfl_xor_sync(0xffffffffu, l_run[c], 4);
+    l_run[c] += __shfl_xor_sync(0xffffffffu, l_run[c], 8);
+    l_run[c] += __shfl_xor_sync(0xffffffffu, l_run[c], 16);
+#pragma unroll
+    for (int gr = 0; gr < NG; ++gr) {
+      cvm[gr][c] += __shfl_xor_sync(0xffffffffu, cvm[gr][c], 4);
+      cvm[gr][c] += __shfl_xor_sync(0xffffffffu, cvm[gr][c], 8);
+      cvm[gr][c] += __shfl_xor_sync(0xffffffffu, cvm[gr][c], 16);
+    }
+  }
+  __syncthreads();  // all warps done with their stages: reuse them for the merge
+  float* wo = reinterpret_cast<float*>(stages);                 // [kWarps][8][D]
+  float* wm = wo + kWarps * kHeadsPerPass * D;                  // [kWarps][8]
+  float* wl = wm + kWarps * kHeadsPerPass;                      // [kWarps][8]
+  // o = sum_t p vm + (acc - sum_t b) * 2^(10 - BITS - pos): the value-min term plus the
+  // codes' term with the 1.0 offsets removed and the field position undone.
+#pragma unroll
+  for (int mc = 0; mc < KT; ++mc) {
+    constexpr int CPL = VPL;
+    const int gr = mc / CPL, k = mc % CPL;
+    const int ch = gr * G + 2 * (g * CPL + k);
+    const float f = (float)(1 << (10 - BITS - (kVPos + (BITS == 2 ? 2 * (k & 1) : 0))));
+    float* base = wo + warp * kHeadsPerPass * D;
+    base[(2 * t) * D + ch] = cvm[gr][0] + f * (o[mc][0] - sb[gr][0]);
+    base[(2 * t + 1) * D + ch] = cvm[gr][1] + f * (o[mc][1] - sb[gr][1]);
+    base[(2 * t) * D + ch + 1] = cvm[gr][0] + f * (o[mc][2] - sb[gr][2]);
+    base[(2 * t + 1) * D + ch + 1] = cvm[gr][1] + f * (o[mc][3] - sb[gr][3]);
+  }
+  if (g == 0) {
+    wm[warp * kHeadsPerPass + 2 * t] = m_run[0];
+    wm[warp * kHeadsPerPass + 2 * t + 1] = m_run[1];
+    wl[warp * kHeadsPerPass + 2 * t] = l_run[0];
+    wl[warp * kHeadsPerPass + 2 * t + 1] = l_run[1];
+  }
+  __syncthreads();
+  for (int idx = threadIdx.x; idx < nh * D; idx += blockDim.x) {
+    const int h = idx / D, d = idx % D;
+    float m = -INFINITY;
+#pragma unroll
+    for (int w = 0; w < kWarps; ++w) m = fmaxf(m, wm[w * kHeadsPerPass + h]);
+    float ov = 0.0f, lv = 0.0f;
+    if (m != -INFINITY) {
+#pragma unroll
+      for (int w = 0; w < kWarps; ++w) {
+        const float f = exp2f(wm[w * kHeadsPerPass + h] - m);
+        ov += f * wo[(w * kHeadsPerPass + h) * D + d];
+        lv += f * wl[w * kHeadsPerPass + h];
+      }
+    }
+    const int64_t slot = ((int64_t)b * a.Hq + h0 + h) * sp.np + split;
+    sp.ws_o[slot * D + d] = ov;
+    if (d == 0) {
+      sp.ws_m[slot] = m;
+      sp.ws_l[slot] = lv;
+    }
+  }
+}
+
+// ------------------------------------------------------------------------------------
+// Combines the partials of each (sequence, query head) by log-sum-exp. A CTA per unit;
+// its threads split the channels and, D/256 ways, the partials, and keep 4 loads in
+// flight each (the partials of one unit are np * D floats in the workspace).
+constexpr int kMergeThreads = 256;
 template <int KIND, int D>
-__global__ void __launch_bounds__(128) decode_merge_kernel(DecodeArgs a, SplitParams sp) {
+__global__ void __launch_bounds__(kMergeThreads) decode_merge_kernel(DecodeArgs a, SplitParams sp) {
+  constexpr int PG = D >= kMergeThreads ? 1 : kMergeThreads / D;  // partial groups
+  __shared__ float part_s[PG][D];
   const int64_t unit = blockIdx.x;
-  const float* m = sp.ws_m + unit * sp.np;
-  const float* l = sp.ws_l + unit * sp.np;
+  const int np = sp.np;
+  const float* m = sp.ws_m + unit * np;
+  const float* l = sp.ws_l + unit * np;
   float mx = -INFINITY;
-  for (int p = 0; p < sp.np; ++p) mx = fmaxf(mx, m[p]);
+  for (int p = 0; p < np; ++p) mx = fmaxf(mx, m[p]);
   float lsum = 0.0f;
   if (mx != -INFINITY)
-    for (int p = 0; p < sp.np; ++p) lsum += exp2f(m[p] - mx) * l[p];
-  Bits<KIND>* out = static_cast<Bits<KIND>*>(a.out) + unit * D;
-  for (int d = threadIdx.x; d < D; d += blockDim.x) {
-    float acc = 0.0f;
+    for (int p = 0; p < np; ++p) lsum += exp2f(m[p] - mx) * l[p];
+  const float* wo = sp.ws_o + unit * np * D;
+  for (int d0 = 0; d0 < D; d0 += kMergeThreads / PG) {
+    const int d = d0 + threadIdx.x % (kMergeThreads / PG), pg = threadIdx.x / (kMergeThreads / PG);
+    float acc[4] = {0.0f, 0.0f, 0.0f, 0.0f};
     if (lsum > 0.0f) {
-      for (int p = 0; p < sp.np; ++p) acc += exp2f(m[p] - mx) * sp.ws_o[(unit * sp.np + p) * D + d];
-      acc /= lsum;
+      for (int p = pg; p < np; p += 4 * PG) {
+#pragma unroll
+        for (int u = 0; u < 4; ++u) {
+          const int pp = p + u * PG;
+          if (pp < np) acc[u] += exp2f(m[pp] - mx) * wo[(int64_t)pp * D + d];
+        }
+      }
     }
-    out[d] = Storage<KIND>::store(acc);
+    part_s[pg][d] = (acc[0] + acc[1]) + (acc[2] + acc[3]);
+  }
+  __syncthreads();
+  Bits<KIND>* out = static_cast<Bits<KIND>*>(a.out) + unit * D;
+  for (int d = threadIdx.x; d < D; d += kMergeThreads) {
+    float acc = 0.0f;
+#pragma unroll
+    for (int pg = 0; pg < PG; ++pg) acc += part_s[pg][d];
+    out[d] = Storage<KIND>::store(lsum > 0.0f ? acc / lsum : 0.0f);
   }
   if (threadIdx.x == 0) a.lse[unit] = lsum > 0.0f ? (mx + log2f(lsum)) * kLn2 : -INFINITY;
 }
@@ -559,7 +682,7 @@ struct Packed {
     using L = StageLayout<D, BITS, G>;
     const size_t stage_bytes = (size_t)kWarps * kStages * L::BYTES;
     const size_t merge_bytes = (size_t)kWarps * kHeadsPerPass * (D + 2) * sizeof(float);
-    return kHeadsPerPass * D * sizeof(float) + std::max(stage_bytes, merge_bytes);  // q_s + stages
+    return kQBytes<D> + std::max(stage_bytes, merge_bytes);  // q_s + stages
   }
   static int ctas_per_sm() {
     static const int n = [] {
@@ -576,7 +699,7 @@ struct Packed {
     auto kernel = decode_packed_kernel<KIND, BITS, D, G>;
     const cudaError_t e = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem());
     if (e != cudaSuccess) return e;
-    const dim3 grid((unsigned)sp.nsplit, (unsigned)(a.Hkv * sp.passes), (unsigned)a.B);
+    const dim3 grid((unsigned)sp.nsplit + 1, (unsigned)(a.Hkv * sp.passes), (unsigned)a.B);  // + the fp split
     kernel<<<grid, kWarps * 32, smem(), st>>>(a, sp);
     return cudaGetLastError();
   }
@@ -633,7 +756,7 @@ SplitParams plan_splits(const DecodeArgs& a, int num_sms) {
     const int64_t target = std::max<int64_t>(1, (waves * slots + units - 1) / units);
     int64_t chunk = (a.t_cap + target - 1) / target;
     chunk = std::max(min_chunk, (chunk + align - 1) / align * align);
-    const int64_t ctas = (a.t_cap + chunk - 1) / chunk * units;
+    const int64_t ctas = ((a.t_cap + chunk - 1) / chunk + 1) * units;  // + the fp split
     const double eff = (double)ctas / (double)(((ctas + slots - 1) / slots) * slots);
     if (eff > best_eff + 0.02) {  // prefer fewer, larger splits unless clearly better
       best_eff = eff;
@@ -648,14 +771,11 @@ SplitParams plan_splits(const DecodeArgs& a, int num_sms) {
 
 template <int KIND, int D>
 cudaError_t run_all(const DecodeArgs& a, const SplitParams& sp, cudaStream_t st) {
-  if (sp.nsplit > 0) {
-    cudaError_t e = cudaErrorInvalidValue;
-    visit_packed(a, [&](auto p) { e = decltype(p)::launch(a, sp, st); });
-    if (e != cudaSuccess) return e;
-  }
+  cudaError_t e = cudaErrorInvalidValue;
+  visit_packed(a, [&](auto p) { e = decltype(p)::launch(a, sp, st); });
+  if (e != cudaSuccess) return e;
   const int64_t units = (int64_t)a.B * a.Hq;
-  decode_fp_kernel<KIND, D><<<(unsigned)((units + 3) / 4), 128, 0, st>>>(a, sp);
-  decode_merge_kernel<KIND, D><<<(unsigned)units, 128, 0, st>>>(a, sp);
+  decode_merge_kernel<KIND, D><<<(unsigned)units, kMergeThreads, 0, st>>>(a, sp);
   return cudaGetLastError();
 }
 

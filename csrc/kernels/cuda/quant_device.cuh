@@ -148,10 +148,13 @@ struct Range2 {
 // The clamp to [0, qmax] that encode_code applies is a no-op here: the stored (scale,
 // min) put v in [0, qmax + 0.04] for 16-bit inputs (min rounded down, scale rounded up;
 // fp32 rounding of the range check adds < 0.04), so only fp32 inputs need the upper
-// clamp; the lower one also maps NaN to 0. Poisoned groups must pass mn = 0, inv = 0.
-template <int KIND, int BITS>
+// clamp. The lower clamp only matters for NaN (x >= min, so x - min >= 0): callers
+// that know their groups are not poisoned pass NAN_SAFE = false and save it.
+// Poisoned groups must pass mn = 0, inv = 0 and NAN_SAFE = true.
+template <int KIND, int BITS, bool NAN_SAFE = true>
 __device__ __forceinline__ uint32_t encode_magic(float x, float inv, float mn) {
-  float v = fmaxf(__fmul_rn(x - mn, inv), 0.0f);
+  float v = __fmul_rn(x - mn, inv);
+  if constexpr (NAN_SAFE) v = fmaxf(v, 0.0f);
   if constexpr (KIND == 0) v = fminf(v, (float)((1 << BITS) - 1));
   return __float_as_uint(__fadd_rn(v, kMagic));
 }

@@ -16,13 +16,13 @@ using dev::Range;
 // says whether this chunk is the second one (its fields sit 8 bits higher).
 // Codes are accumulated as sum(magic_bits << offset) in one IMAD each, then the
 // constant contribution of the magic exponent bits is subtracted (all mod 2^32).
-template <int KIND, int BITS>
+template <int KIND, int BITS, bool NAN_SAFE = true>
 __device__ __forceinline__ void encode_chunk(const float (&v)[8], const float* inv, const float* mn,
                                              bool odd, uint32_t (&w)[2]) {
   w[0] = w[1] = 0;
 #pragma unroll
   for (int j = 0; j < 8; ++j) {
-    const uint32_t m = dev::encode_magic<KIND, BITS>(v[j], inv[j], mn[j]);
+    const uint32_t m = dev::encode_magic<KIND, BITS, NAN_SAFE>(v[j], inv[j], mn[j]);
     if constexpr (BITS == 8) w[j / 4] += m << code_bit_offset(j % 4, 8);
     else w[0] += m << code_bit_offset(j, BITS);
   }
@@ -177,6 +177,11 @@ struct ChannelTile {
   static constexpr int CW = KIND == 0 ? (G <= 64 ? 4 : 2) : (G <= 64 ? 8 : 4);  // chunks per warp row
   static constexpr int RL = 32 / CW;                   // row lanes
   static constexpr int NCH = RL >= 8 ? 1 : 8 / RL;     // channels per lane after the scatter
+  // 256-thread blocks resident per SM that the register budget must allow. Without it
+  // ptxas gave the 2-bit 16-bit-type G=32 variant 74-76 registers (3 blocks instead of
+  // 4), which cost ~15% of bandwidth. G=64/128 hold 8/16 rows a lane and stay at 2
+  // (3 blocks for G=128 spilled 200+ bytes; 2-chunk slabs for G=128 ran at 58-68%).
+  static constexpr int MIN_BLOCKS = KIND == 0 ? 2 : (G == 32 ? 4 : 2);
 };
 
 // One butterfly step: lanes whose y has bit YB keep the upper HALF channels, the others
@@ -205,7 +210,7 @@ struct ChannelWork {
 // partial 32-byte sectors, which cost HBM read-modify-writes.) Used when D is small
 // enough for all slabs to fit one block; otherwise codes are stored directly.
 template <int KIND, int BITS, int G, bool STAGE>
-__global__ void __launch_bounds__(256) quantize_channel_kernel(QuantizeArgs a, int64_t nwarps, int64_t nblocks) {
+__global__ void __launch_bounds__(256, ChannelTile<KIND, G>::MIN_BLOCKS) quantize_channel_kernel(QuantizeArgs a, int64_t nwarps, int64_t nblocks) {
   constexpr int CW = ChannelTile<KIND, G>::CW, RL = ChannelTile<KIND, G>::RL, NCH = ChannelTile<KIND, G>::NCH;
   constexpr int RPT = ChannelWork<KIND, G>::RPT, BPW = ChannelWork<KIND, G>::BPW;
   extern __shared__ uint4 stage_smem[];
@@ -308,20 +313,30 @@ __global__ void __launch_bounds__(256) quantize_channel_kernel(QuantizeArgs a, i
       inv[j] = __shfl_sync(0xffffffffu, my_inv[j % NCH], c + CW * (j / NCH));
       mn[j] = __shfl_sync(0xffffffffu, my_mn[j % NCH], c + CW * (j / NCH));
     }
+    auto encode_rows = [&](auto nan_safe) {
 #pragma unroll
-    for (int r = 0; r < RPT; ++r) {
-      float v[8];
-      row_floats(i * RPT + r, v);
-      const int64_t ch = (block * G + y + r * RL) * nchunk + chunk;
-      uint32_t w[2];
-      encode_chunk<KIND, BITS>(v, inv, mn, (ch & 1) != 0, w);
-      if constexpr (STAGE) {
-        const int64_t local = (i * G + y + r * RL) * nchunk + chunk;  // chunk index within the stage
-        store_chunk_shfl<BITS>(stage, local, w, valid);
-      } else {
-        store_chunk_shfl<BITS>(out, ch, w, valid);
+      for (int r = 0; r < RPT; ++r) {
+        float v[8];
+        row_floats(i * RPT + r, v);
+        const int64_t ch = (block * G + y + r * RL) * nchunk + chunk;
+        uint32_t w[2];
+        encode_chunk<KIND, BITS, decltype(nan_safe)::value>(v, inv, mn, (ch & 1) != 0, w);
+        if constexpr (STAGE) {
+          const int64_t local = (i * G + y + r * RL) * nchunk + chunk;  // chunk index within the stage
+          store_chunk_shfl<BITS>(stage, local, w, valid);
+        } else {
+          store_chunk_shfl<BITS>(out, ch, w, valid);
+        }
       }
-    }
+    };
+    // A poisoned group (NaN/Inf inside: inv = 0 and min = 0 from encode_params) is
+    // rare: the whole warp then takes the NaN-safe encode; otherwise each element
+    // saves one instruction. (A constant group at 0 also matches; it is merely slower.)
+    bool my_poison = false;
+#pragma unroll
+    for (int n = 0; n < NCH; ++n) my_poison |= my_inv[n] == 0.0f && my_mn[n] == 0.0f;
+    if (__any_sync(0xffffffffu, my_poison)) encode_rows(std::true_type{});
+    else encode_rows(std::false_type{});
   }
   if constexpr (STAGE) {
     __syncthreads();

@@ -1,0 +1,12 @@
+"""Temporary: one decode step (B=8, Hq=32, Hkv=8, D=128, L=32K) for Nsight Compute."""
+import sys, torch
+sys.path.insert(0, "bench")
+import bench_decode as BD
+import kvcore
+bits = int(sys.argv[1]) if len(sys.argv) > 1 else 2
+k, v = BD.random_cache(8, 8, 32768, 128)
+q = torch.randn(8, 32, 128, device="cuda", dtype=torch.bfloat16)
+c = BD.packed_cache(k, v, bits)
+for _ in range(3):
+    kvcore.ops.decode_attention(q, **c)
+torch.cuda.synchronize()
