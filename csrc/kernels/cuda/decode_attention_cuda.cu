@@ -253,7 +253,7 @@ __device__ __forceinline__ void fp_partial(const DecodeArgs& a, const SplitParam
 
 // ------------------------------------------------------------------------------------
 template <int KIND, int BITS, int D, int G>
-__global__ void __launch_bounds__(kWarps * 32, D <= 128 ? 3 : 2) decode_packed_kernel(DecodeArgs a, SplitParams sp) {
+__global__ void __launch_bounds__(kWarps * 32, D <= 64 ? 4 : D <= 128 ? 3 : 2) decode_packed_kernel(DecodeArgs a, SplitParams sp) {
   using L = StageLayout<D, BITS, G>;
   constexpr int TT = L::TT, MT = TileShape<D>::MT, RB = L::RB, NG = L::NG, KT = D / 16;
   constexpr int KW = D * BITS / 128;  // key words per row and lane (a quarter of the row)
@@ -310,10 +310,38 @@ __global__ void __launch_bounds__(kWarps * 32, D <= 128 ? 3 : 2) decode_packed_k
   const int64_t w_end = min(w_begin + wchunk, cta_end);
   const int ntiles = w_end > w_begin ? (int)((w_end - w_begin + TT - 1) / TT) : 0;
 
+  constexpr int KVC = TT * RB / 16;             // 16-byte chunks of codes per stage (a multiple of 32)
+  constexpr int KSC = L::NKB * D * 2 / 16;      // of key scales (<= 32)
+  constexpr int VSC = TT * NG * 2 / 16;         // of value scales (<= 32)
+  static_assert(KVC % 32 == 0 && KSC <= 32 && VSC <= 32, "stage chunk counts");
   auto issue_tile = [&](int i) {
     if (i < ntiles) {
       uint8_t* st = my_stages + (i % kStages) * L::BYTES;
       const int64_t t0 = w_begin + (int64_t)i * TT;
+      if (t0 + TT <= a.t_cap) {
+        // Common case, the whole stage exists in memory: lane-relative addresses with
+        // constant offsets, no predicates.
+        const uint8_t* kc = kc_g + t0 * RB + lane * 16;
+        const uint8_t* vc = vc_g + t0 * RB + lane * 16;
+        uint8_t* sl = st + lane * 16;
+#pragma unroll
+        for (int k = 0; k < KVC / 32; ++k) {
+          dev::cp_async_16(sl + L::KC + k * 512, kc + k * 512, true);
+          dev::cp_async_16(sl + L::VC + k * 512, vc + k * 512, true);
+        }
+        if (lane < KSC) {
+          const int64_t kb = (t0 / G) * D * 2 + lane * 16;
+          dev::cp_async_16(sl + L::KS, ks_g + kb, true);
+          dev::cp_async_16(sl + L::KM, km_g + kb, true);
+        }
+        if (lane < VSC) {
+          const int64_t vb = t0 * NG * 2 + lane * 16;
+          dev::cp_async_16(sl + L::VS, vs_g + vb, true);
+          dev::cp_async_16(sl + L::VM, vm_g + vb, true);
+        }
+        dev::cp_async_commit();
+        return;
+      }
       // Rows (and key blocks) that exist in memory; the rest are zero-filled.
       const int rows = (int)min((int64_t)TT, a.t_cap - t0);
       const int64_t kb0 = t0 / G;
@@ -400,10 +428,11 @@ __global__ void __launch_bounds__(kWarps * 32, D <= 128 ? 3 : 2) decode_packed_k
         // The q table holds q' * 2^(10-pos); dot_km is summed per field position (dk)
         // and scaled back once.
         float dk[3] = {0.0f, 0.0f, 0.0f};
+        const float2* q_lane = q_s + q_index<D>(t * (D / 8), g);  // + e * 8: pair P = t * D/8 + e
 #pragma unroll
         for (int e = 0; e < D / 8; ++e) {
           const int P = t * (D / 8) + e;
-          const float2 qv = q_s[q_index<D>(P, g)];
+          const float2 qv = q_lane[e * kHeadsPerPass];
           const float2 sv = meta_pair<KIND>(ks, 2 * P), mv = meta_pair<KIND>(km, 2 * P);
           const float px = qv.x * sv.x, py = qv.y * sv.y;
           const uint32_t pk = dev::pack_half2(px, py);
@@ -417,14 +446,15 @@ __global__ void __launch_bounds__(kWarps * 32, D <= 128 ? 3 : 2) decode_packed_k
         part += __shfl_xor_sync(0xffffffffu, part, 1);
         part += __shfl_xor_sync(0xffffffffu, part, 2);  // sum q'.km of head g, in every lane of the quad
         // sum of the rounded qs (hi + lo) of heads 2t, 2t+1: an all-ones A operand
-        float sq[4] = {0.0f, 0.0f, 0.0f, 0.0f};
+        // (4 independent accumulators: one chain of 2*KT dependent mmas would stall)
+        float sq[4][4] = {};
 #pragma unroll
         for (int j = 0; j < KT; ++j) {
-          dev::mma_f16_16816(sq, kOnes, qsb[2 * j], qsb[2 * j + 1]);
-          dev::mma_f16_16816(sq, kOnes, qsl[2 * j], qsl[2 * j + 1]);
+          dev::mma_f16_16816(sq[j & 1], kOnes, qsb[2 * j], qsb[2 * j + 1]);
+          dev::mma_f16_16816(sq[2 + (j & 1)], kOnes, qsl[2 * j], qsl[2 * j + 1]);
         }
-        cst[0] = __shfl_sync(0xffffffffu, part, (2 * t) * 4) - sq[0];
-        cst[1] = __shfl_sync(0xffffffffu, part, (2 * t + 1) * 4) - sq[1];
+        cst[0] = __shfl_sync(0xffffffffu, part, (2 * t) * 4) - ((sq[0][0] + sq[1][0]) + (sq[2][0] + sq[3][0]));
+        cst[1] = __shfl_sync(0xffffffffu, part, (2 * t + 1) * 4) - ((sq[0][1] + sq[1][1]) + (sq[2][1] + sq[3][1]));
       }
       float acc[MG][4];
       uint32_t kw0[MG][KW], kw1[MG][KW];  // this lane's words of rows g and g+8
