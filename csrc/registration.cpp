@@ -17,4 +17,6 @@ TORCH_LIBRARY(kvcore, m) {
       "Tensor v_scale, Tensor v_mn, Tensor k_resid, Tensor v_resid, Tensor packed_len, Tensor resid_len, "
       "int bits, int group_size, float? sm_scale=None, Tensor? k_sink=None, Tensor? v_sink=None, "
       "Tensor? sink_len=None) -> (Tensor, Tensor)");
+  // x [..., D] -> x diag(s) H / sqrt(D) (inverse: x H / sqrt(D) diag(s)); s = +-1 from (seed, d).
+  m.def("hadamard_rotate(Tensor x, int seed=0, bool inverse=False) -> Tensor");
 }

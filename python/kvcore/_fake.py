@@ -36,3 +36,12 @@ def _decode_attention_fake(q, k_codes, k_scale, k_mn, v_codes, v_scale, v_mn, k_
                  lambda: f"kvcore.decode_attention: group_size must be 32, 64 or 128, got {group_size}")
     B, Hq, _ = q.shape
     return q.new_empty(q.shape), q.new_empty((B, Hq), dtype=torch.float32)
+
+
+@torch.library.register_fake("kvcore::hadamard_rotate")
+def _hadamard_rotate_fake(x, seed=0, inverse=False):
+    torch._check(x.dim() >= 1, lambda: "kvcore.hadamard_rotate: x must have at least one dimension")
+    D = x.shape[-1]
+    torch._check(2 <= D <= 1024 and D & (D - 1) == 0,
+                 lambda: f"kvcore.hadamard_rotate: the last dimension of x must be a power of two between 2 and 1024, got {D}")
+    return torch.empty_like(x)

@@ -158,3 +158,31 @@ def decode_attention(
 
 
 __all__ = ["quantize_kv", "dequantize_kv", "decode_attention", "AXES"]
+
+
+def hadamard_rotate(x: Tensor, seed: int = 0, inverse: bool = False) -> Tensor:
+    """Randomized Hadamard rotation of the last dimension: ``x diag(s) H / sqrt(D)``.
+
+    ``H`` is the Sylvester Hadamard matrix and ``s_d = +-1`` a hash of ``(seed, d)``,
+    so the rotation is orthogonal, needs no calibration and nothing stored: rotating a
+    cache's keys and each query with the same seed leaves every score ``q.k``
+    unchanged while spreading outlier channels over all channels (QuaRot, RotateKV).
+    Computed in float32 with one rounding to x's dtype.
+
+    Args:
+        x: ``[..., D]`` float16, bfloat16 or float32, contiguous; D a power of two
+            between 2 and 1024.
+        seed: non-negative integer choosing the signs.
+        inverse: apply the inverse rotation ``x H / sqrt(D) diag(s)``.
+
+    Returns:
+        A tensor shaped like ``x``, same dtype and device.
+
+    Example::
+
+        >>> q, k = torch.randn(8, 128), torch.randn(100, 128)
+        >>> qr, kr = kvcore.ops.hadamard_rotate(q, 7), kvcore.ops.hadamard_rotate(k, 7)
+        >>> torch.allclose(qr @ kr.T, q @ k.T, atol=1e-4)
+        True
+    """
+    return torch.ops.kvcore.hadamard_rotate(x, seed, inverse)

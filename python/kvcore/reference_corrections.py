@@ -28,10 +28,20 @@ def hadamard(D: int, dtype=torch.float64) -> torch.Tensor:
     return h
 
 
+_M64 = (1 << 64) - 1
+
+
+def _mix64(z: int) -> int:
+    z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & _M64
+    z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & _M64
+    return z ^ (z >> 31)
+
+
 def rotation_signs(D: int, seed: int) -> torch.Tensor:
-    """[D] float64 random +-1, a function of (D, seed) only."""
-    gen = torch.Generator().manual_seed(seed)
-    return torch.randint(0, 2, (D,), generator=gen).to(torch.float64) * 2 - 1
+    """[D] float64 +-1: s_d = -1 when the top bit of splitmix64(seed * golden + d + 1)
+    is set (csrc/include/kvcore/rotation.h computes the same bits)."""
+    return torch.tensor([-1.0 if _mix64((seed * 0x9E3779B97F4A7C15 + d + 1) & _M64) >> 63 else 1.0
+                         for d in range(D)], dtype=torch.float64)
 
 
 def hadamard_rotate(x: torch.Tensor, seed: int = 0, inverse: bool = False) -> torch.Tensor:

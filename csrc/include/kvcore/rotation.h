@@ -1,0 +1,23 @@
+// Randomized Hadamard rotation shared by the CPU and CUDA kernels (and mirrored by
+// kvcore.reference_corrections): y = x diag(s) H / sqrt(D), H the Sylvester Hadamard
+// matrix, s_d = +-1 from a hash of (seed, d). The signs are a pure function of
+// (seed, d), so a cache and its queries rotate identically with nothing stored.
+#pragma once
+#include <cstdint>
+#include "host_device.h"
+
+namespace kvcore {
+
+// splitmix64 finaliser: a well-mixed 64-bit hash.
+KV_HD uint64_t mix64(uint64_t z) {
+  z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
+  z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
+  return z ^ (z >> 31);
+}
+
+// +1 or -1 for channel d under `seed`: the top bit of the hash.
+KV_HD float rotation_sign(uint64_t seed, int64_t d) {
+  return (mix64(seed * 0x9E3779B97F4A7C15ull + (uint64_t)d + 1) >> 63) ? -1.0f : 1.0f;
+}
+
+}  // namespace kvcore
