@@ -19,4 +19,7 @@ TORCH_LIBRARY(kvcore, m) {
       "Tensor? sink_len=None) -> (Tensor, Tensor)");
   // x [..., D] -> x diag(s) H / sqrt(D) (inverse: x H / sqrt(D) diag(s)); s = +-1 from (seed, d).
   m.def("hadamard_rotate(Tensor x, int seed=0, bool inverse=False) -> Tensor");
+  // Per token, the `count` channels farthest from their group's median (in MADs):
+  // (index uint8 [..., T, count], value [..., T, count], dense x with them set to the median).
+  m.def("extract_outliers(Tensor x, int count, int group_size, str axis) -> (Tensor, Tensor, Tensor)");
 }

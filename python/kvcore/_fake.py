@@ -45,3 +45,12 @@ def _hadamard_rotate_fake(x, seed=0, inverse=False):
     torch._check(2 <= D <= 1024 and D & (D - 1) == 0,
                  lambda: f"kvcore.hadamard_rotate: the last dimension of x must be a power of two between 2 and 1024, got {D}")
     return torch.empty_like(x)
+
+
+@torch.library.register_fake("kvcore::extract_outliers")
+def _extract_outliers_fake(x, count, group_size, axis):
+    torch._check(x.dim() >= 2, lambda: "kvcore.extract_outliers: x must have shape [..., T, D]")
+    torch._check(1 <= count <= min(16, x.shape[-1] - 1),
+                 lambda: f"kvcore.extract_outliers: count must be between 1 and min(16, D - 1), got {count}")
+    shape = (*x.shape[:-1], count)
+    return x.new_empty(shape, dtype=torch.uint8), x.new_empty(shape), torch.empty_like(x)

@@ -186,3 +186,38 @@ def hadamard_rotate(x: Tensor, seed: int = 0, inverse: bool = False) -> Tensor:
         True
     """
     return torch.ops.kvcore.hadamard_rotate(x, seed, inverse)
+
+
+def extract_outliers(x: Tensor, count: int = 2, group_size: int = 64, axis: str = "token") -> Tuple[Tensor, Tensor, Tensor]:
+    """Sparse outliers of ``x``: per token the ``count`` entries farthest from their
+    group's centre, kept exactly and taken out of the range the rest is quantized with
+    (KVQuant dense-and-sparse, SpQR), at a fixed capacity per token so that appending
+    needs no host synchronisation.
+
+    A group is what :func:`quantize_kv` groups with the same ``group_size`` and ``axis``:
+    for keys (``"channel"``) one channel over a block of ``group_size`` tokens, for
+    values (``"token"``) ``group_size`` channels of one token. Centre and spread are the
+    group's lower median and lower median absolute deviation, which the outliers cannot
+    inflate; an entry's score is ``|x - median| / max(MAD, 2**-126)`` in float32, ties
+    going to the lower channel; NaN scores above every number.
+
+    Args:
+        x: ``[..., T, D]`` float16, bfloat16 or float32, contiguous; D <= 256.
+        count: outliers per token, 1 <= count <= min(16, D - 1).
+        group_size: 32, 64 or 128 (T, or D for ``"token"``, a multiple of it).
+        axis: ``"channel"`` (keys) or ``"token"`` (values).
+
+    Returns:
+        ``(index, value, dense)``: index ``[..., T, count]`` uint8 channel indices in
+        ascending order; value ``[..., T, count]`` the entries of x there; dense, shaped
+        like x, with those entries replaced by their group's median. Quantize ``dense``
+        and write ``value`` back at ``index`` after dequantizing.
+
+    Example::
+
+        >>> v = torch.randn(2, 8, 64, 128, dtype=torch.float16)
+        >>> idx, val, dense = kvcore.ops.extract_outliers(v, count=2, group_size=64, axis="token")
+        >>> idx.shape, idx.dtype
+        (torch.Size([2, 8, 64, 2]), torch.uint8)
+    """
+    return torch.ops.kvcore.extract_outliers(x, count, group_size, axis)

@@ -71,24 +71,29 @@ def extract_outliers(x: torch.Tensor, count: int, group_size: int, axis: str):
     """Per token, the `count` entries farthest from their group's centre in units of the
     group's spread (keys: per channel over each block of group_size tokens; values: per
     token over each group of group_size channels). Centre and spread are the median and
-    the median absolute deviation, which the outliers themselves cannot inflate.
+    the median absolute deviation, which the outliers themselves cannot inflate (both
+    the lower median of an even count, as torch.median). The score
+    z = |x - median| / max(MAD, 2^-126) is computed in float32; ties go to the lower
+    channel index.
 
-    Returns (index int16 [..., T, count], value x.dtype [..., T, count], dense), where
+    Returns (index uint8 [..., T, count], value x.dtype [..., T, count], dense), where
     dense is x with those entries replaced by their group's median, so that they no
     longer stretch the range the rest is quantized with. Indices are sorted ascending.
     """
     *lead, T, D = x.shape
-    g = _group_view(x, group_size, axis)
+    g = _group_view(x, group_size, axis).float()
     red = -2 if axis == "channel" else -1
     med = g.median(red, keepdim=True).values
-    mad = (g - med).abs().median(red, keepdim=True).values.clamp_min(1e-12)
-    z = ((g - med) / mad).abs().reshape(*lead, T, D)
-    mean_full = med.expand_as(g).reshape(*lead, T, D)
-    idx = z.topk(count, dim=-1).indices.sort(dim=-1).values
+    mad = (g - med).abs().median(red, keepdim=True).values.clamp_min(2.0 ** -126)
+    z = ((g - med).abs() / mad).reshape(*lead, T, D)
+    med_full = med.expand_as(g).reshape(*lead, T, D)
+    # rank by (z descending, channel ascending): a stable sort of -z keeps index order on ties
+    order = torch.sort(-z, dim=-1, stable=True).indices
+    idx = order[..., :count].sort(dim=-1).values
     val = x.gather(-1, idx)
     dense = x.clone()
-    dense.scatter_(-1, idx, mean_full.gather(-1, idx).to(x.dtype))
-    return idx.to(torch.int16), val, dense
+    dense.scatter_(-1, idx, med_full.gather(-1, idx).to(x.dtype))
+    return idx.to(torch.uint8), val, dense
 
 
 def apply_outliers(x: torch.Tensor, index: torch.Tensor, value: torch.Tensor) -> torch.Tensor:
