@@ -22,4 +22,7 @@ TORCH_LIBRARY(kvcore, m) {
   // Per token, the `count` channels farthest from their group's median (in MADs):
   // (index uint8 [..., T, count], value [..., T, count], dense x with them set to the median).
   m.def("extract_outliers(Tensor x, int count, int group_size, str axis) -> (Tensor, Tensor, Tensor)");
+  // GEAR: residual [..., T, D] ~= A B^T per block of group_size tokens; A [..., T/G, G, rank]
+  // (orthonormal columns) and B [..., T/G, D, rank], both fp16.
+  m.def("lowrank_error(Tensor residual, int rank, int group_size, int iters=3, int seed=0) -> (Tensor, Tensor)");
 }

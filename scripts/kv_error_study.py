@@ -11,7 +11,8 @@ element all-in (codes, scales and mins, outliers, low-rank factors).
     pip install "transformers>=5" gguf accelerate
     python scripts/kv_error_study.py [--tokens 4096] [--window 256] [--md docs/KV-ERROR.md]
 
-The corrections are the reference implementations of kvcore.reference_corrections.
+The corrections run through kvcore's ops (hadamard_rotate, extract_outliers,
+lowrank_error; CPU kernels) and are applied with kvcore.reference_corrections.
 """
 import argparse
 import glob
@@ -75,18 +76,18 @@ def compress(x, bits, default_axis, outliers=0, rank=0, rotate=False, exact=Fals
     """Reconstruction of x [..., T, D] (in the rotated space when rotate) after quantizing
     with the given corrections (exact: not quantized, a diagnostic)."""
     axis = axis or default_axis
-    y = rc.hadamard_rotate(x, SEED) if rotate else x
+    y = kvcore.hadamard_rotate(x, SEED) if rotate else x
     if exact:
         return y, y
     dense = y
     if outliers:
-        idx, val, dense = rc.extract_outliers(y, outliers, GROUP, axis)
+        idx, val, dense = kvcore.extract_outliers(y, outliers, GROUP, axis)
     codes, scale, mn = kvcore.quantize_kv(dense, bits, GROUP, axis)
     rec = kvcore.dequantize_kv(codes, scale, mn, bits, GROUP, axis, x.dtype)
     if outliers:
         rec = rc.apply_outliers(rec, idx, val)
     if rank:
-        a, b = rc.lowrank_error(y - rec, rank, GROUP, seed=SEED)
+        a, b = kvcore.lowrank_error(y - rec, rank, GROUP, seed=SEED)
         rec = rc.apply_lowrank(rec, a, b)
     return rec, y
 
@@ -175,8 +176,8 @@ def main():
             for (q, k, v), o in zip(layers, exact):
                 k_rec, k_ref = compress(k.to(dtype), bits, "channel", **kk)
                 v_rec, _ = compress(v.to(dtype), bits, "token", **vk)
-                k_true = rc.hadamard_rotate(k, SEED) if kk.get("rotate") else k
-                q_used = rc.hadamard_rotate(q, SEED) if kk.get("rotate") else q
+                k_true = kvcore.hadamard_rotate(k.contiguous(), SEED) if kk.get("rotate") else k
+                q_used = kvcore.hadamard_rotate(q.contiguous(), SEED) if kk.get("rotate") else q
                 num_k += (k_rec.double() - k_true.double()).pow(2).sum().item()
                 den_k += k_true.double().pow(2).sum().item()
                 num_v += (v_rec.double() - v.double()).pow(2).sum().item()

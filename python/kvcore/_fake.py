@@ -54,3 +54,13 @@ def _extract_outliers_fake(x, count, group_size, axis):
                  lambda: f"kvcore.extract_outliers: count must be between 1 and min(16, D - 1), got {count}")
     shape = (*x.shape[:-1], count)
     return x.new_empty(shape, dtype=torch.uint8), x.new_empty(shape), torch.empty_like(x)
+
+
+@torch.library.register_fake("kvcore::lowrank_error")
+def _lowrank_error_fake(residual, rank, group_size, iters=3, seed=0):
+    torch._check(residual.dim() >= 2, lambda: "kvcore.lowrank_error: residual must have shape [..., T, D]")
+    torch._check(1 <= rank <= 8, lambda: f"kvcore.lowrank_error: rank must be between 1 and 8, got {rank}")
+    *lead, T, D = residual.shape
+    a = residual.new_empty((*lead, T // group_size, group_size, rank), dtype=torch.float16)
+    b = residual.new_empty((*lead, T // group_size, D, rank), dtype=torch.float16)
+    return a, b

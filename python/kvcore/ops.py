@@ -221,3 +221,36 @@ def extract_outliers(x: Tensor, count: int = 2, group_size: int = 64, axis: str 
         (torch.Size([2, 8, 64, 2]), torch.uint8)
     """
     return torch.ops.kvcore.extract_outliers(x, count, group_size, axis)
+
+
+def lowrank_error(residual: Tensor, rank: int = 2, group_size: int = 64, iters: int = 3,
+                  seed: int = 0) -> Tuple[Tensor, Tensor]:
+    """GEAR's low-rank error term: per block of ``group_size`` tokens, a rank-``rank``
+    approximation ``residual_block ~= A @ B.T`` of the quantization residual
+    ``x - dequantize(quantize(x))``, stored in fp16 next to the codes.
+
+    Subspace (power) iteration from a seeded +-1 start, ``iters`` refinement steps,
+    modified Gram-Schmidt applied twice, float32 arithmetic. With ``iters >= 2`` the
+    error is within a few percent of the best rank-``rank`` fit (Eckart-Young).
+
+    Args:
+        residual: ``[..., T, D]`` float16, bfloat16 or float32, contiguous; T a multiple
+            of group_size, rank <= D <= 1024.
+        rank: 1 to 8.
+        group_size: 32, 64 or 128 tokens per block.
+        iters: 0 to 16 refinement steps.
+        seed: non-negative integer choosing the start.
+
+    Returns:
+        ``(a, b)``: a ``[..., T/G, G, rank]`` with orthonormal columns and
+        b ``[..., T/G, D, rank]`` (``b = residual_block.T @ a``), both float16.
+
+    Example::
+
+        >>> x = torch.randn(1, 8, 256, 128)
+        >>> x_hat = kvcore.dequantize_kv(*kvcore.quantize_kv(x, 2, 64, "channel"), 2, 64, "channel")
+        >>> a, b = kvcore.ops.lowrank_error(x - x_hat, rank=2, group_size=64)
+        >>> a.shape, b.shape
+        (torch.Size([1, 8, 4, 64, 2]), torch.Size([1, 8, 4, 128, 2]))
+    """
+    return torch.ops.kvcore.lowrank_error(residual, rank, group_size, iters, seed)
