@@ -140,6 +140,9 @@ METHODS = [  # name, key kwargs, value kwargs
     ("+rotation +outliers K3 V1", dict(rotate=True, outliers=3), dict(outliers=1)),
     ("+rotation +outliers K4 V1", dict(rotate=True, outliers=4), dict(outliers=1)),
     ("+rotation +outliers K4 +low-rank K2", dict(rotate=True, outliers=4, rank=2), {}),
+    # values rotated too (undone on the output)
+    ("+rotation K and V +outliers K4 V1", dict(rotate=True, outliers=4), dict(rotate=True, outliers=1)),
+    ("+rotation K and V +outliers K3 V2", dict(rotate=True, outliers=3), dict(rotate=True, outliers=2)),
     # rotated keys have no channel structure left: group them per token instead
     ("+rotation, keys per token", dict(rotate=True, axis="token"), {}),
     ("+rotation, keys per token +outliers 1", dict(rotate=True, axis="token", outliers=1), dict(outliers=1)),
@@ -176,6 +179,8 @@ def main():
             for (q, k, v), o in zip(layers, exact):
                 k_rec, k_ref = compress(k.to(dtype), bits, "channel", **kk)
                 v_rec, _ = compress(v.to(dtype), bits, "token", **vk)
+                if vk.get("rotate"):  # back to the model's basis (o = p v commutes with it)
+                    v_rec = kvcore.hadamard_rotate(v_rec.contiguous(), SEED, inverse=True)
                 k_true = kvcore.hadamard_rotate(k.contiguous(), SEED) if kk.get("rotate") else k
                 q_used = kvcore.hadamard_rotate(q.contiguous(), SEED) if kk.get("rotate") else q
                 num_k += (k_rec.double() - k_true.double()).pow(2).sum().item()
@@ -187,7 +192,7 @@ def main():
                 num_o += (o_hat - o).pow(2).sum().item()
                 den_o += o.pow(2).sum().item()
             bpe = (bits_per_element(bits, D, **{"outliers": 0, "rank": 0, **{a: b for a, b in kk.items() if a != "rotate"}})
-                   + bits_per_element(bits, D, **{"outliers": 0, "rank": 0, **vk})) / 2
+                   + bits_per_element(bits, D, **{"outliers": 0, "rank": 0, **{a: b for a, b in vk.items() if a != "rotate"}})) / 2
             rows.append((bits, name, math.sqrt(num_k / den_k), math.sqrt(num_v / den_v), math.sqrt(num_o / den_o), bpe))
             print(f"  {bits}-bit {name:36s} K {rows[-1][2]:.4f}  V {rows[-1][3]:.4f}  attn {rows[-1][4]:.5f}  "
                   f"{bpe:.2f} bits/elt", flush=True)
