@@ -19,6 +19,7 @@ import glob
 import importlib.util
 import math
 import os
+import re
 import time
 
 import torch
@@ -72,7 +73,7 @@ def capture_qkv(model, ids):
     return store
 
 
-def compress(x, bits, default_axis, outliers=0, rank=0, rotate=False, exact=False, axis=None):
+def compress(x, bits, default_axis, outliers=0, rank=0, rotate=False, exact=False, axis=None, group=GROUP):
     """Reconstruction of x [..., T, D] (in the rotated space when rotate) after quantizing
     with the given corrections (exact: not quantized, a diagnostic)."""
     axis = axis or default_axis
@@ -81,23 +82,23 @@ def compress(x, bits, default_axis, outliers=0, rank=0, rotate=False, exact=Fals
         return y, y
     dense = y
     if outliers:
-        idx, val, dense = kvcore.extract_outliers(y, outliers, GROUP, axis)
-    codes, scale, mn = kvcore.quantize_kv(dense, bits, GROUP, axis)
-    rec = kvcore.dequantize_kv(codes, scale, mn, bits, GROUP, axis, x.dtype)
+        idx, val, dense = kvcore.extract_outliers(y, outliers, group, axis)
+    codes, scale, mn = kvcore.quantize_kv(dense, bits, group, axis)
+    rec = kvcore.dequantize_kv(codes, scale, mn, bits, group, axis, x.dtype)
     if outliers:
         rec = rc.apply_outliers(rec, idx, val)
     if rank:
-        a, b = kvcore.lowrank_error(y - rec, rank, GROUP, seed=SEED)
+        a, b = kvcore.lowrank_error(y - rec, rank, group, seed=SEED)
         rec = rc.apply_lowrank(rec, a, b)
     return rec, y
 
 
-def bits_per_element(bits, D, outliers, rank, exact=False, **_):
+def bits_per_element(bits, D, outliers, rank, exact=False, group=GROUP, **_):
     if exact:
         return 16.0
-    meta = 2 * 16 / GROUP                     # fp16 scale + min per group, K and V alike
+    meta = 2 * 16 / group                     # fp16 scale + min per group, K and V alike
     out = outliers * (16 + 8) / D             # fp16 value + uint8 channel index per outlier
-    low = 16 * rank * (GROUP + D) / (GROUP * D)
+    low = 16 * rank * (group + D) / (group * D)
     return bits + meta + out + low
 
 
@@ -143,6 +144,9 @@ METHODS = [  # name, key kwargs, value kwargs
     # values rotated too (undone on the output)
     ("+rotation K and V +outliers K4 V1", dict(rotate=True, outliers=4), dict(rotate=True, outliers=1)),
     ("+rotation K and V +outliers K3 V2", dict(rotate=True, outliers=3), dict(rotate=True, outliers=2)),
+    # smaller key groups instead of more outliers
+    ("+rotation, key group 32 +outliers K2 V1", dict(rotate=True, group=32, outliers=2), dict(outliers=1)),
+    ("+rotation, key group 32 +outliers K3 V0", dict(rotate=True, group=32, outliers=3), {}),
     # rotated keys have no channel structure left: group them per token instead
     ("+rotation, keys per token", dict(rotate=True, axis="token"), {}),
     ("+rotation, keys per token +outliers 1", dict(rotate=True, axis="token", outliers=1), dict(outliers=1)),
@@ -158,6 +162,7 @@ def main():
                     help="the cache's dtype (the exact reference is the float32 model's K/V)")
     ap.add_argument("--resid", type=int, default=64, help="newest tokens kept exact (the residual window)")
     ap.add_argument("--sinks", type=int, default=4, help="first tokens kept exact")
+    ap.add_argument("--only", default=None, metavar="REGEX", help="methods whose name matches (plain is always run)")
     ap.add_argument("--md", default=None, help="also write the table as Markdown to this file")
     args = ap.parse_args()
     T = args.tokens // GROUP * GROUP
@@ -175,6 +180,8 @@ def main():
     rows = []
     for bits in (2, 4):
         for name, kk, vk in METHODS:
+            if args.only and name != "plain" and not re.search(args.only, name):
+                continue
             num_k = den_k = num_v = den_v = num_o = den_o = 0.0
             for (q, k, v), o in zip(layers, exact):
                 k_rec, k_ref = compress(k.to(dtype), bits, "channel", **kk)
