@@ -75,3 +75,21 @@ def test_opcheck_and_compile():
 def test_errors(x, kwargs, msg):
     with pytest.raises(RuntimeError, match=r"kvcore\.hadamard_rotate: " + msg):
         kvcore.hadamard_rotate(x, **kwargs)
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("D", [4, 16, 32, 64, 128, 256, 1024])
+@pytest.mark.parametrize("inverse", [False, True])
+def test_cuda_equals_cpu_bit_for_bit(dtype, D, inverse):
+    torch.manual_seed(D)
+    x = (torch.randn(3, 333, D) * torch.exp(torch.randn(D))).to(dtype)
+    cpu = kvcore.hadamard_rotate(x, seed=9, inverse=inverse)
+    gpu = kvcore.hadamard_rotate(x.cuda(), seed=9, inverse=inverse)
+    assert torch.equal(gpu.cpu(), cpu)  # same operations in the same order
+
+
+@pytest.mark.cuda
+def test_cuda_opcheck():
+    torch.library.opcheck(torch.ops.kvcore.hadamard_rotate.default,
+                          (torch.randn(5, 128, device="cuda", dtype=torch.float16), 1, True))

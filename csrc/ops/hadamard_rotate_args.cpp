@@ -1,4 +1,5 @@
 #include "hadamard_rotate_args.h"
+#include <cmath>
 #include "tensor_checks.h"
 
 namespace kvcore {
@@ -17,6 +18,7 @@ RotateArgs check_rotate_args(const at::Tensor& x, int64_t seed, bool inverse) {
   a.rows = D > 0 ? x.numel() / D : 0;
   a.seed = (uint64_t)seed;
   a.inverse = inverse;
+  a.norm = 1.0f / std::sqrt((float)D);
   return a;
 }
 

@@ -11,7 +11,7 @@ template <int KIND>
 void rotate_rows(const RotateArgs& a, int64_t begin, int64_t end) {
   using Bits = typename Storage<KIND>::bits_t;
   const int D = a.D;
-  const float norm = 1.0f / std::sqrt((float)D);
+  const float norm = a.norm;
   std::vector<float> sign(D), v(D);
   for (int d = 0; d < D; ++d) sign[d] = rotation_sign(a.seed, d);
   const Bits* x = static_cast<const Bits*>(a.x);
