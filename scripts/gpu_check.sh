@@ -4,8 +4,8 @@
 # $OUT, else ./gpu_out). Wheels missing there (nvidia-cutlass) can be put in .whl/.
 #   bash scripts/gpu_check.sh [OUT_DIR] [--quick|--no-bench]
 # Writes: run.log, tests.log, bench.txt, quantize.json, quantize_native.json,
-# decode_native.json, and decode_b8.json, decode_b1.json, decode_b32.json (--quick:
-# decode.json, B=8 only).
+# decode_native.json, rotate.json, and decode_b8.json, decode_b1.json, decode_b32.json
+# (--quick: decode.json, B=8 only).
 set -uo pipefail
 OUT_DIR=${1:-${OUT:-$PWD/gpu_out}}
 MODE=${2:-}
@@ -56,6 +56,7 @@ if [ "$MODE" != "--no-bench" ]; then
     python3 bench/bench_decode.py --quick --json "$OUT_DIR/decode.json" >> "$BENCH" 2>&1 || status=1
   else
     python3 bench/bench_quantize.py --json "$OUT_DIR/quantize.json" >> "$BENCH" 2>&1 || status=1
+    python3 bench/bench_rotate.py --json "$OUT_DIR/rotate.json" >> "$BENCH" 2>&1 || status=1
     # one process and file per batch size, the bar's B=8 first: a run cut short by a
     # time limit keeps what it finished
     for b in 8 1 32; do
