@@ -43,6 +43,21 @@ struct DecodeArgs {
   const int32_t* resid_len = nullptr;   // [B]
   const int32_t* sink_len = nullptr;    // [B] or null (no sinks)
 
+  // Optional corrections of the packed tokens (issue 4). A packed key/value is
+  //   dequant(codes) + sum_j res_j e_{idx_j} + (A B^T)[t]   for its block:
+  // outliers: per token `*_outliers` (channel index uint8, residual in dtype) pairs, an
+  // index >= D is ignored; low rank: per block A [group, rank] and B [D, rank] in fp16.
+  int k_outliers = 0, v_outliers = 0;  // per token (0: none)
+  const uint8_t* k_out_idx = nullptr;  // [B, Hkv, t_cap, k_outliers]
+  const void* k_out_res = nullptr;     // [B, Hkv, t_cap, k_outliers] in dtype
+  const uint8_t* v_out_idx = nullptr;
+  const void* v_out_res = nullptr;
+  int k_rank = 0, v_rank = 0;           // 0: none
+  const uint16_t* k_lr_a = nullptr;     // [B, Hkv, t_cap/group, group, k_rank] fp16 bits
+  const uint16_t* k_lr_b = nullptr;     // [B, Hkv, t_cap/group, D, k_rank] fp16 bits
+  const uint16_t* v_lr_a = nullptr;
+  const uint16_t* v_lr_b = nullptr;
+
   void* out = nullptr;   // [B, Hq, D] in dtype
   float* lse = nullptr;  // [B, Hq] natural-log sum of exp of the scaled scores (-inf if no token)
 };

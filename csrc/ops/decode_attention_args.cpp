@@ -171,6 +171,73 @@ DecodeArgs check_decode_args(const at::Tensor& q, const at::Tensor& k_codes, con
   return a;
 }
 
+namespace {
+
+// One pair of optional tensors given together or not at all.
+bool pair_given(const std::optional<at::Tensor>& x, const std::optional<at::Tensor>& y, const char* xa,
+                const char* ya) {
+  TORCH_CHECK(x.has_value() == y.has_value(), kOp, ": ", xa, " and ", ya, " must be given together or not at all; ",
+              x.has_value() ? ya : xa, " is missing");
+  return x.has_value();
+}
+
+int check_outliers(const at::Tensor& q, const at::Tensor& idx, const at::Tensor& res, const char* ia,
+                   const char* ra, const DecodeArgs& a) {
+  const char* dims = "[B, Hkv, T_cap, count]";
+  check_input(idx, ia, q, at::kByte, {a.B, a.Hkv, a.t_cap, kAny}, dims);
+  const int64_t c = idx.size(3);
+  TORCH_CHECK(c >= 1 && c <= 16, kOp, ": ", ia, " must hold between 1 and 16 outliers per token (size(3)), got ", c);
+  check_input(res, ra, q, q.scalar_type(), {a.B, a.Hkv, a.t_cap, c}, dims);
+  return (int)c;
+}
+
+int check_lowrank(const at::Tensor& q, const at::Tensor& fa, const at::Tensor& fb, const char* aa, const char* ba,
+                  const DecodeArgs& a) {
+  check_input(fa, aa, q, at::kHalf, {a.B, a.Hkv, a.t_cap / a.group, a.group, kAny},
+              "[B, Hkv, T_cap/group_size, group_size, rank]");
+  const int64_t r = fa.size(4);
+  TORCH_CHECK(r >= 1 && r <= 8, kOp, ": ", aa, " must have rank (size(4)) between 1 and 8, got ", r);
+  check_input(fb, ba, q, at::kHalf, {a.B, a.Hkv, a.t_cap / a.group, a.D, r}, "[B, Hkv, T_cap/group_size, D, rank]");
+  return (int)r;
+}
+
+}  // namespace
+
+bool check_decode_corrections(const at::Tensor& q, const std::optional<at::Tensor>& k_outlier_idx,
+                              const std::optional<at::Tensor>& k_outlier_res,
+                              const std::optional<at::Tensor>& v_outlier_idx,
+                              const std::optional<at::Tensor>& v_outlier_res,
+                              const std::optional<at::Tensor>& k_lowrank_a, const std::optional<at::Tensor>& k_lowrank_b,
+                              const std::optional<at::Tensor>& v_lowrank_a, const std::optional<at::Tensor>& v_lowrank_b,
+                              DecodeArgs& a) {
+  bool any = false;
+  if (pair_given(k_outlier_idx, k_outlier_res, "k_outlier_idx", "k_outlier_res")) {
+    a.k_outliers = check_outliers(q, *k_outlier_idx, *k_outlier_res, "k_outlier_idx", "k_outlier_res", a);
+    a.k_out_idx = k_outlier_idx->data_ptr<uint8_t>();
+    a.k_out_res = k_outlier_res->data_ptr();
+    any = true;
+  }
+  if (pair_given(v_outlier_idx, v_outlier_res, "v_outlier_idx", "v_outlier_res")) {
+    a.v_outliers = check_outliers(q, *v_outlier_idx, *v_outlier_res, "v_outlier_idx", "v_outlier_res", a);
+    a.v_out_idx = v_outlier_idx->data_ptr<uint8_t>();
+    a.v_out_res = v_outlier_res->data_ptr();
+    any = true;
+  }
+  if (pair_given(k_lowrank_a, k_lowrank_b, "k_lowrank_a", "k_lowrank_b")) {
+    a.k_rank = check_lowrank(q, *k_lowrank_a, *k_lowrank_b, "k_lowrank_a", "k_lowrank_b", a);
+    a.k_lr_a = reinterpret_cast<const uint16_t*>(k_lowrank_a->data_ptr());
+    a.k_lr_b = reinterpret_cast<const uint16_t*>(k_lowrank_b->data_ptr());
+    any = true;
+  }
+  if (pair_given(v_lowrank_a, v_lowrank_b, "v_lowrank_a", "v_lowrank_b")) {
+    a.v_rank = check_lowrank(q, *v_lowrank_a, *v_lowrank_b, "v_lowrank_a", "v_lowrank_b", a);
+    a.v_lr_a = reinterpret_cast<const uint16_t*>(v_lowrank_a->data_ptr());
+    a.v_lr_b = reinterpret_cast<const uint16_t*>(v_lowrank_b->data_ptr());
+    any = true;
+  }
+  return any;
+}
+
 std::tuple<at::Tensor, at::Tensor> alloc_decode_outputs(const at::Tensor& q, DecodeArgs& a) {
   auto out = at::empty({a.B, a.Hq, a.D}, q.options());
   auto lse = at::empty({a.B, a.Hq}, q.options().dtype(at::kFloat));

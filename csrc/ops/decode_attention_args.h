@@ -20,6 +20,17 @@ DecodeArgs check_decode_args(const at::Tensor& q, const at::Tensor& k_codes, con
                              const std::optional<at::Tensor>& k_sink, const std::optional<at::Tensor>& v_sink,
                              const std::optional<at::Tensor>& sink_len);
 
+// Checks the optional corrections (outliers, low rank; each a pair given together)
+// against the cache that check_decode_args accepted, and points `a` at them.
+// Returns whether any was given.
+bool check_decode_corrections(const at::Tensor& q, const std::optional<at::Tensor>& k_outlier_idx,
+                              const std::optional<at::Tensor>& k_outlier_res,
+                              const std::optional<at::Tensor>& v_outlier_idx,
+                              const std::optional<at::Tensor>& v_outlier_res,
+                              const std::optional<at::Tensor>& k_lowrank_a, const std::optional<at::Tensor>& k_lowrank_b,
+                              const std::optional<at::Tensor>& v_lowrank_a, const std::optional<at::Tensor>& v_lowrank_b,
+                              DecodeArgs& a);
+
 // Allocates out [B, Hq, D] (q's dtype and device) and lse [B, Hq] (float32) and
 // points a.out / a.lse at them. Returns (out, lse).
 std::tuple<at::Tensor, at::Tensor> alloc_decode_outputs(const at::Tensor& q, DecodeArgs& a);

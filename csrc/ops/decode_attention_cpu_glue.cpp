@@ -12,9 +12,15 @@ std::tuple<at::Tensor, at::Tensor> decode_attention_cpu_op(
     const at::Tensor& v_codes, const at::Tensor& v_scale, const at::Tensor& v_mn, const at::Tensor& k_resid,
     const at::Tensor& v_resid, const at::Tensor& packed_len, const at::Tensor& resid_len, int64_t bits,
     int64_t group_size, std::optional<double> sm_scale, const std::optional<at::Tensor>& k_sink,
-    const std::optional<at::Tensor>& v_sink, const std::optional<at::Tensor>& sink_len) {
+    const std::optional<at::Tensor>& v_sink, const std::optional<at::Tensor>& sink_len,
+    const std::optional<at::Tensor>& k_outlier_idx, const std::optional<at::Tensor>& k_outlier_res,
+    const std::optional<at::Tensor>& v_outlier_idx, const std::optional<at::Tensor>& v_outlier_res,
+    const std::optional<at::Tensor>& k_lowrank_a, const std::optional<at::Tensor>& k_lowrank_b,
+    const std::optional<at::Tensor>& v_lowrank_a, const std::optional<at::Tensor>& v_lowrank_b) {
   DecodeArgs a = check_decode_args(q, k_codes, k_scale, k_mn, v_codes, v_scale, v_mn, k_resid, v_resid,
                                    packed_len, resid_len, bits, group_size, sm_scale, k_sink, v_sink, sink_len);
+  check_decode_corrections(q, k_outlier_idx, k_outlier_res, v_outlier_idx, v_outlier_res, k_lowrank_a, k_lowrank_b,
+                           v_lowrank_a, v_lowrank_b, a);
   auto outs = alloc_decode_outputs(q, a);
   const int64_t units = (int64_t)a.B * a.Hq;
   // A unit reads a whole sequence: one per task is already plenty of work.

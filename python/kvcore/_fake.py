@@ -27,7 +27,9 @@ def _dequantize_kv_fake(codes, scale, mn, bits, group_size, axis, dtype=None):
 @torch.library.register_fake("kvcore::decode_attention")
 def _decode_attention_fake(q, k_codes, k_scale, k_mn, v_codes, v_scale, v_mn, k_resid, v_resid,
                            packed_len, resid_len, bits, group_size, sm_scale=None,
-                           k_sink=None, v_sink=None, sink_len=None):
+                           k_sink=None, v_sink=None, sink_len=None, k_outlier_idx=None, k_outlier_res=None,
+                           v_outlier_idx=None, v_outlier_res=None, k_lowrank_a=None, k_lowrank_b=None,
+                           v_lowrank_a=None, v_lowrank_b=None):
     torch._check(q.dim() == 3, lambda: "kvcore.decode_attention: q must have shape [B, Hq, D]")
     torch._check(q.dtype in (torch.float16, torch.bfloat16),
                  lambda: f"kvcore.decode_attention: q must be float16 or bfloat16, got {q.dtype}")

@@ -88,6 +88,14 @@ def decode_attention(
     k_sink: Optional[Tensor] = None,
     v_sink: Optional[Tensor] = None,
     sink_len: Optional[Tensor] = None,
+    k_outlier_idx: Optional[Tensor] = None,
+    k_outlier_res: Optional[Tensor] = None,
+    v_outlier_idx: Optional[Tensor] = None,
+    v_outlier_res: Optional[Tensor] = None,
+    k_lowrank_a: Optional[Tensor] = None,
+    k_lowrank_b: Optional[Tensor] = None,
+    v_lowrank_a: Optional[Tensor] = None,
+    v_lowrank_b: Optional[Tensor] = None,
 ) -> Tuple[Tensor, Tensor]:
     """Attention of one new query token per sequence over a compressed KV cache.
 
@@ -121,6 +129,16 @@ def decode_attention(
         sm_scale: softmax scale; default ``1/sqrt(D)``.
         k_sink, v_sink: ``[B, Hkv, S_cap, D]``; sink_len: ``[B]`` int32. Give all
             three or none.
+        k_outlier_idx, k_outlier_res (and v_...): optional sparse outliers of the
+            packed keys (values), ``[B, Hkv, T_cap, count]`` uint8 channel indices and
+            residuals in q's dtype, 1 <= count <= 16: the packed token is its
+            dequantized value plus ``res`` at each ``idx`` (an index >= D is ignored).
+            Build them with :func:`extract_outliers`: quantize its ``dense`` output and
+            store ``value - dequantized[idx]``.
+        k_lowrank_a, k_lowrank_b (and v_...): optional GEAR low-rank terms from
+            :func:`lowrank_error`, ``[B, Hkv, T_cap/group_size, group_size, rank]`` and
+            ``[B, Hkv, T_cap/group_size, D, rank]`` float16: each packed block adds
+            ``A @ B.T``. Outliers and low-rank terms run on the CPU only for now.
 
     Lengths are device data, so they are not checked against the capacities (that
     would need a host synchronisation); the kernels clamp them instead: a negative
@@ -154,10 +172,12 @@ def decode_attention(
     """
     return torch.ops.kvcore.decode_attention(
         q, k_codes, k_scale, k_mn, v_codes, v_scale, v_mn, k_resid, v_resid, packed_len, resid_len,
-        bits, group_size, sm_scale, k_sink, v_sink, sink_len)
+        bits, group_size, sm_scale, k_sink, v_sink, sink_len, k_outlier_idx, k_outlier_res,
+        v_outlier_idx, v_outlier_res, k_lowrank_a, k_lowrank_b, v_lowrank_a, v_lowrank_b)
 
 
-__all__ = ["quantize_kv", "dequantize_kv", "decode_attention", "AXES"]
+__all__ = ["quantize_kv", "dequantize_kv", "decode_attention", "hadamard_rotate", "extract_outliers",
+           "lowrank_error", "AXES"]
 
 
 def hadamard_rotate(x: Tensor, seed: int = 0, inverse: bool = False) -> Tensor:

@@ -108,16 +108,37 @@ def clamped_lengths(lengths, cap: int, multiple: int = 1):
     return (n - n % multiple).tolist()
 
 
+def _corrected(x, out_idx, out_res, lr_a, lr_b, group_size):
+    """x [B, Hkv, T, D] float32 plus its outlier residuals and low-rank blocks (float64 inside)."""
+    x = x.double()
+    B, H, T, D = x.shape
+    if out_idx is not None:
+        idx = out_idx.cpu().long()
+        res = out_res.cpu().double() * (idx < D)  # indices >= D are ignored
+        x = x.scatter_add(-1, idx.clamp(max=D - 1), res)
+    if lr_a is not None:
+        corr = lr_a.cpu().double() @ lr_b.cpu().double().transpose(-1, -2)  # [B, H, T/G, G, D]
+        x = x + corr.reshape(B, H, T, D)
+    return x
+
+
 def decode_kv_tokens(k_codes, k_scale, k_mn, v_codes, v_scale, v_mn, k_resid, v_resid,
-                     packed_len, resid_len, bits, group_size, k_sink=None, v_sink=None, sink_len=None):
+                     packed_len, resid_len, bits, group_size, k_sink=None, v_sink=None, sink_len=None,
+                     k_outlier_idx=None, k_outlier_res=None, v_outlier_idx=None, v_outlier_res=None,
+                     k_lowrank_a=None, k_lowrank_b=None, v_lowrank_a=None, v_lowrank_b=None):
     """The keys and values each sequence attends to in decode_attention.
 
-    Returns a list over the B sequences of ``(k, v)``, each float32 ``[Hkv, n_b, D]``
-    on the CPU: the valid sinks, then the dequantized sealed packed tokens, then the
+    Returns a list over the B sequences of ``(k, v)``, each ``[Hkv, n_b, D]`` on the
+    CPU (float32, float64 when corrections are given): the valid sinks, then the
+    dequantized sealed packed tokens (plus their outliers and low-rank terms), then the
     valid residual tokens (lengths clamped like the kernels clamp them).
     """
     k_all = dequantize_kv(k_codes.cpu(), k_scale.cpu(), k_mn.cpu(), bits, group_size, "channel", torch.float32)
     v_all = dequantize_kv(v_codes.cpu(), v_scale.cpu(), v_mn.cpu(), bits, group_size, "token", torch.float32)
+    if k_outlier_idx is not None or k_lowrank_a is not None:
+        k_all = _corrected(k_all, k_outlier_idx, k_outlier_res, k_lowrank_a, k_lowrank_b, group_size)
+    if v_outlier_idx is not None or v_lowrank_a is not None:
+        v_all = _corrected(v_all, v_outlier_idx, v_outlier_res, v_lowrank_a, v_lowrank_b, group_size)
     n_packed = clamped_lengths(packed_len, k_codes.shape[2], group_size)
     n_resid = clamped_lengths(resid_len, k_resid.shape[2])
     n_sink = clamped_lengths(sink_len, k_sink.shape[2]) if k_sink is not None else None
@@ -125,19 +146,19 @@ def decode_kv_tokens(k_codes, k_scale, k_mn, v_codes, v_scale, v_mn, k_resid, v_
     for b in range(k_codes.shape[0]):
         ks, vs = [], []
         if n_sink is not None:
-            ks.append(k_sink[b, :, :n_sink[b]].cpu().float())
-            vs.append(v_sink[b, :, :n_sink[b]].cpu().float())
+            ks.append(k_sink[b, :, :n_sink[b]].cpu().to(k_all.dtype))
+            vs.append(v_sink[b, :, :n_sink[b]].cpu().to(v_all.dtype))
         ks.append(k_all[b, :, :n_packed[b]])
         vs.append(v_all[b, :, :n_packed[b]])
-        ks.append(k_resid[b, :, :n_resid[b]].cpu().float())
-        vs.append(v_resid[b, :, :n_resid[b]].cpu().float())
+        ks.append(k_resid[b, :, :n_resid[b]].cpu().to(k_all.dtype))
+        vs.append(v_resid[b, :, :n_resid[b]].cpu().to(v_all.dtype))
         tokens.append((torch.cat(ks, dim=1), torch.cat(vs, dim=1)))
     return tokens
 
 
 def decode_attention_f64(q, k_codes, k_scale, k_mn, v_codes, v_scale, v_mn, k_resid, v_resid,
                          packed_len, resid_len, bits=2, group_size=64, sm_scale=None,
-                         k_sink=None, v_sink=None, sink_len=None):
+                         k_sink=None, v_sink=None, sink_len=None, **corrections):
     """decode_attention in float64 on the CPU: ``(out [B, Hq, D], lse [B, Hq])``,
     both float64 and unrounded (the oracle the tests measure errors against)."""
     B, Hq, D = q.shape
@@ -145,7 +166,7 @@ def decode_attention_f64(q, k_codes, k_scale, k_mn, v_codes, v_scale, v_mn, k_re
     out = torch.zeros(B, Hq, D, dtype=torch.float64)
     lse = torch.full((B, Hq), float("-inf"), dtype=torch.float64)
     tokens = decode_kv_tokens(k_codes, k_scale, k_mn, v_codes, v_scale, v_mn, k_resid, v_resid,
-                              packed_len, resid_len, bits, group_size, k_sink, v_sink, sink_len)
+                              packed_len, resid_len, bits, group_size, k_sink, v_sink, sink_len, **corrections)
     for b, (k, v) in enumerate(tokens):
         if k.shape[1] == 0:
             continue  # no tokens: zeros and -inf
@@ -160,8 +181,9 @@ def decode_attention_f64(q, k_codes, k_scale, k_mn, v_codes, v_scale, v_mn, k_re
 
 def decode_attention(q, k_codes, k_scale, k_mn, v_codes, v_scale, v_mn, k_resid, v_resid,
                      packed_len, resid_len, bits=2, group_size=64, sm_scale=None,
-                     k_sink=None, v_sink=None, sink_len=None):
+                     k_sink=None, v_sink=None, sink_len=None, **corrections):
     """Oracle for kvcore.ops.decode_attention: ``(out in q.dtype, lse float32)`` on q's device."""
     out, lse = decode_attention_f64(q, k_codes, k_scale, k_mn, v_codes, v_scale, v_mn, k_resid, v_resid,
-                                    packed_len, resid_len, bits, group_size, sm_scale, k_sink, v_sink, sink_len)
+                                    packed_len, resid_len, bits, group_size, sm_scale, k_sink, v_sink, sink_len,
+                                    **corrections)
     return out.to(device=q.device, dtype=q.dtype), lse.to(device=q.device, dtype=torch.float32)

@@ -79,22 +79,45 @@ void full_scores(const void* k, int64_t row0, int64_t n, const float* q, float s
   }
 }
 
+// Sum over token t's outliers of f(channel, residual); indices >= D are ignored.
+template <int KIND, int D, typename F>
+void for_each_outlier(const uint8_t* idx, const void* res, int count, int64_t row, F&& f) {
+  const auto* r = static_cast<const Bits<KIND>*>(res) + row * count;
+  for (int j = 0; j < count; ++j) {
+    const int d = idx[row * count + j];
+    if (d < D) f(d, Storage<KIND>::load(r[j]));
+  }
+}
+
 // Scores of the first n packed keys (n a multiple of group) of KV row kv. Within a
 // block k[t][d] = code*scale[d] + mn[d], so q.k = sum_d code_d*(q_d*scale_d) + q.mn:
-// the block's scale is folded into q and q.mn computed once per block.
+// the block's scale is folded into q and q.mn computed once per block. Corrections:
+// an outlier adds q[idx] * res; the low-rank term adds sum_r A[t][r] (q.B[:, r]).
 template <int KIND, int BITS, int D>
 void packed_scores(const DecodeArgs& a, int64_t kv, int64_t n, const float* q, float* s) {
   constexpr int64_t kRowBytes = D * BITS / 8;
   const int64_t G = a.group, blocks_cap = a.t_cap / G;
-  float q_scale[D], mn[D], codes[D];
+  const int R = a.k_rank;
+  float q_scale[D], mn[D], codes[D], qb[8];
   for (int64_t blk = 0; blk < n / G; ++blk) {
-    load_row<KIND, D>(a.k_scale, kv * blocks_cap + blk, q_scale);
-    load_row<KIND, D>(a.k_mn, kv * blocks_cap + blk, mn);
+    const int64_t block_row = kv * blocks_cap + blk;
+    load_row<KIND, D>(a.k_scale, block_row, q_scale);
+    load_row<KIND, D>(a.k_mn, block_row, mn);
     for (int d = 0; d < D; ++d) q_scale[d] *= q[d];
     const float q_mn = dot<D>(q, mn);
+    for (int r = 0; r < R; ++r) {
+      qb[r] = 0.0f;
+      for (int d = 0; d < D; ++d) qb[r] += q[d] * half_bits_to_float(a.k_lr_b[(block_row * D + d) * R + r]);
+    }
     for (int64_t t = blk * G; t < (blk + 1) * G; ++t) {
-      unpack_row<BITS, D>(a.k_codes + (kv * a.t_cap + t) * kRowBytes, codes);
-      s[t] = a.sm_scale * (dot<D>(codes, q_scale) + q_mn);
+      const int64_t row = kv * a.t_cap + t;
+      unpack_row<BITS, D>(a.k_codes + row * kRowBytes, codes);
+      float dot_k = dot<D>(codes, q_scale) + q_mn;
+      if (a.k_outliers)
+        for_each_outlier<KIND, D>(a.k_out_idx, a.k_out_res, a.k_outliers, row,
+                                  [&](int d, float res) { dot_k += q[d] * res; });
+      for (int r = 0; r < R; ++r) dot_k += half_bits_to_float(a.k_lr_a[(block_row * G + (t - blk * G)) * R + r]) * qb[r];
+      s[t] = a.sm_scale * dot_k;
     }
   }
 }
@@ -134,18 +157,23 @@ void add_full_values(const void* v, int64_t row0, int64_t n, const float* p, flo
 
 // acc += sum_t p[t] * v[t] over the first n packed values of KV row kv, one sealed
 // block at a time. v[t][d] = code*scale_g + mn_g for the channel group g of d, so
-// the p-weighted mins are summed per group and added once per block.
+// the p-weighted mins are summed per group and added once per block. Corrections:
+// an outlier adds p[t] * res at its channel; the low-rank term adds
+// sum_r (sum_t p[t] A[t][r]) B[:, r] once per block.
 template <int KIND, int BITS, int D>
 void add_packed_values(const DecodeArgs& a, int64_t kv, int64_t n, const float* p, float* acc) {
   constexpr int64_t kRowBytes = D * BITS / 8;
   constexpr int kMaxGroups = D / 32;
-  const int G = a.group, groups = D / G;
+  const int G = a.group, groups = D / G, R = a.v_rank;
+  const int64_t blocks_cap = a.t_cap / G;
   const auto* scale = static_cast<const Bits<KIND>*>(a.v_scale);
   const auto* mn = static_cast<const Bits<KIND>*>(a.v_mn);
-  float codes[D], part[D], part_mn[kMaxGroups];
+  float codes[D], part[D], part_mn[kMaxGroups], w[8];
   for (int64_t t0 = 0; t0 < n; t0 += G) {
     std::fill(part, part + D, 0.0f);
     std::fill(part_mn, part_mn + groups, 0.0f);
+    std::fill(w, w + 8, 0.0f);
+    const int64_t block_row = kv * blocks_cap + t0 / G;
     for (int64_t t = t0; t < t0 + G; ++t) {
       const int64_t row = kv * a.t_cap + t;
       unpack_row<BITS, D>(a.v_codes + row * kRowBytes, codes);
@@ -154,7 +182,13 @@ void add_packed_values(const DecodeArgs& a, int64_t kv, int64_t n, const float* 
         part_mn[g] += p[t] * Storage<KIND>::load(mn[row * groups + g]);
         for (int d = g * G; d < (g + 1) * G; ++d) part[d] += codes[d] * p_scale;
       }
+      if (a.v_outliers)
+        for_each_outlier<KIND, D>(a.v_out_idx, a.v_out_res, a.v_outliers, row,
+                                  [&](int d, float res) { part[d] += p[t] * res; });
+      for (int r = 0; r < R; ++r) w[r] += p[t] * half_bits_to_float(a.v_lr_a[(block_row * G + (t - t0)) * R + r]);
     }
+    for (int r = 0; r < R; ++r)
+      for (int d = 0; d < D; ++d) part[d] += w[r] * half_bits_to_float(a.v_lr_b[(block_row * D + d) * R + r]);
     for (int g = 0; g < groups; ++g)
       for (int d = g * G; d < (g + 1) * G; ++d) acc[d] += part[d] + part_mn[g];
   }

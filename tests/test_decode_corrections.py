@@ -1,0 +1,143 @@
+"""decode_attention with the issue-4 corrections of the packed tokens: sparse outliers
+(channel index + residual per token) and GEAR low-rank terms (A @ B.T per block), on
+the CPU against the float64 reference, plus an end-to-end check that the corrections
+built by extract_outliers / lowrank_error bring decode closer to exact attention."""
+import pytest
+import torch
+import torch.nn.functional as F
+
+import kvcore
+from kvcore import reference as ref
+from kvcore import reference_corrections as rc
+from test_decode_attention import make_inputs, sm_scale_of
+
+CORR_ARGS = ("k_outlier_idx", "k_outlier_res", "v_outlier_idx", "v_outlier_res",
+             "k_lowrank_a", "k_lowrank_b", "v_lowrank_a", "v_lowrank_b")
+
+
+def add_corrections(kw, k_count=0, v_count=0, k_rank=0, v_rank=0, seed=0):
+    """Random corrections of plausible size (a tenth of the values' spread), some outlier
+    indices out of range (>= D: must be ignored)."""
+    gen = torch.Generator().manual_seed(seed)
+    B, Hkv, T, _ = kw["k_codes"].shape
+    D, G, dt = kw["q"].shape[-1], kw["group_size"], kw["q"].dtype
+    for side, count, rank in (("k", k_count, k_rank), ("v", v_count, v_rank)):
+        if count:
+            idx = torch.randint(0, D + 8, (B, Hkv, T, count), generator=gen).to(torch.uint8)
+            kw[f"{side}_outlier_idx"] = idx
+            kw[f"{side}_outlier_res"] = (3 * torch.randn(B, Hkv, T, count, generator=gen)).to(dt)
+        if rank:
+            kw[f"{side}_lowrank_a"] = (0.3 * torch.randn(B, Hkv, T // G, G, rank, generator=gen)).half()
+            kw[f"{side}_lowrank_b"] = (0.3 * torch.randn(B, Hkv, T // G, D, rank, generator=gen)).half()
+    return kw
+
+
+def lowp_error(kw, ref_out):
+    """Max error of SDPA in q's dtype on the same corrected tokens (the tests' yardstick)."""
+    q, err = kw["q"], 0.0
+    cache = {k: v for k, v in kw.items() if k not in ("q", "sm_scale")}
+    for b, (k, v) in enumerate(ref.decode_kv_tokens(**cache)):
+        if k.shape[1] == 0:
+            continue
+        o = F.scaled_dot_product_attention(q[b][None, :, None], k.to(q.dtype)[None], v.to(q.dtype)[None],
+                                           scale=sm_scale_of(kw), enable_gqa=True)
+        err = max(err, (o[0, :, 0].double() - ref_out[b]).abs().max().item())
+    return err
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("bits, D, G", [(2, 128, 64), (4, 64, 32), (2, 256, 128)])
+@pytest.mark.parametrize("counts", [(1, 0, 0, 0), (0, 3, 0, 0), (0, 0, 2, 0), (0, 0, 0, 4), (2, 1, 1, 2)])
+def test_cpu_matches_reference(dtype, bits, D, G, counts):
+    kw = make_inputs(Hq=8, Hkv=2, D=D, bits=bits, group=G, dtype=dtype)
+    add_corrections(kw, *counts, seed=D + G)
+    out, lse = kvcore.ops.decode_attention(**kw)
+    ref_out, ref_lse = ref.decode_attention_f64(**kw)
+    empty = torch.isinf(ref_lse)
+    assert (out[empty] == 0).all() and torch.isinf(lse[empty]).all()
+    err = (out.double() - ref_out).abs().max().item()
+    bound = 2 * lowp_error(kw, ref_out) + 1e-5
+    assert err <= bound, f"out error {err:.3g} > {bound:.3g}"
+    lse_err = (lse.double() - ref_lse)[~empty].abs().max().item()
+    assert lse_err <= 1e-4 * (1 + ref_lse[~empty].abs().max().item())
+
+
+def test_corrections_change_the_result():
+    kw = make_inputs(Hq=8, Hkv=2, D=128, bits=2, group=64, dtype=torch.float16)
+    plain, _ = kvcore.ops.decode_attention(**kw)
+    for counts in ((2, 0, 0, 0), (0, 2, 0, 0), (0, 0, 2, 0), (0, 0, 0, 2)):
+        corrected, _ = kvcore.ops.decode_attention(**add_corrections(dict(kw), *counts))
+        assert not torch.equal(corrected, plain), counts  # every kind of term is read
+
+
+def test_extracted_corrections_approach_exact_attention():
+    """x -> outliers + quantized rest + low-rank of the remaining residual, as a cache
+    would store them: decode gets closer to attention over the exact x."""
+    torch.manual_seed(0)
+    B, Hq, Hkv, T, D, G = 1, 8, 2, 256, 128, 64
+    k = (torch.randn(B, Hkv, T, D) * torch.exp(torch.randn(D)) + torch.randn(D)).half()
+    v = torch.randn(B, Hkv, T, D).half()
+    k.view(-1)[torch.randperm(k.numel())[:300]] *= 8
+    q = torch.randn(B, Hq, D).half()
+    lens = dict(packed_len=torch.tensor([T], dtype=torch.int32), resid_len=torch.tensor([0], dtype=torch.int32),
+                k_resid=torch.zeros(B, Hkv, 0, D).half(), v_resid=torch.zeros(B, Hkv, 0, D).half(),
+                bits=2, group_size=G)
+    kw, corr = {}, {}
+    for side, x, axis in (("k", k, "channel"), ("v", v, "token")):
+        idx, val, dense = kvcore.extract_outliers(x, 2, G, axis)
+        codes, scale, mn = kvcore.quantize_kv(dense, 2, G, axis)
+        kw.update({f"{side}_codes": codes, f"{side}_scale": scale, f"{side}_mn": mn})
+        rec = kvcore.dequantize_kv(codes, scale, mn, 2, G, axis)
+        res = (val.float() - rec.float().gather(-1, idx.long())).half()
+        a, b = kvcore.lowrank_error((rc.apply_outliers(x, idx, val).float() - rc.apply_outliers(rec, idx, val).float()),
+                                    4, G, iters=4)
+        corr.update({f"{side}_outlier_idx": idx, f"{side}_outlier_res": res,
+                     f"{side}_lowrank_a": a, f"{side}_lowrank_b": b})
+    exact = F.scaled_dot_product_attention(q.float()[:, :, None], k.float(), v.float(), enable_gqa=True)[:, :, 0]
+    plain_codes = {}
+    for side, x, axis in (("k", k, "channel"), ("v", v, "token")):
+        c, s, m = kvcore.quantize_kv(x, 2, G, axis)
+        plain_codes.update({f"{side}_codes": c, f"{side}_scale": s, f"{side}_mn": m})
+    plain, _ = kvcore.ops.decode_attention(q, **plain_codes, **lens)
+    fixed, _ = kvcore.ops.decode_attention(q, **kw, **lens, **corr)
+    e_plain = (plain.float() - exact).norm() / exact.norm()
+    e_fixed = (fixed.float() - exact).norm() / exact.norm()
+    assert e_fixed < 0.7 * e_plain, (e_fixed.item(), e_plain.item())
+
+
+def test_opcheck_with_corrections():
+    kw = add_corrections(make_inputs(Hq=4, Hkv=2, D=64, bits=2, group=32, dtype=torch.bfloat16), 2, 1, 1, 2)
+    names = ("q", "k_codes", "k_scale", "k_mn", "v_codes", "v_scale", "v_mn", "k_resid", "v_resid",
+             "packed_len", "resid_len")
+    args = tuple(kw[n] for n in names)
+    kwargs = dict(bits=kw["bits"], group_size=kw["group_size"], k_sink=kw["k_sink"], v_sink=kw["v_sink"],
+                  sink_len=kw["sink_len"], **{n: kw[n] for n in CORR_ARGS})
+    torch.library.opcheck(torch.ops.kvcore.decode_attention.default, args, kwargs)
+
+
+@pytest.mark.parametrize("change, msg", [
+    (lambda kw: kw.pop("k_outlier_res"), r"k_outlier_idx and k_outlier_res must be given together or not at all; k_outlier_res is missing"),
+    (lambda kw: kw.pop("v_lowrank_a"), r"v_lowrank_a and v_lowrank_b must be given together or not at all; v_lowrank_a is missing"),
+    (lambda kw: kw.update(k_outlier_res=kw["k_outlier_res"].float()), r"k_outlier_res must be float16 \(the dtype of q\), got float32"),
+    (lambda kw: kw.update(k_outlier_idx=kw["k_outlier_idx"].to(torch.int16)), r"k_outlier_idx must be uint8, got Short"),
+    (lambda kw: kw.update(k_outlier_idx=torch.zeros(*kw["k_outlier_idx"].shape[:3], 17, dtype=torch.uint8),
+                          k_outlier_res=torch.zeros(*kw["k_outlier_idx"].shape[:3], 17, dtype=torch.float16)),
+     r"k_outlier_idx must hold between 1 and 16 outliers per token \(size\(3\)\), got 17"),
+    (lambda kw: kw.update(v_lowrank_a=kw["v_lowrank_a"].float()), r"v_lowrank_a must be float16( \(the dtype of q\))?, got float32"),
+    (lambda kw: kw.update(k_lowrank_b=kw["k_lowrank_b"][..., :1].contiguous()),
+     r"k_lowrank_b must have shape \[B, Hkv, T_cap/group_size, D, rank\] = \[4, 2, 7, 128, 2\]"),
+])
+def test_errors(change, msg):
+    kw = add_corrections(make_inputs(Hq=4, Hkv=2, D=128, bits=2, group=64, dtype=torch.float16), 1, 1, 2, 2)
+    change(kw)
+    with pytest.raises(RuntimeError, match=r"kvcore\.decode_attention: " + msg):
+        kvcore.ops.decode_attention(**kw)
+
+
+@pytest.mark.cuda
+def test_cuda_rejects_corrections_clearly():
+    kw = add_corrections(make_inputs(Hq=4, Hkv=2, D=128, bits=2, group=64, dtype=torch.float16, device="cuda"),
+                         1, 0, 0, 0)
+    kw = {k: v.cuda() if isinstance(v, torch.Tensor) else v for k, v in kw.items()}
+    with pytest.raises(RuntimeError, match="not supported by the CUDA kernel yet"):
+        kvcore.ops.decode_attention(**kw)
