@@ -375,7 +375,7 @@ __global__ void __launch_bounds__(kWarps * 32, D <= 64 ? 4 : D <= 128 ? 3 : 2) d
   };
 
   // Per-thread state. Heads of this lane's S/O columns: 2t and 2t+1.
-  // o[mc]: rows g / g+8 hold channels value_channel(mc, g) and +1 (see the value
+  // o[mc] (mc = gr * VPL + k): rows g / g+8 hold channels gr*G + 2(g*VPL + k) and +1 (see the value
   // mapping below), accumulated as sum_t b_t (1 + c 2^(P-10)) with b_t = SC p_t vs_t.
   float o[KT][4];
 #pragma unroll

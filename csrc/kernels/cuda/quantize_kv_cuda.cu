@@ -179,7 +179,8 @@ struct ChannelTile {
   static constexpr int NCH = RL >= 8 ? 1 : 8 / RL;     // channels per lane after the scatter
   // 256-thread blocks resident per SM that the register budget must allow. Without it
   // ptxas gave the 2-bit 16-bit-type G=32 variant 74-76 registers (3 blocks instead of
-  // 4), which cost ~15% of bandwidth. G=64/128 hold 8/16 rows a lane and stay at 2
+  // 4), which cost ~15% of bandwidth; held to 64 they spill 4-8 bytes (ptxas warns),
+  // which measured faster (84% of copy). G=64/128 hold 8/16 rows a lane and stay at 2
   // (3 blocks for G=128 spilled 200+ bytes; 2-chunk slabs for G=128 ran at 58-68%).
   static constexpr int MIN_BLOCKS = KIND == 0 ? 2 : (G == 32 ? 4 : 2);
 };
