@@ -97,3 +97,16 @@ def test_opcheck_and_compile():
 def test_errors(x, args, msg):
     with pytest.raises(RuntimeError, match=r"kvcore\.extract_outliers: " + msg):
         kvcore.extract_outliers(x, *args)
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("axis", ["token", "channel"])
+@pytest.mark.parametrize("D, G, count", [(64, 32, 1), (128, 64, 2), (128, 128, 4), (256, 64, 16)])
+def test_cuda_equals_cpu_bit_for_bit(dtype, axis, D, G, count):
+    x = real_like((2, 3, 2 * G, D), dtype, seed=D + count)
+    x.view(-1)[5] = float("nan")
+    cpu = kvcore.extract_outliers(x, count, G, axis)
+    gpu = kvcore.extract_outliers(x.cuda(), count, G, axis)
+    for name, c, g in zip(("index", "value", "dense"), cpu, gpu):
+        assert torch.equal(c.view(torch.uint8), g.cpu().view(torch.uint8)), name  # bits, NaN included

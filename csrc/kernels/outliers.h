@@ -3,6 +3,11 @@
 #include <cstdint>
 #include "kvcore/quant_format.h"
 
+#if defined(KVCORE_WITH_CUDA) || defined(__CUDACC__)
+#include <cstddef>
+#include <cuda_runtime.h>
+#endif
+
 namespace kvcore {
 
 struct OutlierArgs {
@@ -19,5 +24,11 @@ struct OutlierArgs {
 // Work units: (outer, block of `group` tokens) for Channel, (outer, token) for Token.
 int64_t extract_outliers_cpu_units(const OutlierArgs& a);
 void extract_outliers_cpu(const OutlierArgs& a, int64_t begin, int64_t end);
+
+#if defined(KVCORE_WITH_CUDA) || defined(__CUDACC__)
+// Bytes of device scratch (per-group median and spread) the CUDA kernels need.
+size_t extract_outliers_cuda_workspace(const OutlierArgs& a);
+cudaError_t extract_outliers_cuda(const OutlierArgs& a, void* workspace, cudaStream_t stream);
+#endif
 
 }  // namespace kvcore
