@@ -68,3 +68,15 @@ def test_opcheck():
 def test_errors(x, args, msg):
     with pytest.raises(RuntimeError, match=r"kvcore\.lowrank_error: " + msg):
         kvcore.lowrank_error(x, *args)
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("G, D, r, iters", [(32, 64, 1, 0), (64, 128, 4, 3), (128, 256, 8, 2)])
+def test_cuda_equals_cpu_bit_for_bit(dtype, G, D, r, iters):
+    torch.manual_seed(G + D)
+    resid = torch.randn(2, 3, 2 * G, D).to(dtype)
+    cpu = kvcore.lowrank_error(resid, r, G, iters=iters, seed=4)
+    gpu = kvcore.lowrank_error(resid.cuda(), r, G, iters=iters, seed=4)
+    for c, g in zip(cpu, gpu):
+        assert torch.equal(c.view(torch.int16), g.cpu().view(torch.int16))  # same operations, same order

@@ -3,6 +3,10 @@
 #include <cstdint>
 #include "kvcore/quant_format.h"
 
+#if defined(KVCORE_WITH_CUDA) || defined(__CUDACC__)
+#include <cuda_runtime.h>
+#endif
+
 namespace kvcore {
 
 struct LowRankArgs {
@@ -18,5 +22,9 @@ struct LowRankArgs {
 // Work units: (outer, block of `group` tokens).
 int64_t lowrank_error_cpu_units(const LowRankArgs& a);
 void lowrank_error_cpu(const LowRankArgs& a, int64_t begin, int64_t end);
+
+#if defined(KVCORE_WITH_CUDA) || defined(__CUDACC__)
+cudaError_t lowrank_error_cuda(const LowRankArgs& a, cudaStream_t stream);
+#endif
 
 }  // namespace kvcore
