@@ -147,6 +147,8 @@ METHODS = [  # name, key kwargs, value kwargs
     # smaller key groups instead of more outliers
     ("+rotation, key group 32 +outliers K2 V1", dict(rotate=True, group=32, outliers=2), dict(outliers=1)),
     ("+rotation, key group 32 +outliers K3 V0", dict(rotate=True, group=32, outliers=3), {}),
+    ("+rotation, key group 32 +outliers K3 V1", dict(rotate=True, group=32, outliers=3), dict(outliers=1)),
+    ("+rotation, key group 32 +outliers K2 V2", dict(rotate=True, group=32, outliers=2), dict(outliers=2)),
     # rotated keys have no channel structure left: group them per token instead
     ("+rotation, keys per token", dict(rotate=True, axis="token"), {}),
     ("+rotation, keys per token +outliers 1", dict(rotate=True, axis="token", outliers=1), dict(outliers=1)),
