@@ -13,8 +13,8 @@ std::tuple<at::Tensor, at::Tensor> lowrank_error_cuda_op(const at::Tensor& resid
   LowRankArgs args = check_lowrank_args(residual, rank, group_size, iters, seed);
   // The CUDA kernel keeps a whole block (group_size x D floats) in shared memory.
   const int64_t smem = (group_size * args.D + (group_size + args.D) * rank) * 4;
-  TORCH_CHECK(smem <= 220 * 1024, "kvcore.lowrank_error: on CUDA, group_size * D must be at most 32768 (a block ",
-              "stays in shared memory), got group_size = ", group_size, " and D = ", args.D);
+  TORCH_CHECK(smem <= 220 * 1024, "kvcore.lowrank_error: on CUDA, a block of group_size x D floats must fit in ",
+              "shared memory (220 KB with its factors), got group_size = ", group_size, " and D = ", args.D);
   const c10::cuda::CUDAGuard guard(residual.device());
   auto outs = alloc_lowrank_outputs(residual, args);
   const cudaError_t err = lowrank_error_cuda(args, c10::cuda::getCurrentCUDAStream().stream());
