@@ -1,6 +1,5 @@
 // CPU kernel of the randomized Hadamard rotation: per row, signs, an in-place fast
 // Walsh-Hadamard transform (D log D butterflies) and a 1/sqrt(D) scale, in fp32.
-#include <cmath>
 #include <vector>
 #include "../hadamard_rotate.h"
 
@@ -21,13 +20,7 @@ void rotate_rows(const RotateArgs& a, int64_t begin, int64_t end) {
       const float xv = Storage<KIND>::load(x[r * D + d]);
       v[d] = a.inverse ? xv : xv * sign[d];
     }
-    for (int h = 1; h < D; h <<= 1)
-      for (int i = 0; i < D; i += 2 * h)
-        for (int j = i; j < i + h; ++j) {
-          const float u = v[j], w = v[j + h];
-          v[j] = u + w;
-          v[j + h] = u - w;
-        }
+    walsh_hadamard_inplace(v.data(), D);
     for (int d = 0; d < D; ++d) {
       const float y = v[d] * norm;
       out[r * D + d] = Storage<KIND>::store(a.inverse ? y * sign[d] : y);

@@ -35,19 +35,18 @@ template <int KIND>
 void emit_token(const OutlierArgs& a, int64_t row, const float* z, const float* med) {
   using Bits = typename Storage<KIND>::bits_t;
   const int D = a.D, c = a.count;
-  std::vector<int> pick;
-  pick.reserve(c);
-  std::vector<char> taken(D, 0);
+  int pick[16];      // count <= 16 and D <= 256 (check_outlier_args): no allocation per token
+  bool taken[256] = {};
   for (int n = 0; n < c; ++n) {  // c is small: repeated argmax, ties to the lower channel
     int best = -1;
     for (int d = 0; d < D; ++d) {
       if (taken[d]) continue;
       if (best < 0 || nan_last_less(z[best], z[d])) best = d;
     }
-    taken[best] = 1;
-    pick.push_back(best);
+    taken[best] = true;
+    pick[n] = best;
   }
-  std::sort(pick.begin(), pick.end());
+  std::sort(pick, pick + c);
   const Bits* x = static_cast<const Bits*>(a.x) + row * D;
   Bits* dense = static_cast<Bits*>(a.dense) + row * D;
   Bits* val = static_cast<Bits*>(a.value) + row * c;

@@ -22,16 +22,7 @@ __global__ void __launch_bounds__(256) rotate_warp_kernel(RotateArgs a) {
     const float xv = Storage<KIND>::load(x[e]);
     v[e] = a.inverse ? xv : xv * s[e];
   }
-#pragma unroll
-  for (int h = 1; h < E; h <<= 1)
-#pragma unroll
-    for (int i = 0; i < E; i += 2 * h)
-#pragma unroll
-      for (int j = i; j < i + h; ++j) {
-        const float u = v[j], w = v[j + h];
-        v[j] = u + w;
-        v[j + h] = u - w;
-      }
+  walsh_hadamard_inplace(v, E);  // the stages inside a lane (h < E); E is a constant
 #pragma unroll
   for (int m = 1; m < 32; m <<= 1) {  // stage h = m * E: partner lane l ^ m
     const bool upper = (lane & m) != 0;
@@ -61,13 +52,7 @@ __global__ void __launch_bounds__(256) rotate_thread_kernel(RotateArgs a) {
     const float xv = Storage<KIND>::load(x[d]);
     v[d] = a.inverse ? xv : xv * rotation_sign(a.seed, d);
   }
-  for (int h = 1; h < D; h <<= 1)
-    for (int i = 0; i < D; i += 2 * h)
-      for (int j = i; j < i + h; ++j) {
-        const float u = v[j], w = v[j + h];
-        v[j] = u + w;
-        v[j + h] = u - w;
-      }
+  walsh_hadamard_inplace(v, D);
   for (int d = 0; d < D; ++d) {
     const float y = v[d] * a.norm;
     out[d] = Storage<KIND>::store(a.inverse ? y * rotation_sign(a.seed, d) : y);
