@@ -3,9 +3,10 @@
 # compute-sanitizer), run the benchmarks, and write everything to OUT_DIR (default:
 # $OUT, else ./gpu_out). Wheels missing there (nvidia-cutlass) can be put in .whl/.
 #   bash scripts/gpu_check.sh [OUT_DIR] [--quick|--no-bench]
-# Writes: run.log, tests.log, bench.txt, quantize.json, quantize_native.json,
-# decode_native.json, rotate.json, and decode_b8.json, decode_b1.json, decode_b32.json
-# (--quick: decode.json, B=8 only).
+# Writes run.log, tests.log, bench.txt and bench_json.tar, which holds quantize.json,
+# quantize_native.json, decode_native.json, rotate.json, corrections.json and
+# decode_b8.json, decode_b1.json, decode_b32.json (--quick: decode.json, B=8 only).
+# One tar because the device tool brings back at most 8 files.
 set -uo pipefail
 OUT_DIR=${1:-${OUT:-$PWD/gpu_out}}
 MODE=${2:-}
@@ -50,20 +51,23 @@ grep -qE "ERROR SUMMARY: [1-9]|RACECHECK SUMMARY: [1-9]| [1-9][0-9]* hazard| [1-
 if [ "$MODE" != "--no-bench" ]; then
   step "benchmarks"
   : > "$BENCH"
-  build/cmake/bench/kvcore_bench_quantize --json "$OUT_DIR/quantize_native.json" >> "$BENCH" 2>&1 || status=1
-  build/cmake/bench/kvcore_bench_decode --json "$OUT_DIR/decode_native.json" >> "$BENCH" 2>&1 || status=1
+  J="$OUT_DIR/json"; mkdir -p "$J"
+  build/cmake/bench/kvcore_bench_quantize --json "$J/quantize_native.json" >> "$BENCH" 2>&1 || status=1
+  build/cmake/bench/kvcore_bench_decode --json "$J/decode_native.json" >> "$BENCH" 2>&1 || status=1
   if [ "$MODE" = "--quick" ]; then
-    python3 bench/bench_decode.py --quick --json "$OUT_DIR/decode.json" >> "$BENCH" 2>&1 || status=1
+    python3 bench/bench_decode.py --quick --json "$J/decode.json" >> "$BENCH" 2>&1 || status=1
   else
-    python3 bench/bench_quantize.py --json "$OUT_DIR/quantize.json" >> "$BENCH" 2>&1 || status=1
-    python3 bench/bench_rotate.py --json "$OUT_DIR/rotate.json" >> "$BENCH" 2>&1 || status=1
+    python3 bench/bench_quantize.py --json "$J/quantize.json" >> "$BENCH" 2>&1 || status=1
+    python3 bench/bench_rotate.py --json "$J/rotate.json" >> "$BENCH" 2>&1 || status=1
+    python3 bench/bench_corrections.py --json "$J/corrections.json" >> "$BENCH" 2>&1 || status=1
     # one process and file per batch size, the bar's B=8 first: a run cut short by a
     # time limit keeps what it finished
     for b in 8 1 32; do
-      python3 bench/bench_decode.py --batches $b --json "$OUT_DIR/decode_b$b.json" >> "$BENCH" 2>&1 || status=1
+      python3 bench/bench_decode.py --batches $b --json "$J/decode_b$b.json" >> "$BENCH" 2>&1 || status=1
     done
   fi
   tail -40 "$BENCH"
+  tar cf "$OUT_DIR/bench_json.tar" -C "$OUT_DIR" json && rm -r "$J"
 fi
 echo "gpu_check status: $status" | tee -a "$RUN"
 exit $status
