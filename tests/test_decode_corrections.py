@@ -9,7 +9,7 @@ import torch.nn.functional as F
 import kvcore
 from kvcore import reference as ref
 from kvcore import reference_corrections as rc
-from test_decode_attention import make_inputs, sm_scale_of
+from test_decode_attention import make_inputs, sm_scale_of, to_device
 
 CORR_ARGS = ("k_outlier_idx", "k_outlier_res", "v_outlier_idx", "v_outlier_res",
              "k_lowrank_a", "k_lowrank_b", "v_lowrank_a", "v_lowrank_b")
@@ -134,10 +134,79 @@ def test_errors(change, msg):
         kvcore.ops.decode_attention(**kw)
 
 
+def poison_past_lengths(kw):
+    """NaN in every correction past each sequence's packed length (and in the low-rank
+    B of blocks past it): a kernel that lets them into the result returns NaN."""
+    G = kw["group_size"]
+    n = ref.clamped_lengths(kw["packed_len"], kw["k_codes"].shape[2], G)
+    for b, nb in enumerate(n):
+        for side in ("k", "v"):
+            if f"{side}_outlier_res" in kw:
+                kw[f"{side}_outlier_res"][b, :, nb:] = float("nan")
+            if f"{side}_lowrank_a" in kw:
+                kw[f"{side}_lowrank_a"].view(*kw[f"{side}_lowrank_a"].shape[:2], -1, kw[f"{side}_lowrank_a"].shape[-1])[
+                    b, :, nb:] = float("nan")
+                kw[f"{side}_lowrank_b"][b, :, nb // G:] = float("nan")
+    return kw
+
+
+CUDA_SHAPES = [  # Hq, Hkv, bits, D, G, packed lengths, t_cap
+    (8, 2, 2, 128, 64, [5 * 64 + 7, 0, 3 * 64, 0], 7 * 64),
+    (9, 3, 4, 64, 32, [40 * 32 + 5, 7 * 32, 32], 48 * 32),      # GQA 3, several splits
+    (32, 8, 2, 128, 128, [30 * 128, 3 * 128 + 100], 32 * 128),  # blocks over two stages and warps
+    (16, 1, 4, 128, 32, [2000, 96], 64 * 32),                    # MQA, two blocks a stage
+    (4, 4, 2, 256, 64, [20 * 64 + 3, 64], 24 * 64),              # head_dim 256: blocks over two stages
+    (12, 1, 2, 256, 32, [9 * 32, 0], 12 * 32),                   # 2 head passes
+]
+
+
 @pytest.mark.cuda
-def test_cuda_rejects_corrections_clearly():
-    kw = add_corrections(make_inputs(Hq=4, Hkv=2, D=128, bits=2, group=64, dtype=torch.float16, device="cuda"),
-                         1, 0, 0, 0)
-    kw = {k: v.cuda() if isinstance(v, torch.Tensor) else v for k, v in kw.items()}
-    with pytest.raises(RuntimeError, match="not supported by the CUDA kernel yet"):
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("shape", CUDA_SHAPES, ids=lambda s: f"{s[0]}-{s[1]}-b{s[2]}-d{s[3]}-g{s[4]}")
+@pytest.mark.parametrize("counts", [(1, 0, 0, 0), (0, 3, 0, 0), (0, 0, 2, 0), (0, 0, 0, 4), (2, 1, 1, 2), (16, 16, 8, 8)])
+def test_cuda_matches_reference(dtype, shape, counts):
+    Hq, Hkv, bits, D, G, packed, t_cap = shape
+    kw = make_inputs(Hq=Hq, Hkv=Hkv, D=D, bits=bits, group=G, dtype=dtype, packed=packed, t_cap=t_cap,
+                     resid=[5] * len(packed), sinks=[2] * len(packed))
+    poison_past_lengths(add_corrections(kw, *counts, seed=D + G + Hq))
+    ref_out, ref_lse = ref.decode_attention_f64(**kw)
+    out, lse = kvcore.ops.decode_attention(**to_device(kw, "cuda"))
+    out, lse = out.cpu(), lse.cpu()
+    empty = torch.isinf(ref_lse)
+    assert (out[empty] == 0).all() and torch.isinf(lse[empty]).all()
+    err = (out.double() - ref_out).abs().max().item()
+    bound = 2 * lowp_error(kw, ref_out) + 1e-5
+    assert err <= bound, f"out error {err:.3g} > {bound:.3g}"
+    lse_err = (lse.double() - ref_lse)[~empty].abs().max().item()
+    assert lse_err <= 1e-4 * (1 + ref_lse[~empty].abs().max().item())
+    cpu_out, _ = kvcore.ops.decode_attention(**kw)
+    assert (out.double() - cpu_out.double()).abs().max().item() <= bound
+
+
+@pytest.mark.cuda
+def test_cuda_graph_replay_with_corrections():
+    kw = to_device(add_corrections(make_inputs(Hq=8, Hkv=2, D=128, bits=2, group=64, dtype=torch.bfloat16,
+                                               packed=[900, 300], t_cap=1024), 1, 1, 1, 1), "cuda")
+    expect, _ = kvcore.ops.decode_attention(**kw)
+    static_q = kw["q"].clone()
+    kvcore.ops.decode_attention(**{**kw, "q": static_q})
+    torch.cuda.synchronize()
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        out, _ = kvcore.ops.decode_attention(**{**kw, "q": static_q})
+    q2 = torch.randn_like(static_q)
+    static_q.copy_(q2)
+    graph.replay()
+    again, _ = kvcore.ops.decode_attention(**{**kw, "q": q2})
+    assert torch.equal(out, again) or (out.float() - again.float()).abs().max().item() < 1e-2
+    assert not torch.equal(again, expect)
+
+
+@pytest.mark.cuda
+def test_cuda_rejects_misaligned_corrections():
+    kw = to_device(add_corrections(make_inputs(Hq=4, Hkv=2, D=128, bits=2, group=64, dtype=torch.float16),
+                                   1, 0, 0, 0), "cuda")
+    flat = torch.zeros(kw["k_outlier_idx"].numel() + 1, dtype=torch.uint8, device="cuda")
+    kw["k_outlier_idx"] = flat[1:].view(kw["k_outlier_idx"].shape)
+    with pytest.raises(RuntimeError, match="k_outlier_idx must be 16-byte aligned on CUDA"):
         kvcore.ops.decode_attention(**kw)

@@ -8,6 +8,7 @@
 
 #include <array>
 #include <atomic>
+#include <utility>
 
 #include "decode_attention_args.h"
 
@@ -45,9 +46,14 @@ std::tuple<at::Tensor, at::Tensor> decode_attention_cuda_op(
                                    resid_len, bits, group_size, sm_scale, k_sink, v_sink, sink_len);
   const bool corrections = check_decode_corrections(q, k_outlier_idx, k_outlier_res, v_outlier_idx, v_outlier_res,
                                                     k_lowrank_a, k_lowrank_b, v_lowrank_a, v_lowrank_b, a);
-  TORCH_CHECK(!corrections,
-              "kvcore.decode_attention: outliers and low-rank corrections are not supported by the CUDA kernel yet "
-              "(issue 4); they run on the CPU");
+  if (corrections) {  // streamed with 16-byte asynchronous copies as well
+    const std::pair<const std::optional<at::Tensor>*, const char*> parts[] = {
+        {&k_outlier_idx, "k_outlier_idx"}, {&k_outlier_res, "k_outlier_res"}, {&v_outlier_idx, "v_outlier_idx"},
+        {&v_outlier_res, "v_outlier_res"}, {&k_lowrank_a, "k_lowrank_a"},     {&k_lowrank_b, "k_lowrank_b"},
+        {&v_lowrank_a, "v_lowrank_a"},     {&v_lowrank_b, "v_lowrank_b"}};
+    for (const auto& [t, name] : parts)
+      if (t->has_value()) check_aligned16(**t, name);
+  }
   // The packed operands are streamed with 16-byte asynchronous copies.
   check_aligned16(k_codes, "k_codes");
   check_aligned16(v_codes, "v_codes");

@@ -73,6 +73,38 @@ struct StageLayout {
   static constexpr int BYTES = VM + TT * NG * 2;      // a multiple of 16
 };
 
+// Optional corrections (issue 4), appended to each stage after StageLayout::BYTES; sizes
+// depend on the runtime outlier counts and ranks, every section a multiple of 16 bytes:
+//   key/value outlier indices [TT][c] uint8, residuals [TT][c] (cache dtype),
+//   key/value low-rank A rows [TT][r] fp16, B of the stage's blocks [NKB][D][r] fp16.
+struct CorrLayout {
+  int koi = 0, kor = 0, voi = 0, vor = 0, kla = 0, klb = 0, vla = 0, vlb = 0, bytes = 0;
+};
+__host__ __device__ inline int round16(int x) { return (x + 15) & ~15; }
+template <int D, int BITS, int G>
+__host__ __device__ inline CorrLayout corr_layout(const DecodeArgs& a) {
+  using L = StageLayout<D, BITS, G>;
+  CorrLayout c;
+  int at = L::BYTES;
+  c.koi = at; at += round16(L::TT * a.k_outliers);
+  c.kor = at; at += round16(L::TT * a.k_outliers * 2);
+  c.voi = at; at += round16(L::TT * a.v_outliers);
+  c.vor = at; at += round16(L::TT * a.v_outliers * 2);
+  c.kla = at; at += round16(L::TT * a.k_rank * 2);
+  c.klb = at; at += round16(L::NKB * D * a.k_rank * 2);
+  c.vla = at; at += round16(L::TT * a.v_rank * 2);
+  c.vlb = at; at += round16(L::NKB * D * a.v_rank * 2);
+  c.bytes = at - L::BYTES;
+  return c;
+}
+// Per-CTA shared memory of the corrections, after the stages (all float): q' by channel
+// [D][8], the warps' value-correction sums [kWarps][8][D], the warps' q'.B of the
+// current key block [kWarps][8][8], and the lanes' value low-rank weights
+// [kWarps][32][2][8] (in shared memory: in registers they made the kernel spill).
+template <int D>
+constexpr size_t kCorrCtaBytes = (size_t)(8 * D + kWarps * 8 * D + kWarps * 64 + kWarps * 512) * sizeof(float);
+constexpr int kMaxRank = 8;
+
 // ---- codes -> fp16 tensor-core operands ---------------------------------------------
 // A BITS-bit field at bit `pos` (pos + BITS <= 10) of both halves of a word, with the
 // exponent of 1.0 ORed in, is the fp16 pair (1 + c_lo 2^(pos-10), 1 + c_hi 2^(pos-10)):
@@ -252,7 +284,7 @@ __device__ __forceinline__ void fp_partial(const DecodeArgs& a, const SplitParam
 }
 
 // ------------------------------------------------------------------------------------
-template <int KIND, int BITS, int D, int G>
+template <int KIND, int BITS, int D, int G, bool CORR>
 __global__ void __launch_bounds__(kWarps * 32, D <= 64 ? 4 : D <= 128 ? 3 : 2) decode_packed_kernel(DecodeArgs a, SplitParams sp) {
   using L = StageLayout<D, BITS, G>;
   constexpr int TT = L::TT, MT = TileShape<D>::MT, RB = L::RB, NG = L::NG, KT = D / 16;
@@ -263,7 +295,10 @@ __global__ void __launch_bounds__(kWarps * 32, D <= 64 ? 4 : D <= 128 ? 3 : 2) d
   // q' of this pass's heads as float2 [D/2 channel pairs][8 heads] (index q_index):
   // the lanes of a warp read 8 heads of 4 pairs a quarter of the channels apart at once.
   float2* q_s = reinterpret_cast<float2*>(smem);
-  uint8_t* stages = smem + kQBytes<D>;  // [kWarps][kStages][BYTES]
+  uint8_t* stages = smem + kQBytes<D>;  // [kWarps][kStages][stage_bytes]
+  CorrLayout cl;
+  if constexpr (CORR) cl = corr_layout<D, BITS, G>(a);
+  const int stage_bytes = L::BYTES + cl.bytes;
 
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, g = lane >> 2, t = lane & 3;
   const int split = blockIdx.x, b = blockIdx.z;
@@ -294,6 +329,25 @@ __global__ void __launch_bounds__(kWarps * 32, D <= 64 ? 4 : D <= 128 ? 3 : 2) d
     }
     q_s[q_index<D>(pr, h)] = v;
   }
+  // Corrections: q' by channel (no field factor) for the outliers and the low-rank term.
+  float* qo = nullptr;
+  float* vo_w = nullptr;
+  float* qb_w = nullptr;
+  float* wl_s = nullptr;  // this warp's [32 lanes][2 heads][kMaxRank] value low-rank weights
+  if constexpr (CORR) {
+    qo = reinterpret_cast<float*>(smem + kQBytes<D> + std::max((size_t)kWarps * kStages * stage_bytes,
+                                                               (size_t)kWarps * kHeadsPerPass * (D + 2) * sizeof(float)));
+    vo_w = qo + kHeadsPerPass * D + warp * kHeadsPerPass * D;
+    qb_w = qo + kHeadsPerPass * D + kWarps * kHeadsPerPass * D + warp * kHeadsPerPass * kMaxRank;
+    wl_s = qo + kHeadsPerPass * D + kWarps * kHeadsPerPass * D + kWarps * kHeadsPerPass * kMaxRank + warp * 512;
+    for (int i = lane; i < 512; i += 32) wl_s[i] = 0.0f;
+    for (int i = threadIdx.x; i < kHeadsPerPass * D; i += blockDim.x) {
+      const int h = i % kHeadsPerPass, d = i / kHeadsPerPass;
+      qo[i] = h < nh ? qscale * Storage<KIND>::load(static_cast<const Bits<KIND>*>(a.q)[((int64_t)b * a.Hq + h0 + h) * D + d])
+                     : 0.0f;
+    }
+    for (int i = lane; i < kHeadsPerPass * D; i += 32) vo_w[i] = 0.0f;
+  }
   __syncthreads();
 
   const int64_t bh = (int64_t)b * a.Hkv + kvh;
@@ -303,7 +357,7 @@ __global__ void __launch_bounds__(kWarps * 32, D <= 64 ? 4 : D <= 128 ? 3 : 2) d
   const uint8_t* km_g = static_cast<const uint8_t*>(a.k_mn) + bh * (a.t_cap / G) * D * 2;
   const uint8_t* vs_g = static_cast<const uint8_t*>(a.v_scale) + bh * a.t_cap * NG * 2;
   const uint8_t* vm_g = static_cast<const uint8_t*>(a.v_mn) + bh * a.t_cap * NG * 2;
-  uint8_t* my_stages = stages + (size_t)warp * kStages * L::BYTES;
+  uint8_t* my_stages = stages + (size_t)warp * kStages * stage_bytes;
 
   const int64_t wchunk = sp.chunk / kWarps;
   const int64_t w_begin = cta_begin + warp * wchunk;
@@ -314,9 +368,44 @@ __global__ void __launch_bounds__(kWarps * 32, D <= 64 ? 4 : D <= 128 ? 3 : 2) d
   constexpr int KSC = L::NKB * D * 2 / 16;      // of key scales (<= 32)
   constexpr int VSC = TT * NG * 2 / 16;         // of value scales (<= 32)
   static_assert(KVC % 32 == 0 && KSC <= 32 && VSC <= 32, "stage chunk counts");
+  // Corrections of a stage: `rows` token rows from t0 and `kblocks` key blocks are in
+  // memory, the rest is zero-filled (16-byte chunks never straddle that boundary: t0 and
+  // t_cap are multiples of 32 tokens).
+  auto copy_part = [&](uint8_t* dst, const uint8_t* src, int64_t first, int unit_bytes, int units, int valid) {
+    const int n = units * unit_bytes / 16, n_ok = valid * unit_bytes;
+    for (int c = lane; c < n; c += 32) {
+      const bool ok = c * 16 < n_ok;
+      dev::cp_async_16(dst + c * 16, ok ? src + first * unit_bytes + c * 16 : src, ok);
+    }
+  };
+  auto issue_corrections = [&](uint8_t* st, int64_t t0, int rows, int kblocks) {
+    const int64_t kb0 = t0 / G;
+    if (a.k_outliers > 0) {
+      const int c = a.k_outliers;
+      copy_part(st + cl.koi, a.k_out_idx + bh * a.t_cap * c, t0, c, TT, rows);
+      copy_part(st + cl.kor, static_cast<const uint8_t*>(a.k_out_res) + bh * a.t_cap * c * 2, t0, 2 * c, TT, rows);
+    }
+    if (a.v_outliers > 0) {
+      const int c = a.v_outliers;
+      copy_part(st + cl.voi, a.v_out_idx + bh * a.t_cap * c, t0, c, TT, rows);
+      copy_part(st + cl.vor, static_cast<const uint8_t*>(a.v_out_res) + bh * a.t_cap * c * 2, t0, 2 * c, TT, rows);
+    }
+    if (a.k_rank > 0) {
+      const int r = a.k_rank;
+      copy_part(st + cl.kla, reinterpret_cast<const uint8_t*>(a.k_lr_a + bh * a.t_cap * r), t0, 2 * r, TT, rows);
+      copy_part(st + cl.klb, reinterpret_cast<const uint8_t*>(a.k_lr_b + bh * a.t_cap / G * D * r), kb0, 2 * D * r,
+                L::NKB, kblocks);
+    }
+    if (a.v_rank > 0) {
+      const int r = a.v_rank;
+      copy_part(st + cl.vla, reinterpret_cast<const uint8_t*>(a.v_lr_a + bh * a.t_cap * r), t0, 2 * r, TT, rows);
+      copy_part(st + cl.vlb, reinterpret_cast<const uint8_t*>(a.v_lr_b + bh * a.t_cap / G * D * r), kb0, 2 * D * r,
+                L::NKB, kblocks);
+    }
+  };
   auto issue_tile = [&](int i) {
     if (i < ntiles) {
-      uint8_t* st = my_stages + (i % kStages) * L::BYTES;
+      uint8_t* st = my_stages + (i % kStages) * stage_bytes;
       const int64_t t0 = w_begin + (int64_t)i * TT;
       if (t0 + TT <= a.t_cap) {
         // Common case, the whole stage exists in memory: lane-relative addresses with
@@ -339,6 +428,7 @@ __global__ void __launch_bounds__(kWarps * 32, D <= 64 ? 4 : D <= 128 ? 3 : 2) d
           dev::cp_async_16(sl + L::VS, vs_g + vb, true);
           dev::cp_async_16(sl + L::VM, vm_g + vb, true);
         }
+        if constexpr (CORR) issue_corrections(st, t0, TT, L::NKB);
         dev::cp_async_commit();
         return;
       }
@@ -370,6 +460,7 @@ __global__ void __launch_bounds__(kWarps * 32, D <= 64 ? 4 : D <= 128 ? 3 : 2) d
         dev::cp_async_16(st + L::VS + c * 16, ok ? vsb + c * 16 : vs_g, ok);
         dev::cp_async_16(st + L::VM + c * 16, ok ? vmb + c * 16 : vm_g, ok);
       }
+      if constexpr (CORR) issue_corrections(st, t0, rows, kblocks);
     }
     dev::cp_async_commit();  // always, so group counting stays uniform
   };
@@ -399,6 +490,100 @@ __global__ void __launch_bounds__(kWarps * 32, D <= 64 ? 4 : D <= 128 ? 3 : 2) d
   const uint32_t ones = 0x3C003C00u | ((uint32_t)a.B >> 31);
   const uint32_t kOnes[4] = {ones, ones, ones, ones};
 
+  // ---- corrections (CORR only) --------------------------------------------------------
+  // q'.B of a key block for the 8 heads: lane (head l/4, quarter l%4 of the channels),
+  // then a quad sum; kept in the warp's qb_w[8][kMaxRank].
+  auto key_lowrank_query = [&](const uint8_t* kb) {
+    const int r = a.k_rank, hh = lane >> 2, qq = lane & 3;
+    __syncwarp();  // the previous block's values have been read
+    for (int j = 0; j < r; ++j) {  // one rank at a time: few live registers
+      float acc = 0.0f;
+#pragma unroll 4
+      for (int d = qq * (D / 4); d < (qq + 1) * (D / 4); ++d)
+        acc = fmaf(qo[d * kHeadsPerPass + hh], meta_at<1>(kb, d * r + j), acc);
+      acc += __shfl_xor_sync(0xffffffffu, acc, 1);
+      acc += __shfl_xor_sync(0xffffffffu, acc, 2);
+      if (qq == 0) qb_w[hh * kMaxRank + j] = acc;
+    }
+    __syncwarp();
+  };
+  // Score corrections of stage rows r0 = row and r0 + 8 (heads 2t, 2t+1), added to the
+  // mma accumulator layout (c0, c1: row r0; c2, c3: row r0 + 8).
+  auto key_corrections = [&](const uint8_t* st, int row, float (&acc)[4]) {
+    const int c = a.k_outliers, r = a.k_rank;
+    float s0 = 0.0f, s1 = 0.0f, s2 = 0.0f, s3 = 0.0f;
+    for (int j = 0; j < c; ++j) {
+      const int i0 = st[cl.koi + row * c + j], i1 = st[cl.koi + (row + 8) * c + j];
+      float e0 = meta_at<KIND>(st + cl.kor, row * c + j), e1 = meta_at<KIND>(st + cl.kor, (row + 8) * c + j);
+      e0 = i0 < D ? e0 : 0.0f;  // an index >= D is ignored
+      e1 = i1 < D ? e1 : 0.0f;
+      const float2 q0 = *reinterpret_cast<const float2*>(qo + (i0 & (D - 1)) * kHeadsPerPass + 2 * t);
+      const float2 q1 = *reinterpret_cast<const float2*>(qo + (i1 & (D - 1)) * kHeadsPerPass + 2 * t);
+      s0 = fmaf(q0.x, e0, s0); s1 = fmaf(q0.y, e0, s1);
+      s2 = fmaf(q1.x, e1, s2); s3 = fmaf(q1.y, e1, s3);
+    }
+    for (int j = 0; j < r; ++j) {
+      const float a0 = meta_at<1>(st + cl.kla, row * r + j), a1 = meta_at<1>(st + cl.kla, (row + 8) * r + j);
+      const float qb0 = qb_w[(2 * t) * kMaxRank + j], qb1 = qb_w[(2 * t + 1) * kMaxRank + j];
+      s0 = fmaf(a0, qb0, s0); s1 = fmaf(a0, qb1, s1);
+      s2 = fmaf(a1, qb0, s2); s3 = fmaf(a1, qb1, s3);
+    }
+    acc[0] += s0; acc[1] += s1; acc[2] += s2; acc[3] += s3;
+  };
+  // Value low-rank weights w[head][j] = sum_t p_t A[t][j] of the current block (this
+  // lane's tokens, heads 2t and 2t+1) live in wl_s; folded into vo_w as w B^T at the
+  // block's end.
+  // Value corrections of the m-tile whose first token is tok (stage rows r0 = row and
+  // r0 + 8 in this lane, probabilities p[0..3] in the accumulator layout): outliers
+  // o[h][idx] += p res go to vo_w by shared-memory atomics (lanes of one head may hit
+  // the same channel); low-rank weights accumulate in wlr.
+  auto value_corrections = [&](const uint8_t* st, int row, bool ok0, bool ok1, const float (&p)[4], int64_t tok,
+                               int64_t end) {
+    const int c = a.v_outliers, r = a.v_rank;
+    for (int j = 0; j < c; ++j) {
+      const int i0 = st[cl.voi + row * c + j], i1 = st[cl.voi + (row + 8) * c + j];
+      const float e0 = meta_at<KIND>(st + cl.vor, row * c + j), e1 = meta_at<KIND>(st + cl.vor, (row + 8) * c + j);
+      if (ok0 && i0 < D) {
+        atomicAdd(vo_w + (2 * t) * D + i0, p[0] * e0);
+        atomicAdd(vo_w + (2 * t + 1) * D + i0, p[1] * e0);
+      }
+      if (ok1 && i1 < D) {
+        atomicAdd(vo_w + (2 * t) * D + i1, p[2] * e1);
+        atomicAdd(vo_w + (2 * t + 1) * D + i1, p[3] * e1);
+      }
+    }
+    if (r > 0) {
+      float* w = wl_s + lane * 2 * kMaxRank;  // this lane's own slots: no other lane writes them
+      for (int j = 0; j < r; ++j) {
+        const float a0 = ok0 ? meta_at<1>(st + cl.vla, row * r + j) : 0.0f;
+        const float a1 = ok1 ? meta_at<1>(st + cl.vla, (row + 8) * r + j) : 0.0f;
+        w[j] = fmaf(p[0], a0, fmaf(p[2], a1, w[j]));
+        w[kMaxRank + j] = fmaf(p[1], a0, fmaf(p[3], a1, w[kMaxRank + j]));
+      }
+      // End of a key block, or of this warp's tokens: fold w B^T into vo_w (warp-uniform).
+      const int64_t next = tok + 16;
+      if (tok < end && (next % G == 0 || next >= end)) {  // (blocks past `end` may hold garbage B)
+        const uint8_t* vb = st + cl.vlb + (TT >= G ? (int)((next - 1) % TT) / G : 0) * D * r * 2;
+        for (int j = 0; j < r; ++j) {
+          float x0 = w[j], x1 = w[kMaxRank + j];  // sum over the 8 token lanes of heads 2t, 2t+1
+#pragma unroll
+          for (int off = 4; off < 32; off <<= 1) {
+            x0 += __shfl_xor_sync(0xffffffffu, x0, off);
+            x1 += __shfl_xor_sync(0xffffffffu, x1, off);
+          }
+          w[j] = w[kMaxRank + j] = 0.0f;
+          __syncwarp();
+          for (int d = g; d < D; d += 8) {
+            const float bv = meta_at<1>(vb, d * r + j);
+            vo_w[(2 * t) * D + d] = fmaf(x0, bv, vo_w[(2 * t) * D + d]);
+            vo_w[(2 * t + 1) * D + d] = fmaf(x1, bv, vo_w[(2 * t + 1) * D + d]);
+          }
+          __syncwarp();
+        }
+      }
+    }
+  };
+
 #pragma unroll
   for (int s = 0; s < kStages - 1; ++s) issue_tile(s);
 
@@ -406,7 +591,7 @@ __global__ void __launch_bounds__(kWarps * 32, D <= 64 ? 4 : D <= 128 ? 3 : 2) d
     dev::cp_async_wait<kStages - 2>();
     __syncwarp();
     issue_tile(i + kStages - 1);
-    const uint8_t* st = my_stages + (i % kStages) * L::BYTES;
+    const uint8_t* st = my_stages + (i % kStages) * stage_bytes;
     const int64_t t0 = w_begin + (int64_t)i * TT;
     const int lim = (int)min((int64_t)TT, w_end - t0);  // valid rows of this stage
 
@@ -455,6 +640,9 @@ __global__ void __launch_bounds__(kWarps * 32, D <= 64 ? 4 : D <= 128 ? 3 : 2) d
         }
         cst[0] = __shfl_sync(0xffffffffu, part, (2 * t) * 4) - ((sq[0][0] + sq[1][0]) + (sq[2][0] + sq[3][0]));
         cst[1] = __shfl_sync(0xffffffffu, part, (2 * t + 1) * 4) - ((sq[0][1] + sq[1][1]) + (sq[2][1] + sq[3][1]));
+        if constexpr (CORR) {
+          if (a.k_rank > 0) key_lowrank_query(st + cl.klb + lb * D * a.k_rank * 2);
+        }
       }
       float acc[MG][4];
       uint32_t kw0[MG][KW], kw1[MG][KW];  // this lane's words of rows g and g+8
@@ -478,6 +666,10 @@ __global__ void __launch_bounds__(kWarps * 32, D <= 64 ? 4 : D <= 128 ? 3 : 2) d
           dev::mma_f16_16816(acc[m], af, qsl[e0], qsl[e0 + 1]);
 
         }
+      }
+      if constexpr (CORR) {
+#pragma unroll
+        for (int m = 0; m < MG; ++m) key_corrections(st, 16 * (mg + m) + g, acc[m]);
       }
 #pragma unroll
       for (int m = 0; m < MG; ++m) {
@@ -528,6 +720,20 @@ __global__ void __launch_bounds__(kWarps * 32, D <= 64 ? 4 : D <= 128 ? 3 : 2) d
         sb[gr][2] *= alpha[0]; sb[gr][3] *= alpha[1];
         cvm[gr][0] *= alpha[0]; cvm[gr][1] *= alpha[1];
       }
+      if constexpr (CORR) {
+        for (int j = 0; j < a.v_rank; ++j) {
+          wl_s[lane * 2 * kMaxRank + j] *= alpha[0];
+          wl_s[lane * 2 * kMaxRank + kMaxRank + j] *= alpha[1];
+        }
+        if (a.v_outliers > 0 || a.v_rank > 0) {
+          __syncwarp();
+          for (int d = g; d < D; d += 8) {
+            vo_w[(2 * t) * D + d] *= alpha[0];
+            vo_w[(2 * t + 1) * D + d] *= alpha[1];
+          }
+          __syncwarp();
+        }
+      }
     }
 #pragma unroll
     for (int c = 0; c < 2; ++c) m_use[c] = m_run[c] == -INFINITY ? 0.0f : m_run[c];  // keep exp2 finite
@@ -542,6 +748,7 @@ __global__ void __launch_bounds__(kWarps * 32, D <= 64 ? 4 : D <= 128 ? 3 : 2) d
       l_run[1] += p[1] + p[3];
       const int r0 = 16 * mt + g, r1 = r0 + 8;  // stage rows of this lane's two tokens
       const bool ok0 = r0 < lim, ok1 = r1 < lim;
+      if constexpr (CORR) value_corrections(st, r0, ok0, ok1, p, t0 + 16 * mt, w_end);
       uint32_t bfr[NG][2];  // P' = SC p vs fragments (fp16), one per value group
       const float sp0 = SC * p[0], sp1 = SC * p[1], sp2 = SC * p[2], sp3 = SC * p[3];
 #pragma unroll
@@ -645,7 +852,9 @@ __global__ void __launch_bounds__(kWarps * 32, D <= 64 ? 4 : D <= 128 ? 3 : 2) d
 #pragma unroll
       for (int w = 0; w < kWarps; ++w) {
         const float f = exp2f(wm[w * kHeadsPerPass + h] - m);
-        ov += f * wo[(w * kHeadsPerPass + h) * D + d];
+        float x = wo[(w * kHeadsPerPass + h) * D + d];
+        if constexpr (CORR) x += qo[kHeadsPerPass * D + (w * kHeadsPerPass + h) * D + d];  // the warp's vo_w
+        ov += f * x;
         lv += f * wl[w * kHeadsPerPass + h];
       }
     }
@@ -705,32 +914,39 @@ __global__ void __launch_bounds__(kMergeThreads) decode_merge_kernel(DecodeArgs 
 // ------------------------------------------------------------------------------------
 // One instantiation of the packed kernel: its shared memory, how many of its CTAs fit
 // on an SM (asked of the runtime once), and its launch.
-template <int KIND, int BITS, int D, int G>
+template <int KIND, int BITS, int D, int G, bool CORR>
 struct Packed {
   static constexpr int TT = TileShape<D>::TT;
-  static size_t smem() {
+  static size_t smem(const DecodeArgs& a) {
     using L = StageLayout<D, BITS, G>;
-    const size_t stage_bytes = (size_t)kWarps * kStages * L::BYTES;
+    const size_t stage = (size_t)L::BYTES + (CORR ? corr_layout<D, BITS, G>(a).bytes : 0);
+    const size_t stage_bytes = (size_t)kWarps * kStages * stage;
     const size_t merge_bytes = (size_t)kWarps * kHeadsPerPass * (D + 2) * sizeof(float);
-    return kQBytes<D> + std::max(stage_bytes, merge_bytes);  // q_s + stages
+    return kQBytes<D> + std::max(stage_bytes, merge_bytes) + (CORR ? kCorrCtaBytes<D> : 0);  // q_s + stages (+ corrections)
   }
-  static int ctas_per_sm() {
-    static const int n = [] {
+  static int ctas_per_sm(const DecodeArgs& a) {
+    auto query = [](size_t bytes) {
       int blocks = 1;
-      auto kernel = decode_packed_kernel<KIND, BITS, D, G>;
-      if (cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem()) == cudaSuccess)
-        cudaOccupancyMaxActiveBlocksPerMultiprocessor(&blocks, kernel, kWarps * 32, smem());
+      auto kernel = decode_packed_kernel<KIND, BITS, D, G, CORR>;
+      if (cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)bytes) == cudaSuccess)
+        cudaOccupancyMaxActiveBlocksPerMultiprocessor(&blocks, kernel, kWarps * 32, bytes);
       cudaGetLastError();  // a failed query leaves the estimate at 1, never an error for the caller
       return std::max(blocks, 1);
-    }();
-    return n;
+    };
+    if constexpr (CORR) {
+      return query(smem(a));  // shared memory depends on the correction sizes
+    } else {
+      static const int n = query(smem(a));
+      return n;
+    }
   }
   static cudaError_t launch(const DecodeArgs& a, const SplitParams& sp, cudaStream_t st) {
-    auto kernel = decode_packed_kernel<KIND, BITS, D, G>;
-    const cudaError_t e = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem());
+    auto kernel = decode_packed_kernel<KIND, BITS, D, G, CORR>;
+    const size_t bytes = smem(a);
+    const cudaError_t e = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)bytes);
     if (e != cudaSuccess) return e;
     const dim3 grid((unsigned)sp.nsplit + 1, (unsigned)(a.Hkv * sp.passes), (unsigned)a.B);  // + the fp split
-    kernel<<<grid, kWarps * 32, smem(), st>>>(a, sp);
+    kernel<<<grid, kWarps * 32, bytes, st>>>(a, sp);
     return cudaGetLastError();
   }
 };
@@ -738,16 +954,19 @@ struct Packed {
 // Calls f(Packed<...>{}) for the instantiation that serves `a` (false: none does).
 template <typename F>
 bool visit_packed(const DecodeArgs& a, F&& f) {
+  const bool corr = a.k_outliers > 0 || a.v_outliers > 0 || a.k_rank > 0 || a.v_rank > 0;
+  auto by_corr = [&](auto p_plain, auto p_corr) {
+    if (corr) f(p_corr);
+    else f(p_plain);
+    return true;
+  };
   auto by_group = [&](auto kind, auto bits, auto dim) {
     constexpr int K = decltype(kind)::value, B = decltype(bits)::value, D = decltype(dim)::value;
     switch (a.group) {
-      case 32: f(Packed<K, B, D, 32>{}); return true;
-      case 64: f(Packed<K, B, D, 64>{}); return true;
+      case 32: return by_corr(Packed<K, B, D, 32, false>{}, Packed<K, B, D, 32, true>{});
+      case 64: return by_corr(Packed<K, B, D, 64, false>{}, Packed<K, B, D, 64, true>{});
       default:
-        if constexpr (D % 128 == 0) {
-          f(Packed<K, B, D, 128>{});
-          return true;
-        }
+        if constexpr (D % 128 == 0) return by_corr(Packed<K, B, D, 128, false>{}, Packed<K, B, D, 128, true>{});
         return false;  // group 128 needs D >= 128 (the glue rejects it first)
     }
   };
@@ -773,7 +992,7 @@ SplitParams plan_splits(const DecodeArgs& a, int num_sms) {
   sp.passes = (gq + kHeadsPerPass - 1) / kHeadsPerPass;
   int per_sm = 1, tt = 64;
   visit_packed(a, [&](auto p) {
-    per_sm = decltype(p)::ctas_per_sm();
+    per_sm = decltype(p)::ctas_per_sm(a);
     tt = decltype(p)::TT;
   });
   const int64_t align = std::max<int64_t>((int64_t)kWarps * tt, a.group);  // chunk granularity

@@ -1,0 +1,93 @@
+"""What the issue-4 corrections cost inside the fused decode: kvcore.decode_attention on
+the same packed cache without and with sparse outliers and low-rank terms, side by side
+in one run on the GPU (plus bf16 SDPA for scale).
+
+    python bench/bench_decode_corrections.py [--json out.json]
+
+Shape: B=8, Hq=32, Hkv=8, D=128, group 64, a 64-token residual window, L in {8K, 32K,
+128K}, 2 and 4 bits. Variants: plain; c outliers per token in keys and values (c=1 is
+0.8% of the 128 channels, c=2 1.6%); rank-r low-rank terms on keys and values; both.
+The outliers and low-rank factors are real: extract_outliers / lowrank_error of the
+random cache. "vs plain" = plain time / variant time (1.00 = no cost; the bar of
+issue 4 is >= 0.87, i.e. at most 15% slower, at 1% outliers).
+"""
+import argparse
+import datetime
+import json
+import os
+import sys
+
+import torch
+import torch.nn.functional as F
+
+sys.path.insert(0, os.path.dirname(__file__))
+import kvcore  # noqa: E402
+from bench_decode import GROUP, packed_cache, random_cache  # noqa: E402
+from timing import Timer, gpu_header  # noqa: E402
+
+VARIANTS = {  # name: (k outliers, v outliers, k rank, v rank)
+    "plain": (0, 0, 0, 0),
+    "outliers 1": (1, 1, 0, 0),
+    "outliers 2": (2, 2, 0, 0),
+    "low-rank 1": (0, 0, 1, 1),
+    "low-rank 2": (0, 0, 2, 2),
+    "outliers 1 + low-rank 1": (1, 1, 1, 1),
+}
+
+
+def corrections(k, v, cache, kc, vc, kr, vr):
+    """Outlier (index, residual) and low-rank (A, B) arguments for the cache's tokens."""
+    bits, out = cache["bits"], {}
+    for side, x, axis, count, rank in (("k", k, "channel", kc, kr), ("v", v, "token", vc, vr)):
+        if count:
+            idx, val, _ = kvcore.ops.extract_outliers(x, count, GROUP, axis)
+            out[f"{side}_outlier_idx"] = idx
+            out[f"{side}_outlier_res"] = val  # a stand-in residual of realistic size
+        if rank:
+            codes = cache[f"{side}_codes"], cache[f"{side}_scale"], cache[f"{side}_mn"]
+            xh = kvcore.ops.dequantize_kv(*codes, bits, GROUP, axis)
+            a, b = kvcore.ops.lowrank_error(x - xh, rank, GROUP, 2)
+            out[f"{side}_lowrank_a"], out[f"{side}_lowrank_b"] = a, b
+    return out
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--json", default=None)
+    ap.add_argument("--lengths", type=int, nargs="+", default=[8192, 32768, 131072])
+    args = ap.parse_args()
+    timer = Timer()
+    header = gpu_header()
+    B, Hq, Hkv, D = 8, 32, 8, 128
+    print(f"GPU: {header['gpu']}  torch {header['torch']}  B={B} Hq={Hq} Hkv={Hkv} D={D} group {GROUP}")
+    print(f"{'L':>7} {'bits':>4} {'variant':>24} {'us':>8} {'vs plain':>9} {'vs sdpa':>8}")
+    rows = []
+    torch.manual_seed(0)
+    for L in args.lengths:
+        k, v = random_cache(B, Hkv, L, D)
+        q = torch.randn(B, Hq, D, device="cuda", dtype=torch.bfloat16)
+        q4 = q[:, :, None]
+        t_sdpa = timer.median_ms(lambda: F.scaled_dot_product_attention(q4, k, v, enable_gqa=True))
+        for bits in (2, 4):
+            cache = packed_cache(k, v, bits)
+            t_plain = None
+            for name, counts in VARIANTS.items():
+                corr = corrections(k, v, cache, *counts)
+                out, _ = kvcore.ops.decode_attention(q, **cache, **corr)
+                assert torch.isfinite(out).all(), f"{name}: non-finite output"
+                ms = timer.median_ms(lambda: kvcore.ops.decode_attention(q, **cache, **corr))
+                t_plain = ms if name == "plain" else t_plain
+                rows.append(dict(B=B, Hq=Hq, Hkv=Hkv, D=D, L=L, bits=bits, variant=name, counts=list(counts),
+                                 us=ms * 1e3, sdpa_us=t_sdpa * 1e3, vs_plain=t_plain / ms, vs_sdpa=t_sdpa / ms))
+                print(f"{L:7d} {bits:4d} {name:>24} {ms * 1e3:8.1f} {t_plain / ms:8.2f}x {t_sdpa / ms:7.2f}x")
+                del corr
+            del cache
+        del k, v
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(dict(header, date=str(datetime.date.today()), command="python bench/bench_decode_corrections.py",
+                           rows=rows), f, indent=1)
+
+
+if __name__ == "__main__":
+    main()
