@@ -34,6 +34,8 @@
 
 #include <algorithm>
 #include <cfloat>
+#include <map>
+#include <mutex>
 #include <type_traits>
 
 #include "../decode_attention.h"
@@ -76,9 +78,11 @@ struct StageLayout {
 // Optional corrections (issue 4), appended to each stage after StageLayout::BYTES; sizes
 // depend on the runtime outlier counts and ranks, every section a multiple of 16 bytes:
 //   key/value outlier indices [TT][c] uint8, residuals [TT][c] (cache dtype),
-//   key/value low-rank A rows [TT][r] fp16, B of the stage's blocks [NKB][D][r] fp16.
+//   key/value low-rank A rows [TT][r] fp16.
+// The low-rank B [D][r] of a block is read once per block straight from global memory
+// (staging it too would exceed shared memory at rank 8 with groups of 32).
 struct CorrLayout {
-  int koi = 0, kor = 0, voi = 0, vor = 0, kla = 0, klb = 0, vla = 0, vlb = 0, bytes = 0;
+  int koi = 0, kor = 0, voi = 0, vor = 0, kla = 0, vla = 0, bytes = 0;
 };
 __host__ __device__ inline int round16(int x) { return (x + 15) & ~15; }
 template <int D, int BITS, int G>
@@ -91,9 +95,7 @@ __host__ __device__ inline CorrLayout corr_layout(const DecodeArgs& a) {
   c.voi = at; at += round16(L::TT * a.v_outliers);
   c.vor = at; at += round16(L::TT * a.v_outliers * 2);
   c.kla = at; at += round16(L::TT * a.k_rank * 2);
-  c.klb = at; at += round16(L::NKB * D * a.k_rank * 2);
   c.vla = at; at += round16(L::TT * a.v_rank * 2);
-  c.vlb = at; at += round16(L::NKB * D * a.v_rank * 2);
   c.bytes = at - L::BYTES;
   return c;
 }
@@ -340,12 +342,15 @@ __global__ void __launch_bounds__(kWarps * 32, D <= 64 ? 4 : D <= 128 ? 3 : 2) d
     vo_w = qo + kHeadsPerPass * D + warp * kHeadsPerPass * D;
     qb_w = qo + kHeadsPerPass * D + kWarps * kHeadsPerPass * D + warp * kHeadsPerPass * kMaxRank;
     wl_s = qo + kHeadsPerPass * D + kWarps * kHeadsPerPass * D + kWarps * kHeadsPerPass * kMaxRank + warp * 512;
+#pragma unroll 4
     for (int i = lane; i < 512; i += 32) wl_s[i] = 0.0f;
+#pragma unroll 1
     for (int i = threadIdx.x; i < kHeadsPerPass * D; i += blockDim.x) {
       const int h = i % kHeadsPerPass, d = i / kHeadsPerPass;
       qo[i] = h < nh ? qscale * Storage<KIND>::load(static_cast<const Bits<KIND>*>(a.q)[((int64_t)b * a.Hq + h0 + h) * D + d])
                      : 0.0f;
     }
+#pragma unroll 4
     for (int i = lane; i < kHeadsPerPass * D; i += 32) vo_w[i] = 0.0f;
   }
   __syncthreads();
@@ -373,13 +378,13 @@ __global__ void __launch_bounds__(kWarps * 32, D <= 64 ? 4 : D <= 128 ? 3 : 2) d
   // t_cap are multiples of 32 tokens).
   auto copy_part = [&](uint8_t* dst, const uint8_t* src, int64_t first, int unit_bytes, int units, int valid) {
     const int n = units * unit_bytes / 16, n_ok = valid * unit_bytes;
+#pragma unroll 1
     for (int c = lane; c < n; c += 32) {
       const bool ok = c * 16 < n_ok;
       dev::cp_async_16(dst + c * 16, ok ? src + first * unit_bytes + c * 16 : src, ok);
     }
   };
-  auto issue_corrections = [&](uint8_t* st, int64_t t0, int rows, int kblocks) {
-    const int64_t kb0 = t0 / G;
+  auto issue_corrections = [&](uint8_t* st, int64_t t0, int rows) {
     if (a.k_outliers > 0) {
       const int c = a.k_outliers;
       copy_part(st + cl.koi, a.k_out_idx + bh * a.t_cap * c, t0, c, TT, rows);
@@ -390,18 +395,12 @@ __global__ void __launch_bounds__(kWarps * 32, D <= 64 ? 4 : D <= 128 ? 3 : 2) d
       copy_part(st + cl.voi, a.v_out_idx + bh * a.t_cap * c, t0, c, TT, rows);
       copy_part(st + cl.vor, static_cast<const uint8_t*>(a.v_out_res) + bh * a.t_cap * c * 2, t0, 2 * c, TT, rows);
     }
-    if (a.k_rank > 0) {
-      const int r = a.k_rank;
-      copy_part(st + cl.kla, reinterpret_cast<const uint8_t*>(a.k_lr_a + bh * a.t_cap * r), t0, 2 * r, TT, rows);
-      copy_part(st + cl.klb, reinterpret_cast<const uint8_t*>(a.k_lr_b + bh * a.t_cap / G * D * r), kb0, 2 * D * r,
-                L::NKB, kblocks);
-    }
-    if (a.v_rank > 0) {
-      const int r = a.v_rank;
-      copy_part(st + cl.vla, reinterpret_cast<const uint8_t*>(a.v_lr_a + bh * a.t_cap * r), t0, 2 * r, TT, rows);
-      copy_part(st + cl.vlb, reinterpret_cast<const uint8_t*>(a.v_lr_b + bh * a.t_cap / G * D * r), kb0, 2 * D * r,
-                L::NKB, kblocks);
-    }
+    if (a.k_rank > 0)
+      copy_part(st + cl.kla, reinterpret_cast<const uint8_t*>(a.k_lr_a + bh * a.t_cap * a.k_rank), t0, 2 * a.k_rank,
+                TT, rows);
+    if (a.v_rank > 0)
+      copy_part(st + cl.vla, reinterpret_cast<const uint8_t*>(a.v_lr_a + bh * a.t_cap * a.v_rank), t0, 2 * a.v_rank,
+                TT, rows);
   };
   auto issue_tile = [&](int i) {
     if (i < ntiles) {
@@ -428,7 +427,7 @@ __global__ void __launch_bounds__(kWarps * 32, D <= 64 ? 4 : D <= 128 ? 3 : 2) d
           dev::cp_async_16(sl + L::VS, vs_g + vb, true);
           dev::cp_async_16(sl + L::VM, vm_g + vb, true);
         }
-        if constexpr (CORR) issue_corrections(st, t0, TT, L::NKB);
+        if constexpr (CORR) issue_corrections(st, t0, TT);
         dev::cp_async_commit();
         return;
       }
@@ -460,7 +459,7 @@ __global__ void __launch_bounds__(kWarps * 32, D <= 64 ? 4 : D <= 128 ? 3 : 2) d
         dev::cp_async_16(st + L::VS + c * 16, ok ? vsb + c * 16 : vs_g, ok);
         dev::cp_async_16(st + L::VM + c * 16, ok ? vmb + c * 16 : vm_g, ok);
       }
-      if constexpr (CORR) issue_corrections(st, t0, rows, kblocks);
+      if constexpr (CORR) issue_corrections(st, t0, rows);
     }
     dev::cp_async_commit();  // always, so group counting stays uniform
   };
@@ -493,14 +492,15 @@ __global__ void __launch_bounds__(kWarps * 32, D <= 64 ? 4 : D <= 128 ? 3 : 2) d
   // ---- corrections (CORR only) --------------------------------------------------------
   // q'.B of a key block for the 8 heads: lane (head l/4, quarter l%4 of the channels),
   // then a quad sum; kept in the warp's qb_w[8][kMaxRank].
-  auto key_lowrank_query = [&](const uint8_t* kb) {
+  auto key_lowrank_query = [&](const uint16_t* kb) {
     const int r = a.k_rank, hh = lane >> 2, qq = lane & 3;
     __syncwarp();  // the previous block's values have been read
+#pragma unroll 1
     for (int j = 0; j < r; ++j) {  // one rank at a time: few live registers
       float acc = 0.0f;
 #pragma unroll 4
       for (int d = qq * (D / 4); d < (qq + 1) * (D / 4); ++d)
-        acc = fmaf(qo[d * kHeadsPerPass + hh], meta_at<1>(kb, d * r + j), acc);
+        acc = fmaf(qo[d * kHeadsPerPass + hh], half_bits_to_float(__ldg(kb + d * r + j)), acc);
       acc += __shfl_xor_sync(0xffffffffu, acc, 1);
       acc += __shfl_xor_sync(0xffffffffu, acc, 2);
       if (qq == 0) qb_w[hh * kMaxRank + j] = acc;
@@ -512,6 +512,7 @@ __global__ void __launch_bounds__(kWarps * 32, D <= 64 ? 4 : D <= 128 ? 3 : 2) d
   auto key_corrections = [&](const uint8_t* st, int row, float (&acc)[4]) {
     const int c = a.k_outliers, r = a.k_rank;
     float s0 = 0.0f, s1 = 0.0f, s2 = 0.0f, s3 = 0.0f;
+#pragma unroll 1
     for (int j = 0; j < c; ++j) {
       const int i0 = st[cl.koi + row * c + j], i1 = st[cl.koi + (row + 8) * c + j];
       float e0 = meta_at<KIND>(st + cl.kor, row * c + j), e1 = meta_at<KIND>(st + cl.kor, (row + 8) * c + j);
@@ -522,6 +523,7 @@ __global__ void __launch_bounds__(kWarps * 32, D <= 64 ? 4 : D <= 128 ? 3 : 2) d
       s0 = fmaf(q0.x, e0, s0); s1 = fmaf(q0.y, e0, s1);
       s2 = fmaf(q1.x, e1, s2); s3 = fmaf(q1.y, e1, s3);
     }
+#pragma unroll 1
     for (int j = 0; j < r; ++j) {
       const float a0 = meta_at<1>(st + cl.kla, row * r + j), a1 = meta_at<1>(st + cl.kla, (row + 8) * r + j);
       const float qb0 = qb_w[(2 * t) * kMaxRank + j], qb1 = qb_w[(2 * t + 1) * kMaxRank + j];
@@ -540,6 +542,7 @@ __global__ void __launch_bounds__(kWarps * 32, D <= 64 ? 4 : D <= 128 ? 3 : 2) d
   auto value_corrections = [&](const uint8_t* st, int row, bool ok0, bool ok1, const float (&p)[4], int64_t tok,
                                int64_t end) {
     const int c = a.v_outliers, r = a.v_rank;
+#pragma unroll 1
     for (int j = 0; j < c; ++j) {
       const int i0 = st[cl.voi + row * c + j], i1 = st[cl.voi + (row + 8) * c + j];
       const float e0 = meta_at<KIND>(st + cl.vor, row * c + j), e1 = meta_at<KIND>(st + cl.vor, (row + 8) * c + j);
@@ -554,6 +557,7 @@ __global__ void __launch_bounds__(kWarps * 32, D <= 64 ? 4 : D <= 128 ? 3 : 2) d
     }
     if (r > 0) {
       float* w = wl_s + lane * 2 * kMaxRank;  // this lane's own slots: no other lane writes them
+#pragma unroll 1
       for (int j = 0; j < r; ++j) {
         const float a0 = ok0 ? meta_at<1>(st + cl.vla, row * r + j) : 0.0f;
         const float a1 = ok1 ? meta_at<1>(st + cl.vla, (row + 8) * r + j) : 0.0f;
@@ -563,7 +567,8 @@ __global__ void __launch_bounds__(kWarps * 32, D <= 64 ? 4 : D <= 128 ? 3 : 2) d
       // End of a key block, or of this warp's tokens: fold w B^T into vo_w (warp-uniform).
       const int64_t next = tok + 16;
       if (tok < end && (next % G == 0 || next >= end)) {  // (blocks past `end` may hold garbage B)
-        const uint8_t* vb = st + cl.vlb + (TT >= G ? (int)((next - 1) % TT) / G : 0) * D * r * 2;
+        const uint16_t* vb = a.v_lr_b + (bh * (a.t_cap / G) + (next - 1) / G) * D * r;
+#pragma unroll 1
         for (int j = 0; j < r; ++j) {
           float x0 = w[j], x1 = w[kMaxRank + j];  // sum over the 8 token lanes of heads 2t, 2t+1
 #pragma unroll
@@ -573,8 +578,9 @@ __global__ void __launch_bounds__(kWarps * 32, D <= 64 ? 4 : D <= 128 ? 3 : 2) d
           }
           w[j] = w[kMaxRank + j] = 0.0f;
           __syncwarp();
+#pragma unroll 4
           for (int d = g; d < D; d += 8) {
-            const float bv = meta_at<1>(vb, d * r + j);
+            const float bv = half_bits_to_float(__ldg(vb + d * r + j));
             vo_w[(2 * t) * D + d] = fmaf(x0, bv, vo_w[(2 * t) * D + d]);
             vo_w[(2 * t + 1) * D + d] = fmaf(x1, bv, vo_w[(2 * t + 1) * D + d]);
           }
@@ -641,7 +647,7 @@ __global__ void __launch_bounds__(kWarps * 32, D <= 64 ? 4 : D <= 128 ? 3 : 2) d
         cst[0] = __shfl_sync(0xffffffffu, part, (2 * t) * 4) - ((sq[0][0] + sq[1][0]) + (sq[2][0] + sq[3][0]));
         cst[1] = __shfl_sync(0xffffffffu, part, (2 * t + 1) * 4) - ((sq[0][1] + sq[1][1]) + (sq[2][1] + sq[3][1]));
         if constexpr (CORR) {
-          if (a.k_rank > 0) key_lowrank_query(st + cl.klb + lb * D * a.k_rank * 2);
+          if (a.k_rank > 0) key_lowrank_query(a.k_lr_b + (bh * (a.t_cap / G) + tok / G) * D * a.k_rank);
         }
       }
       float acc[MG][4];
@@ -721,12 +727,14 @@ __global__ void __launch_bounds__(kWarps * 32, D <= 64 ? 4 : D <= 128 ? 3 : 2) d
         cvm[gr][0] *= alpha[0]; cvm[gr][1] *= alpha[1];
       }
       if constexpr (CORR) {
+#pragma unroll 1
         for (int j = 0; j < a.v_rank; ++j) {
           wl_s[lane * 2 * kMaxRank + j] *= alpha[0];
           wl_s[lane * 2 * kMaxRank + kMaxRank + j] *= alpha[1];
         }
         if (a.v_outliers > 0 || a.v_rank > 0) {
           __syncwarp();
+#pragma unroll 4
           for (int d = g; d < D; d += 8) {
             vo_w[(2 * t) * D + d] *= alpha[0];
             vo_w[(2 * t + 1) * D + d] *= alpha[1];
@@ -934,7 +942,15 @@ struct Packed {
       return std::max(blocks, 1);
     };
     if constexpr (CORR) {
-      return query(smem(a));  // shared memory depends on the correction sizes
+      // Shared memory depends on the correction sizes: remember the answer per size (a
+      // handful of sizes in practice), so that later calls and graph captures ask nothing.
+      static std::mutex mu;
+      static std::map<size_t, int> known;
+      const size_t bytes = smem(a);
+      const std::lock_guard<std::mutex> lock(mu);
+      auto it = known.find(bytes);
+      if (it == known.end()) it = known.emplace(bytes, query(bytes)).first;
+      return it->second;
     } else {
       static const int n = query(smem(a));
       return n;
