@@ -18,7 +18,8 @@ TORCH_LIBRARY(kvcore, m) {
       "int bits, int group_size, float? sm_scale=None, Tensor? k_sink=None, Tensor? v_sink=None, "
       "Tensor? sink_len=None, Tensor? k_outlier_idx=None, Tensor? k_outlier_res=None, "
       "Tensor? v_outlier_idx=None, Tensor? v_outlier_res=None, Tensor? k_lowrank_a=None, "
-      "Tensor? k_lowrank_b=None, Tensor? v_lowrank_a=None, Tensor? v_lowrank_b=None) -> (Tensor, Tensor)");
+      "Tensor? k_lowrank_b=None, Tensor? v_lowrank_a=None, Tensor? v_lowrank_b=None, int? v_group_size=None) "
+      "-> (Tensor, Tensor)");
   // x [..., D] -> x diag(s) H / sqrt(D) (inverse: x H / sqrt(D) diag(s)); s = +-1 from (seed, d).
   m.def("hadamard_rotate(Tensor x, int seed=0, bool inverse=False) -> Tensor");
   // Per token, the `count` channels farthest from their group's median (in MADs):

@@ -33,7 +33,7 @@ LOWP_DTYPES = [torch.float16, torch.bfloat16]
 U32 = 2.0 ** -24  # float32 unit roundoff
 TENSOR_ARGS = ("q", "k_codes", "k_scale", "k_mn", "v_codes", "v_scale", "v_mn", "k_resid", "v_resid",
                "packed_len", "resid_len", "k_sink", "v_sink", "sink_len")
-CACHE_ARGS = tuple(a for a in TENSOR_ARGS if a != "q") + ("bits", "group_size")
+CACHE_ARGS = tuple(a for a in TENSOR_ARGS if a != "q") + ("bits", "group_size", "v_group_size")
 
 
 # ---------------------------------------------------------------- inputs
@@ -61,10 +61,11 @@ def default_lengths(group):
 
 def make_inputs(Hq=8, Hkv=2, D=128, bits=2, group=64, dtype=torch.bfloat16, packed=None, resid=None,
                 sinks=None, with_sinks=True, t_cap=None, r_cap=24, s_cap=6, sm_scale=None, device="cpu",
-                garbage_seed=1):
+                garbage_seed=1, v_group=None):
     """Keyword arguments of kvcore.ops.decode_attention: a random cache whose
     capacities exceed the lengths, with garbage past every length (fill_unused).
-    B = len(packed); t_cap defaults to 7 blocks."""
+    B = len(packed); t_cap defaults to 7 blocks; values grouped by v_group channels
+    (default: group)."""
     d_packed, d_resid, d_sinks = default_lengths(group)
     packed = d_packed if packed is None else packed
     resid = d_resid if resid is None else resid
@@ -73,13 +74,16 @@ def make_inputs(Hq=8, Hkv=2, D=128, bits=2, group=64, dtype=torch.bfloat16, pack
     t_cap = 7 * group if t_cap is None else t_cap
     profile = key_profile(B, Hkv, D)
     k_codes, k_scale, k_mn = kvcore.quantize_kv(random_keys(profile, t_cap, dtype), bits, group, "channel")
-    v_codes, v_scale, v_mn = kvcore.quantize_kv(torch.randn(B, Hkv, t_cap, D).to(dtype), bits, group, "token")
+    v_codes, v_scale, v_mn = kvcore.quantize_kv(torch.randn(B, Hkv, t_cap, D).to(dtype), bits, v_group or group,
+                                                "token")
     kw = dict(q=torch.randn(B, Hq, D).to(dtype), k_codes=k_codes, k_scale=k_scale, k_mn=k_mn,
               v_codes=v_codes, v_scale=v_scale, v_mn=v_mn,
               k_resid=random_keys(profile, r_cap, dtype), v_resid=torch.randn(B, Hkv, r_cap, D).to(dtype),
               packed_len=torch.tensor(packed, dtype=torch.int32),
               resid_len=torch.tensor(resid, dtype=torch.int32),
               bits=bits, group_size=group, sm_scale=sm_scale)
+    if v_group is not None:
+        kw["v_group_size"] = v_group
     if with_sinks:
         kw.update(k_sink=random_keys(profile, s_cap, dtype), v_sink=torch.randn(B, Hkv, s_cap, D).to(dtype),
                   sink_len=torch.tensor(sinks, dtype=torch.int32))
@@ -222,6 +226,14 @@ def test_gqa_and_mqa(heads, bits, dtype):
     check_result(kw, *run(kw))
 
 
+# Key blocks and value groups of different sizes (v_group_size); the CPU takes any pair.
+@pytest.mark.parametrize("D,group,v_group", [(128, 32, 64), (64, 32, 64), (256, 64, 128), (128, 128, 32), (64, 128, 64)])
+@pytest.mark.parametrize("bits", [2, 4])
+def test_separate_value_group(D, group, v_group, bits):
+    kw = make_inputs(D=D, bits=bits, group=group, v_group=v_group, dtype=torch.bfloat16)
+    check_result(kw, *run(kw))
+
+
 @pytest.mark.parametrize("D,bits,dtype", [(64, 4, torch.float16), (128, 2, torch.bfloat16)])
 def test_long_sequences(D, bits, dtype):
     kw = make_inputs(D=D, bits=bits, dtype=dtype, group=64, packed=[1503, 2048, 777], resid=[40, 0, 63],
@@ -328,14 +340,15 @@ def test_errors(device):
         (dict(bits=3), r"bits must be 2 or 4, got 3"),
         (dict(bits=4), r"k_codes must have shape \[B, Hkv, T_cap, D\*bits/8\] = \[2, \*, \*, 64\]"),
         (dict(group_size=48), r"group_size must be 32, 64 or 128, got 48"),
-        (dict(q=q[..., :64].contiguous(), group_size=128), r"head_dim D=64 must be a multiple of group_size=128"),
+        (dict(v_group_size=16), r"v_group_size must be 32, 64 or 128, got 16"),
+        (dict(q=q[..., :64].contiguous(), group_size=128), r"head_dim D=64 must be a multiple of the value group size 128 \(v_group_size, default group_size\)"),
         (dict(k_codes=kw["k_codes"].to(torch.int32)), r"k_codes must be uint8, got int32"),
         (dict(k_codes=kw["k_codes"][:, :, :100].contiguous()), r"the packed capacity T_cap=100 \(k_codes.size\(2\)\) must be a multiple of group_size=64"),
         (dict(v_codes=kw["v_codes"][:, :, :-G].contiguous()), r"v_codes must have shape \[B, Hkv, T_cap, D\*bits/8\] = \[2, 2, 448, 32\]"),
         (dict(k_scale=kw["k_scale"].float()), r"k_scale must be bfloat16 \(the dtype of q\), got float32"),
         (dict(v_mn=kw["v_mn"].half()), r"v_mn must be bfloat16 \(the dtype of q\), got float16"),
         (dict(k_mn=kw["k_mn"][:, :, :-1].contiguous()), r"k_mn must have shape \[B, Hkv, T_cap/group_size, D\] = \[2, 2, 7, 128\]"),
-        (dict(v_scale=kw["v_scale"][..., :1].contiguous()), r"v_scale must have shape \[B, Hkv, T_cap, D/group_size\] = \[2, 2, 448, 2\]"),
+        (dict(v_scale=kw["v_scale"][..., :1].contiguous()), r"v_scale must have shape \[B, Hkv, T_cap, D/v_group_size\] = \[2, 2, 448, 2\]"),
         (dict(k_scale=kw["k_scale"].transpose(-1, -2).contiguous().transpose(-1, -2)), r"k_scale must be contiguous"),
         (dict(k_resid=kw["k_resid"].half()), r"k_resid must be bfloat16 \(the dtype of q\), got float16"),
         (dict(v_resid=kw["v_resid"][:, :, :5].contiguous()), r"v_resid must have shape \[B, Hkv, R_cap, D\] = \[2, 2, 24, 128\]"),
@@ -377,6 +390,25 @@ def test_cpu_cuda_parity(bits, dtype):
     # each within 2 x lowp of the reference, so within 4 x of each other
     diff = (out_gpu.cpu().double() - out_cpu.double()).abs().max().item()
     assert diff <= 4 * lowp_err + 2e-5, f"CPU and CUDA differ by {diff:.3g} (plain attention error {lowp_err:.3g})"
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("D,group,v_group", [(128, 32, 64), (64, 32, 64), (256, 64, 128), (128, 32, 128)])
+@pytest.mark.parametrize("bits", [2, 4])
+def test_cuda_separate_value_group(D, group, v_group, bits):
+    kw = make_inputs(Hq=12, Hkv=3, D=D, bits=bits, group=group, v_group=v_group, dtype=torch.float16,
+                     packed=[1000, 0, 320], resid=[30, 12, 0], sinks=[4, 0, 2], t_cap=1024, r_cap=64, s_cap=4)
+    out_cpu, _ = run(kw)
+    out, lse = run(to_device(kw, "cuda"))
+    _, lowp_err = check_result(to_device(kw, "cuda"), out, lse, lse_bound="lowp")
+    assert (out.cpu().double() - out_cpu.double()).abs().max().item() <= 4 * lowp_err + 2e-5
+
+
+@pytest.mark.cuda
+def test_cuda_rejects_larger_key_blocks_than_value_groups():
+    kw = to_device(make_inputs(D=128, bits=2, group=128, v_group=64, dtype=torch.float16), "cuda")
+    with pytest.raises(RuntimeError, match="the CUDA kernel needs group_size <= v_group_size, got 128 and 64"):
+        run(kw)
 
 
 @pytest.mark.cuda

@@ -21,7 +21,9 @@ namespace kvcore {
 
 struct DecodeArgs {
   int B = 0, Hq = 0, Hkv = 0, D = 0;
-  int bits = 2, group = 64;
+  int bits = 2;
+  int group = 64;    // keys: tokens per block (per-channel groups); also the low-rank block
+  int v_group = 64;  // values: channels per group (per-token groups)
   int64_t t_cap = 0;  // packed capacity in tokens (multiple of group)
   int64_t r_cap = 0;  // residual capacity in tokens
   int64_t s_cap = 0;  // sink capacity in tokens (0: no sinks)
@@ -33,8 +35,8 @@ struct DecodeArgs {
   const void* k_scale = nullptr;      // [B, Hkv, t_cap/group, D]
   const void* k_mn = nullptr;         // [B, Hkv, t_cap/group, D]
   const uint8_t* v_codes = nullptr;   // [B, Hkv, t_cap, D*bits/8]   (quantize_kv axis="token")
-  const void* v_scale = nullptr;      // [B, Hkv, t_cap, D/group]
-  const void* v_mn = nullptr;         // [B, Hkv, t_cap, D/group]
+  const void* v_scale = nullptr;      // [B, Hkv, t_cap, D/v_group]
+  const void* v_mn = nullptr;         // [B, Hkv, t_cap, D/v_group]
   const void* k_resid = nullptr;      // [B, Hkv, r_cap, D]
   const void* v_resid = nullptr;      // [B, Hkv, r_cap, D]
   const void* k_sink = nullptr;       // [B, Hkv, s_cap, D] or null

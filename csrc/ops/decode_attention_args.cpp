@@ -67,12 +67,15 @@ void check_query(const at::Tensor& q) {
               q.sizes(), ")");
 }
 
-void check_bits_group(int64_t bits, int64_t group, int64_t D) {
+void check_bits_group(int64_t bits, int64_t group, int64_t v_group, int64_t D) {
   TORCH_CHECK(bits != 8, kOp, ": bits must be 2 or 4, got 8 (8-bit caches are not supported by decode_attention)");
   TORCH_CHECK(bits == 2 || bits == 4, kOp, ": bits must be 2 or 4, got ", bits);
   TORCH_CHECK(group == 32 || group == 64 || group == 128, kOp, ": group_size must be 32, 64 or 128, got ",
               group);
-  TORCH_CHECK(D % group == 0, kOp, ": head_dim D=", D, " must be a multiple of group_size=", group);
+  TORCH_CHECK(v_group == 32 || v_group == 64 || v_group == 128, kOp, ": v_group_size must be 32, 64 or 128, got ",
+              v_group);
+  TORCH_CHECK(D % v_group == 0, kOp, ": head_dim D=", D, " must be a multiple of the value group size ", v_group,
+              " (v_group_size, default group_size)");
 }
 
 // k_codes defines Hkv and T_cap; every other cache tensor must agree with it.
@@ -80,7 +83,7 @@ void check_packed_cache(const at::Tensor& q, const at::Tensor& k_codes, const at
                         const at::Tensor& k_mn, const at::Tensor& v_codes, const at::Tensor& v_scale,
                         const at::Tensor& v_mn, DecodeArgs& a) {
   const auto dt = q.scalar_type();
-  const int64_t B = a.B, D = a.D, G = a.group, row_bytes = D * a.bits / 8;
+  const int64_t B = a.B, D = a.D, G = a.group, VG = a.v_group, row_bytes = D * a.bits / 8;
   const char* codes_dims = "[B, Hkv, T_cap, D*bits/8]";
   check_input(k_codes, "k_codes", q, at::kByte, {B, kAny, kAny, row_bytes}, codes_dims);
   const int64_t Hkv = k_codes.size(1), T_cap = k_codes.size(2);
@@ -93,9 +96,9 @@ void check_packed_cache(const at::Tensor& q, const at::Tensor& k_codes, const at
   const char* k_meta_dims = "[B, Hkv, T_cap/group_size, D]";
   check_input(k_scale, "k_scale", q, dt, {B, Hkv, T_cap / G, D}, k_meta_dims);
   check_input(k_mn, "k_mn", q, dt, {B, Hkv, T_cap / G, D}, k_meta_dims);
-  const char* v_meta_dims = "[B, Hkv, T_cap, D/group_size]";
-  check_input(v_scale, "v_scale", q, dt, {B, Hkv, T_cap, D / G}, v_meta_dims);
-  check_input(v_mn, "v_mn", q, dt, {B, Hkv, T_cap, D / G}, v_meta_dims);
+  const char* v_meta_dims = "[B, Hkv, T_cap, D/v_group_size]";
+  check_input(v_scale, "v_scale", q, dt, {B, Hkv, T_cap, D / VG}, v_meta_dims);
+  check_input(v_mn, "v_mn", q, dt, {B, Hkv, T_cap, D / VG}, v_meta_dims);
   a.Hkv = (int)Hkv;
   a.t_cap = T_cap;
   a.k_codes = k_codes.data_ptr<uint8_t>();
@@ -145,16 +148,18 @@ DecodeArgs check_decode_args(const at::Tensor& q, const at::Tensor& k_codes, con
                              const at::Tensor& packed_len, const at::Tensor& resid_len, int64_t bits,
                              int64_t group_size, std::optional<double> sm_scale,
                              const std::optional<at::Tensor>& k_sink, const std::optional<at::Tensor>& v_sink,
-                             const std::optional<at::Tensor>& sink_len) {
+                             const std::optional<at::Tensor>& sink_len, std::optional<int64_t> v_group_size) {
   check_query(q);
   DecodeArgs a;
   a.B = (int)q.size(0);
   a.Hq = (int)q.size(1);
   a.D = (int)q.size(2);
   a.dtype = q.scalar_type() == c10::ScalarType::Half ? DType::F16 : DType::BF16;
-  check_bits_group(bits, group_size, a.D);
+  const int64_t v_group = v_group_size.value_or(group_size);
+  check_bits_group(bits, group_size, v_group, a.D);
   a.bits = (int)bits;
   a.group = (int)group_size;
+  a.v_group = (int)v_group;
   check_packed_cache(q, k_codes, k_scale, k_mn, v_codes, v_scale, v_mn, a);
   a.r_cap = check_full_kv(q, k_resid, v_resid, "k_resid", "v_resid", "[B, Hkv, R_cap, D]", a);
   check_lengths(q, packed_len, "packed_len", a);

@@ -18,7 +18,7 @@ DecodeArgs check_decode_args(const at::Tensor& q, const at::Tensor& k_codes, con
                              const at::Tensor& packed_len, const at::Tensor& resid_len, int64_t bits,
                              int64_t group_size, std::optional<double> sm_scale,
                              const std::optional<at::Tensor>& k_sink, const std::optional<at::Tensor>& v_sink,
-                             const std::optional<at::Tensor>& sink_len);
+                             const std::optional<at::Tensor>& sink_len, std::optional<int64_t> v_group_size);
 
 // Checks the optional corrections (outliers, low rank; each a pair given together)
 // against the cache that check_decode_args accepted, and points `a` at them.

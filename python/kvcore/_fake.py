@@ -29,13 +29,15 @@ def _decode_attention_fake(q, k_codes, k_scale, k_mn, v_codes, v_scale, v_mn, k_
                            packed_len, resid_len, bits, group_size, sm_scale=None,
                            k_sink=None, v_sink=None, sink_len=None, k_outlier_idx=None, k_outlier_res=None,
                            v_outlier_idx=None, v_outlier_res=None, k_lowrank_a=None, k_lowrank_b=None,
-                           v_lowrank_a=None, v_lowrank_b=None):
+                           v_lowrank_a=None, v_lowrank_b=None, v_group_size=None):
     torch._check(q.dim() == 3, lambda: "kvcore.decode_attention: q must have shape [B, Hq, D]")
     torch._check(q.dtype in (torch.float16, torch.bfloat16),
                  lambda: f"kvcore.decode_attention: q must be float16 or bfloat16, got {q.dtype}")
     torch._check(bits in (2, 4), lambda: f"kvcore.decode_attention: bits must be 2 or 4, got {bits}")
     torch._check(group_size in (32, 64, 128),
                  lambda: f"kvcore.decode_attention: group_size must be 32, 64 or 128, got {group_size}")
+    torch._check(v_group_size is None or v_group_size in (32, 64, 128),
+                 lambda: f"kvcore.decode_attention: v_group_size must be 32, 64 or 128, got {v_group_size}")
     B, Hq, _ = q.shape
     return q.new_empty(q.shape), q.new_empty((B, Hq), dtype=torch.float32)
 

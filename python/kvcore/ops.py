@@ -96,6 +96,7 @@ def decode_attention(
     k_lowrank_b: Optional[Tensor] = None,
     v_lowrank_a: Optional[Tensor] = None,
     v_lowrank_b: Optional[Tensor] = None,
+    v_group_size: Optional[int] = None,
 ) -> Tuple[Tensor, Tensor]:
     """Attention of one new query token per sequence over a compressed KV cache.
 
@@ -120,12 +121,12 @@ def decode_attention(
             group_size.
         k_scale, k_mn: ``[B, Hkv, T_cap/group_size, D]`` (key groups: group_size tokens
             of one channel).
-        v_scale, v_mn: ``[B, Hkv, T_cap, D/group_size]`` (value groups: group_size
+        v_scale, v_mn: ``[B, Hkv, T_cap, D/v_group_size]`` (value groups: v_group_size
             channels of one token).
         k_resid, v_resid: ``[B, Hkv, R_cap, D]``; R_cap may be 0.
         packed_len, resid_len: ``[B]`` int32, on the device.
         bits: 2 or 4 (8-bit caches are not supported by this op).
-        group_size: 32, 64 or 128, dividing D.
+        group_size: 32, 64 or 128: tokens per key block (and per low-rank block).
         sm_scale: softmax scale; default ``1/sqrt(D)``.
         k_sink, v_sink: ``[B, Hkv, S_cap, D]``; sink_len: ``[B]`` int32. Give all
             three or none.
@@ -138,7 +139,11 @@ def decode_attention(
         k_lowrank_a, k_lowrank_b (and v_...): optional GEAR low-rank terms from
             :func:`lowrank_error`, ``[B, Hkv, T_cap/group_size, group_size, rank]`` and
             ``[B, Hkv, T_cap/group_size, D, rank]`` float16: each packed block adds
-            ``A @ B.T``. Outliers and low-rank terms run on the CPU only for now.
+            ``A @ B.T``. Both run inside the fused pass on CUDA too.
+        v_group_size: channels per value group, 32, 64 or 128 dividing D; default
+            group_size. Smaller key blocks than value groups (e.g. 32 and 64) spend
+            metadata bytes where the attention error comes from (docs/KV-ERROR.md);
+            the CUDA kernel needs group_size <= v_group_size.
 
     Lengths are device data, so they are not checked against the capacities (that
     would need a host synchronisation); the kernels clamp them instead: a negative
@@ -173,7 +178,7 @@ def decode_attention(
     return torch.ops.kvcore.decode_attention(
         q, k_codes, k_scale, k_mn, v_codes, v_scale, v_mn, k_resid, v_resid, packed_len, resid_len,
         bits, group_size, sm_scale, k_sink, v_sink, sink_len, k_outlier_idx, k_outlier_res,
-        v_outlier_idx, v_outlier_res, k_lowrank_a, k_lowrank_b, v_lowrank_a, v_lowrank_b)
+        v_outlier_idx, v_outlier_res, k_lowrank_a, k_lowrank_b, v_lowrank_a, v_lowrank_b, v_group_size)
 
 
 __all__ = ["quantize_kv", "dequantize_kv", "decode_attention", "hadamard_rotate", "extract_outliers",

@@ -125,8 +125,9 @@ def _corrected(x, out_idx, out_res, lr_a, lr_b, group_size):
 def decode_kv_tokens(k_codes, k_scale, k_mn, v_codes, v_scale, v_mn, k_resid, v_resid,
                      packed_len, resid_len, bits, group_size, k_sink=None, v_sink=None, sink_len=None,
                      k_outlier_idx=None, k_outlier_res=None, v_outlier_idx=None, v_outlier_res=None,
-                     k_lowrank_a=None, k_lowrank_b=None, v_lowrank_a=None, v_lowrank_b=None):
-    """The keys and values each sequence attends to in decode_attention.
+                     k_lowrank_a=None, k_lowrank_b=None, v_lowrank_a=None, v_lowrank_b=None, v_group_size=None):
+    """The keys and values each sequence attends to in decode_attention (values grouped
+    by ``v_group_size`` channels, default group_size).
 
     Returns a list over the B sequences of ``(k, v)``, each ``[Hkv, n_b, D]`` on the
     CPU (float32, float64 when corrections are given): the valid sinks, then the
@@ -134,7 +135,8 @@ def decode_kv_tokens(k_codes, k_scale, k_mn, v_codes, v_scale, v_mn, k_resid, v_
     valid residual tokens (lengths clamped like the kernels clamp them).
     """
     k_all = dequantize_kv(k_codes.cpu(), k_scale.cpu(), k_mn.cpu(), bits, group_size, "channel", torch.float32)
-    v_all = dequantize_kv(v_codes.cpu(), v_scale.cpu(), v_mn.cpu(), bits, group_size, "token", torch.float32)
+    v_all = dequantize_kv(v_codes.cpu(), v_scale.cpu(), v_mn.cpu(), bits, v_group_size or group_size, "token",
+                          torch.float32)
     if k_outlier_idx is not None or k_lowrank_a is not None:
         k_all = _corrected(k_all, k_outlier_idx, k_outlier_res, k_lowrank_a, k_lowrank_b, group_size)
     if v_outlier_idx is not None or v_lowrank_a is not None:

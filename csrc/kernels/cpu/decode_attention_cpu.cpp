@@ -164,7 +164,7 @@ template <int KIND, int BITS, int D>
 void add_packed_values(const DecodeArgs& a, int64_t kv, int64_t n, const float* p, float* acc) {
   constexpr int64_t kRowBytes = D * BITS / 8;
   constexpr int kMaxGroups = D / 32;
-  const int G = a.group, groups = D / G, R = a.v_rank;
+  const int G = a.group, VG = a.v_group, groups = D / VG, R = a.v_rank;  // G: token blocks, VG: channel groups
   const int64_t blocks_cap = a.t_cap / G;
   const auto* scale = static_cast<const Bits<KIND>*>(a.v_scale);
   const auto* mn = static_cast<const Bits<KIND>*>(a.v_mn);
@@ -180,7 +180,7 @@ void add_packed_values(const DecodeArgs& a, int64_t kv, int64_t n, const float* 
       for (int g = 0; g < groups; ++g) {
         const float p_scale = p[t] * Storage<KIND>::load(scale[row * groups + g]);
         part_mn[g] += p[t] * Storage<KIND>::load(mn[row * groups + g]);
-        for (int d = g * G; d < (g + 1) * G; ++d) part[d] += codes[d] * p_scale;
+        for (int d = g * VG; d < (g + 1) * VG; ++d) part[d] += codes[d] * p_scale;
       }
       if (a.v_outliers)
         for_each_outlier<KIND, D>(a.v_out_idx, a.v_out_res, a.v_outliers, row,
@@ -190,7 +190,7 @@ void add_packed_values(const DecodeArgs& a, int64_t kv, int64_t n, const float* 
     for (int r = 0; r < R; ++r)
       for (int d = 0; d < D; ++d) part[d] += w[r] * half_bits_to_float(a.v_lr_b[(block_row * D + d) * R + r]);
     for (int g = 0; g < groups; ++g)
-      for (int d = g * G; d < (g + 1) * G; ++d) acc[d] += part[d] + part_mn[g];
+      for (int d = g * VG; d < (g + 1) * VG; ++d) acc[d] += part[d] + part_mn[g];
   }
 }
 

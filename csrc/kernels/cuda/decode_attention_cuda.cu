@@ -60,12 +60,12 @@ struct TileShape {
 };
 
 // Byte layout of one pipeline stage of one warp.
-template <int D, int BITS, int G>
+template <int D, int BITS, int G, int VG>  // G: tokens per key block, VG: channels per value group
 struct StageLayout {
   static constexpr int TT = TileShape<D>::TT;
   static constexpr int RB = D * BITS / 8;             // code bytes per token
   static constexpr int NKB = TT >= G ? TT / G : 1;    // key blocks a stage touches
-  static constexpr int NG = D / G;                    // value groups per token
+  static constexpr int NG = D / VG;                   // value groups per token
   static constexpr int KC = 0;                        // key codes [TT][RB]
   static constexpr int VC = KC + TT * RB;             // value codes [TT][RB]
   static constexpr int KS = VC + TT * RB;             // key scale [NKB][D]
@@ -85,9 +85,9 @@ struct CorrLayout {
   int koi = 0, kor = 0, voi = 0, vor = 0, kla = 0, vla = 0, bytes = 0;
 };
 __host__ __device__ inline int round16(int x) { return (x + 15) & ~15; }
-template <int D, int BITS, int G>
+template <int D, int BITS, int G, int VG>
 __host__ __device__ inline CorrLayout corr_layout(const DecodeArgs& a) {
-  using L = StageLayout<D, BITS, G>;
+  using L = StageLayout<D, BITS, G, VG>;
   CorrLayout c;
   int at = L::BYTES;
   c.koi = at; at += round16(L::TT * a.k_outliers);
@@ -152,7 +152,7 @@ __device__ __forceinline__ uint32_t key_pair_h2(uint32_t w, int i, uint32_t ones
 // tokens' words puts their low halves (even channels) or high halves (odd channels)
 // side by side. The mma's m dimension (channels) is free, so lane g takes VPL
 // consecutive even codes of each value group (and the odd ones beside them): m-tile
-// gr*VPL + k, rows g / g+8 = channels gr*G + 2(g*VPL + k) and +1. One rotation brings
+// gr*VPL + k, rows g / g+8 = channels gr*VG + 2(g*VPL + k) and +1. One rotation brings
 // a code (2 bits: two neighbouring codes) to bit kVPos (and kVPos + 2). Value fields
 // stay high in the mantissa because their 1.0 offsets accumulate over all tokens.
 constexpr int kVPos = 6;
@@ -286,12 +286,12 @@ __device__ __forceinline__ void fp_partial(const DecodeArgs& a, const SplitParam
 }
 
 // ------------------------------------------------------------------------------------
-template <int KIND, int BITS, int D, int G, bool CORR>
+template <int KIND, int BITS, int D, int G, int VG, bool CORR>
 __global__ void __launch_bounds__(kWarps * 32, D <= 64 ? 4 : D <= 128 ? 3 : 2) decode_packed_kernel(DecodeArgs a, SplitParams sp) {
-  using L = StageLayout<D, BITS, G>;
+  using L = StageLayout<D, BITS, G, VG>;
   constexpr int TT = L::TT, MT = TileShape<D>::MT, RB = L::RB, NG = L::NG, KT = D / 16;
   constexpr int KW = D * BITS / 128;  // key words per row and lane (a quarter of the row)
-  constexpr int VPL = G / 16;         // value codes per lane, group and half-word parity
+  constexpr int VPL = VG / 16;        // value codes per lane, group and half-word parity
   constexpr float SC = (float)(1 << BITS);
   extern __shared__ __align__(16) uint8_t smem[];
   // q' of this pass's heads as float2 [D/2 channel pairs][8 heads] (index q_index):
@@ -299,7 +299,7 @@ __global__ void __launch_bounds__(kWarps * 32, D <= 64 ? 4 : D <= 128 ? 3 : 2) d
   float2* q_s = reinterpret_cast<float2*>(smem);
   uint8_t* stages = smem + kQBytes<D>;  // [kWarps][kStages][stage_bytes]
   CorrLayout cl;
-  if constexpr (CORR) cl = corr_layout<D, BITS, G>(a);
+  if constexpr (CORR) cl = corr_layout<D, BITS, G, VG>(a);
   const int stage_bytes = L::BYTES + cl.bytes;
 
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, g = lane >> 2, t = lane & 3;
@@ -465,7 +465,7 @@ __global__ void __launch_bounds__(kWarps * 32, D <= 64 ? 4 : D <= 128 ? 3 : 2) d
   };
 
   // Per-thread state. Heads of this lane's S/O columns: 2t and 2t+1.
-  // o[mc] (mc = gr * VPL + k): rows g / g+8 hold channels gr*G + 2(g*VPL + k) and +1 (see the value
+  // o[mc] (mc = gr * VPL + k): rows g / g+8 hold channels gr*VG + 2(g*VPL + k) and +1 (see the value
   // mapping below), accumulated as sum_t b_t (1 + c 2^(P-10)) with b_t = SC p_t vs_t.
   float o[KT][4];
 #pragma unroll
@@ -779,7 +779,7 @@ __global__ void __launch_bounds__(kWarps * 32, D <= 64 ? 4 : D <= 128 ? 3 : 2) d
 #pragma unroll
       for (int gr = 0; gr < NG; ++gr) {
         constexpr int CPL = VPL, CH = 16 / BITS, NW = CPL > CH ? CPL / CH : 1;
-        const int wbase = (gr * (G / 2) + g * CPL) / CH;
+        const int wbase = (gr * (VG / 2) + g * CPL) / CH;
         uint32_t wa[NW], wb[NW], wc[NW], wd[NW];
         load_words<NW>(vA + 4 * wbase, wa);
         load_words<NW>(vA + RB + 4 * wbase, wb);
@@ -835,7 +835,7 @@ __global__ void __launch_bounds__(kWarps * 32, D <= 64 ? 4 : D <= 128 ? 3 : 2) d
   for (int mc = 0; mc < KT; ++mc) {
     constexpr int CPL = VPL;
     const int gr = mc / CPL, k = mc % CPL;
-    const int ch = gr * G + 2 * (g * CPL + k);
+    const int ch = gr * VG + 2 * (g * CPL + k);
     const float f = (float)(1 << (10 - BITS - (kVPos + (BITS == 2 ? 2 * (k & 1) : 0))));
     float* base = wo + warp * kHeadsPerPass * D;
     base[(2 * t) * D + ch] = cvm[gr][0] + f * (o[mc][0] - sb[gr][0]);
@@ -922,12 +922,12 @@ __global__ void __launch_bounds__(kMergeThreads) decode_merge_kernel(DecodeArgs 
 // ------------------------------------------------------------------------------------
 // One instantiation of the packed kernel: its shared memory, how many of its CTAs fit
 // on an SM (asked of the runtime once), and its launch.
-template <int KIND, int BITS, int D, int G, bool CORR>
+template <int KIND, int BITS, int D, int G, int VG, bool CORR>
 struct Packed {
   static constexpr int TT = TileShape<D>::TT;
   static size_t smem(const DecodeArgs& a) {
-    using L = StageLayout<D, BITS, G>;
-    const size_t stage = (size_t)L::BYTES + (CORR ? corr_layout<D, BITS, G>(a).bytes : 0);
+    using L = StageLayout<D, BITS, G, VG>;
+    const size_t stage = (size_t)L::BYTES + (CORR ? corr_layout<D, BITS, G, VG>(a).bytes : 0);
     const size_t stage_bytes = (size_t)kWarps * kStages * stage;
     const size_t merge_bytes = (size_t)kWarps * kHeadsPerPass * (D + 2) * sizeof(float);
     return kQBytes<D> + std::max(stage_bytes, merge_bytes) + (CORR ? kCorrCtaBytes<D> : 0);  // q_s + stages (+ corrections)
@@ -935,7 +935,7 @@ struct Packed {
   static int ctas_per_sm(const DecodeArgs& a) {
     auto query = [](size_t bytes) {
       int blocks = 1;
-      auto kernel = decode_packed_kernel<KIND, BITS, D, G, CORR>;
+      auto kernel = decode_packed_kernel<KIND, BITS, D, G, VG, CORR>;
       if (cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)bytes) == cudaSuccess)
         cudaOccupancyMaxActiveBlocksPerMultiprocessor(&blocks, kernel, kWarps * 32, bytes);
       cudaGetLastError();  // a failed query leaves the estimate at 1, never an error for the caller
@@ -957,7 +957,7 @@ struct Packed {
     }
   }
   static cudaError_t launch(const DecodeArgs& a, const SplitParams& sp, cudaStream_t st) {
-    auto kernel = decode_packed_kernel<KIND, BITS, D, G, CORR>;
+    auto kernel = decode_packed_kernel<KIND, BITS, D, G, VG, CORR>;
     const size_t bytes = smem(a);
     const cudaError_t e = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)bytes);
     if (e != cudaSuccess) return e;
@@ -976,14 +976,27 @@ bool visit_packed(const DecodeArgs& a, F&& f) {
     else f(p_plain);
     return true;
   };
-  auto by_group = [&](auto kind, auto bits, auto dim) {
+  // (key block, value group) pairs with key block <= value group (the glue rejects the rest).
+  auto by_vgroup = [&](auto kind, auto bits, auto dim, auto kgroup) {
     constexpr int K = decltype(kind)::value, B = decltype(bits)::value, D = decltype(dim)::value;
-    switch (a.group) {
-      case 32: return by_corr(Packed<K, B, D, 32, false>{}, Packed<K, B, D, 32, true>{});
-      case 64: return by_corr(Packed<K, B, D, 64, false>{}, Packed<K, B, D, 64, true>{});
+    constexpr int KG = decltype(kgroup)::value;
+    switch (a.v_group) {
+      case 32:
+        if constexpr (KG <= 32) return by_corr(Packed<K, B, D, KG, 32, false>{}, Packed<K, B, D, KG, 32, true>{});
+        return false;
+      case 64:
+        if constexpr (KG <= 64) return by_corr(Packed<K, B, D, KG, 64, false>{}, Packed<K, B, D, KG, 64, true>{});
+        return false;
       default:
-        if constexpr (D % 128 == 0) return by_corr(Packed<K, B, D, 128, false>{}, Packed<K, B, D, 128, true>{});
-        return false;  // group 128 needs D >= 128 (the glue rejects it first)
+        if constexpr (D % 128 == 0) return by_corr(Packed<K, B, D, KG, 128, false>{}, Packed<K, B, D, KG, 128, true>{});
+        return false;
+    }
+  };
+  auto by_group = [&](auto kind, auto bits, auto dim) {
+    switch (a.group) {
+      case 32: return by_vgroup(kind, bits, dim, std::integral_constant<int, 32>{});
+      case 64: return by_vgroup(kind, bits, dim, std::integral_constant<int, 64>{});
+      default: return by_vgroup(kind, bits, dim, std::integral_constant<int, 128>{});
     }
   };
   auto by_dim = [&](auto kind, auto bits) {
