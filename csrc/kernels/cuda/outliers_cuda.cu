@@ -5,10 +5,10 @@
 //   * a warp per token then scores its channels z = |x - med| / spread in IEEE float32
 //     and takes the `count` best by repeated warp argmax (z descending, channel
 //     ascending), writing index, value and the dense row.
-// axis "token" (groups of G channels of one token): a CTA stages 8192 elements (8192/G
-// groups, one per thread) in shared memory. axis "channel" (one channel over a block of
-// G tokens): a CTA per block, a thread per channel reading its column from global
-// memory; the warps re-read the block's rows for the selection (from L1/L2).
+// axis "token" (groups of G channels of one token): a CTA stages whole rows, at most
+// 8192 elements (8192/G groups, a thread each), in shared memory. axis "channel" (one
+// channel over a block of G tokens): a CTA per block, a thread per channel reading its
+// column from global memory; the warps re-read the block's rows (L1/L2) to select.
 #include "../outliers.h"
 #include "group_stats.cuh"
 #include "mma_utils.cuh"
