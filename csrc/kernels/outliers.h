@@ -4,7 +4,6 @@
 #include "kvcore/quant_format.h"
 
 #if defined(KVCORE_WITH_CUDA) || defined(__CUDACC__)
-#include <cstddef>
 #include <cuda_runtime.h>
 #endif
 
@@ -26,9 +25,8 @@ int64_t extract_outliers_cpu_units(const OutlierArgs& a);
 void extract_outliers_cpu(const OutlierArgs& a, int64_t begin, int64_t end);
 
 #if defined(KVCORE_WITH_CUDA) || defined(__CUDACC__)
-// Bytes of device scratch (per-group median and spread) the CUDA kernels need.
-size_t extract_outliers_cuda_workspace(const OutlierArgs& a);
-cudaError_t extract_outliers_cuda(const OutlierArgs& a, void* workspace, cudaStream_t stream);
+// Launches on `stream`; needs no scratch.
+cudaError_t extract_outliers_cuda(const OutlierArgs& a, cudaStream_t stream);
 #endif
 
 }  // namespace kvcore

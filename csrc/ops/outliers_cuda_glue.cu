@@ -1,5 +1,5 @@
-// CUDA implementation of kvcore::extract_outliers: checks, allocation, scratch, and the
-// two launches on the current stream. No host synchronisation.
+// CUDA implementation of kvcore::extract_outliers: checks, allocation, and the launch on
+// the current stream. No host synchronisation.
 #include <ATen/ATen.h>
 #include <c10/cuda/CUDAGuard.h>
 #include <c10/cuda/CUDAStream.h>
@@ -14,8 +14,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> extract_outliers_cuda_op(const at
   OutlierArgs a = check_outlier_args(x, count, group_size, axis);
   const c10::cuda::CUDAGuard guard(x.device());
   auto outs = alloc_outlier_outputs(x, a);
-  auto ws = at::empty({(int64_t)extract_outliers_cuda_workspace(a)}, x.options().dtype(at::kByte));
-  const cudaError_t err = extract_outliers_cuda(a, ws.data_ptr(), c10::cuda::getCurrentCUDAStream().stream());
+  const cudaError_t err = extract_outliers_cuda(a, c10::cuda::getCurrentCUDAStream().stream());
   TORCH_CHECK(err == cudaSuccess, "kvcore.extract_outliers: CUDA launch failed: ", cudaGetErrorString(err));
   return outs;
 }

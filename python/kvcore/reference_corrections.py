@@ -83,7 +83,7 @@ def extract_outliers(x: torch.Tensor, count: int, group_size: int, axis: str):
     *lead, T, D = x.shape
     g = _group_view(x, group_size, axis).float()
     red = -2 if axis == "channel" else -1
-    med = g.median(red, keepdim=True).values
+    med = g.median(red, keepdim=True).values + 0.0  # a zero median is +0, as the kernels write it
     mad = (g - med).abs().median(red, keepdim=True).values.clamp_min(2.0 ** -126)
     z = ((g - med).abs() / mad).reshape(*lead, T, D)
     med_full = med.expand_as(g).reshape(*lead, T, D)

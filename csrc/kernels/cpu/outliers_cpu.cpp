@@ -21,11 +21,15 @@ float lower_median(std::vector<float>& v) {
   return v[k];
 }
 
+// Which of tied values nth_element returns is unspecified, and the median is written
+// out (dense): a zero median is +0 and a NaN median the quiet NaN 0x7FC00000.
+float canonical_median(float m) { return m == 0.0f ? 0.0f : std::isnan(m) ? bits_as_float(0x7FC00000u) : m; }
+
 // (median, MAD) of the n values at p[0], p[stride], ...
 void centre_spread(const float* p, int n, int64_t stride, std::vector<float>& buf, float& med, float& mad) {
   buf.resize(n);
   for (int i = 0; i < n; ++i) buf[i] = p[i * stride];
-  med = lower_median(buf);
+  med = canonical_median(lower_median(buf));
   for (int i = 0; i < n; ++i) buf[i] = std::fabs(p[i * stride] - med);
   mad = std::max(lower_median(buf), kTinySpread);
 }
