@@ -1,0 +1,986 @@
+// The packed split kernel of the fused decode attention (flash-decoding on tensor cores);
+// included by decode_packed_*.cu, one (dtype, bits) pair each. decode_attention_cuda.cu
+// plans the splits and merges them.
+//
+// Work split: grid (split, KV head x head pass, batch). A CTA owns `chunk` packed tokens
+// of one KV head and serves up to 8 of its query heads (one mma N tile), so the cache
+// is read once per step for GQA groups up to 8. Its 4 warps take consecutive quarters
+// of the chunk; each warp streams its tokens through shared memory with cp.async
+// (2 stages of TT tokens), runs online softmax in base 2 (rescaling only when the
+// running max grows), and the CTA merges its warps into one partial (O, max, sum) per
+// split. The last split of each (batch, KV head, pass) does the full-precision sinks
+// and residual window on CUDA cores, concurrently with the packed splits; a merge
+// kernel combines the splits by log-sum-exp. Nothing reads lengths on the host.
+//
+// Math (per query head; q' = q * sm_scale * log2(e), SC = 2^bits):
+//   Codes enter the tensor cores as fp16 values 1 + c 2^(pos-10): the BITS-bit field at
+//   bit `pos` of both 16-bit halves of a word, ORed with the exponent of 1.0 (one LOP3,
+//   after at most one shift or rotation shared by several fields).
+//   S^T = K x Q'^T (M = 16 tokens, K = channels, N = 8 heads). Keys are grouped per
+//     channel, so the channel scale folds into the B operand:
+//     qs_d = q'_d ks_d 2^(10-pos_d), q'.k = sum_d qs_d x_d + [sum_d q'_d km_d - sum_d qs_d].
+//     The k dimension is permuted (lane t takes its own quarter of the channels) so
+//     that every field position is a compile-time constant. qs goes to the tensor
+//     cores as fp16 hi + lo (two mmas on the same A fragments): one fp16 rounding of
+//     q' ks would cost as much as the whole error budget of an fp16 attention. The
+//     block constant's sum_d qs_d is an mma with an all-ones A, so the 1.0 offsets
+//     cancel against the very values the scores were computed with.
+//   O^T = V^T x P^T (M = 16 channels of one value group, K = 16 tokens, N = 8 heads).
+//     Values are grouped per token, so the token scale folds into P: b_t = SC p_t vs_t
+//     (fp16), o = sum_t p_t vm_t + 2^(10-BITS-pos) (sum_t b_t x_t - sum_t b_t). A PRMT
+//     pairs two tokens' half-words; the m dimension is permuted so that each lane's
+//     codes of a value group sit in one word. sum_t b_t is again an all-ones mma.
+//   The P^T operand comes from the S^T accumulators with one movmatrix transpose.
+#pragma once
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+
+#include <algorithm>
+#include <cfloat>
+#include <map>
+#include <mutex>
+#include <type_traits>
+
+#include "../decode_attention.h"
+#include "mma_utils.cuh"
+#include "quant_device.cuh"
+
+#include "decode_common.cuh"
+
+namespace kvcore {
+namespace {
+
+using namespace decode_detail;
+
+using dev::Bits;
+
+
+template <int D>
+struct TileShape {
+  static constexpr int TT = D <= 128 ? 64 : 32;  // tokens per pipeline stage
+  static constexpr int MT = TT / 16;             // 16-token m-tiles per stage
+};
+
+// Byte layout of one pipeline stage of one warp.
+template <int D, int BITS, int G, int VG>  // G: tokens per key block, VG: channels per value group
+struct StageLayout {
+  static constexpr int TT = TileShape<D>::TT;
+  static constexpr int RB = D * BITS / 8;             // code bytes per token
+  static constexpr int NKB = TT >= G ? TT / G : 1;    // key blocks a stage touches
+  static constexpr int NG = D / VG;                   // value groups per token
+  static constexpr int KC = 0;                        // key codes [TT][RB]
+  static constexpr int VC = KC + TT * RB;             // value codes [TT][RB]
+  static constexpr int KS = VC + TT * RB;             // key scale [NKB][D]
+  static constexpr int KM = KS + NKB * D * 2;         // key min [NKB][D]
+  static constexpr int VS = KM + NKB * D * 2;         // value scale [TT][NG]
+  static constexpr int VM = VS + TT * NG * 2;         // value min [TT][NG]
+  static constexpr int BYTES = VM + TT * NG * 2;      // a multiple of 16
+};
+
+// Optional corrections (issue 4), appended to each stage after StageLayout::BYTES; sizes
+// depend on the runtime outlier counts and ranks, every section a multiple of 16 bytes:
+//   key/value outlier indices [TT][c] uint8, residuals [TT][c] (cache dtype),
+//   key/value low-rank A rows [TT][r] fp16.
+// The low-rank B [D][r] of a block is read once per block straight from global memory
+// (staging it too would exceed shared memory at rank 8 with groups of 32).
+struct CorrLayout {
+  int koi = 0, kor = 0, voi = 0, vor = 0, kla = 0, vla = 0, bytes = 0;
+};
+__host__ __device__ inline int round16(int x) { return (x + 15) & ~15; }
+template <int D, int BITS, int G, int VG>
+__host__ __device__ inline CorrLayout corr_layout(const DecodeArgs& a) {
+  using L = StageLayout<D, BITS, G, VG>;
+  CorrLayout c;
+  int at = L::BYTES;
+  c.koi = at; at += round16(L::TT * a.k_outliers);
+  c.kor = at; at += round16(L::TT * a.k_outliers * 2);
+  c.voi = at; at += round16(L::TT * a.v_outliers);
+  c.vor = at; at += round16(L::TT * a.v_outliers * 2);
+  c.kla = at; at += round16(L::TT * a.k_rank * 2);
+  c.vla = at; at += round16(L::TT * a.v_rank * 2);
+  c.bytes = at - L::BYTES;
+  return c;
+}
+// Per-CTA shared memory of the corrections, after the stages (all float): q' by channel
+// [D][8], the warps' value-correction sums [kWarps][8][D], the warps' q'.B of the
+// current key block [kWarps][8][8], and the lanes' value low-rank weights
+// [kWarps][32][2][8] (in shared memory: in registers they made the kernel spill).
+template <int D>
+constexpr size_t kCorrCtaBytes = (size_t)(8 * D + kWarps * 8 * D + kWarps * 64 + kWarps * 512) * sizeof(float);
+constexpr int kMaxRank = 8;
+
+// ---- codes -> fp16 tensor-core operands ---------------------------------------------
+// A BITS-bit field at bit `pos` (pos + BITS <= 10) of both halves of a word, with the
+// exponent of 1.0 ORed in, is the fp16 pair (1 + c_lo 2^(pos-10), 1 + c_hi 2^(pos-10)):
+// one LOP3, no int->float conversion. The 1.0 offsets and the 2^(pos-10) factors are
+// undone outside the inner loop (per key block for keys, once per warp for values).
+// `ones` = 0x3C003C00 in a register the compiler cannot see through (see the kernel):
+// with both constants as immediates ptxas splits the AND-OR into two LOP3s.
+template <int BITS>
+__device__ __forceinline__ uint32_t fields_h2(uint32_t w, int pos, uint32_t ones) {
+  const uint32_t mask = (((1u << BITS) - 1u) << pos) * 0x00010001u;
+  return (w & mask) | ones;
+}
+
+// 2^x for the softmax (x <= 0 or -inf): one MUFU.EX2; results below 2^-126 flush to 0.
+__device__ __forceinline__ float fast_exp2(float x) {
+  float y;
+  asm("ex2.approx.ftz.f32 %0, %1;" : "=f"(y) : "f"(x));
+  return y;
+}
+
+// Keys. Packed word = channel pairs (even channel in the low half, odd in the high
+// half). The mma's k dimension may be permuted freely as long as A and B agree, so
+// lane t takes the channel pairs of its own quarter of each row (words t*KW ..) and
+// k-tile j uses pairs 2j and 2j+1 of that list. The pair index i inside a word is then
+// known at compile time: the field is brought into the mantissa by a fixed shift
+// shared by several pairs (2 bits: <<4, none, >>6; 4 bits: <<6, <<2, >>2, >>6), and
+// its 2^(10-pos) goes into the query operand.
+template <int BITS>
+struct KeyPos {
+  static constexpr int PW = 16 / BITS;  // channel pairs per word
+  __host__ __device__ static constexpr int shift(int i) {  // < 0: left
+    return BITS == 2 ? (i < 2 ? -4 : i < 5 ? 0 : 6) : (i == 0 ? -6 : i == 1 ? -2 : i == 2 ? 2 : 6);
+  }
+  __host__ __device__ static constexpr int pos(int i) { return i * BITS - shift(i); }
+};
+template <int BITS>
+__device__ __forceinline__ uint32_t key_pair_h2(uint32_t w, int i, uint32_t ones) {
+  const int sh = KeyPos<BITS>::shift(i);
+  return fields_h2<BITS>(sh < 0 ? w << (-sh) : w >> sh, KeyPos<BITS>::pos(i), ones);
+}
+
+// Values. O^T = V^T P^T needs, per register, one channel at two tokens: a PRMT of two
+// tokens' words puts their low halves (even channels) or high halves (odd channels)
+// side by side. The mma's m dimension (channels) is free, so lane g takes VPL
+// consecutive even codes of each value group (and the odd ones beside them): m-tile
+// gr*VPL + k, rows g / g+8 = channels gr*VG + 2(g*VPL + k) and +1. One rotation brings
+// a code (2 bits: two neighbouring codes) to bit kVPos (and kVPos + 2). Value fields
+// stay high in the mantissa because their 1.0 offsets accumulate over all tokens.
+constexpr int kVPos = 6;
+template <int BITS, int VPL>
+__device__ __forceinline__ int value_rotation(int g, int k) {
+  constexpr int CH = 16 / BITS;  // codes per half-word
+  const int idx = (g * VPL + k) % CH;
+  return (idx * BITS - kVPos) & 31;
+}
+
+// Index of channel pair P, head h in the q' table: 4 float2 of padding per quarter of
+// the channels so that the 4 lanes t of a quad read different banks.
+template <int D>
+__host__ __device__ constexpr int q_index(int P, int h) { return P * kHeadsPerPass + h + 4 * (P / (D / 8)); }
+template <int D>
+constexpr size_t kQBytes = (size_t)(kHeadsPerPass * D / 2 + 16) * sizeof(float2);
+
+// N consecutive 32-bit words from shared memory (N * 4 bytes aligned).
+template <int N>
+__device__ __forceinline__ void load_words(const uint8_t* p, uint32_t (&w)[N]) {
+  if constexpr (N == 1) {
+    w[0] = *reinterpret_cast<const uint32_t*>(p);
+  } else if constexpr (N == 2) {
+    const uint2 x = *reinterpret_cast<const uint2*>(p);
+    w[0] = x.x; w[1] = x.y;
+  } else {
+#pragma unroll
+    for (int i = 0; i < N / 4; ++i) {
+      const uint4 x = reinterpret_cast<const uint4*>(p)[i];
+      w[4 * i] = x.x; w[4 * i + 1] = x.y; w[4 * i + 2] = x.z; w[4 * i + 3] = x.w;
+    }
+  }
+}
+
+template <int KIND>
+__device__ __forceinline__ float meta_at(const uint8_t* base, int idx) {
+  return Storage<KIND>::load(reinterpret_cast<const Bits<KIND>*>(base)[idx]);
+}
+// Two consecutive 16-bit metadata values (idx even) as floats, one 32-bit load.
+template <int KIND>
+__device__ __forceinline__ float2 meta_pair(const uint8_t* base, int idx) {
+  const uint32_t w = *reinterpret_cast<const uint32_t*>(base + 2 * idx);
+  if constexpr (KIND == 1) return __half22float2(*reinterpret_cast<const __half2*>(&w));
+  else return make_float2(__uint_as_float(w << 16), __uint_as_float(w & 0xFFFF0000u));
+}
+
+
+// Sinks and residual window: full-precision tokens of one (sequence, query head) unit,
+// done by one warp whose lanes split the channels. Tokens go in batches of 8 whose
+// loads are all issued before any use, so the warp waits for memory once per batch.
+// Writes the unit's last partial slot. Run by the extra split of the packed kernel.
+template <int KIND, int D>
+__device__ __forceinline__ void fp_partial(const DecodeArgs& a, const SplitParams& sp, int64_t unit, int lane) {
+  constexpr int CPL = D / 32;  // channels per lane (consecutive)
+  constexpr int NB = 8;        // tokens per batch
+  const int b = (int)(unit / a.Hq), h = (int)(unit % a.Hq);
+  const int kvh = h / (a.Hq / a.Hkv);
+  const float qscale = a.sm_scale * kLog2e;
+  float q[CPL], o[CPL];
+#pragma unroll
+  for (int j = 0; j < CPL; ++j) {
+    q[j] = Storage<KIND>::load(static_cast<const Bits<KIND>*>(a.q)[unit * D + lane * CPL + j]) * qscale;
+    o[j] = 0.0f;
+  }
+  float m = -INFINITY, l = 0.0f;
+  auto segment = [&](const void* kp, const void* vp, int64_t cap, int64_t len) {
+    len = len < 0 ? 0 : min(len, cap);
+    const Bits<KIND>* k = static_cast<const Bits<KIND>*>(kp) + ((int64_t)b * a.Hkv + kvh) * cap * D + lane * CPL;
+    const Bits<KIND>* v = static_cast<const Bits<KIND>*>(vp) + ((int64_t)b * a.Hkv + kvh) * cap * D + lane * CPL;
+    for (int64_t t0 = 0; t0 < len; t0 += NB) {
+      float kx[NB][CPL], vx[NB][CPL];
+#pragma unroll
+      for (int u = 0; u < NB; ++u) {
+        const int64_t tk = min(t0 + u, len - 1);  // a valid row; surplus tokens are masked below
+#pragma unroll
+        for (int j = 0; j < CPL; ++j) {
+          kx[u][j] = Storage<KIND>::load(k[tk * D + j]);
+          vx[u][j] = Storage<KIND>::load(v[tk * D + j]);
+        }
+      }
+      float sc[NB];
+#pragma unroll
+      for (int u = 0; u < NB; ++u) {
+        float dot = 0.0f;
+#pragma unroll
+        for (int j = 0; j < CPL; ++j) dot += q[j] * kx[u][j];
+        sc[u] = dot;
+      }
+#pragma unroll
+      for (int off = 16; off > 0; off >>= 1)
+#pragma unroll
+        for (int u = 0; u < NB; ++u) sc[u] += __shfl_xor_sync(0xffffffffu, sc[u], off);
+      float m_new = m;
+#pragma unroll
+      for (int u = 0; u < NB; ++u) {
+        if (t0 + u >= len) sc[u] = -INFINITY;
+        m_new = fmaxf(m_new, sc[u]);
+      }
+      const float alpha = exp2f(m - m_new);  // m_new is finite: the batch holds a real token
+      l *= alpha;
+#pragma unroll
+      for (int j = 0; j < CPL; ++j) o[j] *= alpha;
+#pragma unroll
+      for (int u = 0; u < NB; ++u) {
+        const float p = exp2f(sc[u] - m_new);
+        l += p;
+#pragma unroll
+        for (int j = 0; j < CPL; ++j) o[j] += p * vx[u][j];
+      }
+      m = m_new;
+    }
+  };
+  if (a.sink_len != nullptr && a.s_cap > 0) segment(a.k_sink, a.v_sink, a.s_cap, a.sink_len[b]);
+  if (a.r_cap > 0) segment(a.k_resid, a.v_resid, a.r_cap, a.resid_len[b]);
+  const int64_t slot = unit * sp.np + sp.np - 1;
+#pragma unroll
+  for (int j = 0; j < CPL; ++j) sp.ws_o[slot * D + lane * CPL + j] = o[j];
+  if (lane == 0) {
+    sp.ws_m[slot] = m;
+    sp.ws_l[slot] = l;
+  }
+}
+
+// ------------------------------------------------------------------------------------
+template <int KIND, int BITS, int D, int G, int VG, bool CORR>
+__global__ void __launch_bounds__(kWarps * 32, D <= 64 ? 4 : D <= 128 ? 3 : 2) decode_packed_kernel(DecodeArgs a, SplitParams sp) {
+  using L = StageLayout<D, BITS, G, VG>;
+  constexpr int TT = L::TT, MT = TileShape<D>::MT, RB = L::RB, NG = L::NG, KT = D / 16;
+  constexpr int KW = D * BITS / 128;  // key words per row and lane (a quarter of the row)
+  constexpr int VPL = VG / 16;        // value codes per lane, group and half-word parity
+  constexpr float SC = (float)(1 << BITS);
+  extern __shared__ __align__(16) uint8_t smem[];
+  // q' of this pass's heads as float2 [D/2 channel pairs][8 heads] (index q_index):
+  // the lanes of a warp read 8 heads of 4 pairs a quarter of the channels apart at once.
+  float2* q_s = reinterpret_cast<float2*>(smem);
+  uint8_t* stages = smem + kQBytes<D>;  // [kWarps][kStages][stage_bytes]
+  CorrLayout cl;
+  if constexpr (CORR) cl = corr_layout<D, BITS, G, VG>(a);
+  const int stage_bytes = L::BYTES + cl.bytes;
+
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, g = lane >> 2, t = lane & 3;
+  const int split = blockIdx.x, b = blockIdx.z;
+  const int kvh = blockIdx.y / sp.passes, pass = blockIdx.y % sp.passes;
+  const int gq = a.Hq / a.Hkv;
+  const int h0 = kvh * gq + pass * kHeadsPerPass;
+  const int nh = min(kHeadsPerPass, gq - pass * kHeadsPerPass);
+  if (split == sp.nsplit) {  // the last split: sinks and residual window, a warp per head
+    for (int h = warp; h < nh; h += kWarps) fp_partial<KIND, D>(a, sp, (int64_t)b * a.Hq + h0 + h, lane);
+    return;
+  }
+
+  int64_t n = min((int64_t)a.packed_len[b], a.t_cap);
+  n = n < 0 ? 0 : n - n % G;
+  const int64_t cta_begin = (int64_t)split * sp.chunk;
+  const int64_t cta_end = min(cta_begin + sp.chunk, n);
+
+  // Scaled queries of this pass's heads (zeros pad the unused heads).
+  const float qscale = a.sm_scale * kLog2e;
+  for (int i = threadIdx.x; i < kHeadsPerPass * D / 2; i += blockDim.x) {
+    const int h = i % kHeadsPerPass, pr = i / kHeadsPerPass;
+    float2 v = make_float2(0.0f, 0.0f);
+    if (h < nh) {
+      const Bits<KIND>* qh = static_cast<const Bits<KIND>*>(a.q) + ((int64_t)b * a.Hq + h0 + h) * D + 2 * pr;
+      // times 2^(10 - pos) of the channel pair's key field (pair index within a word)
+      const float f = (float)(1 << (10 - KeyPos<BITS>::pos(pr % KeyPos<BITS>::PW)));
+      v = make_float2(f * qscale * Storage<KIND>::load(qh[0]), f * qscale * Storage<KIND>::load(qh[1]));
+    }
+    q_s[q_index<D>(pr, h)] = v;
+  }
+  // Corrections: q' by channel (no field factor) for the outliers and the low-rank term.
+  float* qo = nullptr;
+  float* vo_w = nullptr;
+  float* qb_w = nullptr;
+  float* wl_s = nullptr;  // this warp's [32 lanes][2 heads][kMaxRank] value low-rank weights
+  if constexpr (CORR) {
+    qo = reinterpret_cast<float*>(smem + kQBytes<D> + std::max((size_t)kWarps * kStages * stage_bytes,
+                                                               (size_t)kWarps * kHeadsPerPass * (D + 2) * sizeof(float)));
+    vo_w = qo + kHeadsPerPass * D + warp * kHeadsPerPass * D;
+    qb_w = qo + kHeadsPerPass * D + kWarps * kHeadsPerPass * D + warp * kHeadsPerPass * kMaxRank;
+    wl_s = qo + kHeadsPerPass * D + kWarps * kHeadsPerPass * D + kWarps * kHeadsPerPass * kMaxRank + warp * 512;
+#pragma unroll 4
+    for (int i = lane; i < 512; i += 32) wl_s[i] = 0.0f;
+#pragma unroll 1
+    for (int i = threadIdx.x; i < kHeadsPerPass * D; i += blockDim.x) {
+      const int h = i % kHeadsPerPass, d = i / kHeadsPerPass;
+      qo[i] = h < nh ? qscale * Storage<KIND>::load(static_cast<const Bits<KIND>*>(a.q)[((int64_t)b * a.Hq + h0 + h) * D + d])
+                     : 0.0f;
+    }
+#pragma unroll 4
+    for (int i = lane; i < kHeadsPerPass * D; i += 32) vo_w[i] = 0.0f;
+  }
+  __syncthreads();
+
+  const int64_t bh = (int64_t)b * a.Hkv + kvh;
+  const uint8_t* kc_g = a.k_codes + bh * a.t_cap * RB;
+  const uint8_t* vc_g = a.v_codes + bh * a.t_cap * RB;
+  const uint8_t* ks_g = static_cast<const uint8_t*>(a.k_scale) + bh * (a.t_cap / G) * D * 2;
+  const uint8_t* km_g = static_cast<const uint8_t*>(a.k_mn) + bh * (a.t_cap / G) * D * 2;
+  const uint8_t* vs_g = static_cast<const uint8_t*>(a.v_scale) + bh * a.t_cap * NG * 2;
+  const uint8_t* vm_g = static_cast<const uint8_t*>(a.v_mn) + bh * a.t_cap * NG * 2;
+  uint8_t* my_stages = stages + (size_t)warp * kStages * stage_bytes;
+
+  const int64_t wchunk = sp.chunk / kWarps;
+  const int64_t w_begin = cta_begin + warp * wchunk;
+  const int64_t w_end = min(w_begin + wchunk, cta_end);
+  const int ntiles = w_end > w_begin ? (int)((w_end - w_begin + TT - 1) / TT) : 0;
+
+  constexpr int KVC = TT * RB / 16;             // 16-byte chunks of codes per stage (a multiple of 32)
+  constexpr int KSC = L::NKB * D * 2 / 16;      // of key scales (<= 32)
+  constexpr int VSC = TT * NG * 2 / 16;         // of value scales (<= 32)
+  static_assert(KVC % 32 == 0 && KSC <= 32 && VSC <= 32, "stage chunk counts");
+  // Corrections of a stage: `rows` token rows from t0 and `kblocks` key blocks are in
+  // memory, the rest is zero-filled (16-byte chunks never straddle that boundary: t0 and
+  // t_cap are multiples of 32 tokens).
+  auto copy_part = [&](uint8_t* dst, const uint8_t* src, int64_t first, int unit_bytes, int units, int valid) {
+    const int n = units * unit_bytes / 16, n_ok = valid * unit_bytes;
+#pragma unroll 1
+    for (int c = lane; c < n; c += 32) {
+      const bool ok = c * 16 < n_ok;
+      dev::cp_async_16(dst + c * 16, ok ? src + first * unit_bytes + c * 16 : src, ok);
+    }
+  };
+  auto issue_corrections = [&](uint8_t* st, int64_t t0, int rows) {
+    if (a.k_outliers > 0) {
+      const int c = a.k_outliers;
+      copy_part(st + cl.koi, a.k_out_idx + bh * a.t_cap * c, t0, c, TT, rows);
+      copy_part(st + cl.kor, static_cast<const uint8_t*>(a.k_out_res) + bh * a.t_cap * c * 2, t0, 2 * c, TT, rows);
+    }
+    if (a.v_outliers > 0) {
+      const int c = a.v_outliers;
+      copy_part(st + cl.voi, a.v_out_idx + bh * a.t_cap * c, t0, c, TT, rows);
+      copy_part(st + cl.vor, static_cast<const uint8_t*>(a.v_out_res) + bh * a.t_cap * c * 2, t0, 2 * c, TT, rows);
+    }
+    if (a.k_rank > 0)
+      copy_part(st + cl.kla, reinterpret_cast<const uint8_t*>(a.k_lr_a + bh * a.t_cap * a.k_rank), t0, 2 * a.k_rank,
+                TT, rows);
+    if (a.v_rank > 0)
+      copy_part(st + cl.vla, reinterpret_cast<const uint8_t*>(a.v_lr_a + bh * a.t_cap * a.v_rank), t0, 2 * a.v_rank,
+                TT, rows);
+  };
+  auto issue_tile = [&](int i) {
+    if (i < ntiles) {
+      uint8_t* st = my_stages + (i % kStages) * stage_bytes;
+      const int64_t t0 = w_begin + (int64_t)i * TT;
+      if (t0 + TT <= a.t_cap) {
+        // Common case, the whole stage exists in memory: lane-relative addresses with
+        // constant offsets, no predicates.
+        const uint8_t* kc = kc_g + t0 * RB + lane * 16;
+        const uint8_t* vc = vc_g + t0 * RB + lane * 16;
+        uint8_t* sl = st + lane * 16;
+#pragma unroll
+        for (int k = 0; k < KVC / 32; ++k) {
+          dev::cp_async_16(sl + L::KC + k * 512, kc + k * 512, true);
+          dev::cp_async_16(sl + L::VC + k * 512, vc + k * 512, true);
+        }
+        if (lane < KSC) {
+          const int64_t kb = (t0 / G) * D * 2 + lane * 16;
+          dev::cp_async_16(sl + L::KS, ks_g + kb, true);
+          dev::cp_async_16(sl + L::KM, km_g + kb, true);
+        }
+        if (lane < VSC) {
+          const int64_t vb = t0 * NG * 2 + lane * 16;
+          dev::cp_async_16(sl + L::VS, vs_g + vb, true);
+          dev::cp_async_16(sl + L::VM, vm_g + vb, true);
+        }
+        if constexpr (CORR) issue_corrections(st, t0, TT);
+        dev::cp_async_commit();
+        return;
+      }
+      // Rows (and key blocks) that exist in memory; the rest are zero-filled.
+      const int rows = (int)min((int64_t)TT, a.t_cap - t0);
+      const int64_t kb0 = t0 / G;
+      const int kblocks = (int)min((int64_t)L::NKB, a.t_cap / G - kb0);
+      const uint8_t* kc = kc_g + t0 * RB;
+      const uint8_t* vc = vc_g + t0 * RB;
+      const uint8_t* ksb = ks_g + kb0 * D * 2;
+      const uint8_t* kmb = km_g + kb0 * D * 2;
+      const uint8_t* vsb = vs_g + t0 * NG * 2;
+      const uint8_t* vmb = vm_g + t0 * NG * 2;
+#pragma unroll
+      for (int c = lane; c < TT * RB / 16; c += 32) {
+        const bool ok = c * 16 / RB < rows;
+        dev::cp_async_16(st + L::KC + c * 16, ok ? kc + c * 16 : kc_g, ok);
+        dev::cp_async_16(st + L::VC + c * 16, ok ? vc + c * 16 : vc_g, ok);
+      }
+#pragma unroll
+      for (int c = lane; c < L::NKB * D * 2 / 16; c += 32) {
+        const bool ok = c * 16 / (D * 2) < kblocks;
+        dev::cp_async_16(st + L::KS + c * 16, ok ? ksb + c * 16 : ks_g, ok);
+        dev::cp_async_16(st + L::KM + c * 16, ok ? kmb + c * 16 : km_g, ok);
+      }
+#pragma unroll
+      for (int c = lane; c < TT * NG * 2 / 16; c += 32) {
+        const bool ok = c * 16 / (NG * 2) < rows;
+        dev::cp_async_16(st + L::VS + c * 16, ok ? vsb + c * 16 : vs_g, ok);
+        dev::cp_async_16(st + L::VM + c * 16, ok ? vmb + c * 16 : vm_g, ok);
+      }
+      if constexpr (CORR) issue_corrections(st, t0, rows);
+    }
+    dev::cp_async_commit();  // always, so group counting stays uniform
+  };
+
+  // Per-thread state. Heads of this lane's S/O columns: 2t and 2t+1.
+  // o[mc] (mc = gr * VPL + k): rows g / g+8 hold channels gr*VG + 2(g*VPL + k) and +1 (see the value
+  // mapping below), accumulated as sum_t b_t (1 + c 2^(P-10)) with b_t = SC p_t vs_t.
+  float o[KT][4];
+#pragma unroll
+  for (int mc = 0; mc < KT; ++mc) o[mc][0] = o[mc][1] = o[mc][2] = o[mc][3] = 0.0f;
+  float sb[NG][4];   // sum_t b_t per value group (an mma against ones: every row equal)
+  float cvm[NG][2];  // sum_t p_t vm_t per value group, heads 2t and 2t+1 (this lane's tokens)
+#pragma unroll
+  for (int gr = 0; gr < NG; ++gr) {
+    sb[gr][0] = sb[gr][1] = sb[gr][2] = sb[gr][3] = 0.0f;
+    cvm[gr][0] = cvm[gr][1] = 0.0f;
+  }
+  float m_run[2] = {-INFINITY, -INFINITY}, l_run[2] = {0.0f, 0.0f};
+  // B fragments of the scaled queries for head g: qsb[e] holds channels 2P, 2P+1 with
+  // P = t * D/8 + e (this lane's quarter of the channels), times 2^(10 - pos).
+  uint32_t qsb[D / 8];
+  uint32_t qsl[D / 8];
+
+  float cst[2] = {0.0f, 0.0f};  // per-block constant for heads 2t, 2t+1
+  // fp16 (1.0, 1.0), built from a kernel argument so that ptxas keeps it in a register
+  // (B >= 0, so the OR adds nothing): fields_h2 then costs one LOP3.
+  const uint32_t ones = 0x3C003C00u | ((uint32_t)a.B >> 31);
+  const uint32_t kOnes[4] = {ones, ones, ones, ones};
+
+  // ---- corrections (CORR only) --------------------------------------------------------
+  // q'.B of a key block for the 8 heads: lane (head l/4, quarter l%4 of the channels),
+  // then a quad sum; kept in the warp's qb_w[8][kMaxRank].
+  auto key_lowrank_query = [&](const uint16_t* kb) {
+    const int r = a.k_rank, hh = lane >> 2, qq = lane & 3;
+    __syncwarp();  // the previous block's values have been read
+#pragma unroll 1
+    for (int j = 0; j < r; ++j) {  // one rank at a time: few live registers
+      float acc = 0.0f;
+#pragma unroll 4
+      for (int d = qq * (D / 4); d < (qq + 1) * (D / 4); ++d)
+        acc = fmaf(qo[d * kHeadsPerPass + hh], half_bits_to_float(__ldg(kb + d * r + j)), acc);
+      acc += __shfl_xor_sync(0xffffffffu, acc, 1);
+      acc += __shfl_xor_sync(0xffffffffu, acc, 2);
+      if (qq == 0) qb_w[hh * kMaxRank + j] = acc;
+    }
+    __syncwarp();
+  };
+  // Score corrections of stage rows r0 = row and r0 + 8 (heads 2t, 2t+1), added to the
+  // mma accumulator layout (c0, c1: row r0; c2, c3: row r0 + 8).
+  auto key_corrections = [&](const uint8_t* st, int row, float (&acc)[4]) {
+    const int c = a.k_outliers, r = a.k_rank;
+    float s0 = 0.0f, s1 = 0.0f, s2 = 0.0f, s3 = 0.0f;
+#pragma unroll 1
+    for (int j = 0; j < c; ++j) {
+      const int i0 = st[cl.koi + row * c + j], i1 = st[cl.koi + (row + 8) * c + j];
+      float e0 = meta_at<KIND>(st + cl.kor, row * c + j), e1 = meta_at<KIND>(st + cl.kor, (row + 8) * c + j);
+      e0 = i0 < D ? e0 : 0.0f;  // an index >= D is ignored
+      e1 = i1 < D ? e1 : 0.0f;
+      const float2 q0 = *reinterpret_cast<const float2*>(qo + (i0 & (D - 1)) * kHeadsPerPass + 2 * t);
+      const float2 q1 = *reinterpret_cast<const float2*>(qo + (i1 & (D - 1)) * kHeadsPerPass + 2 * t);
+      s0 = fmaf(q0.x, e0, s0); s1 = fmaf(q0.y, e0, s1);
+      s2 = fmaf(q1.x, e1, s2); s3 = fmaf(q1.y, e1, s3);
+    }
+#pragma unroll 1
+    for (int j = 0; j < r; ++j) {
+      const float a0 = meta_at<1>(st + cl.kla, row * r + j), a1 = meta_at<1>(st + cl.kla, (row + 8) * r + j);
+      const float qb0 = qb_w[(2 * t) * kMaxRank + j], qb1 = qb_w[(2 * t + 1) * kMaxRank + j];
+      s0 = fmaf(a0, qb0, s0); s1 = fmaf(a0, qb1, s1);
+      s2 = fmaf(a1, qb0, s2); s3 = fmaf(a1, qb1, s3);
+    }
+    acc[0] += s0; acc[1] += s1; acc[2] += s2; acc[3] += s3;
+  };
+  // Value low-rank weights w[head][j] = sum_t p_t A[t][j] of the current block (this
+  // lane's tokens, heads 2t and 2t+1) live in wl_s; folded into vo_w as w B^T at the
+  // block's end.
+  // Value corrections of the m-tile whose first token is tok (stage rows r0 = row and
+  // r0 + 8 in this lane, probabilities p[0..3] in the accumulator layout): outliers
+  // o[h][idx] += p res go to vo_w by shared-memory atomics (lanes of one head may hit
+  // the same channel); low-rank weights accumulate in wlr.
+  auto value_corrections = [&](const uint8_t* st, int row, bool ok0, bool ok1, const float (&p)[4], int64_t tok,
+                               int64_t end) {
+    const int c = a.v_outliers, r = a.v_rank;
+#pragma unroll 1
+    for (int j = 0; j < c; ++j) {
+      const int i0 = st[cl.voi + row * c + j], i1 = st[cl.voi + (row + 8) * c + j];
+      const float e0 = meta_at<KIND>(st + cl.vor, row * c + j), e1 = meta_at<KIND>(st + cl.vor, (row + 8) * c + j);
+      if (ok0 && i0 < D) {
+        atomicAdd(vo_w + (2 * t) * D + i0, p[0] * e0);
+        atomicAdd(vo_w + (2 * t + 1) * D + i0, p[1] * e0);
+      }
+      if (ok1 && i1 < D) {
+        atomicAdd(vo_w + (2 * t) * D + i1, p[2] * e1);
+        atomicAdd(vo_w + (2 * t + 1) * D + i1, p[3] * e1);
+      }
+    }
+    if (r > 0) {
+      float* w = wl_s + lane * 2 * kMaxRank;  // this lane's own slots: no other lane writes them
+#pragma unroll 1
+      for (int j = 0; j < r; ++j) {
+        const float a0 = ok0 ? meta_at<1>(st + cl.vla, row * r + j) : 0.0f;
+        const float a1 = ok1 ? meta_at<1>(st + cl.vla, (row + 8) * r + j) : 0.0f;
+        w[j] = fmaf(p[0], a0, fmaf(p[2], a1, w[j]));
+        w[kMaxRank + j] = fmaf(p[1], a0, fmaf(p[3], a1, w[kMaxRank + j]));
+      }
+      // End of a key block, or of this warp's tokens: fold w B^T into vo_w (warp-uniform).
+      const int64_t next = tok + 16;
+      if (tok < end && (next % G == 0 || next >= end)) {  // (blocks past `end` may hold garbage B)
+        const uint16_t* vb = a.v_lr_b + (bh * (a.t_cap / G) + (next - 1) / G) * D * r;
+#pragma unroll 1
+        for (int j = 0; j < r; ++j) {
+          float x0 = w[j], x1 = w[kMaxRank + j];  // sum over the 8 token lanes of heads 2t, 2t+1
+#pragma unroll
+          for (int off = 4; off < 32; off <<= 1) {
+            x0 += __shfl_xor_sync(0xffffffffu, x0, off);
+            x1 += __shfl_xor_sync(0xffffffffu, x1, off);
+          }
+          w[j] = w[kMaxRank + j] = 0.0f;
+          __syncwarp();
+#pragma unroll 4
+          for (int d = g; d < D; d += 8) {
+            const float bv = half_bits_to_float(__ldg(vb + d * r + j));
+            vo_w[(2 * t) * D + d] = fmaf(x0, bv, vo_w[(2 * t) * D + d]);
+            vo_w[(2 * t + 1) * D + d] = fmaf(x1, bv, vo_w[(2 * t + 1) * D + d]);
+          }
+          __syncwarp();
+        }
+      }
+    }
+  };
+
+#pragma unroll
+  for (int s = 0; s < kStages - 1; ++s) issue_tile(s);
+
+  for (int i = 0; i < ntiles; ++i) {
+    dev::cp_async_wait<kStages - 2>();
+    __syncwarp();
+    issue_tile(i + kStages - 1);
+    const uint8_t* st = my_stages + (i % kStages) * stage_bytes;
+    const int64_t t0 = w_begin + (int64_t)i * TT;
+    const int lim = (int)min((int64_t)TT, w_end - t0);  // valid rows of this stage
+
+    // ---- scores S^T for the stage's MT m-tiles --------------------------------------
+    // m-tiles of one key block share the qs fragments; for them the k loop is outer
+    // and the m-tile loop inner, so MG independent mma chains interleave.
+    constexpr int MG = MT < G / 16 ? MT : G / 16;
+    float s[MT][4];
+#pragma unroll
+    for (int mg = 0; mg < MT; mg += MG) {
+      const int64_t tok = t0 + 16 * mg;
+      if ((i == 0 && mg == 0) || tok % G == 0) {
+        // New key block: B fragments qs = q' * ks * 2^(10-pos) (rounded to fp16) and
+        // the block constant sum_d q'_d km_d - sum_d qs_d, taken over the rounded qs so
+        // that the 1.0 offsets of the A operand cancel exactly.
+        const int lb = TT >= G ? (16 * mg) / G : 0;
+        const uint8_t* ks = st + L::KS + lb * D * 2;
+        const uint8_t* km = st + L::KM + lb * D * 2;
+        // The q table holds q' * 2^(10-pos); dot_km is summed per field position (dk)
+        // and scaled back once.
+        float dk[3] = {0.0f, 0.0f, 0.0f};
+        const float2* q_lane = q_s + q_index<D>(t * (D / 8), g);  // + e * 8: pair P = t * D/8 + e
+#pragma unroll
+        for (int e = 0; e < D / 8; ++e) {
+          const int P = t * (D / 8) + e;
+          const float2 qv = q_lane[e * kHeadsPerPass];
+          const float2 sv = meta_pair<KIND>(ks, 2 * P), mv = meta_pair<KIND>(km, 2 * P);
+          const float px = qv.x * sv.x, py = qv.y * sv.y;
+          const uint32_t pk = dev::pack_half2(px, py);
+          const float2 pr = __half22float2(*reinterpret_cast<const __half2*>(&pk));
+          qsb[e] = pk;
+          qsl[e] = dev::pack_half2(px - pr.x, py - pr.y);
+          const int cls = (KeyPos<BITS>::pos(e % KeyPos<BITS>::PW) - 4) / 2;  // pos 4, 6, 8
+          dk[cls] = fmaf(qv.x, mv.x, fmaf(qv.y, mv.y, dk[cls]));
+        }
+        float part = dk[0] * (1.0f / 64.0f) + dk[1] * (1.0f / 16.0f) + dk[2] * (1.0f / 4.0f);
+        part += __shfl_xor_sync(0xffffffffu, part, 1);
+        part += __shfl_xor_sync(0xffffffffu, part, 2);  // sum q'.km of head g, in every lane of the quad
+        // sum of the rounded qs (hi + lo) of heads 2t, 2t+1: an all-ones A operand
+        // (4 independent accumulators: one chain of 2*KT dependent mmas would stall)
+        float sq[4][4] = {};
+#pragma unroll
+        for (int j = 0; j < KT; ++j) {
+          dev::mma_f16_16816(sq[j & 1], kOnes, qsb[2 * j], qsb[2 * j + 1]);
+          dev::mma_f16_16816(sq[2 + (j & 1)], kOnes, qsl[2 * j], qsl[2 * j + 1]);
+        }
+        cst[0] = __shfl_sync(0xffffffffu, part, (2 * t) * 4) - ((sq[0][0] + sq[1][0]) + (sq[2][0] + sq[3][0]));
+        cst[1] = __shfl_sync(0xffffffffu, part, (2 * t + 1) * 4) - ((sq[0][1] + sq[1][1]) + (sq[2][1] + sq[3][1]));
+        if constexpr (CORR) {
+          if (a.k_rank > 0) key_lowrank_query(a.k_lr_b + (bh * (a.t_cap / G) + tok / G) * D * a.k_rank);
+        }
+      }
+      float acc[MG][4];
+      uint32_t kw0[MG][KW], kw1[MG][KW];  // this lane's words of rows g and g+8
+#pragma unroll
+      for (int m = 0; m < MG; ++m) {
+        acc[m][0] = acc[m][1] = acc[m][2] = acc[m][3] = 0.0f;
+        const uint8_t* kr0 = st + L::KC + (16 * (mg + m) + g) * RB + t * KW * 4;
+        load_words<KW>(kr0, kw0[m]);
+        load_words<KW>(kr0 + 8 * RB, kw1[m]);
+      }
+#pragma unroll
+      for (int j = 0; j < KT; ++j) {
+        constexpr int PW = KeyPos<BITS>::PW;
+        const int e0 = 2 * j, wl = e0 / PW, i0 = e0 % PW;
+#pragma unroll
+        for (int m = 0; m < MG; ++m) {
+          const uint32_t af[4] = {key_pair_h2<BITS>(kw0[m][wl], i0, ones), key_pair_h2<BITS>(kw1[m][wl], i0, ones),
+                                  key_pair_h2<BITS>(kw0[m][wl], i0 + 1, ones),
+                                  key_pair_h2<BITS>(kw1[m][wl], i0 + 1, ones)};
+          dev::mma_f16_16816(acc[m], af, qsb[e0], qsb[e0 + 1]);
+          dev::mma_f16_16816(acc[m], af, qsl[e0], qsl[e0 + 1]);
+
+        }
+      }
+      if constexpr (CORR) {
+#pragma unroll
+        for (int m = 0; m < MG; ++m) key_corrections(st, 16 * (mg + m) + g, acc[m]);
+      }
+#pragma unroll
+      for (int m = 0; m < MG; ++m) {
+        const int mt = mg + m;
+        const bool ok0 = 16 * mt + g < lim, ok1 = 16 * mt + g + 8 < lim;
+        s[mt][0] = ok0 ? acc[m][0] + cst[0] : -INFINITY;
+        s[mt][1] = ok0 ? acc[m][1] + cst[1] : -INFINITY;
+        s[mt][2] = ok1 ? acc[m][2] + cst[0] : -INFINITY;
+        s[mt][3] = ok1 ? acc[m][3] + cst[1] : -INFINITY;
+      }
+    }
+
+    // ---- online softmax over the stage (base 2) -------------------------------------
+    float mx[2] = {-INFINITY, -INFINITY};
+#pragma unroll
+    for (int mt = 0; mt < MT; ++mt) {
+      mx[0] = fmaxf(mx[0], fmaxf(s[mt][0], s[mt][2]));
+      mx[1] = fmaxf(mx[1], fmaxf(s[mt][1], s[mt][3]));
+    }
+    float m_use[2];
+    bool grow = false;
+#pragma unroll
+    for (int c = 0; c < 2; ++c) {
+      mx[c] = fmaxf(mx[c], __shfl_xor_sync(0xffffffffu, mx[c], 4));
+      mx[c] = fmaxf(mx[c], __shfl_xor_sync(0xffffffffu, mx[c], 8));
+      mx[c] = fmaxf(mx[c], __shfl_xor_sync(0xffffffffu, mx[c], 16));
+      grow |= mx[c] > m_run[c];
+    }
+    // The running max rarely grows after the first stages: rescale only when it does
+    // (a warp-uniform branch; skipping is exact since alpha would be 1).
+    if (__any_sync(0xffffffffu, grow)) {
+      float alpha[2];
+#pragma unroll
+      for (int c = 0; c < 2; ++c) {
+        const float m_new = fmaxf(m_run[c], mx[c]);
+        alpha[c] = m_new == -INFINITY ? 1.0f : fast_exp2(m_run[c] - m_new);
+        m_run[c] = m_new;
+        l_run[c] *= alpha[c];
+      }
+#pragma unroll
+      for (int mc = 0; mc < KT; ++mc) {
+        o[mc][0] *= alpha[0]; o[mc][1] *= alpha[1];
+        o[mc][2] *= alpha[0]; o[mc][3] *= alpha[1];
+      }
+#pragma unroll
+      for (int gr = 0; gr < NG; ++gr) {
+        sb[gr][0] *= alpha[0]; sb[gr][1] *= alpha[1];
+        sb[gr][2] *= alpha[0]; sb[gr][3] *= alpha[1];
+        cvm[gr][0] *= alpha[0]; cvm[gr][1] *= alpha[1];
+      }
+      if constexpr (CORR) {
+#pragma unroll 1
+        for (int j = 0; j < a.v_rank; ++j) {
+          wl_s[lane * 2 * kMaxRank + j] *= alpha[0];
+          wl_s[lane * 2 * kMaxRank + kMaxRank + j] *= alpha[1];
+        }
+        if (a.v_outliers > 0 || a.v_rank > 0) {
+          __syncwarp();
+#pragma unroll 4
+          for (int d = g; d < D; d += 8) {
+            vo_w[(2 * t) * D + d] *= alpha[0];
+            vo_w[(2 * t + 1) * D + d] *= alpha[1];
+          }
+          __syncwarp();
+        }
+      }
+    }
+#pragma unroll
+    for (int c = 0; c < 2; ++c) m_use[c] = m_run[c] == -INFINITY ? 0.0f : m_run[c];  // keep exp2 finite
+
+    // ---- P V ------------------------------------------------------------------------
+#pragma unroll
+    for (int mt = 0; mt < MT; ++mt) {
+      float p[4];
+#pragma unroll
+      for (int c = 0; c < 4; ++c) p[c] = fast_exp2(s[mt][c] - m_use[c & 1]);  // 0 for masked tokens
+      l_run[0] += p[0] + p[2];
+      l_run[1] += p[1] + p[3];
+      const int r0 = 16 * mt + g, r1 = r0 + 8;  // stage rows of this lane's two tokens
+      const bool ok0 = r0 < lim, ok1 = r1 < lim;
+      if constexpr (CORR) value_corrections(st, r0, ok0, ok1, p, t0 + 16 * mt, w_end);
+      uint32_t bfr[NG][2];  // P' = SC p vs fragments (fp16), one per value group
+      const float sp0 = SC * p[0], sp1 = SC * p[1], sp2 = SC * p[2], sp3 = SC * p[3];
+#pragma unroll
+      for (int gr = 0; gr < NG; ++gr) {
+        const float vs0 = ok0 ? meta_at<KIND>(st + L::VS, r0 * NG + gr) : 0.0f;
+        const float vs1 = ok1 ? meta_at<KIND>(st + L::VS, r1 * NG + gr) : 0.0f;
+        const float vm0 = ok0 ? meta_at<KIND>(st + L::VM, r0 * NG + gr) : 0.0f;
+        const float vm1 = ok1 ? meta_at<KIND>(st + L::VM, r1 * NG + gr) : 0.0f;
+        cvm[gr][0] += p[0] * vm0 + p[2] * vm1;
+        cvm[gr][1] += p[1] * vm0 + p[3] * vm1;
+        const float b0 = sp0 * vs0, b1 = sp1 * vs0, b2 = sp2 * vs1, b3 = sp3 * vs1;
+        const uint32_t top = dev::pack_half2(b0, b1), bot = dev::pack_half2(b2, b3);
+        bfr[gr][0] = dev::movmatrix_trans(top);  // tokens 2t, 2t+1, head g
+        bfr[gr][1] = dev::movmatrix_trans(bot);  // tokens 2t+8, 2t+9
+        dev::mma_f16_16816(sb[gr], kOnes, bfr[gr][0], bfr[gr][1]);
+      }
+      // Value codes: lane g takes CPL consecutive even codes (and the odd ones beside
+      // them) of each value group, for its tokens 2t, 2t+1 (A) and 2t+8, 2t+9 (C).
+      const uint8_t* vA = st + L::VC + (16 * mt + 2 * t) * RB;
+#pragma unroll
+      for (int gr = 0; gr < NG; ++gr) {
+        constexpr int CPL = VPL, CH = 16 / BITS, NW = CPL > CH ? CPL / CH : 1;
+        const int wbase = (gr * (VG / 2) + g * CPL) / CH;
+        uint32_t wa[NW], wb[NW], wc[NW], wd[NW];
+        load_words<NW>(vA + 4 * wbase, wa);
+        load_words<NW>(vA + RB + 4 * wbase, wb);
+        load_words<NW>(vA + 8 * RB + 4 * wbase, wc);
+        load_words<NW>(vA + 9 * RB + 4 * wbase, wd);
+#pragma unroll
+        for (int u = 0; u < NW; ++u) {
+          const uint32_t ev0 = dev::prmt(wa[u], wb[u], 0x5410u), od0 = dev::prmt(wa[u], wb[u], 0x7632u);
+          const uint32_t ev1 = dev::prmt(wc[u], wd[u], 0x5410u), od1 = dev::prmt(wc[u], wd[u], 0x7632u);
+          constexpr int KPW = CPL < CH ? CPL : CH;  // codes of this lane in the word
+          constexpr int STEP = BITS == 2 ? 2 : 1;   // codes per rotation
+#pragma unroll
+          for (int k0 = 0; k0 < KPW; k0 += STEP) {
+            const int rot = value_rotation<BITS, CPL>(g, u * CH + k0);
+            const uint32_t e0 = __funnelshift_r(ev0, ev0, rot), o0 = __funnelshift_r(od0, od0, rot);
+            const uint32_t e1 = __funnelshift_r(ev1, ev1, rot), o1 = __funnelshift_r(od1, od1, rot);
+#pragma unroll
+            for (int kk = 0; kk < STEP; ++kk) {
+              const int pos = kVPos + 2 * kk;  // 2 bits: codes k0, k0+1 at bits 6, 8; 4 bits: bit 6
+              const uint32_t af[4] = {fields_h2<BITS>(e0, pos, ones), fields_h2<BITS>(o0, pos, ones),
+                                      fields_h2<BITS>(e1, pos, ones), fields_h2<BITS>(o1, pos, ones)};
+              const int mc = gr * CPL + u * CH + k0 + kk;
+              dev::mma_f16_16816(o[mc], af, bfr[gr][0], bfr[gr][1]);
+            }
+          }
+        }
+      }
+    }
+    __syncwarp();  // the stage is overwritten by a later issue
+  }
+  dev::cp_async_wait<0>();
+
+  // ---- finish the warp: reduce over the 8 token lanes ----------------------------------
+#pragma unroll
+  for (int c = 0; c < 2; ++c) {
+    l_run[c] += __shfl_xor_sync(0xffffffffu, l_run[c], 4);
+    l_run[c] += __shfl_xor_sync(0xffffffffu, l_run[c], 8);
+    l_run[c] += __shfl_xor_sync(0xffffffffu, l_run[c], 16);
+#pragma unroll
+    for (int gr = 0; gr < NG; ++gr) {
+      cvm[gr][c] += __shfl_xor_sync(0xffffffffu, cvm[gr][c], 4);
+      cvm[gr][c] += __shfl_xor_sync(0xffffffffu, cvm[gr][c], 8);
+      cvm[gr][c] += __shfl_xor_sync(0xffffffffu, cvm[gr][c], 16);
+    }
+  }
+  __syncthreads();  // all warps done with their stages: reuse them for the merge
+  float* wo = reinterpret_cast<float*>(stages);                 // [kWarps][8][D]
+  float* wm = wo + kWarps * kHeadsPerPass * D;                  // [kWarps][8]
+  float* wl = wm + kWarps * kHeadsPerPass;                      // [kWarps][8]
+  // o = sum_t p vm + (acc - sum_t b) * 2^(10 - BITS - pos): the value-min term plus the
+  // codes' term with the 1.0 offsets removed and the field position undone.
+#pragma unroll
+  for (int mc = 0; mc < KT; ++mc) {
+    constexpr int CPL = VPL;
+    const int gr = mc / CPL, k = mc % CPL;
+    const int ch = gr * VG + 2 * (g * CPL + k);
+    const float f = (float)(1 << (10 - BITS - (kVPos + (BITS == 2 ? 2 * (k & 1) : 0))));
+    float* base = wo + warp * kHeadsPerPass * D;
+    base[(2 * t) * D + ch] = cvm[gr][0] + f * (o[mc][0] - sb[gr][0]);
+    base[(2 * t + 1) * D + ch] = cvm[gr][1] + f * (o[mc][1] - sb[gr][1]);
+    base[(2 * t) * D + ch + 1] = cvm[gr][0] + f * (o[mc][2] - sb[gr][2]);
+    base[(2 * t + 1) * D + ch + 1] = cvm[gr][1] + f * (o[mc][3] - sb[gr][3]);
+  }
+  if (g == 0) {
+    wm[warp * kHeadsPerPass + 2 * t] = m_run[0];
+    wm[warp * kHeadsPerPass + 2 * t + 1] = m_run[1];
+    wl[warp * kHeadsPerPass + 2 * t] = l_run[0];
+    wl[warp * kHeadsPerPass + 2 * t + 1] = l_run[1];
+  }
+  __syncthreads();
+  for (int idx = threadIdx.x; idx < nh * D; idx += blockDim.x) {
+    const int h = idx / D, d = idx % D;
+    float m = -INFINITY;
+#pragma unroll
+    for (int w = 0; w < kWarps; ++w) m = fmaxf(m, wm[w * kHeadsPerPass + h]);
+    float ov = 0.0f, lv = 0.0f;
+    if (m != -INFINITY) {
+#pragma unroll
+      for (int w = 0; w < kWarps; ++w) {
+        const float f = exp2f(wm[w * kHeadsPerPass + h] - m);
+        float x = wo[(w * kHeadsPerPass + h) * D + d];
+        if constexpr (CORR) x += qo[kHeadsPerPass * D + (w * kHeadsPerPass + h) * D + d];  // the warp's vo_w
+        ov += f * x;
+        lv += f * wl[w * kHeadsPerPass + h];
+      }
+    }
+    const int64_t slot = ((int64_t)b * a.Hq + h0 + h) * sp.np + split;
+    sp.ws_o[slot * D + d] = ov;
+    if (d == 0) {
+      sp.ws_m[slot] = m;
+      sp.ws_l[slot] = lv;
+    }
+  }
+}
+
+// ------------------------------------------------------------------------------------
+// One instantiation of the packed kernel: its shared memory, how many of its CTAs fit
+// on an SM (asked of the runtime once), and its launch.
+template <int KIND, int BITS, int D, int G, int VG, bool CORR>
+struct Packed {
+  static constexpr int TT = TileShape<D>::TT;
+  static size_t smem(const DecodeArgs& a) {
+    using L = StageLayout<D, BITS, G, VG>;
+    const size_t stage = (size_t)L::BYTES + (CORR ? corr_layout<D, BITS, G, VG>(a).bytes : 0);
+    const size_t stage_bytes = (size_t)kWarps * kStages * stage;
+    const size_t merge_bytes = (size_t)kWarps * kHeadsPerPass * (D + 2) * sizeof(float);
+    return kQBytes<D> + std::max(stage_bytes, merge_bytes) + (CORR ? kCorrCtaBytes<D> : 0);  // q_s + stages (+ corrections)
+  }
+  static int ctas_per_sm(const DecodeArgs& a) {
+    auto query = [](size_t bytes) {
+      int blocks = 1;
+      auto kernel = decode_packed_kernel<KIND, BITS, D, G, VG, CORR>;
+      if (cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)bytes) == cudaSuccess)
+        cudaOccupancyMaxActiveBlocksPerMultiprocessor(&blocks, kernel, kWarps * 32, bytes);
+      cudaGetLastError();  // a failed query leaves the estimate at 1, never an error for the caller
+      return std::max(blocks, 1);
+    };
+    if constexpr (CORR) {
+      // Shared memory depends on the correction sizes: remember the answer per size (a
+      // handful of sizes in practice), so that later calls and graph captures ask nothing.
+      static std::mutex mu;
+      static std::map<size_t, int> known;
+      const size_t bytes = smem(a);
+      const std::lock_guard<std::mutex> lock(mu);
+      auto it = known.find(bytes);
+      if (it == known.end()) it = known.emplace(bytes, query(bytes)).first;
+      return it->second;
+    } else {
+      static const int n = query(smem(a));
+      return n;
+    }
+  }
+  static cudaError_t launch(const DecodeArgs& a, const SplitParams& sp, cudaStream_t st) {
+    auto kernel = decode_packed_kernel<KIND, BITS, D, G, VG, CORR>;
+    const size_t bytes = smem(a);
+    const cudaError_t e = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)bytes);
+    if (e != cudaSuccess) return e;
+    const dim3 grid((unsigned)sp.nsplit + 1, (unsigned)(a.Hkv * sp.passes), (unsigned)a.B);  // + the fp split
+    kernel<<<grid, kWarps * 32, bytes, st>>>(a, sp);
+    return cudaGetLastError();
+  }
+};
+
+// Calls f(Packed<...>{}) for the instantiation that serves `a` (false: none does).
+template <int KIND, int BITS, typename F>
+bool visit_packed(const DecodeArgs& a, F&& f) {
+  const bool corr = a.k_outliers > 0 || a.v_outliers > 0 || a.k_rank > 0 || a.v_rank > 0;
+  auto by_corr = [&](auto p_plain, auto p_corr) {
+    if (corr) f(p_corr);
+    else f(p_plain);
+    return true;
+  };
+  // (key block, value group) pairs with key block <= value group (the glue rejects the rest).
+  auto by_vgroup = [&](auto kind, auto bits, auto dim, auto kgroup) {
+    constexpr int K = decltype(kind)::value, B = decltype(bits)::value, D = decltype(dim)::value;
+    constexpr int KG = decltype(kgroup)::value;
+    switch (a.v_group) {
+      case 32:
+        if constexpr (KG <= 32) return by_corr(Packed<K, B, D, KG, 32, false>{}, Packed<K, B, D, KG, 32, true>{});
+        return false;
+      case 64:
+        if constexpr (KG <= 64) return by_corr(Packed<K, B, D, KG, 64, false>{}, Packed<K, B, D, KG, 64, true>{});
+        return false;
+      default:
+        if constexpr (D % 128 == 0) return by_corr(Packed<K, B, D, KG, 128, false>{}, Packed<K, B, D, KG, 128, true>{});
+        return false;
+    }
+  };
+  auto by_group = [&](auto kind, auto bits, auto dim) {
+    switch (a.group) {
+      case 32: return by_vgroup(kind, bits, dim, std::integral_constant<int, 32>{});
+      case 64: return by_vgroup(kind, bits, dim, std::integral_constant<int, 64>{});
+      default: return by_vgroup(kind, bits, dim, std::integral_constant<int, 128>{});
+    }
+  };
+  using kind = std::integral_constant<int, KIND>;
+  using bits = std::integral_constant<int, BITS>;
+  switch (a.D) {
+    case 64: return by_group(kind{}, bits{}, std::integral_constant<int, 64>{});
+    case 128: return by_group(kind{}, bits{}, std::integral_constant<int, 128>{});
+    default: return by_group(kind{}, bits{}, std::integral_constant<int, 256>{});
+  }
+}
+
+}  // namespace
+
+namespace decode_detail {
+
+template <int KIND, int BITS>
+int packed_ctas_per_sm(const DecodeArgs& a) {
+  int n = 1;
+  visit_packed<KIND, BITS>(a, [&](auto p) { n = decltype(p)::ctas_per_sm(a); });
+  return n;
+}
+
+template <int KIND, int BITS>
+int packed_tile_tokens(const DecodeArgs& a) {
+  int tt = 64;
+  visit_packed<KIND, BITS>(a, [&](auto p) { tt = decltype(p)::TT; });
+  return tt;
+}
+
+template <int KIND, int BITS>
+cudaError_t packed_launch(const DecodeArgs& a, const SplitParams& sp, cudaStream_t st) {
+  cudaError_t e = cudaErrorInvalidValue;  // no instantiation serves `a` (the glue rejects that first)
+  visit_packed<KIND, BITS>(a, [&](auto p) { e = decltype(p)::launch(a, sp, st); });
+  return e;
+}
+
+}  // namespace decode_detail
+}  // namespace kvcore
