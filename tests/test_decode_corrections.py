@@ -186,7 +186,8 @@ def test_cuda_matches_reference(dtype, shape, counts):
 @pytest.mark.cuda
 def test_cuda_graph_replay_with_corrections():
     kw = to_device(add_corrections(make_inputs(Hq=8, Hkv=2, D=128, bits=2, group=64, dtype=torch.bfloat16,
-                                               packed=[900, 300], t_cap=1024), 1, 1, 1, 1), "cuda")
+                                               packed=[900, 300], resid=[5, 0], sinks=[2, 0],
+                                               t_cap=1024), 1, 1, 1, 1), "cuda")
     expect, _ = kvcore.ops.decode_attention(**kw)
     static_q = kw["q"].clone()
     kvcore.ops.decode_attention(**{**kw, "q": static_q})

@@ -101,13 +101,26 @@ __host__ __device__ inline CorrLayout corr_layout(const DecodeArgs& a) {
   c.bytes = at - L::BYTES;
   return c;
 }
-// Per-CTA shared memory of the corrections, after the stages (all float): q' by channel
-// [D][8], the warps' value-correction sums [kWarps][8][D], the warps' q'.B of the
-// current key block [kWarps][8][8], and the lanes' value low-rank weights
-// [kWarps][32][2][8] (in shared memory: in registers they made the kernel spill).
-template <int D>
-constexpr size_t kCorrCtaBytes = (size_t)(8 * D + kWarps * 8 * D + kWarps * 64 + kWarps * 512) * sizeof(float);
 constexpr int kMaxRank = 8;
+// Per-CTA shared memory of the corrections, after the stages, in floats and only what the
+// given corrections use (every byte counts: 2 or 3 CTAs per SM): q' by channel [D][8]
+// (key outliers or rank), the warps' value-correction sums [kWarps][8][D] (value
+// outliers or rank), the warps' q'.B of the current key block [kWarps][8][kMaxRank]
+// (key rank) and the lanes' value low-rank weights [kWarps][32][2][v_rank] (value rank;
+// in shared memory because in registers they made the kernel spill).
+struct CorrCta {
+  int qo = 0, vo = 0, qb = 0, wl = 0, floats = 0;
+};
+__host__ __device__ inline CorrCta corr_cta(const DecodeArgs& a, int D) {
+  CorrCta c;
+  int at = 0;
+  c.qo = at; at += (a.k_outliers > 0 || a.k_rank > 0) ? 8 * D : 0;
+  c.vo = at; at += (a.v_outliers > 0 || a.v_rank > 0) ? kWarps * 8 * D : 0;
+  c.qb = at; at += a.k_rank > 0 ? kWarps * 8 * kMaxRank : 0;
+  c.wl = at; at += kWarps * 32 * 2 * a.v_rank;
+  c.floats = at;
+  return c;
+}
 
 // ---- codes -> fp16 tensor-core operands ---------------------------------------------
 // A BITS-bit field at bit `pos` (pos + BITS <= 10) of both halves of a word, with the
@@ -330,21 +343,23 @@ __global__ void __launch_bounds__(kWarps * 32, D <= 64 ? 4 : D <= 128 ? 3 : 2) d
   float* qb_w = nullptr;
   float* wl_s = nullptr;  // this warp's [32 lanes][2 heads][kMaxRank] value low-rank weights
   if constexpr (CORR) {
-    qo = reinterpret_cast<float*>(smem + kQBytes<D> + std::max((size_t)kWarps * kStages * stage_bytes,
-                                                               (size_t)kWarps * kHeadsPerPass * (D + 2) * sizeof(float)));
-    vo_w = qo + kHeadsPerPass * D + warp * kHeadsPerPass * D;
-    qb_w = qo + kHeadsPerPass * D + kWarps * kHeadsPerPass * D + warp * kHeadsPerPass * kMaxRank;
-    wl_s = qo + kHeadsPerPass * D + kWarps * kHeadsPerPass * D + kWarps * kHeadsPerPass * kMaxRank + warp * 512;
-#pragma unroll 4
-    for (int i = lane; i < 512; i += 32) wl_s[i] = 0.0f;
+    const CorrCta cc = corr_cta(a, D);
+    float* base = reinterpret_cast<float*>(smem + kQBytes<D> + std::max((size_t)kWarps * kStages * stage_bytes,
+                                                                      (size_t)kWarps * kHeadsPerPass * (D + 2) * sizeof(float)));
+    qo = base + cc.qo;
+    vo_w = base + cc.vo + warp * kHeadsPerPass * D;
+    qb_w = base + cc.qb + warp * kHeadsPerPass * kMaxRank;
+    wl_s = base + cc.wl + warp * 64 * a.v_rank;
 #pragma unroll 1
-    for (int i = threadIdx.x; i < kHeadsPerPass * D; i += blockDim.x) {
+    for (int i = lane; i < 64 * a.v_rank; i += 32) wl_s[i] = 0.0f;
+#pragma unroll 1
+    for (int i = threadIdx.x; i < (cc.vo - cc.qo); i += blockDim.x) {
       const int h = i % kHeadsPerPass, d = i / kHeadsPerPass;
       qo[i] = h < nh ? qscale * Storage<KIND>::load(static_cast<const Bits<KIND>*>(a.q)[((int64_t)b * a.Hq + h0 + h) * D + d])
                      : 0.0f;
     }
 #pragma unroll 4
-    for (int i = lane; i < kHeadsPerPass * D; i += 32) vo_w[i] = 0.0f;
+    for (int i = lane; i < (cc.qb - cc.vo) / kWarps; i += 32) vo_w[i] = 0.0f;
   }
   __syncthreads();
 
@@ -549,13 +564,13 @@ __global__ void __launch_bounds__(kWarps * 32, D <= 64 ? 4 : D <= 128 ? 3 : 2) d
       }
     }
     if (r > 0) {
-      float* w = wl_s + lane * 2 * kMaxRank;  // this lane's own slots: no other lane writes them
+      float* w = wl_s + lane * 2 * r;  // this lane's own slots [2 heads][r]: no other lane writes them
 #pragma unroll 1
       for (int j = 0; j < r; ++j) {
         const float a0 = ok0 ? meta_at<1>(st + cl.vla, row * r + j) : 0.0f;
         const float a1 = ok1 ? meta_at<1>(st + cl.vla, (row + 8) * r + j) : 0.0f;
         w[j] = fmaf(p[0], a0, fmaf(p[2], a1, w[j]));
-        w[kMaxRank + j] = fmaf(p[1], a0, fmaf(p[3], a1, w[kMaxRank + j]));
+        w[r + j] = fmaf(p[1], a0, fmaf(p[3], a1, w[r + j]));
       }
       // End of a key block, or of this warp's tokens: fold w B^T into vo_w (warp-uniform).
       const int64_t next = tok + 16;
@@ -563,13 +578,13 @@ __global__ void __launch_bounds__(kWarps * 32, D <= 64 ? 4 : D <= 128 ? 3 : 2) d
         const uint16_t* vb = a.v_lr_b + (bh * (a.t_cap / G) + (next - 1) / G) * D * r;
 #pragma unroll 1
         for (int j = 0; j < r; ++j) {
-          float x0 = w[j], x1 = w[kMaxRank + j];  // sum over the 8 token lanes of heads 2t, 2t+1
+          float x0 = w[j], x1 = w[r + j];  // sum over the 8 token lanes of heads 2t, 2t+1
 #pragma unroll
           for (int off = 4; off < 32; off <<= 1) {
             x0 += __shfl_xor_sync(0xffffffffu, x0, off);
             x1 += __shfl_xor_sync(0xffffffffu, x1, off);
           }
-          w[j] = w[kMaxRank + j] = 0.0f;
+          w[j] = w[r + j] = 0.0f;
           __syncwarp();
 #pragma unroll 4
           for (int d = g; d < D; d += 8) {
@@ -722,8 +737,8 @@ __global__ void __launch_bounds__(kWarps * 32, D <= 64 ? 4 : D <= 128 ? 3 : 2) d
       if constexpr (CORR) {
 #pragma unroll 1
         for (int j = 0; j < a.v_rank; ++j) {
-          wl_s[lane * 2 * kMaxRank + j] *= alpha[0];
-          wl_s[lane * 2 * kMaxRank + kMaxRank + j] *= alpha[1];
+          wl_s[lane * 2 * a.v_rank + j] *= alpha[0];
+          wl_s[lane * 2 * a.v_rank + a.v_rank + j] *= alpha[1];
         }
         if (a.v_outliers > 0 || a.v_rank > 0) {
           __syncwarp();
@@ -854,7 +869,9 @@ __global__ void __launch_bounds__(kWarps * 32, D <= 64 ? 4 : D <= 128 ? 3 : 2) d
       for (int w = 0; w < kWarps; ++w) {
         const float f = exp2f(wm[w * kHeadsPerPass + h] - m);
         float x = wo[(w * kHeadsPerPass + h) * D + d];
-        if constexpr (CORR) x += qo[kHeadsPerPass * D + (w * kHeadsPerPass + h) * D + d];  // the warp's vo_w
+        if constexpr (CORR) {  // the warp's vo_w
+          if (a.v_outliers > 0 || a.v_rank > 0) x += vo_w[(w - warp) * kHeadsPerPass * D + h * D + d];
+        }
         ov += f * x;
         lv += f * wl[w * kHeadsPerPass + h];
       }
@@ -879,7 +896,8 @@ struct Packed {
     const size_t stage = (size_t)L::BYTES + (CORR ? corr_layout<D, BITS, G, VG>(a).bytes : 0);
     const size_t stage_bytes = (size_t)kWarps * kStages * stage;
     const size_t merge_bytes = (size_t)kWarps * kHeadsPerPass * (D + 2) * sizeof(float);
-    return kQBytes<D> + std::max(stage_bytes, merge_bytes) + (CORR ? kCorrCtaBytes<D> : 0);  // q_s + stages (+ corrections)
+    return kQBytes<D> + std::max(stage_bytes, merge_bytes) +
+           (CORR ? (size_t)corr_cta(a, D).floats * sizeof(float) : 0);  // q_s + stages (+ corrections)
   }
   static int ctas_per_sm(const DecodeArgs& a) {
     auto query = [](size_t bytes) {
