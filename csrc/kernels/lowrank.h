@@ -21,9 +21,10 @@ struct LowRankArgs {
 };
 
 // Summation order shared by the CPU and CUDA kernels (so they agree bit for bit while
-// the GPU spreads every sum over several threads). All products are rounded before they
-// are added (no fused multiply-add); every partial sum starts at +0 and adds its terms
-// in increasing index order.
+// the GPU spreads every sum over several threads). In R W and R^T Y every term enters
+// its partial sum through one fused multiply-add, s = fma(x, w, s) (one rounding); the
+// Gram-Schmidt sums round the product and the sum separately. Every partial sum starts
+// at +0 and takes its terms in increasing index order.
 //  * Y = R W, Y[t][j] = sum over d: 4 partials, partial p taking the channels d with
 //    (d / kLowRankChunk) % kLowRankParts == p; result (P0 + P1) + (P2 + P3).
 //  * W = R^T Y, W[d][j] = sum over t: 4 partials, partial q taking the tokens t with

@@ -5,9 +5,11 @@
 // elements d = k*L*V + l*V + v (v < V = elements per vector load, k < E/V), so each
 // vector load of the warp reads contiguous memory. The butterfly stages h = 1, 2, 4, ...
 // run in that order: h < V and h >= L*V pair two registers of a lane, V <= h < L*V pair
-// lane l with lane l ^ (h/V) through a shuffle. Every pair does exactly the CPU's
-// u + w / u - w, the signs and the 1/sqrt(D) scale are applied at the CPU's points, so
-// the result equals hadamard_rotate_cpu bit for bit.
+// lane l with lane l ^ (h/V) through a shuffle. Every pair rounds exactly like the CPU's
+// u + w / u - w (across lanes as one FMA with an exact product by +-1), the signs and
+// the 1/sqrt(D) scale come at the CPU's points (a sign is a sign-bit flip, which is what
+// the CPU's exact product by +-1 does), so the result equals hadamard_rotate_cpu bit for
+// bit.
 //
 // Each warp loops over chunks of U row groups (grid-stride, one wave of CTAs): the signs
 // are hashed once per lane, U*E/V vector loads are in flight before the arithmetic.

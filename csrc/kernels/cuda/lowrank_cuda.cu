@@ -1,11 +1,13 @@
 // CUDA kernel of the GEAR low-rank error: a CTA of 128 threads per block of G tokens
-// (grid-stride over blocks). R [G, D] stays in shared memory in its storage type (rows
-// padded so the access patterns below are free of bank conflicts), next to Y [G, r] and
-// W [D, r] in fp32; r is padded to RP in {1, 2, 4, 8} (the extra columns stay apart from
-// the real ones and are never written out).
+// (one wave of CTAs, grid-stride over the blocks). R [G, D] stays in shared memory in its
+// storage type (rows padded so that the 16-bit access patterns below are free of bank
+// conflicts), next to Y [G, r], W [D, r] and the seeded start W0 (hashed once per CTA) in
+// fp32; r is padded to RP in {1, 2, 4, 8} (the extra columns stay apart from the real
+// ones and are never written out).
 //
 // Every sum follows the partial-sum order of lowrank.h, which the CPU kernel uses too, so
-// the two agree bit for bit (products rounded before the add: __fmul_rn / __fadd_rn):
+// the two agree bit for bit (terms of R W and R^T Y by __fmaf_rn like the CPU's std::fma;
+// Gram-Schmidt with separate __dmul_rn / __dadd_rn, never contracted):
 //  * Y = R W: thread (g, p) owns tokens g + 32m and channel partial p (chunks of 4
 //    channels k = p, p + 4, ...); the 4 partials of a token sit in neighbouring lanes
 //    and combine in a 2-level xor butterfly.
@@ -96,9 +98,7 @@ struct Smem {
 };
 
 // Y = R W (see the file comment for the thread layout and the order of the sums).
-// SIGNS: W holds only +-1 and 0, so every product is exact and a fused multiply-add
-// rounds exactly like the separate multiply and add (one instruction instead of two).
-template <int KIND, int G, int RP, bool SIGNS>
+template <int KIND, int G, int RP>
 __device__ __forceinline__ void times_w(const Smem& s, const float* W) {
   constexpr int TAU = G / 32, WCS = w_chunk_floats(RP), ES = KIND == 0 ? 4 : 2;
   const int p = threadIdx.x & 3, g = threadIdx.x >> 2;
@@ -119,8 +119,7 @@ __device__ __forceinline__ void times_w(const Smem& s, const float* W) {
 #pragma unroll
       for (int m = 0; m < TAU; ++m)
 #pragma unroll
-        for (int j = 0; j < RP; ++j)
-          acc[m][j] = SIGNS ? __fmaf_rn(rv[m][e], wv[j], acc[m][j]) : __fadd_rn(acc[m][j], __fmul_rn(rv[m][e], wv[j]));
+        for (int j = 0; j < RP; ++j) acc[m][j] = __fmaf_rn(rv[m][e], wv[j], acc[m][j]);
     }
   }
   // (P0 + P1) + (P2 + P3), the same in all four lanes (addition commutes).
@@ -161,7 +160,7 @@ __device__ __forceinline__ void rt_times_y(const Smem& s, int D, int r, uint16_t
 #pragma unroll
         for (int e = 0; e < 4; ++e)
 #pragma unroll
-          for (int j = 0; j < RP; ++j) acc[e][j] = __fadd_rn(acc[e][j], __fmul_rn(rv[e], yv[j]));
+          for (int j = 0; j < RP; ++j) acc[e][j] = __fmaf_rn(rv[e], yv[j], acc[e][j]);
       }
     }
     // Level 1 (lanes q, q ^ 1): the even lane keeps channels 0, 1, the odd one 2, 3; each
@@ -252,13 +251,15 @@ __device__ __forceinline__ void orthonormalise(const Smem& s, int r, uint16_t* A
   }
 }
 
-// CTAs per SM the register budget is planned for (the accumulators grow with RP and G;
-// an fp32 block takes twice the shared memory, so fewer of them fit anyway): 64
-// registers for bf16/fp16 up to RP = 2, 80 at RP = 4, 96 for G = 128 at RP = 4, 128 at
-// RP = 8; fp32 80 up to RP = 2 (128 for G = 128, where 3 blocks of D = 128 fill an SM).
+// CTAs per SM the register budget is planned for. The accumulators grow with RP and G,
+// and the larger blocks fit fewer CTAs in shared memory anyway (at D = 128: bf16 G = 128
+// about 5, fp32 G = 64 about 6). Register caps: bf16/fp16 64 up to RP = 2 (85 at
+// G = 128), 85 at RP = 4 (102 at G = 128), 128 at RP = 8; fp32 up to RP = 2: 85 / 102 /
+// 128 for G = 32 / 64 / 128.
 template <int KIND, int G, int RP>
 constexpr int min_ctas() {
-  return RP <= 2 ? (KIND == 0 ? (G == 128 ? 4 : 6) : 8) : RP == 4 ? (G == 128 ? 5 : 6) : 4;
+  if (RP <= 2) return KIND == 0 ? (G == 32 ? 6 : G == 64 ? 5 : 4) : (G == 128 ? 6 : 8);
+  return RP == 4 ? (G == 128 ? 5 : 6) : 4;
 }
 
 template <int KIND, int G, int RP>
@@ -281,53 +282,43 @@ __global__ void __launch_bounds__(kThreads, min_ctas<KIND, G, RP>()) lowrank_ker
     const int c = i / (4 * RP), e = i % (4 * RP) / RP, j = i % RP, d = 4 * c + e;
     s.W0[c * WCS + e * RP + j] = d < D && j < r ? rotation_sign(a.seed, (int64_t)d * 16 + j) : 0.0f;
   }
-  // 16-byte copies of R (vec_loads): this thread's first vector v = tid sits at (t0, col0),
-  // and each step of kThreads vectors advances by (dt, dcol) (no division per vector).
-  const int per_row = vec_loads ? D * ES / 16 : 1;
-  const int dt = kThreads / per_row, dcol = kThreads % per_row;
-  const int t0 = tid / per_row, col0 = tid % per_row;
+  // 16-byte copies of R (vec_loads: per_row = D * ES / 16 divides kThreads): this
+  // thread's vectors all sit in column col0, rows t0, t0 + dt, ...
+  const int per_row = vec_loads ? D * ES / 16 : 1, dt = kThreads / per_row;
+  const int t0 = tid / per_row, col0 = tid % per_row, warp = tid / 32, lane = tid % 32;
   const int64_t blocks = a.T / G, units = a.outer * blocks;
   for (int64_t u = blockIdx.x; u < units; u += gridDim.x) {  // grid-stride: one wave of CTAs
     const int64_t row0 = (u / blocks) * a.T + (u % blocks) * G;
     const Bits* res = static_cast<const Bits*>(a.residual) + row0 * D;  // G * D contiguous elements
-    if (vec_loads) {  // D * ES a multiple of 16 bytes and an aligned base
-      const uint4* src = reinterpret_cast<const uint4*>(res);
-      const int total = G * per_row;
-      int t = t0, col = col0;
-      for (int v0 = 0; v0 < total; v0 += 4 * kThreads) {
+    if (vec_loads) {
+      const uint4* src = reinterpret_cast<const uint4*>(res) + tid;
+      unsigned char* dst = s.R + t0 * row_bytes + col0 * 16;
+      const int step = dt * row_bytes;  // kThreads vectors further on: dt rows down
+      for (int t = 0; t0 + t < G; t += 4 * dt, src += 4 * kThreads, dst += 4 * step) {
         uint4 buf[4];  // four 16-byte loads in flight per thread
 #pragma unroll
-        for (int b = 0; b < 4; ++b) {
-          const int v = v0 + b * kThreads + tid;
-          if (v < total) buf[b] = __ldcs(src + v);
-        }
+        for (int b = 0; b < 4; ++b)
+          if (t0 + t + b * dt < G) buf[b] = __ldcs(src + b * kThreads);
 #pragma unroll
-        for (int b = 0; b < 4; ++b) {
-          if (v0 + b * kThreads + tid < total) *reinterpret_cast<uint4*>(s.R + t * row_bytes + col * 16) = buf[b];
-          t += dt;
-          col += dcol;
-          if (col >= per_row) {
-            col -= per_row;
-            ++t;
-          }
-        }
+        for (int b = 0; b < 4; ++b)
+          if (t0 + t + b * dt < G) *reinterpret_cast<uint4*>(dst + b * step) = buf[b];
       }
-    } else {  // any D: element by element, the channels up to the chunk boundary zeroed
+    } else {  // any D: a warp per row, element by element, zeros up to the chunk boundary
       const int width = 4 * chunks;
-      for (int i = tid; i < G * width; i += kThreads) {
-        const int t = i / width, d = i % width;
-        reinterpret_cast<Bits*>(s.R + t * row_bytes)[d] = d < D ? res[t * D + d] : (Bits)0;
+      for (int t = warp; t < G; t += kThreads / 32) {
+        Bits* dst = reinterpret_cast<Bits*>(s.R + t * row_bytes);
+        for (int d = lane; d < width; d += 32) dst[d] = d < D ? res[t * D + d] : (Bits)0;
       }
     }
     __syncthreads();
-    times_w<KIND, G, RP, true>(s, s.W0);
+    times_w<KIND, G, RP>(s, s.W0);
     __syncthreads();
     for (int it = 0; it < a.iters; ++it) {
       if (tid < 32) orthonormalise<G, RP>(s, r, nullptr);
       __syncthreads();
       rt_times_y<KIND, G, RP>(s, D, r, nullptr);
       __syncthreads();
-      times_w<KIND, G, RP, false>(s, s.W);
+      times_w<KIND, G, RP>(s, s.W);
       __syncthreads();
     }
     if (tid < 32) orthonormalise<G, RP>(s, r, a.a + u * (int64_t)G * r);
@@ -368,7 +359,9 @@ cudaError_t launch_g(const LowRankArgs& a, cudaStream_t st) {
   const int64_t units = a.outer * (a.T / G);
   const int64_t wave = (int64_t)sms * ctas_per_sm<KIND, G, RP>(smem);
   const unsigned grid = (unsigned)std::max<int64_t>(1, std::min(units, wave));
-  const bool vec = (a.D * esize) % 16 == 0 && reinterpret_cast<uintptr_t>(a.residual) % 16 == 0;
+  const int per_row = a.D * esize / 16;  // 16-byte vectors per row, if whole
+  const bool vec = (a.D * esize) % 16 == 0 && kThreads % per_row == 0 &&
+                   reinterpret_cast<uintptr_t>(a.residual) % 16 == 0;
   kernel<<<grid, kThreads, smem, st>>>(a, r_row_bytes(chunks, esize), vec);
   return cudaGetLastError();
 }
