@@ -92,16 +92,19 @@ def main():
 
     for rank in (1, 2, 4, 8):
         a, b = kvcore.lowrank_error(x, rank, G, 3)
-        ta, tb = torch_lowrank(x, rank, G, 3)
-        # guard: same approximation quality (the bases may differ by sign or rotation)
         err = lambda aa, bb: (x.float().reshape(*shape[:2], -1, G, D) - aa.float() @ bb.float().transpose(-1, -2)).norm()
-        e_ours, e_torch = err(a, b).item(), err(ta, tb).item()
-        assert e_ours <= 1.01 * e_torch, f"rank {rank}: kvcore residual {e_ours} > torch {e_torch}"
         t_ours = timer.median_ms(lambda: kvcore.lowrank_error(x, rank, G, 3), iters=10)
-        t_torch = timer.median_ms(lambda: torch_lowrank(x, rank, G, 3), warmup=0, iters=2)  # seconds per call
         moved = nbytes + (x.numel() // D) * rank * 2 + (x.numel() // G) * rank * 2
+        t_torch = float("nan")
+        if rank in (1, 8):  # the torch baseline takes seconds a call: time it at two ranks only
+            ta, tb = torch_lowrank(x, rank, G, 3)
+            # guard: same approximation quality (the bases may differ by sign or rotation)
+            e_ours, e_torch = err(a, b).item(), err(ta, tb).item()
+            assert e_ours <= 1.01 * e_torch, f"rank {rank}: kvcore residual {e_ours} > torch {e_torch}"
+            t_torch = timer.median_ms(lambda: torch_lowrank(x, rank, G, 3), warmup=0, iters=2)
+            del ta, tb
         report(f"lowrank_error r={rank} iters=3", t_ours, t_torch, moved, rank=rank, iters=3)
-        del a, b, ta, tb
+        del a, b
 
     if args.json:
         with open(args.json, "w") as f:
