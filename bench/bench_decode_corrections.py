@@ -28,6 +28,8 @@ from timing import Timer, gpu_header  # noqa: E402
 VARIANTS = {  # name: (k outliers, v outliers, k rank, v rank)
     "plain": (0, 0, 0, 0),
     "outliers 1": (1, 1, 0, 0),
+    "key outliers 1": (1, 0, 0, 0),
+    "value outliers 1": (0, 1, 0, 0),
     "outliers 2": (2, 2, 0, 0),
     "low-rank 1": (0, 0, 1, 1),
     "low-rank 2": (0, 0, 2, 2),
