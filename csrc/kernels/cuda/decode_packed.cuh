@@ -135,6 +135,19 @@ __device__ __forceinline__ uint32_t fields_h2(uint32_t w, int pos, uint32_t ones
   return (w & mask) | ones;
 }
 
+// *addr += x, addr[1] += y atomically (addr 8-byte aligned, in shared memory): one
+// 64-bit compare-and-swap loop for both, since float atomics on shared memory are
+// compare-and-swap loops anyway.
+__device__ __forceinline__ void atomic_add_pair(float* addr, float x, float y) {
+  unsigned long long* p = reinterpret_cast<unsigned long long*>(addr);
+  unsigned long long old = *p, assumed;
+  do {
+    assumed = old;
+    const float lo = __uint_as_float((uint32_t)assumed) + x, hi = __uint_as_float((uint32_t)(assumed >> 32)) + y;
+    old = atomicCAS(p, assumed, ((unsigned long long)__float_as_uint(hi) << 32) | __float_as_uint(lo));
+  } while (old != assumed);
+}
+
 // 2^x for the softmax (x <= 0 or -inf): one MUFU.EX2; results below 2^-126 flush to 0.
 __device__ __forceinline__ float fast_exp2(float x) {
   float y;
@@ -545,7 +558,8 @@ __global__ void __launch_bounds__(kWarps * 32, D <= 64 ? 4 : D <= 128 ? 3 : 2) d
   // block's end.
   // Value corrections of the m-tile whose first token is tok (stage rows r0 = row and
   // r0 + 8 in this lane, probabilities p[0..3] in the accumulator layout): outliers
-  // o[h][idx] += p res go to vo_w by shared-memory atomics (lanes of one head may hit
+  // o[h][idx] += p res go to vo_w [D][8] by shared-memory atomics, one 64-bit
+  // compare-and-swap per (token, heads 2t and 2t+1) (lanes of one head may hit
   // the same channel); low-rank weights accumulate in wlr.
   auto value_corrections = [&](const uint8_t* st, int row, bool ok0, bool ok1, const float (&p)[4], int64_t tok,
                                int64_t end) {
@@ -555,12 +569,10 @@ __global__ void __launch_bounds__(kWarps * 32, D <= 64 ? 4 : D <= 128 ? 3 : 2) d
       const int i0 = st[cl.voi + row * c + j], i1 = st[cl.voi + (row + 8) * c + j];
       const float e0 = meta_at<KIND>(st + cl.vor, row * c + j), e1 = meta_at<KIND>(st + cl.vor, (row + 8) * c + j);
       if (ok0 && i0 < D) {
-        atomicAdd(vo_w + (2 * t) * D + i0, p[0] * e0);
-        atomicAdd(vo_w + (2 * t + 1) * D + i0, p[1] * e0);
+        atomic_add_pair(vo_w + i0 * kHeadsPerPass + 2 * t, p[0] * e0, p[1] * e0);
       }
       if (ok1 && i1 < D) {
-        atomicAdd(vo_w + (2 * t) * D + i1, p[2] * e1);
-        atomicAdd(vo_w + (2 * t + 1) * D + i1, p[3] * e1);
+        atomic_add_pair(vo_w + i1 * kHeadsPerPass + 2 * t, p[2] * e1, p[3] * e1);
       }
     }
     if (r > 0) {
@@ -589,8 +601,9 @@ __global__ void __launch_bounds__(kWarps * 32, D <= 64 ? 4 : D <= 128 ? 3 : 2) d
 #pragma unroll 4
           for (int d = g; d < D; d += 8) {
             const float bv = half_bits_to_float(__ldg(vb + d * r + j));
-            vo_w[(2 * t) * D + d] = fmaf(x0, bv, vo_w[(2 * t) * D + d]);
-            vo_w[(2 * t + 1) * D + d] = fmaf(x1, bv, vo_w[(2 * t + 1) * D + d]);
+            float2* o2 = reinterpret_cast<float2*>(vo_w + d * kHeadsPerPass + 2 * t);
+            const float2 cur = *o2;
+            *o2 = make_float2(fmaf(x0, bv, cur.x), fmaf(x1, bv, cur.y));
           }
           __syncwarp();
         }
@@ -744,8 +757,9 @@ __global__ void __launch_bounds__(kWarps * 32, D <= 64 ? 4 : D <= 128 ? 3 : 2) d
           __syncwarp();
 #pragma unroll 4
           for (int d = g; d < D; d += 8) {
-            vo_w[(2 * t) * D + d] *= alpha[0];
-            vo_w[(2 * t + 1) * D + d] *= alpha[1];
+            float2* o2 = reinterpret_cast<float2*>(vo_w + d * kHeadsPerPass + 2 * t);
+            const float2 cur = *o2;
+            *o2 = make_float2(cur.x * alpha[0], cur.y * alpha[1]);
           }
           __syncwarp();
         }
@@ -870,7 +884,7 @@ __global__ void __launch_bounds__(kWarps * 32, D <= 64 ? 4 : D <= 128 ? 3 : 2) d
         const float f = exp2f(wm[w * kHeadsPerPass + h] - m);
         float x = wo[(w * kHeadsPerPass + h) * D + d];
         if constexpr (CORR) {  // the warp's vo_w
-          if (a.v_outliers > 0 || a.v_rank > 0) x += vo_w[(w - warp) * kHeadsPerPass * D + h * D + d];
+          if (a.v_outliers > 0 || a.v_rank > 0) x += vo_w[(w - warp) * kHeadsPerPass * D + d * kHeadsPerPass + h];
         }
         ov += f * x;
         lv += f * wl[w * kHeadsPerPass + h];
