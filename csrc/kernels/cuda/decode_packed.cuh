@@ -533,8 +533,7 @@ __global__ void __launch_bounds__(kWarps * 32, D <= 64 ? 4 : D <= 128 ? 3 : 2) d
   auto key_corrections = [&](const uint8_t* st, int row, float (&acc)[4]) {
     const int c = a.k_outliers, r = a.k_rank;
     float s0 = 0.0f, s1 = 0.0f, s2 = 0.0f, s3 = 0.0f;
-#pragma unroll 1
-    for (int j = 0; j < c; ++j) {
+    auto outlier = [&](int j) {
       const int i0 = st[cl.koi + row * c + j], i1 = st[cl.koi + (row + 8) * c + j];
       float e0 = meta_at<KIND>(st + cl.kor, row * c + j), e1 = meta_at<KIND>(st + cl.kor, (row + 8) * c + j);
       e0 = i0 < D ? e0 : 0.0f;  // an index >= D is ignored
@@ -543,6 +542,12 @@ __global__ void __launch_bounds__(kWarps * 32, D <= 64 ? 4 : D <= 128 ? 3 : 2) d
       const float2 q1 = *reinterpret_cast<const float2*>(qo + (i1 & (D - 1)) * kHeadsPerPass + 2 * t);
       s0 = fmaf(q0.x, e0, s0); s1 = fmaf(q0.y, e0, s1);
       s2 = fmaf(q1.x, e1, s2); s3 = fmaf(q1.y, e1, s3);
+    };
+    if (c == 1) {  // the common case (about 1% of 64-128 channels) as straight-line code
+      outlier(0);
+    } else {
+#pragma unroll 1
+      for (int j = 0; j < c; ++j) outlier(j);
     }
 #pragma unroll 1
     for (int j = 0; j < r; ++j) {
@@ -564,16 +569,17 @@ __global__ void __launch_bounds__(kWarps * 32, D <= 64 ? 4 : D <= 128 ? 3 : 2) d
   auto value_corrections = [&](const uint8_t* st, int row, bool ok0, bool ok1, const float (&p)[4], int64_t tok,
                                int64_t end) {
     const int c = a.v_outliers, r = a.v_rank;
-#pragma unroll 1
-    for (int j = 0; j < c; ++j) {
+    auto outlier = [&](int j) {
       const int i0 = st[cl.voi + row * c + j], i1 = st[cl.voi + (row + 8) * c + j];
       const float e0 = meta_at<KIND>(st + cl.vor, row * c + j), e1 = meta_at<KIND>(st + cl.vor, (row + 8) * c + j);
-      if (ok0 && i0 < D) {
-        atomic_add_pair(vo_w + i0 * kHeadsPerPass + 2 * t, p[0] * e0, p[1] * e0);
-      }
-      if (ok1 && i1 < D) {
-        atomic_add_pair(vo_w + i1 * kHeadsPerPass + 2 * t, p[2] * e1, p[3] * e1);
-      }
+      if (ok0 && i0 < D) atomic_add_pair(vo_w + i0 * kHeadsPerPass + 2 * t, p[0] * e0, p[1] * e0);
+      if (ok1 && i1 < D) atomic_add_pair(vo_w + i1 * kHeadsPerPass + 2 * t, p[2] * e1, p[3] * e1);
+    };
+    if (c == 1) {  // straight-line code for the common case
+      outlier(0);
+    } else {
+#pragma unroll 1
+      for (int j = 0; j < c; ++j) outlier(j);
     }
     if (r > 0) {
       float* w = wl_s + lane * 2 * r;  // this lane's own slots [2 heads][r]: no other lane writes them
