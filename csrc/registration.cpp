@@ -28,4 +28,11 @@ TORCH_LIBRARY(kvcore, m) {
   // GEAR: residual [..., T, D] ~= A B^T per block of group_size tokens; A [..., T/G, G, rank]
   // (orthonormal columns) and B [..., T/G, D, rank], both fp16.
   m.def("lowrank_error(Tensor residual, int rank, int group_size, int iters=3, int seed=0) -> (Tensor, Tensor)");
+  // Eviction primitives (issue 5). x [..., D] -> int32 words [..., nbits/32]: bit j = [x . P[:, j] > 0].
+  m.def("lsh_signature(Tensor x, int nbits=64, int seed=0) -> Tensor");
+  // q_sig [B, Hq, W], k_sig [B, Hkv, T, W], lengths [B] -> int32 [B, Hkv, T]: matching bits summed
+  // over the KV head's query heads (-1 past the length).
+  m.def("hamming_scores(Tensor q_sig, Tensor k_sig, Tensor lengths) -> Tensor");
+  // scores [R, L] (float32 or int32), lengths [R] -> (idx int32 [R, k] ascending, -1 padded; count [R]).
+  m.def("topk_select(Tensor scores, int k, Tensor lengths) -> (Tensor, Tensor)");
 }

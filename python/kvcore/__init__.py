@@ -8,7 +8,8 @@ import torch  # noqa: F401  (loads libtorch before the extension)
 from . import _C  # registers torch.ops.kvcore.*
 from . import _fake  # noqa: F401  (fake tensors for torch.compile / meta)
 from . import ops
-from .ops import decode_attention, dequantize_kv, extract_outliers, hadamard_rotate, lowrank_error, quantize_kv
+from .ops import (decode_attention, dequantize_kv, extract_outliers, hadamard_rotate, hamming_scores, lowrank_error,
+                  lsh_signature, quantize_kv, topk_select)
 
 __version__ = "0.1.0"
 
@@ -29,4 +30,5 @@ def build_info() -> dict:
     return dict(_C.build_info())
 
 
-__all__ = ["ops", "quantize_kv", "dequantize_kv", "decode_attention", "hadamard_rotate", "extract_outliers", "lowrank_error", "build_info", "__version__"]
+__all__ = ["ops", "quantize_kv", "dequantize_kv", "decode_attention", "hadamard_rotate", "extract_outliers", "lowrank_error",
+           "lsh_signature", "hamming_scores", "topk_select", "build_info", "__version__"]

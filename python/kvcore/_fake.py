@@ -68,3 +68,25 @@ def _lowrank_error_fake(residual, rank, group_size, iters=3, seed=0):
     a = residual.new_empty((*lead, T // group_size, group_size, rank), dtype=torch.float16)
     b = residual.new_empty((*lead, T // group_size, D, rank), dtype=torch.float16)
     return a, b
+
+
+@torch.library.register_fake("kvcore::lsh_signature")
+def _lsh_signature_fake(x, nbits=64, seed=0):
+    torch._check(nbits in (32, 64, 128, 256),
+                 lambda: f"kvcore.lsh_signature: nbits must be 32, 64, 128 or 256, got {nbits}")
+    return x.new_empty((*x.shape[:-1], nbits // 32), dtype=torch.int32)
+
+
+@torch.library.register_fake("kvcore::hamming_scores")
+def _hamming_scores_fake(q_sig, k_sig, lengths):
+    torch._check(k_sig.dim() == 4, lambda: "kvcore.hamming_scores: k_sig must have shape [B, Hkv, T, W]")
+    B, Hkv, T, _ = k_sig.shape
+    return k_sig.new_empty((B, Hkv, T), dtype=torch.int32)
+
+
+@torch.library.register_fake("kvcore::topk_select")
+def _topk_select_fake(scores, k, lengths):
+    torch._check(scores.dim() == 2, lambda: "kvcore.topk_select: scores must have shape [R, L]")
+    torch._check(k >= 1, lambda: f"kvcore.topk_select: k must be at least 1, got {k}")
+    R = scores.shape[0]
+    return scores.new_empty((R, k), dtype=torch.int32), scores.new_empty((R,), dtype=torch.int32)

@@ -181,8 +181,89 @@ def decode_attention(
         v_outlier_idx, v_outlier_res, k_lowrank_a, k_lowrank_b, v_lowrank_a, v_lowrank_b, v_group_size)
 
 
+def lsh_signature(x: Tensor, nbits: int = 64, seed: int = 0) -> Tensor:
+    """Locality-sensitive signatures of keys or queries (HashEvict): the signs of a seeded
+    random projection to ``nbits`` bits, packed into 32-bit words.
+
+    Bit ``j`` is ``x . P[:, j] > 0`` (float32, summed over the channels in order), where
+    ``P`` is a ``[D, nbits]`` matrix of near-Gaussian entries (an Irwin-Hall sum of four
+    uniforms from a hash of ``(seed, d, j)``, unit variance), the same on every device
+    and run. Two vectors at angle ``theta`` differ in about ``nbits * theta / pi`` bits.
+
+    Args:
+        x: ``[..., D]`` float16, bfloat16 or float32, contiguous; 1 <= D <= 1024.
+        nbits: 32, 64, 128 or 256.
+        seed: non-negative integer choosing the projection (keys and queries must
+            share it).
+
+    Returns:
+        ``[..., nbits // 32]`` int32: the bit patterns (bit ``j`` in word ``j // 32``,
+        position ``j % 32``).
+
+    Example::
+
+        >>> k = torch.randn(2, 8, 100, 128)
+        >>> kvcore.ops.lsh_signature(k, nbits=64).shape
+        torch.Size([2, 8, 100, 2])
+    """
+    return torch.ops.kvcore.lsh_signature(x, nbits, seed)
+
+
+def hamming_scores(q_sig: Tensor, k_sig: Tensor, lengths: Tensor) -> Tensor:
+    """How close every cached key is to the current queries, by signature: the number of
+    matching bits between each key's signature and each query head's, summed over the
+    query heads that share the key's KV head (GQA; one head for MQA or plain MHA).
+
+    Higher is closer: HashEvict evicts the lowest. Tokens at or past ``lengths[b]`` score
+    -1. Pure integer arithmetic, so every device gives the same scores.
+
+    Args:
+        q_sig: ``[B, Hq, W]`` int32 from :func:`lsh_signature` of the queries.
+        k_sig: ``[B, Hkv, T, W]`` int32 from :func:`lsh_signature` of the keys (same
+            nbits and seed); Hq a multiple of Hkv.
+        lengths: ``[B]`` int32, valid tokens per sequence (clamped to [0, T]).
+
+    Returns:
+        ``[B, Hkv, T]`` int32, in ``[0, (Hq // Hkv) * 32 * W]`` for valid tokens.
+
+    Example::
+
+        >>> q = kvcore.ops.lsh_signature(torch.randn(1, 8, 128))
+        >>> k = kvcore.ops.lsh_signature(torch.randn(1, 2, 50, 128))
+        >>> kvcore.ops.hamming_scores(q, k, torch.tensor([40], dtype=torch.int32)).shape
+        torch.Size([1, 2, 50])
+    """
+    return torch.ops.kvcore.hamming_scores(q_sig, k_sig, lengths)
+
+
+def topk_select(scores: Tensor, k: int, lengths: Tensor) -> Tuple[Tensor, Tensor]:
+    """Per row, the positions of the ``k`` highest scores among the row's first
+    ``lengths[r]`` entries, in position order: the tokens an eviction policy keeps.
+
+    Ties go to the later (more recent) position, and NaN ranks below every number, so
+    the selection is deterministic. A row with fewer than ``k`` valid entries keeps them
+    all.
+
+    Args:
+        scores: ``[R, L]`` float32 or int32 (for example ``[B * Hkv, T]``), contiguous.
+        k: at least 1.
+        lengths: ``[R]`` int32, valid entries per row (clamped to [0, L]).
+
+    Returns:
+        ``(idx, count)``: idx ``[R, k]`` int32, the kept positions ascending in
+        ``idx[r, :count[r]]`` and -1 after; count ``[R]`` int32, ``min(k, lengths[r])``.
+
+    Example::
+
+        >>> s = torch.tensor([[0.1, 0.9, 0.5, 0.9]])
+        >>> kvcore.ops.topk_select(s, 2, torch.tensor([4], dtype=torch.int32))
+        (tensor([[1, 3]], dtype=torch.int32), tensor([2], dtype=torch.int32))
+    """
+    return torch.ops.kvcore.topk_select(scores, k, lengths)
+
+
 __all__ = ["quantize_kv", "dequantize_kv", "decode_attention", "hadamard_rotate", "extract_outliers",
-           "lowrank_error", "AXES"]
+           "lowrank_error", "lsh_signature", "hamming_scores", "topk_select", "AXES"]
 
 
 def hadamard_rotate(x: Tensor, seed: int = 0, inverse: bool = False) -> Tensor:

@@ -1,0 +1,52 @@
+// Torch-free entry points of the token-eviction primitives (issue 5): LSH signatures,
+// Hamming scores and ragged top-k selection.
+#pragma once
+#include <cstdint>
+#include "kvcore/quant_format.h"
+
+namespace kvcore {
+
+// lsh_signature: bit j of row r is [sum_d x[r][d] * P[d][j] > 0] with P = lsh_projection
+// (kvcore/lsh.h), summed in float32 over d ascending by fused multiply-adds; bits are
+// packed little-endian into 32-bit words (bit j in word j / 32, bit j % 32).
+struct LshArgs {
+  DType dtype = DType::F32;  // of x
+  int64_t rows = 0;
+  int D = 0;
+  int nbits = 0;  // 32, 64, 128 or 256
+  uint64_t seed = 0;
+  const void* x = nullptr;  // [rows, D]
+  uint32_t* sig = nullptr;  // [rows, nbits / 32]
+};
+void lsh_signature_cpu(const LshArgs& a, const float* projection, int64_t begin, int64_t end);
+void lsh_projection_matrix(uint64_t seed, int D, int nbits, float* out);  // [D][nbits]
+
+// hamming_scores: for sequence b, KV head g and token t < len[b]:
+//   score = sum over the query heads h of g of (nbits - popcount(q_sig[b][h] ^ k_sig[b][g][t])),
+// the number of matching signature bits summed over the group (higher = closer to the
+// current queries); -1 for t >= len[b] (and for every t when len is negative).
+struct HammingArgs {
+  int B = 0, Hq = 0, Hkv = 0, W = 0;  // W = nbits / 32 words
+  int64_t T = 0;
+  const uint32_t* q_sig = nullptr;    // [B, Hq, W]
+  const uint32_t* k_sig = nullptr;    // [B, Hkv, T, W]
+  const int32_t* lengths = nullptr;   // [B]
+  int32_t* scores = nullptr;          // [B, Hkv, T]
+};
+void hamming_scores_cpu(const HammingArgs& a, int64_t row_begin, int64_t row_end);  // rows of B * Hkv
+
+// topk_select: for each row r, the k highest scores among positions [0, min(len[r], L)),
+// ties to the later position, NaN below every number; the chosen positions ascending in
+// idx[r][0 .. count[r]), the rest of the row -1.
+struct TopkArgs {
+  bool is_float = true;  // scores float32, else int32
+  int64_t rows = 0, L = 0;
+  int k = 0;
+  const void* scores = nullptr;      // [rows, L]
+  const int32_t* lengths = nullptr;  // [rows]
+  int32_t* idx = nullptr;            // [rows, k]
+  int32_t* count = nullptr;          // [rows]
+};
+void topk_select_cpu(const TopkArgs& a, int64_t begin, int64_t end);
+
+}  // namespace kvcore

@@ -1,0 +1,13 @@
+// Validation for the eviction primitives (lsh_signature, hamming_scores, topk_select),
+// shared by the CPU (and later CUDA) glue so both reject bad input the same way.
+#pragma once
+#include <ATen/core/Tensor.h>
+#include "../kernels/eviction.h"
+
+namespace kvcore {
+
+LshArgs check_lsh_args(const at::Tensor& x, int64_t nbits, int64_t seed);
+HammingArgs check_hamming_args(const at::Tensor& q_sig, const at::Tensor& k_sig, const at::Tensor& lengths);
+TopkArgs check_topk_args(const at::Tensor& scores, int64_t k, const at::Tensor& lengths);
+
+}  // namespace kvcore

@@ -1,0 +1,184 @@
+"""The eviction primitives of issue 5 (lsh_signature, hamming_scores, topk_select)
+against plain-PyTorch references written from their definitions: exact selection on
+ties, GQA/MQA, ragged lengths, opcheck and bad-input errors."""
+import math
+
+import pytest
+import torch
+
+import kvcore
+from kvcore import reference_eviction as ref
+
+LOWP = [torch.float32, torch.float16, torch.bfloat16]
+
+
+# ---------------------------------------------------------------- lsh_signature
+
+def test_projection_matches_its_definition():
+    """Every entry of the kernel's projection, recovered through one-hot inputs."""
+    D, nbits, seed = 16, 64, 5
+    P = ref.lsh_projection(D, nbits, seed)
+    eye = torch.eye(D)
+    for sign in (1.0, -1.0):
+        sig = kvcore.lsh_signature(sign * eye, nbits, seed)  # row d: bits of sign * P[d] > 0
+        bits = ((sig.to(torch.int64)[..., None] >> torch.arange(32)) & 1).reshape(D, nbits).bool()
+        assert torch.equal(bits, sign * P > 0)
+    assert abs(P.mean().item()) < 0.1 and abs(P.std().item() - 1.0) < 0.1
+
+
+@pytest.mark.parametrize("dtype", LOWP)
+@pytest.mark.parametrize("nbits", [32, 64, 128, 256])
+def test_signature_matches_reference(dtype, nbits):
+    x = torch.randn(3, 5, 40, 64).to(dtype)
+    sig = kvcore.lsh_signature(x, nbits, 11)
+    assert sig.shape == (3, 5, 40, nbits // 32) and sig.dtype == torch.int32
+    expect = ref.lsh_signature(x.float(), nbits, 11)
+    # bits may differ only where the projection is within float32 rounding of zero
+    proj = x.double() @ ref.lsh_projection(64, nbits, 11).double()
+    near_zero = proj.abs() < 1e-4 * x.double().abs().sum(-1, keepdim=True)
+    diff = ((sig ^ expect).to(torch.int64)[..., None] >> torch.arange(32)) & 1
+    diff = diff.reshape(*proj.shape).bool()
+    assert not (diff & ~near_zero).any()
+
+
+def test_signature_bits_estimate_the_angle():
+    torch.manual_seed(0)
+    D, nbits, n = 128, 256, 400
+    x = torch.randn(n, D)
+    theta = torch.rand(n) * math.pi
+    u = torch.randn(n, D)
+    u -= (u * x).sum(-1, keepdim=True) / (x * x).sum(-1, keepdim=True) * x  # orthogonal to x
+    y = torch.cos(theta)[:, None] * x / x.norm(dim=-1, keepdim=True) + torch.sin(theta)[:, None] * u / u.norm(dim=-1, keepdim=True)
+    sx, sy = kvcore.lsh_signature(x, nbits, 3), kvcore.lsh_signature(y, nbits, 3)
+    differ = ref.popcount32(sx ^ sy).sum(-1).double()
+    expected = nbits * theta.double() / math.pi
+    assert (differ - expected).abs().mean() < 0.06 * nbits
+    assert torch.corrcoef(torch.stack([differ, expected]))[0, 1] > 0.97
+
+
+def test_signature_seed_and_determinism():
+    x = torch.randn(10, 128)
+    a, b, c = kvcore.lsh_signature(x, 64, 1), kvcore.lsh_signature(x, 64, 1), kvcore.lsh_signature(x, 64, 2)
+    assert torch.equal(a, b) and not torch.equal(a, c)
+
+
+# ---------------------------------------------------------------- hamming_scores
+
+@pytest.mark.parametrize("heads", [(4, 4), (9, 3), (8, 2), (16, 2), (8, 1)])
+@pytest.mark.parametrize("W", [1, 2, 4, 8])
+def test_hamming_matches_reference(heads, W):
+    Hq, Hkv = heads
+    gen = torch.Generator().manual_seed(Hq * 10 + W)
+    q = torch.randint(-2**31, 2**31 - 1, (3, Hq, W), generator=gen, dtype=torch.int32)
+    k = torch.randint(-2**31, 2**31 - 1, (3, Hkv, 37, W), generator=gen, dtype=torch.int32)
+    k[0, :, 5] = q[0, 0]  # an exact match for the first query head
+    lengths = torch.tensor([37, 0, 12], dtype=torch.int32)
+    out = kvcore.hamming_scores(q, k, lengths)
+    assert out.dtype == torch.int32 and out.shape == (3, Hkv, 37)
+    assert torch.equal(out, ref.hamming_scores(q, k, lengths))
+    assert (out[1] == -1).all() and (out[2, :, 12:] == -1).all()
+
+
+def test_hamming_lengths_are_clamped():
+    q = torch.zeros(2, 2, 1, dtype=torch.int32)
+    k = torch.zeros(2, 2, 5, 1, dtype=torch.int32)
+    out = kvcore.hamming_scores(q, k, torch.tensor([-3, 99], dtype=torch.int32))
+    assert (out[0] == -1).all() and (out[1] == 32).all()
+
+
+def test_hamming_of_signatures_ranks_by_similarity():
+    torch.manual_seed(1)
+    q = torch.randn(1, 4, 128)
+    k = torch.randn(1, 1, 200, 128)
+    k[0, 0, 7] = q[0].mean(0)  # the group's mean query: the closest key
+    s = kvcore.hamming_scores(kvcore.lsh_signature(q, 256), kvcore.lsh_signature(k, 256),
+                              torch.tensor([200], dtype=torch.int32))
+    assert s[0, 0].argmax().item() == 7
+
+
+# ---------------------------------------------------------------- topk_select
+
+def check_topk(scores, k, lengths):
+    idx, count = kvcore.topk_select(scores, k, lengths)
+    e_idx, e_count = ref.topk_select(scores, k, lengths)
+    assert idx.dtype == torch.int32 and count.dtype == torch.int32
+    assert torch.equal(count, e_count)
+    assert torch.equal(idx, e_idx)
+
+
+@pytest.mark.parametrize("k", [1, 3, 8, 40])
+def test_topk_float_with_ties_and_nan(k):
+    gen = torch.Generator().manual_seed(k)
+    scores = torch.randint(0, 4, (6, 33), generator=gen).float()  # many ties
+    scores[1, ::5] = float("nan")
+    scores[2] = float("nan")
+    scores[3, 3] = float("inf")
+    scores[4, :] = -0.0
+    scores[4, ::2] = 0.0  # -0 and +0 tie
+    lengths = torch.tensor([33, 30, 33, 10, 33, 0], dtype=torch.int32)
+    check_topk(scores, k, lengths)
+
+
+@pytest.mark.parametrize("k", [1, 16, 100])
+def test_topk_int_scores(k):
+    gen = torch.Generator().manual_seed(7)
+    scores = torch.randint(-5, 6, (5, 200), generator=gen, dtype=torch.int32)
+    lengths = torch.tensor([200, 150, 16, 3, -4], dtype=torch.int32)
+    check_topk(scores, k, lengths)
+
+
+def test_topk_prefers_recent_on_ties_and_clamps():
+    idx, count = kvcore.topk_select(torch.ones(1, 6), 2, torch.tensor([99], dtype=torch.int32))
+    assert idx.tolist() == [[4, 5]] and count.tolist() == [2]
+
+
+def test_topk_hamming_pipeline():
+    """HashEvict's step: keep the k keys closest to the current queries."""
+    torch.manual_seed(2)
+    B, Hq, Hkv, T, k = 2, 8, 2, 64, 16
+    q = kvcore.lsh_signature(torch.randn(B, Hq, 128), 128)
+    ks = kvcore.lsh_signature(torch.randn(B, Hkv, T, 128), 128)
+    lengths = torch.tensor([64, 40], dtype=torch.int32)
+    scores = kvcore.hamming_scores(q, ks, lengths).reshape(B * Hkv, T)
+    idx, count = kvcore.topk_select(scores, k, lengths.repeat_interleave(Hkv))
+    assert count.tolist() == [k] * (B * Hkv)
+    assert (idx[2:] < 40).all()
+    check_topk(scores, k, lengths.repeat_interleave(Hkv))
+
+
+# ---------------------------------------------------------------- opcheck and errors
+
+def test_opcheck():
+    x = torch.randn(2, 3, 64)
+    torch.library.opcheck(torch.ops.kvcore.lsh_signature.default, (x, 64, 1))
+    q = torch.randint(0, 1000, (2, 4, 2), dtype=torch.int32)
+    k = torch.randint(0, 1000, (2, 2, 9, 2), dtype=torch.int32)
+    torch.library.opcheck(torch.ops.kvcore.hamming_scores.default, (q, k, torch.tensor([9, 4], dtype=torch.int32)))
+    s = torch.randn(3, 20)
+    torch.library.opcheck(torch.ops.kvcore.topk_select.default, (s, 5, torch.tensor([20, 3, 0], dtype=torch.int32)))
+
+
+@pytest.mark.parametrize("call, msg", [
+    (lambda: kvcore.lsh_signature(torch.randn(4, 64), 48), r"nbits must be 32, 64, 128 or 256, got 48"),
+    (lambda: kvcore.lsh_signature(torch.randn(4, 64).to(torch.int32), 64), r"x must be float16, bfloat16 or float32"),
+    (lambda: kvcore.lsh_signature(torch.randn(4, 64), 64, -1), r"seed must be >= 0"),
+    (lambda: kvcore.lsh_signature(torch.randn(64, 4).t(), 64), r"x must be contiguous"),
+    (lambda: kvcore.hamming_scores(torch.zeros(2, 4, 2, dtype=torch.int32), torch.zeros(2, 3, 5, 2, dtype=torch.int32),
+                                   torch.zeros(2, dtype=torch.int32)), r"Hq=4 \(q_sig.size\(1\)\) must be a multiple of the KV heads Hkv=3"),
+    (lambda: kvcore.hamming_scores(torch.zeros(2, 4, 2, dtype=torch.int32), torch.zeros(2, 2, 5, 1, dtype=torch.int32),
+                                   torch.zeros(2, dtype=torch.int32)), r"k_sig must have shape \[B, Hkv, T, W\] = \[2, \*, \*, 2\]"),
+    (lambda: kvcore.hamming_scores(torch.zeros(2, 4, 2), torch.zeros(2, 2, 5, 2, dtype=torch.int32),
+                                   torch.zeros(2, dtype=torch.int32)), r"q_sig must be int32"),
+    (lambda: kvcore.hamming_scores(torch.zeros(2, 4, 3, dtype=torch.int32), torch.zeros(2, 2, 5, 3, dtype=torch.int32),
+                                   torch.zeros(2, dtype=torch.int32)), r"q_sig must hold 1, 2, 4 or 8 words"),
+    (lambda: kvcore.hamming_scores(torch.zeros(2, 4, 2, dtype=torch.int32), torch.zeros(2, 2, 5, 2, dtype=torch.int32),
+                                   torch.zeros(3, dtype=torch.int32)), r"lengths must have shape \[B\] = \[2\]"),
+    (lambda: kvcore.topk_select(torch.randn(2, 5), 0, torch.zeros(2, dtype=torch.int32)), r"k must be at least 1, got 0"),
+    (lambda: kvcore.topk_select(torch.randn(2, 5).double(), 2, torch.zeros(2, dtype=torch.int32)), r"scores must be float32 or int32"),
+    (lambda: kvcore.topk_select(torch.randn(2, 5), 2, torch.zeros(2, dtype=torch.int64)), r"lengths must be int32"),
+    (lambda: kvcore.topk_select(torch.randn(2, 5), 2, torch.zeros(3, dtype=torch.int32)), r"lengths must have shape \[R\] = \[2\]"),
+    (lambda: kvcore.topk_select(torch.randn(10), 2, torch.zeros(1, dtype=torch.int32)), r"scores must have shape \[R, L\]"),
+])
+def test_errors(call, msg):
+    with pytest.raises(RuntimeError, match=msg):
+        call()
