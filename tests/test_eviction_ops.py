@@ -182,3 +182,18 @@ def test_opcheck():
 def test_errors(call, msg):
     with pytest.raises(RuntimeError, match=msg):
         call()
+
+
+# ---------------------------------------------------------------- CUDA
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("heads", [(8, 2), (9, 3), (8, 1), (32, 32)])
+@pytest.mark.parametrize("W", [1, 2, 4, 8])
+def test_hamming_cuda_equals_cpu(heads, W):
+    Hq, Hkv = heads
+    gen = torch.Generator().manual_seed(W)
+    q = torch.randint(-2**31, 2**31 - 1, (3, Hq, W), generator=gen, dtype=torch.int32)
+    k = torch.randint(-2**31, 2**31 - 1, (3, Hkv, 1000, W), generator=gen, dtype=torch.int32)
+    lengths = torch.tensor([1000, 0, 333], dtype=torch.int32)
+    out = kvcore.hamming_scores(q.cuda(), k.cuda(), lengths.cuda())
+    assert torch.equal(out.cpu(), kvcore.hamming_scores(q, k, lengths))

@@ -4,6 +4,10 @@
 #include <cstdint>
 #include "kvcore/quant_format.h"
 
+#if defined(KVCORE_WITH_CUDA) || defined(__CUDACC__)
+#include <cuda_runtime.h>
+#endif
+
 namespace kvcore {
 
 // lsh_signature: bit j of row r is [sum_d x[r][d] * P[d][j] > 0] with P = lsh_projection
@@ -34,6 +38,10 @@ struct HammingArgs {
   int32_t* scores = nullptr;          // [B, Hkv, T]
 };
 void hamming_scores_cpu(const HammingArgs& a, int64_t row_begin, int64_t row_end);  // rows of B * Hkv
+#if defined(KVCORE_WITH_CUDA) || defined(__CUDACC__)
+// k_sig rows must be 16-byte aligned for W = 4 or 8 (checked by the glue).
+cudaError_t hamming_scores_cuda(const HammingArgs& a, int num_sms, cudaStream_t stream);
+#endif
 
 // topk_select: for each row r, the k highest scores among positions [0, min(len[r], L)),
 // ties to the later position, NaN below every number; the chosen positions ascending in

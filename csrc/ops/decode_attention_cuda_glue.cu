@@ -6,26 +6,13 @@
 #include <c10/cuda/CUDAStream.h>
 #include <torch/library.h>
 
-#include <array>
-#include <atomic>
 #include <utility>
 
+#include "cuda_device.h"
 #include "decode_attention_args.h"
 
 namespace kvcore {
 namespace {
-
-int sm_count(int device) {
-  static std::array<std::atomic<int>, 64> cache{};  // per device, filled on first use
-  if (device < 0 || device >= (int)cache.size()) device = 0;
-  int n = cache[device].load();
-  if (n == 0) {
-    TORCH_CHECK(cudaDeviceGetAttribute(&n, cudaDevAttrMultiProcessorCount, device) == cudaSuccess,
-                "kvcore.decode_attention: could not query the multiprocessor count");
-    cache[device].store(n);
-  }
-  return n;
-}
 
 void check_aligned16(const at::Tensor& t, const char* arg) {
   TORCH_CHECK(reinterpret_cast<uintptr_t>(t.data_ptr()) % 16 == 0, "kvcore.decode_attention: ", arg,
@@ -66,7 +53,7 @@ std::tuple<at::Tensor, at::Tensor> decode_attention_cuda_op(
   check_aligned16(v_mn, "v_mn");
   const c10::cuda::CUDAGuard guard(q.device());
   auto outs = alloc_decode_outputs(q, a);
-  const int sms = sm_count(q.get_device());
+  const int sms = sm_count(q.get_device(), "kvcore.decode_attention");
   const size_t ws_bytes = decode_attention_cuda_workspace(a, sms);
   auto ws = at::empty({(int64_t)ws_bytes}, q.options().dtype(at::kByte));
   const cudaError_t err = decode_attention_cuda(a, ws.data_ptr(), sms, c10::cuda::getCurrentCUDAStream().stream());
