@@ -4,7 +4,8 @@
 # $OUT, else ./gpu_out). Wheels missing there (nvidia-cutlass) can be put in .whl/.
 #   bash scripts/gpu_check.sh [OUT_DIR] [--quick|--no-bench]
 # Writes run.log, tests.log, bench.txt and bench_json.tar, which holds quantize.json,
-# quantize_native.json, decode_native.json, rotate.json, corrections.json and
+# quantize_native.json, decode_native.json, rotate.json, corrections.json,
+# decode_corrections.json, eviction.json and
 # decode_b8.json, decode_b1.json, decode_b32.json (--quick: decode.json, B=8 only).
 # One tar because the device tool brings back at most 8 files.
 set -uo pipefail
@@ -60,6 +61,8 @@ if [ "$MODE" != "--no-bench" ]; then
     python3 bench/bench_quantize.py --json "$J/quantize.json" >> "$BENCH" 2>&1 || status=1
     python3 bench/bench_rotate.py --json "$J/rotate.json" >> "$BENCH" 2>&1 || status=1
     python3 bench/bench_corrections.py --json "$J/corrections.json" >> "$BENCH" 2>&1 || status=1
+    python3 bench/bench_decode_corrections.py --json "$J/decode_corrections.json" >> "$BENCH" 2>&1 || status=1
+    python3 bench/bench_eviction.py --json "$J/eviction.json" >> "$BENCH" 2>&1 || status=1
     # one process and file per batch size, the bar's B=8 first: a run cut short by a
     # time limit keeps what it finished
     for b in 8 1 32; do

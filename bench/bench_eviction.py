@@ -1,0 +1,65 @@
+"""Benchmark of the eviction primitives on the GPU (issue 5): hamming_scores against the
+signature bytes it must read (bar: >= 80% of copy bandwidth), side by side with the
+same scores computed by torch operators.
+
+    python bench/bench_eviction.py [--json out.json]
+
+Shape: B=8, Hq=32, Hkv=8, T=32768 cached tokens, nbits in {64, 128, 256}. GB/s counts
+the key signatures read and the int32 scores written; "vs copy" divides by the
+device-to-device copy bandwidth of the same run.
+"""
+import argparse
+import datetime
+import json
+
+import torch
+
+import kvcore
+from timing import Timer, gpu_header
+
+
+def torch_hamming(q, k, lengths):
+    """Same scores with torch operators (bitwise_xor, a byte-popcount table, sums)."""
+    B, Hq, W = q.shape
+    Hkv, T = k.shape[1], k.shape[2]
+    table = torch.tensor([bin(i).count("1") for i in range(256)], dtype=torch.int32, device=q.device)
+    x = q.reshape(B, Hkv, Hq // Hkv, 1, W) ^ k[:, :, None]
+    diff = table[x.view(torch.uint8).long()].sum((-1, 2))
+    score = (Hq // Hkv) * 32 * W - diff
+    valid = torch.arange(T, device=q.device)[None, None] < lengths.reshape(B, 1, 1)
+    return torch.where(valid, score, -1).int()
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--json", default=None)
+    args = ap.parse_args()
+    timer = Timer()
+    header = gpu_header()
+    B, Hq, Hkv, T = 8, 32, 8, 32768
+    copy = timer.copy_gbs(B * Hkv * T * 32)
+    print(f"GPU: {header['gpu']}  torch {header['torch']}  copy {copy:.0f} GB/s (read+write)")
+    rows = []
+    for nbits in (64, 128, 256):
+        W = nbits // 32
+        q = torch.randint(-2**31, 2**31 - 1, (B, Hq, W), dtype=torch.int32, device="cuda")
+        k = torch.randint(-2**31, 2**31 - 1, (B, Hkv, T, W), dtype=torch.int32, device="cuda")
+        lengths = torch.full((B,), T, dtype=torch.int32, device="cuda")
+        ours = kvcore.hamming_scores(q, k, lengths)
+        assert torch.equal(ours, torch_hamming(q, k, lengths)), "kvcore and torch scores differ"
+        t = timer.median_ms(lambda: kvcore.hamming_scores(q, k, lengths))
+        t_torch = timer.median_ms(lambda: torch_hamming(q, k, lengths), iters=5)
+        moved = k.numel() * 4 + ours.numel() * 4
+        gbs = moved / (t * 1e-3) / 1e9
+        rows.append(dict(op="hamming_scores", nbits=nbits, B=B, Hq=Hq, Hkv=Hkv, T=T, kvcore_us=t * 1e3,
+                         torch_us=t_torch * 1e3, gbs=gbs, ratio_to_copy=gbs / copy, speedup_vs_torch=t_torch / t))
+        print(f"hamming_scores nbits={nbits:3d}: {t * 1e3:8.1f} us  {gbs:6.0f} GB/s  {100 * gbs / copy:5.1f}% of copy"
+              f"  torch {t_torch * 1e3:8.1f} us ({t_torch / t:.1f}x)")
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(dict(header, copy_gbs=copy, date=str(datetime.date.today()),
+                           command="python bench/bench_eviction.py", rows=rows), f, indent=1)
+
+
+if __name__ == "__main__":
+    main()
