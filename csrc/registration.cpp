@@ -35,4 +35,6 @@ TORCH_LIBRARY(kvcore, m) {
   m.def("hamming_scores(Tensor q_sig, Tensor k_sig, Tensor lengths) -> Tensor");
   // scores [R, L] (float32 or int32), lengths [R] -> (idx int32 [R, k] ascending, -1 padded; count [R]).
   m.def("topk_select(Tensor scores, int k, Tensor lengths) -> (Tensor, Tensor)");
+  // In place, per row: x[r, idx[r, i]] moves to x[r, i] for i < count[r] (idx ascending).
+  m.def("compact_kv(Tensor(a!) x, Tensor idx, Tensor count) -> ()");
 }

@@ -197,3 +197,69 @@ def test_hamming_cuda_equals_cpu(heads, W):
     lengths = torch.tensor([1000, 0, 333], dtype=torch.int32)
     out = kvcore.hamming_scores(q.cuda(), k.cuda(), lengths.cuda())
     assert torch.equal(out.cpu(), kvcore.hamming_scores(q, k, lengths))
+
+
+# ---------------------------------------------------------------- compact_kv
+
+def reference_compact(x, idx, count):
+    out = x.clone()
+    for r in range(x.shape[0]):
+        n = int(count[r])
+        if n:
+            out[r, :n] = x[r, idx[r, :n].long()]
+    return out
+
+
+@pytest.mark.parametrize("shape, dtype", [((6, 50, 32), torch.uint8), ((6, 50, 4, 128), torch.bfloat16),
+                                          ((6, 50), torch.float32), ((6, 50, 2), torch.int32)])
+def test_compact_matches_reference(shape, dtype):
+    gen = torch.Generator().manual_seed(len(shape))
+    x = (torch.randn(*shape, generator=gen) * 50).to(dtype)
+    scores = torch.randn(shape[0], shape[1], generator=gen)
+    lengths = torch.tensor([50, 30, 7, 0, 50, 12], dtype=torch.int32)
+    idx, count = kvcore.topk_select(scores, 10, lengths)
+    expect = reference_compact(x, idx, count)
+    out = kvcore.compact_kv(x, idx, count)
+    assert out.data_ptr() == x.data_ptr()
+    assert torch.equal(x, expect)
+
+
+def test_compact_all_parts_of_a_packed_cache_alike():
+    """Codes, value scales and residual tokens of one cache, compacted with one selection,
+    still dequantize to the kept tokens."""
+    torch.manual_seed(3)
+    B, Hkv, T, D = 2, 2, 64, 128
+    v = torch.randn(B, Hkv, T, D, dtype=torch.bfloat16)
+    codes, scale, mn = kvcore.quantize_kv(v, 4, 64, "token")
+    full = kvcore.dequantize_kv(codes, scale, mn, 4, 64, "token")
+    idx, count = kvcore.topk_select(torch.randn(B * Hkv, T), 20, torch.full((B * Hkv,), T, dtype=torch.int32))
+    for part in (codes, scale, mn):
+        kvcore.compact_kv(part.view(B * Hkv, T, -1), idx, count)
+    kept = kvcore.dequantize_kv(codes[:, :, :20].contiguous(), scale[:, :, :20].contiguous(),
+                                mn[:, :, :20].contiguous(), 4, 64, "token")
+    expect = torch.stack([full.view(B * Hkv, T, D)[r, idx[r].long()] for r in range(B * Hkv)]).view(B, Hkv, 20, D)
+    assert torch.equal(kept, expect)
+
+
+def test_compact_rejects_bad_rows_and_moves_nothing():
+    x = torch.arange(20.).reshape(2, 10)
+    before = x.clone()
+    for idx, count, msg in [
+        ([[1, 3], [5, 5]], [2, 2], r"row 1 of idx/count is invalid"),
+        ([[1, 3], [5, 10]], [2, 2], r"row 1 of idx/count is invalid"),
+        ([[3, 1], [0, 1]], [2, 2], r"row 0 of idx/count is invalid"),
+        ([[1, 3], [0, 1]], [2, 3], r"row 1 of idx/count is invalid: count must be in \[0, 2\]"),
+    ]:
+        with pytest.raises(RuntimeError, match=msg):
+            kvcore.compact_kv(x, torch.tensor(idx, dtype=torch.int32), torch.tensor(count, dtype=torch.int32))
+        assert torch.equal(x, before)
+    with pytest.raises(RuntimeError, match=r"idx must be int32"):
+        kvcore.compact_kv(x, torch.zeros(2, 2, dtype=torch.int64), torch.zeros(2, dtype=torch.int32))
+    with pytest.raises(RuntimeError, match=r"x must be contiguous"):
+        kvcore.compact_kv(x.t(), torch.zeros(10, 2, dtype=torch.int32), torch.zeros(10, dtype=torch.int32))
+
+
+def test_compact_opcheck():
+    x = torch.randn(3, 12, 4)
+    idx, count = kvcore.topk_select(torch.randn(3, 12), 5, torch.tensor([12, 4, 0], dtype=torch.int32))
+    torch.library.opcheck(torch.ops.kvcore.compact_kv.default, (x, idx, count))

@@ -57,4 +57,20 @@ struct TopkArgs {
 };
 void topk_select_cpu(const TopkArgs& a, int64_t begin, int64_t end);
 
+// compact_kv: in place, per row r, token idx[r][i] moves to slot i for i < count[r]
+// (idx ascending, so every move goes toward the front and never overwrites a token not
+// yet moved). A token is `token_bytes` contiguous bytes, so any per-token part of the
+// cache compacts alike: codes, per-token scales, outliers, signatures, full-precision
+// residual tokens; per-block key metadata compacts with block indices.
+struct CompactArgs {
+  int64_t rows = 0, T = 0, k = 0;  // x [rows, T, token_bytes]; idx [rows, k]
+  int64_t token_bytes = 0;
+  uint8_t* x = nullptr;
+  const int32_t* idx = nullptr;
+  const int32_t* count = nullptr;  // [rows]
+};
+// Returns false (and moves nothing in that row) when a row's indices are not strictly
+// increasing within [0, T) or its count is not in [0, k]; *bad_row is the first such row.
+bool compact_kv_cpu(const CompactArgs& a, int64_t begin, int64_t end, int64_t* bad_row);
+
 }  // namespace kvcore

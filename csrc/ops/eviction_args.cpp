@@ -75,4 +75,26 @@ TopkArgs check_topk_args(const at::Tensor& scores, int64_t k, const at::Tensor& 
   return a;
 }
 
+CompactArgs check_compact_args(const at::Tensor& x, const at::Tensor& idx, const at::Tensor& count) {
+  constexpr const char* op = "kvcore.compact_kv";
+  TORCH_CHECK(x.dim() >= 2, op, ": x must have shape [R, T, ...] (rows, tokens, the token's data), got ", x.sizes());
+  TORCH_CHECK(idx.dim() == 2 && idx.size(0) == x.size(0), op, ": idx must have shape [R, k] with R = ", x.size(0),
+              " (x.size(0)), got ", idx.sizes());
+  TORCH_CHECK(idx.scalar_type() == at::kInt, op, ": idx must be int32 (topk_select's output), got ", idx.scalar_type());
+  TORCH_CHECK(count.scalar_type() == at::kInt, op, ": count must be int32, got ", count.scalar_type());
+  TORCH_CHECK(count.dim() == 1 && count.size(0) == x.size(0), op, ": count must have shape [R] = [", x.size(0),
+              "], got ", count.sizes());
+  check_same_device(idx, x, op, "idx", "x");
+  check_same_device(count, x, op, "count", "x");
+  check_contiguous(x, op, "x");
+  check_contiguous(idx, op, "idx");
+  check_contiguous(count, op, "count");
+  CompactArgs a;
+  a.rows = x.size(0);
+  a.T = x.size(1);
+  a.k = idx.size(1);
+  a.token_bytes = a.rows * a.T > 0 ? (int64_t)(x.numel() / (a.rows * a.T)) * (int64_t)x.element_size() : 0;
+  return a;
+}
+
 }  // namespace kvcore

@@ -8,8 +8,8 @@ import torch  # noqa: F401  (loads libtorch before the extension)
 from . import _C  # registers torch.ops.kvcore.*
 from . import _fake  # noqa: F401  (fake tensors for torch.compile / meta)
 from . import ops
-from .ops import (decode_attention, dequantize_kv, extract_outliers, hadamard_rotate, hamming_scores, lowrank_error,
-                  lsh_signature, quantize_kv, topk_select)
+from .ops import (compact_kv, decode_attention, dequantize_kv, extract_outliers, hadamard_rotate, hamming_scores,
+                  lowrank_error, lsh_signature, quantize_kv, topk_select)
 
 __version__ = "0.1.0"
 
@@ -31,4 +31,4 @@ def build_info() -> dict:
 
 
 __all__ = ["ops", "quantize_kv", "dequantize_kv", "decode_attention", "hadamard_rotate", "extract_outliers", "lowrank_error",
-           "lsh_signature", "hamming_scores", "topk_select", "build_info", "__version__"]
+           "lsh_signature", "hamming_scores", "topk_select", "compact_kv", "build_info", "__version__"]

@@ -90,3 +90,9 @@ def _topk_select_fake(scores, k, lengths):
     torch._check(k >= 1, lambda: f"kvcore.topk_select: k must be at least 1, got {k}")
     R = scores.shape[0]
     return scores.new_empty((R, k), dtype=torch.int32), scores.new_empty((R,), dtype=torch.int32)
+
+
+@torch.library.register_fake("kvcore::compact_kv")
+def _compact_kv_fake(x, idx, count):
+    torch._check(x.dim() >= 2, lambda: "kvcore.compact_kv: x must have shape [R, T, ...]")
+    return None

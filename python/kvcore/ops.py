@@ -262,8 +262,40 @@ def topk_select(scores: Tensor, k: int, lengths: Tensor) -> Tuple[Tensor, Tensor
     return torch.ops.kvcore.topk_select(scores, k, lengths)
 
 
+def compact_kv(x: Tensor, idx: Tensor, count: Tensor) -> Tensor:
+    """Keeps the selected tokens of one part of a cache, in place: per row ``r``, token
+    ``idx[r, i]`` moves to slot ``i`` for ``i < count[r]``; slots from ``count[r]`` on
+    are left as they were (set the row's length to ``count[r]``).
+
+    Every per-token part of a compressed cache compacts the same way with the same
+    ``(idx, count)``: packed codes ``[B*Hkv, T, D*bits/8]``, per-token value scales,
+    outlier indices and residuals, signatures, full-precision residual tokens. Per-block
+    key metadata compacts with block indices. Rows are validated before anything moves:
+    bad indices raise and leave ``x`` untouched.
+
+    Args:
+        x: ``[R, T, ...]`` any dtype, contiguous; modified in place.
+        idx: ``[R, k]`` int32, strictly increasing in ``[0, T)`` over each row's first
+            ``count[r]`` entries (what :func:`topk_select` returns).
+        count: ``[R]`` int32 in ``[0, k]``.
+
+    Returns:
+        ``x`` (the same tensor).
+
+    Example::
+
+        >>> x = torch.arange(12.).reshape(2, 6, 1)
+        >>> idx = torch.tensor([[1, 4], [0, 5]], dtype=torch.int32)
+        >>> kvcore.ops.compact_kv(x, idx, torch.tensor([2, 1], dtype=torch.int32))[:, :2, 0]
+        tensor([[ 1.,  4.],
+                [ 6.,  7.]])
+    """
+    torch.ops.kvcore.compact_kv(x, idx, count)
+    return x
+
+
 __all__ = ["quantize_kv", "dequantize_kv", "decode_attention", "hadamard_rotate", "extract_outliers",
-           "lowrank_error", "lsh_signature", "hamming_scores", "topk_select", "AXES"]
+           "lowrank_error", "lsh_signature", "hamming_scores", "topk_select", "compact_kv", "AXES"]
 
 
 def hadamard_rotate(x: Tensor, seed: int = 0, inverse: bool = False) -> Tensor:
