@@ -8,6 +8,7 @@ import torch  # noqa: F401  (loads libtorch before the extension)
 from . import _C  # registers torch.ops.kvcore.*
 from . import _fake  # noqa: F401  (fake tensors for torch.compile / meta)
 from . import ops
+from . import eviction  # scorers and budgets of the eviction policies (issue 5)
 from .ops import (compact_kv, decode_attention, dequantize_kv, extract_outliers, hadamard_rotate, hamming_scores,
                   lowrank_error, lsh_signature, quantize_kv, topk_select)
 

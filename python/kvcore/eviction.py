@@ -1,0 +1,219 @@
+"""Token-eviction scorers and budget allocation (issue 5), in plain PyTorch on any device.
+
+A policy is: score the cached tokens ([B, Hkv, T], higher = keep), pick a budget per
+layer and head, select with :func:`kvcore.topk_select`, and compact every part of the
+cache with :func:`kvcore.compact_kv`. Scores are per KV head: a GQA group's query heads
+are summed, so a KV head keeps what its whole group needs. Nothing here synchronises
+with the host.
+"""
+from typing import List, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+__all__ = ["l2norm_scores", "snapkv_scores", "qfilters_calibrate", "qfilters_scores", "streaming_select",
+           "uniform_budgets", "pyramid_budgets", "adaptive_head_budgets"]
+
+
+def _group_sum(x: Tensor, Hkv: int) -> Tensor:
+    """[B, Hq, ...] -> [B, Hkv, ...]: sum over the query heads of each KV head."""
+    B, Hq = x.shape[:2]
+    return x.reshape(B, Hkv, Hq // Hkv, *x.shape[2:]).sum(2)
+
+
+def l2norm_scores(k: Tensor) -> Tensor:
+    """Keys with a small L2 norm draw the most attention (Devoto et al., 2024): score
+    ``-||k_t||``.
+
+    Args:
+        k: ``[B, Hkv, T, D]`` keys (any float dtype).
+
+    Returns:
+        ``[B, Hkv, T]`` float32.
+
+    Example::
+
+        >>> s = l2norm_scores(torch.randn(1, 2, 10, 64))
+        >>> s.shape
+        torch.Size([1, 2, 10])
+    """
+    return -k.float().norm(dim=-1)
+
+
+def snapkv_scores(q_window: Tensor, k: Tensor, kernel_size: int = 7, sm_scale: float = None) -> Tensor:
+    """SnapKV: the attention that the last ``w`` queries (the observation window) pay to
+    each cached key, summed over the window and the group's query heads, then max-pooled
+    over ``kernel_size`` neighbouring tokens so that kept tokens keep their context.
+
+    Args:
+        q_window: ``[B, Hq, w, D]`` the window's queries (after RoPE, as the cache's keys).
+        k: ``[B, Hkv, T, D]`` keys; Hq a multiple of Hkv.
+        kernel_size: odd pooling width (1: no pooling).
+        sm_scale: softmax scale, default ``1/sqrt(D)``.
+
+    Returns:
+        ``[B, Hkv, T]`` float32.
+
+    Example::
+
+        >>> snapkv_scores(torch.randn(1, 8, 4, 64), torch.randn(1, 2, 100, 64)).shape
+        torch.Size([1, 2, 100])
+    """
+    if kernel_size < 1 or kernel_size % 2 == 0:
+        raise ValueError(f"kvcore.snapkv_scores: kernel_size must be odd and >= 1, got {kernel_size}")
+    B, Hq, w, D = q_window.shape
+    Hkv = k.shape[1]
+    if Hq % Hkv:
+        raise ValueError(f"kvcore.snapkv_scores: Hq={Hq} must be a multiple of Hkv={Hkv}")
+    scale = D ** -0.5 if sm_scale is None else sm_scale
+    kr = k.float().repeat_interleave(Hq // Hkv, dim=1)  # [B, Hq, T, D]
+    attn = torch.softmax(torch.einsum("bhwd,bhtd->bhwt", q_window.float(), kr) * scale, dim=-1)
+    s = _group_sum(attn.sum(2), Hkv)  # [B, Hkv, T]
+    if kernel_size > 1:
+        s = F.max_pool1d(s.reshape(B * Hkv, 1, -1), kernel_size, stride=1, padding=kernel_size // 2).reshape(s.shape)
+    return s
+
+
+def qfilters_calibrate(q: Tensor) -> Tensor:
+    """Q-Filters' calibration: per query head, the unit direction that best explains the
+    queries (their first right singular vector), oriented so that the queries project
+    positively on average. Run once on a few hundred queries of real text.
+
+    Args:
+        q: ``[N, Hq, D]`` queries gathered from calibration text.
+
+    Returns:
+        ``[Hq, D]`` float32 unit vectors.
+
+    Example::
+
+        >>> qfilters_calibrate(torch.randn(256, 8, 64) + 3).shape
+        torch.Size([8, 64])
+    """
+    qf = q.float().transpose(0, 1)  # [Hq, N, D]
+    _, _, vh = torch.linalg.svd(qf, full_matrices=False)
+    u = vh[:, 0]  # [Hq, D]
+    sign = torch.sign((qf @ u[:, :, None]).mean(dim=(1, 2)))
+    sign = torch.where(sign == 0, torch.ones_like(sign), sign)
+    return u * sign[:, None]
+
+
+def qfilters_scores(k: Tensor, directions: Tensor) -> Tensor:
+    """Q-Filters: a key's projection on its query heads' directions estimates the
+    attention it will get, with no query needed: score ``sum over the group of k . u_h``.
+
+    Args:
+        k: ``[B, Hkv, T, D]`` keys.
+        directions: ``[Hq, D]`` from :func:`qfilters_calibrate`.
+
+    Returns:
+        ``[B, Hkv, T]`` float32.
+
+    Example::
+
+        >>> u = qfilters_calibrate(torch.randn(64, 8, 64))
+        >>> qfilters_scores(torch.randn(1, 2, 10, 64), u).shape
+        torch.Size([1, 2, 10])
+    """
+    Hkv = k.shape[1]
+    Hq = directions.shape[0]
+    if Hq % Hkv:
+        raise ValueError(f"kvcore.qfilters_scores: Hq={Hq} must be a multiple of Hkv={Hkv}")
+    u = directions.float().reshape(Hkv, Hq // Hkv, -1).sum(1)  # the group's summed direction
+    return torch.einsum("bhtd,hd->bht", k.float(), u)
+
+
+def streaming_select(lengths: Tensor, budget: int, sinks: int = 4) -> tuple:
+    """StreamingLLM: keep the first ``sinks`` tokens and the most recent
+    ``budget - sinks``, no scores. Same output as :func:`kvcore.topk_select`.
+
+    Args:
+        lengths: ``[R]`` int32 valid tokens per row.
+        budget: tokens kept per row (>= sinks).
+        sinks: attention-sink tokens at the start.
+
+    Returns:
+        ``(idx [R, budget] int32 ascending, -1 padded; count [R] int32)``.
+
+    Example::
+
+        >>> streaming_select(torch.tensor([10, 3], dtype=torch.int32), 5, sinks=2)
+        (tensor([[ 0,  1,  7,  8,  9],
+                [ 0,  1,  2, -1, -1]], dtype=torch.int32), tensor([5, 3], dtype=torch.int32))
+    """
+    if budget < sinks or sinks < 0:
+        raise ValueError(f"kvcore.streaming_select: need 0 <= sinks <= budget, got sinks={sinks}, budget={budget}")
+    n = lengths.to(torch.int64).clamp(min=0)[:, None]
+    j = torch.arange(budget, device=lengths.device)[None]
+    recent = budget - sinks
+    # slot j < sinks: token j; slot j >= sinks: token n - recent + (j - sinks), when n > budget
+    pos = torch.where(j < sinks, j, n - recent + (j - sinks))
+    pos = torch.where(n > budget, pos, j)  # short rows keep everything
+    count = torch.minimum(n[:, 0], torch.tensor(budget, device=lengths.device))
+    idx = torch.where(j < count[:, None], pos, torch.full_like(pos, -1))
+    return idx.to(torch.int32), count.to(torch.int32)
+
+
+def uniform_budgets(total: int, layers: int) -> List[int]:
+    """The same budget for every layer: ``total`` tokens split evenly (remainder to the
+    first layers)."""
+    base, extra = divmod(total, layers)
+    return [base + (1 if i < extra else 0) for i in range(layers)]
+
+
+def pyramid_budgets(total: int, layers: int, ratio: float = 8.0) -> List[int]:
+    """PyramidKV: budgets decreasing linearly with depth, the first layer ``ratio`` times
+    the last, summing to ``total`` (the lower layers spread attention widely, the upper
+    ones focus)."""
+    if layers == 1:
+        return [total]
+    w = [ratio - (ratio - 1.0) * i / (layers - 1) for i in range(layers)]
+    raw = [total * x / sum(w) for x in w]
+    out = [int(r) for r in raw]
+    for i in sorted(range(layers), key=lambda i: raw[i] - out[i], reverse=True)[:total - sum(out)]:
+        out[i] += 1
+    return out
+
+
+def adaptive_head_budgets(scores: Tensor, lengths: Tensor, budget: int, normalise: str = "sum") -> Tensor:
+    """Ada-KV: one budget per layer shared by its KV heads according to their scores.
+    The layer keeps its ``budget * Hkv`` best tokens over all heads together (scores
+    normalised per head into a distribution so that they compare), and each head gets
+    as many as it won: a head whose attention is concentrated on few tokens gives its
+    share to heads whose attention is spread.
+
+    Args:
+        scores: ``[B, Hkv, T]`` (higher = keep).
+        lengths: ``[B]`` valid tokens per sequence.
+        budget: average tokens per head.
+        normalise: ``"sum"`` for non-negative attention masses (H2O, SnapKV: divided by
+            their sum), ``"softmax"`` for logit-like scores of any sign (L2 norm,
+            Q-Filters, Hamming).
+
+    Returns:
+        ``[B, Hkv]`` int32 per-head budgets, summing to ``min(budget * Hkv, Hkv * n_b)``
+        per sequence and never above ``n_b``.
+
+    Example::
+
+        >>> adaptive_head_budgets(torch.rand(1, 4, 100), torch.tensor([100]), 10).sum().item()
+        40
+    """
+    B, Hkv, T = scores.shape
+    valid = torch.arange(T, device=scores.device)[None, None] < lengths.to(scores.device).reshape(B, 1, 1)
+    if normalise == "softmax":
+        s = torch.softmax(scores.float().masked_fill(~valid, float("-inf")), dim=-1)
+    elif normalise == "sum":
+        s = scores.float().clamp(min=0).masked_fill(~valid, 0.0)
+        s = s / s.sum(-1, keepdim=True).clamp(min=torch.finfo(torch.float32).tiny)
+    else:
+        raise ValueError(f'kvcore.adaptive_head_budgets: normalise must be "sum" or "softmax", got {normalise!r}')
+    s = s.nan_to_num(0.0).masked_fill(~valid, -1.0)  # invalid tokens never win
+    flat = s.reshape(B, Hkv * T)
+    k = min(budget * Hkv, Hkv * T)
+    top = flat.topk(k, dim=-1).indices  # [B, k]
+    won = torch.zeros(B, Hkv * T, dtype=torch.bool, device=scores.device)
+    won.scatter_(1, top, True)
+    won &= valid.expand(B, Hkv, T).reshape(B, Hkv * T)
+    return won.reshape(B, Hkv, T).sum(-1).to(torch.int32)
