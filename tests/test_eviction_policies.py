@@ -102,3 +102,23 @@ def test_errors():
         ev.snapkv_scores(torch.randn(1, 3, 2, 8), torch.randn(1, 2, 5, 8))
     with pytest.raises(ValueError, match="sinks <= budget"):
         ev.streaming_select(torch.tensor([5], dtype=torch.int32), 2, sinks=4)
+
+
+def test_hashevict_replace():
+    torch.manual_seed(4)
+    R, T, D = 4, 6, 3
+    k, sig = torch.randn(R, T, D), torch.randint(0, 100, (R, T, 2), dtype=torch.int32)
+    new_k, new_sig = torch.randn(R, D), torch.randint(0, 100, (R, 2), dtype=torch.int32)
+    scores = torch.tensor([[5, 1, 7, 1, 9, 9], [3, 3, 3, 3, 3, 3], [0, 0, 0, 0, 0, 0], [4, 2, 8, 0, 0, 0]])
+    lengths = torch.tensor([6, 6, 2, 3], dtype=torch.int32)
+    expect_k, expect_sig = k.clone(), sig.clone()
+    slots = []
+    for r in range(R):
+        n = int(lengths[r])
+        s = n if n < T else min(range(n), key=lambda t: (int(scores[r, t]), t))
+        slots.append(s)
+        expect_k[r, s], expect_sig[r, s] = new_k[r], new_sig[r]
+    slot, n = ev.hashevict_replace([k, sig], [new_k, new_sig], scores, lengths)
+    assert slot.tolist() == slots == [1, 0, 2, 3]
+    assert n.tolist() == [6, 6, 3, 4]
+    assert torch.equal(k, expect_k) and torch.equal(sig, expect_sig)

@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 __all__ = ["l2norm_scores", "snapkv_scores", "qfilters_calibrate", "qfilters_scores", "streaming_select",
-           "uniform_budgets", "pyramid_budgets", "adaptive_head_budgets"]
+           "hashevict_replace", "uniform_budgets", "pyramid_budgets", "adaptive_head_budgets"]
 
 
 def _group_sum(x: Tensor, Hkv: int) -> Tensor:
@@ -153,6 +153,43 @@ def streaming_select(lengths: Tensor, budget: int, sinks: int = 4) -> tuple:
     count = torch.minimum(n[:, 0], torch.tensor(budget, device=lengths.device))
     idx = torch.where(j < count[:, None], pos, torch.full_like(pos, -1))
     return idx.to(torch.int32), count.to(torch.int32)
+
+
+def hashevict_replace(parts: Sequence[Tensor], new_tokens: Sequence[Tensor], scores: Tensor, lengths: Tensor):
+    """HashEvict's decode step, in place: a row with free capacity appends the new token;
+    a full row overwrites the slot of its lowest-scoring token (the farthest from the
+    current queries by :func:`kvcore.hamming_scores`; ties to the oldest). One fixed-size
+    write per row, no compaction, no host synchronisation.
+
+    Args:
+        parts: per-token cache parts, each ``[R, T, ...]`` (keys, values, signatures,
+            ...), written in place.
+        new_tokens: the new token of each part, ``[R, ...]``.
+        scores: ``[R, T]`` of the cached tokens (higher = keep).
+        lengths: ``[R]`` int32 valid tokens per row, at most T.
+
+    Returns:
+        ``(slot, new_lengths)``: ``[R]`` int64 slot written per row and the ``[R]``
+        int32 lengths after the step.
+
+    Example::
+
+        >>> k = torch.zeros(1, 3, 2)
+        >>> slot, n = hashevict_replace([k], [torch.ones(1, 2)], torch.tensor([[5, 1, 7]]),
+        ...                             torch.tensor([3], dtype=torch.int32))
+        >>> slot.tolist(), n.tolist(), k[0, 1].tolist()
+        ([1], [3], [1.0, 1.0])
+    """
+    R, T = scores.shape
+    n = lengths.to(torch.int64)
+    valid = torch.arange(T, device=scores.device)[None] < n[:, None]
+    lowest = scores.float().masked_fill(~valid, float("inf")).argmin(-1)  # first (oldest) of the minima
+    full = n >= T
+    slot = torch.where(full, lowest, n.clamp(0, T - 1))
+    rows = torch.arange(R, device=scores.device)
+    for x, new in zip(parts, new_tokens):
+        x[rows, slot] = new.to(x.dtype)
+    return slot, torch.where(full, n, n + 1).to(torch.int32)
 
 
 def uniform_budgets(total: int, layers: int) -> List[int]:
