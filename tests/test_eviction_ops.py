@@ -263,3 +263,112 @@ def test_compact_opcheck():
     x = torch.randn(3, 12, 4)
     idx, count = kvcore.topk_select(torch.randn(3, 12), 5, torch.tensor([12, 4, 0], dtype=torch.int32))
     torch.library.opcheck(torch.ops.kvcore.compact_kv.default, (x, idx, count))
+
+
+def _topk_cuda_vs_cpu(scores, k, lengths):
+    idx, count = kvcore.topk_select(scores.cuda(), k, lengths.cuda())
+    e_idx, e_count = kvcore.topk_select(scores, k, lengths)
+    assert torch.equal(count.cpu(), e_count)
+    assert torch.equal(idx.cpu(), e_idx)
+
+
+def _mixed_scores(R, L, gen):
+    """Few distinct values (ties), NaN of both signs and a payload, -0/+0, infinities, denormals."""
+    s = torch.randint(-2, 3, (R, L), generator=gen).float()
+    s[torch.rand(R, L, generator=gen) < 0.2] = float("nan")
+    s[torch.rand(R, L, generator=gen) < 0.2] = -0.0
+    s[torch.rand(R, L, generator=gen) < 0.05] = float("inf")
+    s[torch.rand(R, L, generator=gen) < 0.05] = float("-inf")
+    bits = s.view(torch.int32)
+    bits[torch.rand(R, L, generator=gen) < 0.05] = -1  # NaN with the sign bit and a payload
+    bits[torch.rand(R, L, generator=gen) < 0.02] = 1  # smallest positive denormal
+    bits[torch.rand(R, L, generator=gen) < 0.02] = -2**31 + 1  # smallest negative denormal
+    return s
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("L", [1, 33, 1000, 5000])
+@pytest.mark.parametrize("k", [1, 7, "L/8", "L", "L+3"])
+@pytest.mark.parametrize("kind", ["mixed", "randn", "int_small", "int_full", "all_nan", "signed_zeros"])
+def test_topk_cuda_equals_cpu(L, k, kind):
+    k = {"L/8": max(1, L // 8), "L": L, "L+3": L + 3}.get(k, k)
+    gen = torch.Generator().manual_seed(L + 7 * (k if isinstance(k, int) else 0))
+    R = 9
+    if kind == "mixed":
+        s = _mixed_scores(R, L, gen)
+    elif kind == "randn":
+        s = torch.randn(R, L, generator=gen)
+    elif kind == "int_small":
+        s = torch.randint(-3, 4, (R, L), generator=gen, dtype=torch.int32)
+    elif kind == "int_full":
+        s = torch.randint(-2**31, 2**31 - 1, (R, L), generator=gen, dtype=torch.int32)
+    elif kind == "all_nan":
+        s = torch.full((R, L), float("nan"))
+    else:
+        s = torch.where(torch.rand(R, L, generator=gen) < 0.5, torch.tensor(0.0), torch.tensor(-0.0))
+    lengths = torch.tensor([L, L + 100, 0, -5, L // 2, max(L - 1, 0), min(k, L), max(k - 1, 0), 1], dtype=torch.int32)
+    _topk_cuda_vs_cpu(s, k, lengths)
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("L", [4096, 32768, 131072])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.int32])
+def test_topk_cuda_equals_cpu_long_rows(L, dtype):
+    gen = torch.Generator().manual_seed(L)
+    R = 64
+    if dtype == torch.float32:
+        s = torch.randn(R, L, generator=gen)
+        s[::4] = _mixed_scores(R // 4, L, gen)
+    else:  # Hamming-like scores: a few hundred distinct values, heavy ties
+        s = torch.randint(0, 1025, (R, L), generator=gen, dtype=torch.int32)
+    lengths = torch.randint(L // 2, L + 1, (R,), generator=gen, dtype=torch.int32)
+    lengths[0] = L
+    _topk_cuda_vs_cpu(s, L // 8, lengths)
+
+
+@pytest.mark.cuda
+def test_topk_cuda_unaligned_rows():
+    """Rows that are not 16-byte aligned take the scalar loads."""
+    gen = torch.Generator().manual_seed(3)
+    for L in (1001, 4099):
+        s = _mixed_scores(5, L, gen)
+        _topk_cuda_vs_cpu(s, 100, torch.tensor([L, 999, 500, 0, L], dtype=torch.int32))
+        flat = torch.randn(5 * L + 1, generator=gen)
+        on_gpu = flat.cuda()[1:].reshape(5, L)  # a view at a 4-byte offset into the GPU buffer
+        idx, count = kvcore.topk_select(on_gpu, 100, torch.full((5,), L, dtype=torch.int32).cuda())
+        e_idx, e_count = kvcore.topk_select(flat[1:].reshape(5, L), 100, torch.full((5,), L, dtype=torch.int32))
+        assert torch.equal(idx.cpu(), e_idx) and torch.equal(count.cpu(), e_count)
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("shape, dtype", [((4, 50, 7), torch.uint8), ((4, 50, 3), torch.float16),
+                                          ((4, 50, 2, 16), torch.bfloat16), ((64, 300, 64), torch.uint8),
+                                          ((3, 40), torch.float32)])
+def test_compact_cuda_equals_cpu(shape, dtype):
+    gen = torch.Generator().manual_seed(shape[0])
+    R, T = shape[:2]
+    x = torch.randint(0, 255, shape, generator=gen).to(dtype)
+    k = T // 3
+    scores = torch.randn(R, T, generator=gen)
+    lengths = torch.randint(-2, T + 2, (R,), generator=gen, dtype=torch.int32)
+    idx, count = kvcore.topk_select(scores, k, lengths)
+    idx[0, :k], count[0] = torch.arange(k, dtype=torch.int32), k  # already in place
+    idx[1, :k], count[1] = torch.arange(1, k + 1, dtype=torch.int32), k  # every source is the previous target
+    y = x.cuda()
+    out = kvcore.compact_kv(y, idx.cuda(), count.cuda())
+    assert out is y
+    assert torch.equal(y.cpu(), kvcore.compact_kv(x.clone(), idx, count))
+
+
+@pytest.mark.cuda
+def test_compact_cuda_rejects_bad_rows_and_moves_nothing():
+    x = torch.arange(3 * 6, dtype=torch.float32).reshape(3, 6, 1).cuda()
+    before = x.clone()
+    idx = torch.tensor([[0, 2, 4], [1, 1, 3], [0, 1, 2]], dtype=torch.int32).cuda()
+    count = torch.tensor([3, 3, 3], dtype=torch.int32).cuda()
+    with pytest.raises(RuntimeError, match=r"row 1 of idx/count is invalid"):
+        kvcore.compact_kv(x, idx, count)
+    assert torch.equal(x, before)
+    with pytest.raises(RuntimeError, match=r"row 2 of idx/count is invalid"):
+        kvcore.compact_kv(x, idx[[0, 2, 2]], torch.tensor([3, 3, 4], dtype=torch.int32).cuda())
+    assert torch.equal(x, before)

@@ -56,6 +56,10 @@ struct TopkArgs {
   int32_t* count = nullptr;          // [rows]
 };
 void topk_select_cpu(const TopkArgs& a, int64_t begin, int64_t end);
+#if defined(KVCORE_WITH_CUDA) || defined(__CUDACC__)
+// One CTA per row (rows <= INT32_MAX, checked by the glue); scores 4-byte aligned.
+cudaError_t topk_select_cuda(const TopkArgs& a, cudaStream_t stream);
+#endif
 
 // compact_kv: in place, per row r, token idx[r][i] moves to slot i for i < count[r]
 // (idx ascending, so every move goes toward the front and never overwrites a token not
@@ -72,5 +76,12 @@ struct CompactArgs {
 // Returns false (and moves nothing in that row) when a row's indices are not strictly
 // increasing within [0, T) or its count is not in [0, k]; *bad_row is the first such row.
 bool compact_kv_cpu(const CompactArgs& a, int64_t begin, int64_t end, int64_t* bad_row);
+#if defined(KVCORE_WITH_CUDA) || defined(__CUDACC__)
+// atomicMin of every bad row into *first_bad (which the caller sets to INT32_MAX);
+// rows <= INT32_MAX. Then, only if no row is bad, the move through `scratch`
+// ([rows, k, token_bytes], no particular content).
+cudaError_t compact_kv_validate_cuda(const CompactArgs& a, int32_t* first_bad, cudaStream_t stream);
+cudaError_t compact_kv_move_cuda(const CompactArgs& a, uint8_t* scratch, int num_sms, cudaStream_t stream);
+#endif
 
 }  // namespace kvcore

@@ -1,7 +1,8 @@
 // CUDA implementations of the eviction primitives that have a CUDA kernel so far
-// (hamming_scores): checks, allocation, a launch on the current stream, no host
-// synchronisation.
+// (hamming_scores, topk_select, compact_kv): checks, allocation, launches on the current
+// stream. No host synchronisation, except compact_kv's validation (one 4-byte copy).
 #include <ATen/ops/empty.h>
+#include <ATen/ops/full.h>
 #include <c10/cuda/CUDAGuard.h>
 #include <c10/cuda/CUDAStream.h>
 #include <torch/library.h>
@@ -29,8 +30,53 @@ at::Tensor hamming_scores_cuda_op(const at::Tensor& q_sig, const at::Tensor& k_s
   return scores;
 }
 
+std::tuple<at::Tensor, at::Tensor> topk_select_cuda_op(const at::Tensor& scores, int64_t k,
+                                                       const at::Tensor& lengths) {
+  TopkArgs a = check_topk_args(scores, k, lengths);
+  TORCH_CHECK(a.rows <= INT32_MAX, "kvcore.topk_select: at most 2^31 - 1 rows on CUDA, got ", a.rows);
+  const c10::cuda::CUDAGuard guard(scores.device());
+  at::Tensor idx = at::empty({a.rows, a.k}, scores.options().dtype(at::kInt));
+  at::Tensor count = at::empty({a.rows}, scores.options().dtype(at::kInt));
+  a.scores = scores.data_ptr();
+  a.lengths = lengths.data_ptr<int32_t>();
+  a.idx = idx.data_ptr<int32_t>();
+  a.count = count.data_ptr<int32_t>();
+  const cudaError_t err = topk_select_cuda(a, c10::cuda::getCurrentCUDAStream().stream());
+  TORCH_CHECK(err == cudaSuccess, "kvcore.topk_select: CUDA launch failed: ", cudaGetErrorString(err));
+  return {idx, count};
+}
+
+// Validation needs the host to know whether any row is bad before anything moves, so
+// that a bad row raises the CPU's error with x untouched: one 4-byte device-to-host
+// copy (a synchronisation). compact_kv runs when the cache is evicted, not per step.
+void compact_kv_cuda_op(const at::Tensor& x, const at::Tensor& idx, const at::Tensor& count) {
+  CompactArgs a = check_compact_args(x, idx, count);
+  TORCH_CHECK(a.rows <= INT32_MAX, "kvcore.compact_kv: at most 2^31 - 1 rows on CUDA, got ", a.rows);
+  const c10::cuda::CUDAGuard guard(x.device());
+  const cudaStream_t stream = c10::cuda::getCurrentCUDAStream().stream();
+  a.x = static_cast<uint8_t*>(x.data_ptr());
+  a.idx = idx.data_ptr<int32_t>();
+  a.count = count.data_ptr<int32_t>();
+  if (a.rows == 0) return;
+  at::Tensor first_bad = at::full({1}, INT32_MAX, idx.options());
+  cudaError_t err = compact_kv_validate_cuda(a, first_bad.data_ptr<int32_t>(), stream);
+  TORCH_CHECK(err == cudaSuccess, "kvcore.compact_kv: CUDA launch failed: ", cudaGetErrorString(err));
+  const int64_t bad = first_bad.item<int32_t>();
+  TORCH_CHECK(bad == INT32_MAX, "kvcore.compact_kv: row ", bad, " of idx/count is invalid: count must be in [0, ",
+              a.k, "] and idx[row, :count] strictly increasing within [0, ", a.T, "); nothing was moved");
+  if (a.k == 0 || a.token_bytes == 0) return;
+  at::Tensor scratch = at::empty({a.rows, a.k, a.token_bytes}, x.options().dtype(at::kByte));
+  err = compact_kv_move_cuda(a, static_cast<uint8_t*>(scratch.data_ptr()), sm_count(x.get_device(), "kvcore.compact_kv"),
+                             stream);
+  TORCH_CHECK(err == cudaSuccess, "kvcore.compact_kv: CUDA launch failed: ", cudaGetErrorString(err));
+}
+
 }  // namespace
 
-TORCH_LIBRARY_IMPL(kvcore, CUDA, m) { m.impl("hamming_scores", &hamming_scores_cuda_op); }
+TORCH_LIBRARY_IMPL(kvcore, CUDA, m) {
+  m.impl("hamming_scores", &hamming_scores_cuda_op);
+  m.impl("topk_select", &topk_select_cuda_op);
+  m.impl("compact_kv", &compact_kv_cuda_op);
+}
 
 }  // namespace kvcore
