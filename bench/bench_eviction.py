@@ -1,6 +1,7 @@
 """Benchmark of the eviction primitives on the GPU (issue 5): hamming_scores against the
 signature bytes it must read (bar: >= 80% of copy bandwidth), side by side with the
-same scores computed by torch operators.
+same scores computed by torch operators; topk_select against torch.topk on [64, L]
+rows with k = L/8, L in {4K, 16K, 64K, 128K} (bar: >= 3x faster), float32 and int32.
 
     python bench/bench_eviction.py [--json out.json]
 
@@ -55,6 +56,25 @@ def main():
                          torch_us=t_torch * 1e3, gbs=gbs, ratio_to_copy=gbs / copy, speedup_vs_torch=t_torch / t))
         print(f"hamming_scores nbits={nbits:3d}: {t * 1e3:8.1f} us  {gbs:6.0f} GB/s  {100 * gbs / copy:5.1f}% of copy"
               f"  torch {t_torch * 1e3:8.1f} us ({t_torch / t:.1f}x)")
+    for dtype in (torch.float32, torch.int32):
+        for L in (4096, 16384, 65536, 131072):
+            R, k = B * Hkv, L // 8
+            if dtype == torch.float32:
+                scores = torch.randn(R, L, device="cuda")
+            else:  # Hamming-like integers: many ties
+                scores = torch.randint(0, 4 * 128, (R, L), dtype=torch.int32, device="cuda")
+            lengths = torch.full((R,), L, dtype=torch.int32, device="cuda")
+            idx, count = kvcore.topk_select(scores, k, lengths)
+            if dtype == torch.float32:  # no ties: the same set as torch.topk
+                expect = torch.topk(scores, k, dim=-1).indices.sort(dim=-1).values.int()
+                assert torch.equal(idx, expect), "kvcore and torch.topk select different tokens"
+            assert torch.equal(idx.cpu(), kvcore.topk_select(scores.cpu(), k, lengths.cpu())[0])
+            t = timer.median_ms(lambda: kvcore.topk_select(scores, k, lengths))
+            t_torch = timer.median_ms(lambda: torch.topk(scores, k, dim=-1))
+            rows.append(dict(op="topk_select", dtype=str(dtype).split(".")[-1], R=R, L=L, k=k, kvcore_us=t * 1e3,
+                             torch_us=t_torch * 1e3, speedup_vs_torch=t_torch / t))
+            print(f"topk_select {str(dtype).split('.')[-1]:7s} R={R} L={L:6d} k={k:5d}: {t * 1e3:8.1f} us"
+                  f"  torch.topk {t_torch * 1e3:8.1f} us  ({t_torch / t:.2f}x)")
     if args.json:
         with open(args.json, "w") as f:
             json.dump(dict(header, copy_gbs=copy, date=str(datetime.date.today()),
