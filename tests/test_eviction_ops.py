@@ -372,3 +372,16 @@ def test_compact_cuda_rejects_bad_rows_and_moves_nothing():
     with pytest.raises(RuntimeError, match=r"row 2 of idx/count is invalid"):
         kvcore.compact_kv(x, idx[[0, 2, 2]], torch.tensor([3, 3, 4], dtype=torch.int32).cuda())
     assert torch.equal(x, before)
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("dtype", LOWP)
+@pytest.mark.parametrize("nbits", [32, 64, 128, 256])
+@pytest.mark.parametrize("D", [64, 100, 128, 1024])
+def test_lsh_cuda_equals_cpu(dtype, nbits, D):
+    x = torch.randn(3, 7, 33, D).to(dtype)  # 693 rows: not a multiple of the 4 rows a warp takes
+    x[0, 0, 0] = 0.0  # an all-zero row: every projection is 0, no bit set
+    sig = kvcore.lsh_signature(x.cuda(), nbits, 9)
+    cpu = kvcore.lsh_signature(x, nbits, 9)
+    assert torch.equal(sig.cpu(), cpu)
+    assert (cpu[0, 0, 0] == 0).all()

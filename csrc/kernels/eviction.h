@@ -24,6 +24,10 @@ struct LshArgs {
 };
 void lsh_signature_cpu(const LshArgs& a, const float* projection, int64_t begin, int64_t end);
 void lsh_projection_matrix(uint64_t seed, int D, int nbits, float* out);  // [D][nbits]
+#if defined(KVCORE_WITH_CUDA) || defined(__CUDACC__)
+// `projection`: device scratch of D * nbits floats, filled by the call.
+cudaError_t lsh_signature_cuda(const LshArgs& a, float* projection, int num_sms, cudaStream_t stream);
+#endif
 
 // hamming_scores: for sequence b, KV head g and token t < len[b]:
 //   score = sum over the query heads h of g of (nbits - popcount(q_sig[b][h] ^ k_sig[b][g][t])),

@@ -1,5 +1,5 @@
 // CUDA implementations of the eviction primitives that have a CUDA kernel so far
-// (hamming_scores, topk_select, compact_kv): checks, allocation, launches on the current
+// (lsh_signature, hamming_scores, topk_select, compact_kv): checks, allocation, launches on the current
 // stream. No host synchronisation, except compact_kv's validation (one 4-byte copy).
 #include <ATen/ops/empty.h>
 #include <ATen/ops/full.h>
@@ -7,11 +7,29 @@
 #include <c10/cuda/CUDAStream.h>
 #include <torch/library.h>
 
+#include <vector>
+
 #include "cuda_device.h"
 #include "eviction_args.h"
 
 namespace kvcore {
 namespace {
+
+at::Tensor lsh_signature_cuda_op(const at::Tensor& x, int64_t nbits, int64_t seed) {
+  LshArgs a = check_lsh_args(x, nbits, seed);
+  const c10::cuda::CUDAGuard guard(x.device());
+  std::vector<int64_t> shape(x.sizes().begin(), x.sizes().end());
+  shape.back() = nbits / 32;
+  at::Tensor sig = at::empty(shape, x.options().dtype(at::kInt));
+  at::Tensor projection = at::empty({(int64_t)a.D * a.nbits}, x.options().dtype(at::kFloat));
+  a.x = x.data_ptr();
+  a.sig = reinterpret_cast<uint32_t*>(sig.data_ptr<int32_t>());
+  const int sms = sm_count(x.get_device(), "kvcore.lsh_signature");
+  const cudaError_t err = lsh_signature_cuda(a, projection.data_ptr<float>(), sms,
+                                             c10::cuda::getCurrentCUDAStream().stream());
+  TORCH_CHECK(err == cudaSuccess, "kvcore.lsh_signature: CUDA launch failed: ", cudaGetErrorString(err));
+  return sig;
+}
 
 at::Tensor hamming_scores_cuda_op(const at::Tensor& q_sig, const at::Tensor& k_sig, const at::Tensor& lengths) {
   HammingArgs a = check_hamming_args(q_sig, k_sig, lengths);
@@ -74,6 +92,7 @@ void compact_kv_cuda_op(const at::Tensor& x, const at::Tensor& idx, const at::Te
 }  // namespace
 
 TORCH_LIBRARY_IMPL(kvcore, CUDA, m) {
+  m.impl("lsh_signature", &lsh_signature_cuda_op);
   m.impl("hamming_scores", &hamming_scores_cuda_op);
   m.impl("topk_select", &topk_select_cuda_op);
   m.impl("compact_kv", &compact_kv_cuda_op);
