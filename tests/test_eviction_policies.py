@@ -122,3 +122,30 @@ def test_hashevict_replace():
     assert slot.tolist() == slots == [1, 0, 2, 3]
     assert n.tolist() == [6, 6, 3, 4]
     assert torch.equal(k, expect_k) and torch.equal(sig, expect_sig)
+
+
+def test_block_select_keeps_packed_keys_exact():
+    """Whole-block eviction of a packed key cache: after compacting codes by tokens and
+    scales/mins by blocks, the kept keys dequantize exactly as before."""
+    torch.manual_seed(5)
+    B, Hkv, T, D, G = 2, 2, 256, 64, 32
+    k = torch.randn(B, Hkv, T, D, dtype=torch.bfloat16)
+    codes, scale, mn = kvcore.quantize_kv(k, 2, G, "channel")
+    full = kvcore.dequantize_kv(codes, scale, mn, 2, G, "channel").view(B * Hkv, T, D)
+    scores = torch.randn(B * Hkv, T)
+    lengths = torch.tensor([256, 200, 64, 0], dtype=torch.int32)  # 200 -> 6 whole blocks
+    bidx, bcount, tidx, tcount = ev.block_select(scores, lengths, G, 96)
+    assert bcount.tolist() == [3, 3, 2, 0] and tcount.tolist() == [96, 96, 64, 0]
+    # each kept block holds the row's best remaining token score
+    blk = scores.view(4, T // G, G).amax(-1)
+    assert set(bidx[0].tolist()) == set(blk[0].topk(3).indices.tolist())
+    kvcore.compact_kv(codes.view(B * Hkv, T, -1), tidx, tcount)
+    for part in (scale, mn):
+        kvcore.compact_kv(part.view(B * Hkv, T // G, -1), bidx, bcount)
+    kept = kvcore.dequantize_kv(codes[:, :, :96].contiguous(), scale[:, :, :3].contiguous(),
+                                mn[:, :, :3].contiguous(), 2, G, "channel").view(B * Hkv, 96, D)
+    for r in range(3):
+        n = int(tcount[r])
+        assert torch.equal(kept[r, :n], full[r, tidx[r, :n].long()])
+    with pytest.raises(ValueError, match="keeps no whole block"):
+        ev.block_select(scores, lengths, G, 16)

@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 __all__ = ["l2norm_scores", "snapkv_scores", "qfilters_calibrate", "qfilters_scores", "streaming_select",
-           "hashevict_replace", "uniform_budgets", "pyramid_budgets", "adaptive_head_budgets"]
+           "hashevict_replace", "block_select", "uniform_budgets", "pyramid_budgets", "adaptive_head_budgets"]
 
 
 def _group_sum(x: Tensor, Hkv: int) -> Tensor:
@@ -190,6 +190,49 @@ def hashevict_replace(parts: Sequence[Tensor], new_tokens: Sequence[Tensor], sco
     for x, new in zip(parts, new_tokens):
         x[rows, slot] = new.to(x.dtype)
     return slot, torch.where(full, n, n + 1).to(torch.int32)
+
+
+def block_select(scores: Tensor, lengths: Tensor, group_size: int, budget: int):
+    """Eviction at the granularity of sealed key blocks, for packed caches whose keys are
+    quantized per channel over blocks of ``group_size`` tokens: a block scores as its
+    best token, the ``budget // group_size`` best whole blocks are kept, so the kept
+    blocks' scales stay exact and nothing is requantized.
+
+    Args:
+        scores: ``[R, T]`` token scores (higher = keep), T a multiple of group_size.
+        lengths: ``[R]`` int32 packed lengths (only whole blocks count).
+        group_size: tokens per key block.
+        budget: tokens to keep per row (rounded down to whole blocks).
+
+    Returns:
+        ``(block_idx, block_count, token_idx, token_count)``: the kept blocks
+        ``[R, budget // group_size]`` (ascending, -1 padded) for the per-block parts
+        (key scales and mins, low-rank A and B), and the same selection in tokens
+        ``[R, blocks * group_size]`` for the per-token parts (codes, value scales,
+        outliers, signatures); both ready for :func:`kvcore.compact_kv`.
+
+    Example::
+
+        >>> s = torch.tensor([[0., 9., 0., 0., 5., 0., 0., 1.]])
+        >>> b, nb, t, nt = block_select(s, torch.tensor([8], dtype=torch.int32), 2, 4)
+        >>> b.tolist(), t.tolist()
+        ([[0, 2]], [[0, 1, 4, 5]])
+    """
+    R, T = scores.shape
+    G = group_size
+    if T % G:
+        raise ValueError(f"kvcore.block_select: T={T} must be a multiple of group_size={G}")
+    if budget < G:
+        raise ValueError(f"kvcore.block_select: budget={budget} keeps no whole block of {G} tokens")
+    nblocks = T // G
+    valid = torch.arange(T, device=scores.device)[None] < lengths.to(torch.int64)[:, None]
+    s = scores.float().masked_fill(~valid, float("-inf")).view(R, nblocks, G).amax(-1)
+    from .ops import topk_select  # noqa: PLC0415  (ops loads the extension)
+    block_lengths = (lengths.to(torch.int64).clamp(min=0) // G).to(torch.int32)
+    bidx, bcount = topk_select(s.contiguous(), budget // G, block_lengths)
+    tok = bidx[:, :, None].to(torch.int64) * G + torch.arange(G, device=scores.device)
+    tok = torch.where(bidx[:, :, None] >= 0, tok, torch.full_like(tok, -1)).reshape(R, -1)
+    return bidx, bcount, tok.to(torch.int32), (bcount * G).to(torch.int32)
 
 
 def uniform_budgets(total: int, layers: int) -> List[int]:
