@@ -77,9 +77,11 @@ struct CompactArgs {
   const int32_t* idx = nullptr;
   const int32_t* count = nullptr;  // [rows]
 };
-// Returns false (and moves nothing in that row) when a row's indices are not strictly
-// increasing within [0, T) or its count is not in [0, k]; *bad_row is the first such row.
-bool compact_kv_cpu(const CompactArgs& a, int64_t begin, int64_t end, int64_t* bad_row);
+// The first row whose count is not in [0, k] or whose idx[:count] is not strictly
+// increasing within [0, T); -1 if every row is valid. Check before compact_kv_cpu.
+int64_t compact_kv_first_bad_cpu(const CompactArgs& a);
+// Moves rows [begin, end) (all validated).
+void compact_kv_cpu(const CompactArgs& a, int64_t begin, int64_t end);
 #if defined(KVCORE_WITH_CUDA) || defined(__CUDACC__)
 // atomicMin of every bad row into *first_bad (which the caller sets to INT32_MAX);
 // rows <= INT32_MAX. Then, only if no row is bad, the move through `scratch`

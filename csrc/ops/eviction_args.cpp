@@ -97,4 +97,9 @@ CompactArgs check_compact_args(const at::Tensor& x, const at::Tensor& idx, const
   return a;
 }
 
+void check_compact_rows(const CompactArgs& a, int64_t bad) {
+  TORCH_CHECK(bad < 0, "kvcore.compact_kv: row ", bad, " of idx/count is invalid: count must be in [0, ", a.k,
+              "] and idx[row, :count] strictly increasing within [0, ", a.T, "); nothing was moved");
+}
+
 }  // namespace kvcore

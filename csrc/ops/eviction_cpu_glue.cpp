@@ -4,8 +4,6 @@
 #include <ATen/ops/empty.h>
 #include <torch/library.h>
 
-#include <atomic>
-#include <climits>
 #include <vector>
 
 #include "eviction_args.h"
@@ -54,26 +52,8 @@ void compact_kv_cpu_op(const at::Tensor& x, const at::Tensor& idx, const at::Ten
   a.x = static_cast<uint8_t*>(x.data_ptr());
   a.idx = idx.data_ptr<int32_t>();
   a.count = count.data_ptr<int32_t>();
-  // Validate every row before moving any, so a bad row leaves everything untouched.
-  CompactArgs check = a;
-  check.token_bytes = 0;  // moves of zero bytes: validation only
-  int64_t bad = -1;
-  std::atomic<int64_t> first_bad{INT64_MAX};
-  at::parallel_for(0, a.rows, 64, [&](int64_t b, int64_t e) {
-    int64_t r = -1;
-    if (!compact_kv_cpu(check, b, e, &r)) {
-      int64_t cur = first_bad.load();
-      while (r < cur && !first_bad.compare_exchange_weak(cur, r)) {
-      }
-    }
-  });
-  bad = first_bad.load();
-  TORCH_CHECK(bad == INT64_MAX, "kvcore.compact_kv: row ", bad, " of idx/count is invalid: count must be in [0, ",
-              a.k, "] and idx[row, :count] strictly increasing within [0, ", a.T, "); nothing was moved");
-  at::parallel_for(0, a.rows, 16, [&](int64_t b, int64_t e) {
-    int64_t r;
-    compact_kv_cpu(a, b, e, &r);
-  });
+  check_compact_rows(a, compact_kv_first_bad_cpu(a));  // before anything moves
+  at::parallel_for(0, a.rows, 16, [&](int64_t b, int64_t e) { compact_kv_cpu(a, b, e); });
 }
 
 }  // namespace

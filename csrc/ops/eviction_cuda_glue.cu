@@ -80,8 +80,7 @@ void compact_kv_cuda_op(const at::Tensor& x, const at::Tensor& idx, const at::Te
   cudaError_t err = compact_kv_validate_cuda(a, first_bad.data_ptr<int32_t>(), stream);
   TORCH_CHECK(err == cudaSuccess, "kvcore.compact_kv: CUDA launch failed: ", cudaGetErrorString(err));
   const int64_t bad = first_bad.item<int32_t>();
-  TORCH_CHECK(bad == INT32_MAX, "kvcore.compact_kv: row ", bad, " of idx/count is invalid: count must be in [0, ",
-              a.k, "] and idx[row, :count] strictly increasing within [0, ", a.T, "); nothing was moved");
+  check_compact_rows(a, bad == INT32_MAX ? -1 : bad);
   if (a.k == 0 || a.token_bytes == 0) return;
   at::Tensor scratch = at::empty({a.rows, a.k, a.token_bytes}, x.options().dtype(at::kByte));
   err = compact_kv_move_cuda(a, static_cast<uint8_t*>(scratch.data_ptr()), sm_count(x.get_device(), "kvcore.compact_kv"),
