@@ -8,7 +8,8 @@ Shape: B=8, Hq=32, Hkv=8, D=128, group 64, a 64-token residual window, L in {8K,
 128K}, 2 and 4 bits. Variants: plain; c outliers per token in keys and values (c=1 is
 0.8% of the 128 channels, c=2 1.6%); rank-r low-rank terms on keys and values; both.
 The outliers and low-rank factors are real: extract_outliers / lowrank_error of the
-random cache. "vs plain" = plain time / variant time (1.00 = no cost; the bar of
+random cache. Also: the same call emitting H2O's per-token attention mass (attn_mass).
+"vs plain" = plain time / variant time (1.00 = no cost; the bar of
 issue 4 is >= 0.87, i.e. at most 15% slower, at 1% outliers).
 """
 import argparse
@@ -83,6 +84,14 @@ def main():
                                  us=ms * 1e3, sdpa_us=t_sdpa * 1e3, vs_plain=t_plain / ms, vs_sdpa=t_sdpa / ms))
                 print(f"{L:7d} {bits:4d} {name:>24} {ms * 1e3:8.1f} {t_plain / ms:8.2f}x {t_sdpa / ms:7.2f}x")
                 del corr
+            # H2O: the per-token attention mass emitted by the same call (issue 5)
+            mass = torch.zeros(B, Hkv, cache["k_codes"].shape[2] + cache["k_resid"].shape[2], device="cuda")
+            ms = timer.median_ms(lambda: kvcore.ops.decode_attention(q, **cache, attn_mass=mass))
+            rows.append(dict(B=B, Hq=Hq, Hkv=Hkv, D=D, L=L, bits=bits, variant="attention mass (H2O)",
+                             counts=[0, 0, 0, 0], us=ms * 1e3, sdpa_us=t_sdpa * 1e3, vs_plain=t_plain / ms,
+                             vs_sdpa=t_sdpa / ms))
+            print(f"{L:7d} {bits:4d} {'attention mass (H2O)':>24} {ms * 1e3:8.1f} {t_plain / ms:8.2f}x {t_sdpa / ms:7.2f}x")
+            del mass
             del cache
         del k, v
     if args.json:

@@ -1,6 +1,7 @@
 """Shared timing for the Python benchmarks: CUDA events around each launch, an L2
 flush before each timed launch, warm-up, median; plus the copy-bandwidth ceiling."""
 import statistics
+import time
 
 import torch
 
@@ -24,6 +25,17 @@ class Timer:
             stop.synchronize()
             times.append(start.elapsed_time(stop))
         return statistics.median(times)
+
+    @staticmethod
+    def warm_up(seconds=0.5):
+        """Keeps the GPU busy for a while so that clocks and power settle before the first
+        measurement (a cold first copy measured 4x below the card's bandwidth)."""
+        a = torch.randn(4096, 4096, device="cuda")
+        start = time.perf_counter()
+        while time.perf_counter() - start < seconds:
+            for _ in range(10):
+                a = (a @ a).clamp_(-1, 1)
+            torch.cuda.synchronize()
 
     def copy_gbs(self, nbytes):
         """Device-to-device copy bandwidth (bytes read + written) for nbytes."""

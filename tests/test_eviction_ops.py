@@ -332,7 +332,7 @@ def test_topk_cuda_equals_cpu(L, k, kind):
 
 
 @pytest.mark.cuda
-@pytest.mark.parametrize("L", [4096, 32768, 131072])
+@pytest.mark.parametrize("L", [4096, 20000, 32768, 131072])  # 11-bit and 8-bit digits, one CTA or a cluster
 @pytest.mark.parametrize("dtype", [torch.float32, torch.int32])
 def test_topk_cuda_equals_cpu_long_rows(L, dtype):
     gen = torch.Generator().manual_seed(L)

@@ -24,12 +24,39 @@ def test_snapkv_matches_loop_reference(heads, kernel_size):
     for b in range(B):
         for h in range(Hq):
             g = h // (Hq // Hkv)
-            attn = torch.softmax(q[b, h] @ k[b, g].T / D ** 0.5, dim=-1)  # [w, T]
-            expect[b, g] += attn.sum(0)
+            for i in range(w):  # query i is token T - w + i: it sees keys 0 .. T - w + i
+                n = T - w + i + 1
+                expect[b, g, :n] += torch.softmax(k[b, g, :n] @ q[b, h, i] / D ** 0.5, dim=-1)
     if kernel_size > 1:
         r = kernel_size // 2
         expect = torch.stack([expect[..., max(0, t - r):t + r + 1].amax(-1) for t in range(T)], dim=-1)
     assert torch.allclose(got, expect, atol=1e-5)
+
+
+def test_snapkv_without_causal_mask_lets_the_window_see_everything():
+    torch.manual_seed(1)
+    q, k = torch.randn(1, 4, 3, 16), torch.randn(1, 2, 10, 16)
+    causal, full = ev.snapkv_scores(q, k, 1), ev.snapkv_scores(q, k, 1, causal=False)
+    assert causal[..., -1].sum() < full[..., -1].sum()  # only the last query sees the last key
+    assert torch.allclose(full.sum(-1), torch.full((1, 2), 6.0)) and torch.allclose(causal.sum(-1), full.sum(-1))
+
+
+@pytest.mark.parametrize("heads", [(8, 2), (6, 1), (4, 4)])
+@pytest.mark.parametrize("chunk", [1, 7, 512])
+def test_h2o_scores_match_loop_reference(heads, chunk):
+    Hq, Hkv = heads
+    torch.manual_seed(Hq + chunk)
+    B, T, D = 2, 19, 16
+    q, k = torch.randn(B, Hq, T, D), torch.randn(B, Hkv, T, D)
+    expect = torch.zeros(B, Hkv, T)
+    for b in range(B):
+        for h in range(Hq):
+            g = h // (Hq // Hkv)
+            for i in range(T):
+                expect[b, g, :i + 1] += torch.softmax(k[b, g, :i + 1] @ q[b, h, i] / D ** 0.5, dim=-1)
+    got = ev.h2o_scores(q, k, chunk=chunk)
+    assert torch.allclose(got, expect, atol=1e-5)
+    assert torch.allclose(got.sum(-1), torch.full((B, Hkv), T * Hq / Hkv))
 
 
 def test_qfilters_recovers_the_dominant_query_direction():

@@ -11,6 +11,7 @@
 #pragma once
 #include <cstddef>
 #include <cstdint>
+#include "kvcore/host_device.h"
 #include "kvcore/quant_format.h"
 
 #if defined(KVCORE_WITH_CUDA) || defined(__CUDACC__)
@@ -71,7 +72,7 @@ struct DecodeArgs {
   // turns them into probabilities with the final lse: no second pass over the cache.
   float* attn_mass = nullptr;
   float* logits = nullptr;
-  int64_t mass_cols() const { return s_cap + t_cap + r_cap; }
+  KV_HD int64_t mass_cols() const { return s_cap + t_cap + r_cap; }
 };
 
 // CPU: units are (b, query head) pairs, [begin, end) of B*Hq.

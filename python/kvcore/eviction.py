@@ -41,7 +41,52 @@ def l2norm_scores(k: Tensor) -> Tensor:
     return -k.float().norm(dim=-1)
 
 
-def snapkv_scores(q_window: Tensor, k: Tensor, kernel_size: int = 7, sm_scale: float = None) -> Tensor:
+def _causal_mask(first: int, n: int, T: int, device) -> Tensor:
+    """[n, T] True where query ``first + i`` must not see key ``t`` (t > first + i)."""
+    return torch.arange(T, device=device)[None] > (first + torch.arange(n, device=device))[:, None]
+
+
+def h2o_scores(q: Tensor, k: Tensor, sm_scale: float = None, chunk: int = 512) -> Tensor:
+    """H2O's heavy-hitter score after prefill: the attention every prompt query pays to
+    each key under the causal mask, summed over the queries and the group's query heads.
+    During decode, ``decode_attention(..., attn_mass=scores)`` keeps adding to it.
+
+    Args:
+        q: ``[B, Hq, T, D]`` the prompt's queries (after RoPE, as the keys).
+        k: ``[B, Hkv, T, D]`` the prompt's keys; Hq a multiple of Hkv.
+        sm_scale: softmax scale, default ``1/sqrt(D)``.
+        chunk: queries per step (memory is ``B * Hq * chunk * T`` floats).
+
+    Returns:
+        ``[B, Hkv, T]`` float32; each query head adds 1 per query, so a row sums to
+        ``T * Hq / Hkv``.
+
+    Example::
+
+        >>> h2o_scores(torch.randn(1, 8, 100, 64), torch.randn(1, 2, 100, 64)).shape
+        torch.Size([1, 2, 100])
+    """
+    B, Hq, T, D = q.shape
+    Hkv = k.shape[1]
+    if Hq % Hkv:
+        raise ValueError(f"kvcore.h2o_scores: Hq={Hq} must be a multiple of Hkv={Hkv}")
+    if k.shape[2] != T:
+        raise ValueError(f"kvcore.h2o_scores: q and k must cover the same {T} prompt tokens, got k with {k.shape[2]}")
+    if chunk < 1:
+        raise ValueError(f"kvcore.h2o_scores: chunk must be >= 1, got {chunk}")
+    scale = D ** -0.5 if sm_scale is None else sm_scale
+    kr = k.float().repeat_interleave(Hq // Hkv, dim=1)
+    total = torch.zeros(B, Hq, T, dtype=torch.float32, device=k.device)
+    for first in range(0, T, chunk):
+        n = min(chunk, T - first)
+        logits = torch.einsum("bhnd,bhtd->bhnt", q[:, :, first:first + n].float(), kr) * scale
+        logits = logits.masked_fill(_causal_mask(first, n, T, k.device), float("-inf"))
+        total += torch.softmax(logits, dim=-1).sum(2)
+    return _group_sum(total, Hkv)
+
+
+def snapkv_scores(q_window: Tensor, k: Tensor, kernel_size: int = 7, sm_scale: float = None,
+                  causal: bool = True) -> Tensor:
     """SnapKV: the attention that the last ``w`` queries (the observation window) pay to
     each cached key, summed over the window and the group's query heads, then max-pooled
     over ``kernel_size`` neighbouring tokens so that kept tokens keep their context.
@@ -51,6 +96,8 @@ def snapkv_scores(q_window: Tensor, k: Tensor, kernel_size: int = 7, sm_scale: f
         k: ``[B, Hkv, T, D]`` keys; Hq a multiple of Hkv.
         kernel_size: odd pooling width (1: no pooling).
         sm_scale: softmax scale, default ``1/sqrt(D)``.
+        causal: the window is the last ``w`` of the ``T`` tokens, and its query ``i``
+            sees only keys ``<= T - w + i`` (as in the prompt's own attention).
 
     Returns:
         ``[B, Hkv, T]`` float32.
@@ -68,7 +115,13 @@ def snapkv_scores(q_window: Tensor, k: Tensor, kernel_size: int = 7, sm_scale: f
         raise ValueError(f"kvcore.snapkv_scores: Hq={Hq} must be a multiple of Hkv={Hkv}")
     scale = D ** -0.5 if sm_scale is None else sm_scale
     kr = k.float().repeat_interleave(Hq // Hkv, dim=1)  # [B, Hq, T, D]
-    attn = torch.softmax(torch.einsum("bhwd,bhtd->bhwt", q_window.float(), kr) * scale, dim=-1)
+    logits = torch.einsum("bhwd,bhtd->bhwt", q_window.float(), kr) * scale
+    if causal:
+        T = k.shape[2]
+        if w > T:
+            raise ValueError(f"kvcore.snapkv_scores: a causal window of {w} queries needs at least {w} keys, got {T}")
+        logits = logits.masked_fill(_causal_mask(T - w, w, T, k.device), float("-inf"))
+    attn = torch.softmax(logits, dim=-1)
     s = _group_sum(attn.sum(2), Hkv)  # [B, Hkv, T]
     if kernel_size > 1:
         s = F.max_pool1d(s.reshape(B * Hkv, 1, -1), kernel_size, stride=1, padding=kernel_size // 2).reshape(s.shape)

@@ -34,25 +34,29 @@ __device__ __forceinline__ int32_t score_of(const uint32_t* k, const uint32_t* q
   return gq * 32 * W - diff;
 }
 
-// Four tokens a thread. Grid: rows * quad_blocks CTAs, row-major.
+// Four tokens a thread. Grid: rows * quad_blocks CTAs, row-major. The key loads are
+// issued first, so that their latency overlaps the query and length loads (a CTA's
+// life is one round of loads: serialising them doubled it).
 template <int W>
 __global__ void __launch_bounds__(kThreads) hamming_quad_kernel(HammingArgs a, int64_t quad_blocks) {
   extern __shared__ uint32_t q_s[];  // [gq][W]
   const int64_t row = blockIdx.x / quad_blocks;  // b * Hkv + g
   const int64_t t0 = ((blockIdx.x % quad_blocks) * kThreads + threadIdx.x) * 4;
   const int b = (int)(row / a.Hkv), g = (int)(row % a.Hkv);
-  load_group_queries(a, b, g, W, q_s);
-  if (t0 >= a.T) return;
-  const int64_t len = valid_len(a, b);
-  int4 s = make_int4(-1, -1, -1, -1);
-  if (t0 < len) {
-    uint32_t k[4 * W];
+  uint32_t k[4 * W];
+  if (t0 < a.T) {
     const uint4* kp = reinterpret_cast<const uint4*>(a.k_sig + (row * a.T + t0) * W);
 #pragma unroll
     for (int i = 0; i < W; ++i) {
       const uint4 v = kp[i];
       k[4 * i] = v.x; k[4 * i + 1] = v.y; k[4 * i + 2] = v.z; k[4 * i + 3] = v.w;
     }
+  }
+  load_group_queries(a, b, g, W, q_s);
+  if (t0 >= a.T) return;
+  const int64_t len = valid_len(a, b);
+  int4 s = make_int4(-1, -1, -1, -1);
+  if (t0 < len) {
     const int gq = a.Hq / a.Hkv;
     s.x = score_of<W>(k, q_s, gq);
     s.y = t0 + 1 < len ? score_of<W>(k + W, q_s, gq) : -1;

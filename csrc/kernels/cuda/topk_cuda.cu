@@ -1,5 +1,7 @@
-// CUDA kernel of kvcore.topk_select: a cluster of CTAs per row (one CTA off sm_90). Scores map to order-preserving
-// 32-bit keys (NaN lowest, -0 == +0); up to four 8-bit radix passes of shared-memory
+// CUDA kernel of kvcore.topk_select: a cluster of CTAs per row (one CTA off sm_90),
+// each holding its slice of the row in shared memory after the first read. Scores map
+// to order-preserving 32-bit keys (NaN lowest, -0 == +0); up to three 11-bit or four
+// 8-bit radix passes of shared-memory
 // histograms find the k-th highest key prefix and how many entries equal to it to keep
 // (the last ones by position, as ties go to the later position); a final pass writes
 // the kept positions in ascending order through block-wide prefix sums. Rows are read
@@ -8,6 +10,7 @@
 #include <cooperative_groups.h>
 
 #include <algorithm>
+#include <atomic>
 #include <climits>
 
 #include "../eviction.h"
@@ -22,7 +25,12 @@ constexpr int kWarps = kThreads / 32;
 constexpr int kPerThread = 4;  // consecutive entries per thread in the output pass
 constexpr int kTile = kThreads * kPerThread;
 constexpr int kUnroll = 4;  // rounds of kTile entries per histogram iteration
-static_assert(kThreads >= 256 && kTile < 65536, "a thread per digit; tile counts fit 16 bits");
+// Radix digits: 11 bits (3 passes: bits 21-31, 10-20, 0-9) where a CTA's slice is short
+// and each pass's dozen CTA barriers dominate; 8 bits (4 passes) for long slices, where
+// they measured faster (fewer bins, fewer atomics contending on the same words).
+constexpr int kShortSlice = 16384;
+
+static_assert(kTile < 65536, "tile counts fit 16 bits");
 
 // Larger score -> larger key; NaN (any sign or payload) -> 0, below -inf (0x007FFFFF);
 // -0.0 is read as +0.0 so the two tie and fall back to position, as on the CPU.
@@ -129,14 +137,17 @@ __device__ __forceinline__ void warp_histogram_add(uint32_t* hist, bool counted,
   if (counted && (__ffs(peers) - 1) == lane) atomicAdd(&hist[digit], (uint32_t)__popc(peers));
 }
 
-template <bool kFloat>
+template <bool kFloat, int kBits>
 __global__ void __launch_bounds__(kThreads, 1) topk_kernel(TopkArgs a, int64_t cache_entries) {
+  constexpr int kBins = 1 << kBits;
+  static_assert(kBins <= 2 * kThreads, "at most two digits a thread in the pick");
   extern __shared__ uint4 cache_raw[];  // the slice's first cache_entries keys
   uint32_t* cache_s = reinterpret_cast<uint32_t*>(cache_raw);
-  __shared__ uint32_t hist[256];
+  __shared__ uint32_t hist[kBins];
   __shared__ uint32_t warp_s[kWarps];
   __shared__ uint32_t pick[3];      // digit, entries still to take in it, entries in it
   __shared__ uint32_t eq_count;      // this CTA's entries at the picked digit, this pass
+  __shared__ uint32_t and_or[2];     // integer rows: AND and OR of this CTA's keys
   __shared__ uint32_t slice_tot[2];  // this CTA's kept-above and equal counts, for the others
   const unsigned C = cluster_size(), rank = cluster_rank();
   const int64_t r = blockIdx.x / C;
@@ -161,18 +172,73 @@ __global__ void __launch_bounds__(kThreads, 1) topk_kernel(TopkArgs a, int64_t c
   const int64_t hi = lo + slice < len ? lo + slice : len;
   const int64_t cache_hi = lo + cache_entries < hi ? lo + cache_entries : hi;
 
-  // Radix select over the whole row: after each pass, prefix holds the top bits of the
-  // k-th highest key (bits under mask) and `remaining` how many of the entries with that
-  // prefix to keep. Each CTA also counts its slice's entries above the final prefix
-  // (mine_gt) and equal to it (mine_eq), from its own histograms.
+  // Radix select over the whole row: after each pass, prefix holds the top
+  // bits of the k-th highest key (bits under mask) and `remaining` how many of the
+  // entries with that prefix to keep. With several CTAs a row, each also counts its
+  // slice's entries above the final prefix (mine_gt) and equal to it (mine_eq).
   uint32_t prefix = 0u, mask = 0u, remaining = (uint32_t)k, in_bucket = 0u, mine_gt = 0u, mine_eq = 0u;
-  for (int shift = 24; shift >= 0; shift -= 8) {
-    for (int i = tid; i < 256; i += kThreads) hist[i] = 0u;
+  // Bits above `top` are the same in every key of the row. Integer scores (Hamming
+  // distances: a range of a few hundred) take the histogram path: one read computes
+  // the keys' AND and OR (and fills the shared-memory copy), and the radix passes start
+  // at the highest bit where keys differ, so one 11-bit pass covers a range of 2048.
+  int top = 32;
+  if constexpr (!kFloat) {
+    if (tid == 0) {
+      and_or[0] = ~0u;
+      and_or[1] = 0u;
+    }
+    __syncthreads();
+    uint32_t all_and = ~0u, any_or = 0u;
+    for (int64_t it = lo; it < hi; it += (int64_t)kUnroll * kTile) {
+#pragma unroll
+      for (int u = 0; u < kUnroll; ++u) {
+        uint32_t key[4];
+        bool valid[4];
+        read4<kFloat>(row, cache_s, lo, cache_hi, true, it + (int64_t)u * kTile + tid * 4, hi, aligned, key, valid);
+#pragma unroll
+        for (int j = 0; j < 4; ++j)
+          if (valid[j]) {
+            all_and &= key[j];
+            any_or |= key[j];
+          }
+      }
+    }
+    all_and = __reduce_and_sync(0xFFFFFFFFu, all_and);
+    any_or = __reduce_or_sync(0xFFFFFFFFu, any_or);
+    if ((tid & 31) == 0) {
+      atomicAnd(&and_or[0], all_and);
+      atomicOr(&and_or[1], any_or);
+    }
+    if (C > 1) cluster_barrier();
+    else __syncthreads();
+    all_and = and_or[0];
+    any_or = and_or[1];
+    for (unsigned c = 0; c < C; ++c)
+      if (c != rank) {
+        const uint32_t* other = shared_of_rank(and_or, c);
+        all_and &= other[0];
+        any_or |= other[1];
+      }
+    if (C > 1) cluster_barrier();  // read before any CTA moves on (and could exit)
+    const uint32_t differ = all_and ^ any_or;
+    top = differ ? 32 - __clz(differ) : 0;
+    mask = top >= 32 ? 0u : ~0u << top;
+    prefix = all_and & mask;
+    if (top == 0) {  // every key equal: the ties alone decide (the last k by position)
+      in_bucket = (uint32_t)len;
+      mine_eq = (uint32_t)(hi - lo);
+    }
+  }
+#pragma unroll 1
+  for (int p = 0; top - kBits * p > 0; ++p) {
+    const int shift = top - kBits * (p + 1) > 0 ? top - kBits * (p + 1) : 0;
+    const uint32_t dmask = (1u << (top - kBits * p - shift)) - 1u;
+    for (int i = tid; i < kBins; i += kThreads) hist[i] = 0u;
     __syncthreads();
     // kUnroll rounds of the CTA's 4096 entries per iteration: that many loads in flight
     // per thread (one at a time left the passes bound by L2 latency). The trip count is
     // CTA-uniform, so every lane reaches the warp-wide histogram add.
-    const bool fill = shift == 24;
+    const bool fill = kFloat && p == 0;  // integer rows were copied by the AND/OR read
     for (int64_t it = lo; it < hi; it += (int64_t)kUnroll * kTile) {
       uint32_t key[kUnroll][4];
 #pragma unroll
@@ -185,33 +251,50 @@ __global__ void __launch_bounds__(kThreads, 1) topk_kernel(TopkArgs a, int64_t c
 #pragma unroll
         for (int j = 0; j < 4; ++j) {
           const bool valid = it + (int64_t)u * kTile + tid * 4 + j < hi;
-          warp_histogram_add(hist, valid && (key[u][j] & mask) == prefix, (key[u][j] >> shift) & 255u);
+          warp_histogram_add(hist, valid && (key[u][j] & mask) == prefix, (key[u][j] >> shift) & dmask);
         }
     }
-    cluster_barrier();  // every CTA's histogram is complete
-    // Suffix sums from the highest digit: thread i holds digit 255 - i; exactly one
-    // thread sees the remaining-th highest entry fall inside its digit.
-    uint32_t h = 0u, mine = 0u;
-    if (tid < 256) {
-      mine = hist[255 - tid];
-      for (unsigned c = 0; c < C; ++c) h += c == rank ? mine : shared_of_rank(hist, c)[255 - tid];
+    if (C > 1) cluster_barrier();  // every CTA's histogram is complete
+    else __syncthreads();
+    // Suffix sums from the highest digit: thread i < kBins/2 holds digits d1 = kBins-1-2i
+    // and d0 = d1-1 (in that order), the others none; exactly one thread sees the
+    // remaining-th highest entry fall inside one of its digits.
+    const bool holds = 2 * tid < kBins;
+    const uint32_t d1 = holds ? kBins - 1 - 2 * tid : 0u, d0 = holds ? d1 - 1 : 0u;
+    const uint32_t mine1 = holds ? hist[d1] : 0u, mine0 = holds ? hist[d0] : 0u;
+    uint32_t h1 = mine1, h0 = mine0;
+    if (C > 1) {
+      for (unsigned c = 0; c < C; ++c)
+        if (c != rank && holds) {
+          const uint32_t* other = shared_of_rank(hist, c);
+          h1 += other[d1];
+          h0 += other[d0];
+        }
+      cluster_barrier();  // every CTA has read the others' histograms before they are reset
     }
-    cluster_barrier();  // every CTA has read the others' histograms before they are reset
     uint32_t total;
-    const uint32_t above = block_exclusive_scan(h, warp_s, &total);
-    if (tid < 256 && above < remaining && remaining <= above + h) {
-      pick[0] = 255u - tid;
+    const uint32_t above = block_exclusive_scan(h1 + h0, warp_s, &total);
+    if (!holds) {
+    } else if (above < remaining && remaining <= above + h1) {
+      pick[0] = d1;
       pick[1] = remaining - above;
-      pick[2] = h;
+      pick[2] = h1;
+    } else if (above + h1 < remaining && remaining <= above + h1 + h0) {
+      pick[0] = d0;
+      pick[1] = remaining - above - h1;
+      pick[2] = h0;
     }
     __syncthreads();
     const uint32_t digit = pick[0];
-    uint32_t mine_above;
-    block_exclusive_scan(tid < 256 && 255u - tid > digit ? mine : 0u, warp_s, &mine_above);
-    mine_gt += mine_above;
-    if (tid < 256 && 255u - tid == digit) eq_count = mine;
+    if (C > 1) {
+      uint32_t mine_above;
+      block_exclusive_scan(holds ? (d1 > digit ? mine1 : 0u) + (d0 > digit ? mine0 : 0u) : 0u, warp_s, &mine_above);
+      mine_gt += mine_above;
+      if (holds && d1 == digit) eq_count = mine1;
+      if (holds && d0 == digit) eq_count = mine0;
+    }
     prefix |= digit << shift;
-    mask |= 255u << shift;
+    mask |= dmask << shift;
     remaining = pick[1];
     in_bucket = pick[2];
     __syncthreads();  // eq_count written; it and pick are rewritten only after the next pass's barriers
@@ -291,13 +374,24 @@ cudaError_t topk_select_cuda(const TopkArgs& a, int num_sms, bool clusters, int 
   // Shared-memory copy of each slice's first entries (whole 4096-entry tiles), so the
   // later passes and the output pass read the row from DRAM/L2 only once.
   const int64_t slice = (a.L + per_row - 1) / per_row;
-  const int64_t cap_tiles = std::max<int64_t>(0, ((int64_t)max_smem_optin - 8 * 1024) / ((int64_t)kTile * 4));
+  // (16 KB left for the kernel's static shared memory, 8.3 KB)
+  const int64_t cap_tiles = std::max<int64_t>(0, ((int64_t)max_smem_optin - 16 * 1024) / ((int64_t)kTile * 4));
   const int64_t cache_entries = std::min<int64_t>((slice + kTile - 1) / kTile, cap_tiles) * kTile;
   const size_t smem = (size_t)cache_entries * 4;
-  const void* kernel = a.is_float ? (const void*)topk_kernel<true> : (const void*)topk_kernel<false>;
-  if (smem > 48 * 1024) {
-    const cudaError_t err = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem);
-    if (err != cudaSuccess) return err;
+  if (smem > 48 * 1024) {  // raised once per device and kernel to the most any call asks for
+    static std::atomic<int> raised[64] = {};
+    int device = 0;
+    if (cudaGetDevice(&device) != cudaSuccess || device < 0 || device >= 64) device = 0;
+    std::atomic<int>& done = raised[device];
+    if (done.load() == 0) {
+      const int most = (int)(cap_tiles * kTile * 4);
+      for (const void* kernel : {(const void*)topk_kernel<true, 8>, (const void*)topk_kernel<true, 11>,
+                                 (const void*)topk_kernel<false, 8>, (const void*)topk_kernel<false, 11>}) {
+        const cudaError_t err = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, most);
+        if (err != cudaSuccess) return err;
+      }
+      done.store(1);
+    }
   }
   cudaLaunchConfig_t cfg = {};
   cfg.dynamicSmemBytes = smem;
@@ -313,8 +407,12 @@ cudaError_t topk_select_cuda(const TopkArgs& a, int num_sms, bool clusters, int 
     cfg.attrs = attr;
     cfg.numAttrs = 1;
   }
-  return a.is_float ? cudaLaunchKernelEx(&cfg, topk_kernel<true>, a, cache_entries)
-                    : cudaLaunchKernelEx(&cfg, topk_kernel<false>, a, cache_entries);
+  const bool short_slice = slice <= kShortSlice;
+  if (a.is_float)
+    return short_slice ? cudaLaunchKernelEx(&cfg, topk_kernel<true, 11>, a, cache_entries)
+                       : cudaLaunchKernelEx(&cfg, topk_kernel<true, 8>, a, cache_entries);
+  return short_slice ? cudaLaunchKernelEx(&cfg, topk_kernel<false, 11>, a, cache_entries)
+                     : cudaLaunchKernelEx(&cfg, topk_kernel<false, 8>, a, cache_entries);
 }
 
 }  // namespace kvcore
