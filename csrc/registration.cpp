@@ -12,14 +12,16 @@ TORCH_LIBRARY(kvcore, m) {
       "dequantize_kv(Tensor codes, Tensor scale, Tensor mn, int bits, int group_size, str axis, "
       "ScalarType? dtype=None) -> Tensor");
   // One query token per sequence attends to its sinks + packed (b-bit) + residual KV; returns (out, lse).
+  // attn_mass [B, Hkv, S_cap + T_cap + R_cap] (optional, in place): += each token's attention
+  // probability summed over its KV head's query heads (H2O).
   m.def(
       "decode_attention(Tensor q, Tensor k_codes, Tensor k_scale, Tensor k_mn, Tensor v_codes, "
       "Tensor v_scale, Tensor v_mn, Tensor k_resid, Tensor v_resid, Tensor packed_len, Tensor resid_len, "
       "int bits, int group_size, float? sm_scale=None, Tensor? k_sink=None, Tensor? v_sink=None, "
       "Tensor? sink_len=None, Tensor? k_outlier_idx=None, Tensor? k_outlier_res=None, "
       "Tensor? v_outlier_idx=None, Tensor? v_outlier_res=None, Tensor? k_lowrank_a=None, "
-      "Tensor? k_lowrank_b=None, Tensor? v_lowrank_a=None, Tensor? v_lowrank_b=None, int? v_group_size=None) "
-      "-> (Tensor, Tensor)");
+      "Tensor? k_lowrank_b=None, Tensor? v_lowrank_a=None, Tensor? v_lowrank_b=None, int? v_group_size=None, "
+      "Tensor(a!)? attn_mass=None) -> (Tensor, Tensor)");
   // x [..., D] -> x diag(s) H / sqrt(D) (inverse: x H / sqrt(D) diag(s)); s = +-1 from (seed, d).
   m.def("hadamard_rotate(Tensor x, int seed=0, bool inverse=False) -> Tensor");
   // Per token, the `count` channels farthest from their group's median (in MADs):

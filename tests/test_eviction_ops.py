@@ -199,6 +199,27 @@ def test_hamming_cuda_equals_cpu(heads, W):
     assert torch.equal(out.cpu(), kvcore.hamming_scores(q, k, lengths))
 
 
+@pytest.mark.cuda
+@pytest.mark.parametrize("W", [1, 2, 4, 8])
+def test_hamming_cuda_odd_lengths_and_offset_views(W):
+    """T not a multiple of 4, and signatures at a 4-byte offset, take the per-token kernel."""
+    gen = torch.Generator().manual_seed(10 + W)
+    q = torch.randint(-2**31, 2**31 - 1, (2, 6, W), generator=gen, dtype=torch.int32)
+    k = torch.randint(-2**31, 2**31 - 1, (2, 3, 1001, W), generator=gen, dtype=torch.int32)
+    lengths = torch.tensor([1001, 998], dtype=torch.int32)
+    expect = kvcore.hamming_scores(q, k, lengths)
+    assert torch.equal(kvcore.hamming_scores(q.cuda(), k.cuda(), lengths.cuda()).cpu(), expect)
+    flat = torch.zeros(k.numel() + 1, dtype=torch.int32).cuda()
+    flat[1:] = k.flatten().cuda()
+    k_view = flat[1:].view(k.shape)  # 4 bytes past a 16-byte boundary
+    assert torch.equal(kvcore.hamming_scores(q.cuda(), k_view, lengths.cuda()).cpu(), expect)
+    k4 = k[:, :, :1000].contiguous()  # T multiple of 4 but the view is misaligned: per-token kernel
+    flat4 = torch.zeros(k4.numel() + 1, dtype=torch.int32).cuda()
+    flat4[1:] = k4.flatten().cuda()
+    assert torch.equal(kvcore.hamming_scores(q.cuda(), flat4[1:].view(k4.shape), lengths.cuda()).cpu(),
+                       kvcore.hamming_scores(q, k4, lengths))
+
+
 # ---------------------------------------------------------------- compact_kv
 
 def reference_compact(x, idx, count):
@@ -324,6 +345,24 @@ def test_topk_cuda_equals_cpu_long_rows(L, dtype):
     lengths = torch.randint(L // 2, L + 1, (R,), generator=gen, dtype=torch.int32)
     lengths[0] = L
     _topk_cuda_vs_cpu(s, L // 8, lengths)
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("kind", ["float", "few_values", "all_equal"])
+@pytest.mark.parametrize("k", [1, 777, 50000])
+def test_topk_cuda_few_long_rows_split_across_ctas(kind, k):
+    """Few rows of 128K: each row is split over a cluster of CTAs (8 on an H100/H200),
+    so ties at the k-th value span slices and their kept/skipped split crosses CTAs."""
+    gen = torch.Generator().manual_seed(k)
+    R, L = 3, 131072
+    if kind == "float":
+        s = torch.randn(R, L, generator=gen)
+    elif kind == "few_values":
+        s = torch.randint(0, 7, (R, L), generator=gen, dtype=torch.int32)
+    else:
+        s = torch.zeros(R, L, dtype=torch.int32)
+    lengths = torch.tensor([L, L - 3, 70001], dtype=torch.int32)
+    _topk_cuda_vs_cpu(s, k, lengths)
 
 
 @pytest.mark.cuda

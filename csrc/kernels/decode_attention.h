@@ -62,15 +62,29 @@ struct DecodeArgs {
 
   void* out = nullptr;   // [B, Hq, D] in dtype
   float* lse = nullptr;  // [B, Hq] natural-log sum of exp of the scaled scores (-inf if no token)
+
+  // Optional H2O attention mass. attn_mass [B, Hkv, s_cap + t_cap + r_cap] float32 (columns:
+  // sinks, packed tokens, residual window) gets += each valid token's softmax probability
+  // summed over the query heads of its KV head. The attention kernels write every valid
+  // token's scaled score to `logits` [B, Hq, s_cap + t_cap + r_cap] (natural-log units on
+  // the CPU, base 2 on CUDA; other columns are left as they are), then attention_mass_*
+  // turns them into probabilities with the final lse: no second pass over the cache.
+  float* attn_mass = nullptr;
+  float* logits = nullptr;
+  int64_t mass_cols() const { return s_cap + t_cap + r_cap; }
 };
 
 // CPU: units are (b, query head) pairs, [begin, end) of B*Hq.
 void decode_attention_cpu(const DecodeArgs& a, int64_t begin, int64_t end);
+// CPU, after decode_attention_cpu: attn_mass += probabilities from logits and lse, for
+// rows [begin, end) of B*Hkv.
+void attention_mass_cpu(const DecodeArgs& a, int64_t begin, int64_t end);
 
 #if defined(KVCORE_WITH_CUDA) || defined(__CUDACC__)
 // Bytes of device scratch that decode_attention_cuda needs for these shapes.
 size_t decode_attention_cuda_workspace(const DecodeArgs& a, int num_sms);
-// Enqueues the split kernels and the merge on `stream`. No host synchronisation.
+// Enqueues the split kernels and the merge (and, with attn_mass, the mass kernel, whose
+// logits live in the workspace) on `stream`. No host synchronisation.
 cudaError_t decode_attention_cuda(const DecodeArgs& a, void* workspace, int num_sms, cudaStream_t stream);
 #endif
 

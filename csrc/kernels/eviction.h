@@ -61,8 +61,10 @@ struct TopkArgs {
 };
 void topk_select_cpu(const TopkArgs& a, int64_t begin, int64_t end);
 #if defined(KVCORE_WITH_CUDA) || defined(__CUDACC__)
-// One CTA per row (rows <= INT32_MAX, checked by the glue); scores 4-byte aligned.
-cudaError_t topk_select_cuda(const TopkArgs& a, cudaStream_t stream);
+// A cluster of up to 8 CTAs per row where `clusters` (sm_90 and later), else one CTA
+// (rows <= INT32_MAX, checked by the glue); scores 4-byte aligned. max_smem_optin: the
+// device's opt-in shared memory per block, for the copy of each row slice.
+cudaError_t topk_select_cuda(const TopkArgs& a, int num_sms, bool clusters, int max_smem_optin, cudaStream_t stream);
 #endif
 
 // compact_kv: in place, per row r, token idx[r][i] moves to slot i for i < count[r]

@@ -243,6 +243,20 @@ bool check_decode_corrections(const at::Tensor& q, const std::optional<at::Tenso
   return any;
 }
 
+bool check_decode_mass(const at::Tensor& q, const std::optional<at::Tensor>& attn_mass, DecodeArgs& a) {
+  if (!attn_mass.has_value()) return false;
+  const at::Tensor& m = *attn_mass;
+  TORCH_CHECK(m.scalar_type() == at::kFloat, "kvcore.decode_attention: attn_mass must be float32, got ", m.scalar_type());
+  TORCH_CHECK(m.device() == q.device(), "kvcore.decode_attention: attn_mass must be on ", q.device(), " like q, got ",
+              m.device());
+  TORCH_CHECK(m.dim() == 3 && m.size(0) == a.B && m.size(1) == a.Hkv && m.size(2) == a.mass_cols(),
+              "kvcore.decode_attention: attn_mass must have shape [B, Hkv, S_cap + T_cap + R_cap] = [", a.B, ", ",
+              a.Hkv, ", ", a.mass_cols(), "], got ", m.sizes());
+  TORCH_CHECK(m.is_contiguous(), "kvcore.decode_attention: attn_mass must be contiguous");
+  a.attn_mass = m.data_ptr<float>();
+  return true;
+}
+
 std::tuple<at::Tensor, at::Tensor> alloc_decode_outputs(const at::Tensor& q, DecodeArgs& a) {
   auto out = at::empty({a.B, a.Hq, a.D}, q.options());
   auto lse = at::empty({a.B, a.Hq}, q.options().dtype(at::kFloat));

@@ -31,6 +31,10 @@ bool check_decode_corrections(const at::Tensor& q, const std::optional<at::Tenso
                               const std::optional<at::Tensor>& v_lowrank_a, const std::optional<at::Tensor>& v_lowrank_b,
                               DecodeArgs& a);
 
+// Checks the optional H2O attention-mass output (float32 [B, Hkv, S_cap + T_cap + R_cap],
+// contiguous, on q's device) and points a.attn_mass at it. Returns whether it was given.
+bool check_decode_mass(const at::Tensor& q, const std::optional<at::Tensor>& attn_mass, DecodeArgs& a);
+
 // Allocates out [B, Hq, D] (q's dtype and device) and lse [B, Hq] (float32) and
 // points a.out / a.lse at them. Returns (out, lse).
 std::tuple<at::Tensor, at::Tensor> alloc_decode_outputs(const at::Tensor& q, DecodeArgs& a);

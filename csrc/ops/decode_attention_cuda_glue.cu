@@ -29,11 +29,12 @@ std::tuple<at::Tensor, at::Tensor> decode_attention_cuda_op(
     const std::optional<at::Tensor>& v_outlier_idx, const std::optional<at::Tensor>& v_outlier_res,
     const std::optional<at::Tensor>& k_lowrank_a, const std::optional<at::Tensor>& k_lowrank_b,
     const std::optional<at::Tensor>& v_lowrank_a, const std::optional<at::Tensor>& v_lowrank_b,
-    std::optional<int64_t> v_group_size) {
+    std::optional<int64_t> v_group_size, const std::optional<at::Tensor>& attn_mass) {
   DecodeArgs a = check_decode_args(q, k_codes, k_scale, k_mn, v_codes, v_scale, v_mn, k_resid, v_resid, packed_len,
                                    resid_len, bits, group_size, sm_scale, k_sink, v_sink, sink_len, v_group_size);
   const bool corrections = check_decode_corrections(q, k_outlier_idx, k_outlier_res, v_outlier_idx, v_outlier_res,
                                                     k_lowrank_a, k_lowrank_b, v_lowrank_a, v_lowrank_b, a);
+  check_decode_mass(q, attn_mass, a);  // the logits it needs live in the workspace
   TORCH_CHECK(a.group <= a.v_group, "kvcore.decode_attention: the CUDA kernel needs group_size <= v_group_size, got ",
               a.group, " and ", a.v_group, " (the CPU kernel takes any pair)");
   if (corrections) {  // streamed with 16-byte asynchronous copies as well

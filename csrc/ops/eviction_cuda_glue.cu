@@ -33,9 +33,7 @@ at::Tensor lsh_signature_cuda_op(const at::Tensor& x, int64_t nbits, int64_t see
 
 at::Tensor hamming_scores_cuda_op(const at::Tensor& q_sig, const at::Tensor& k_sig, const at::Tensor& lengths) {
   HammingArgs a = check_hamming_args(q_sig, k_sig, lengths);
-  const size_t align = a.W >= 4 ? 16 : (size_t)a.W * 4;  // the kernel's vector loads
-  TORCH_CHECK(reinterpret_cast<uintptr_t>(k_sig.data_ptr()) % align == 0, "kvcore.hamming_scores: k_sig must be ",
-              align, "-byte aligned on CUDA (it is a view at an odd offset); pass k_sig.clone()");
+  // any int32 view works: the kernel takes 16-byte loads only where they are aligned
   const c10::cuda::CUDAGuard guard(q_sig.device());
   at::Tensor scores = at::empty({a.B, a.Hkv, a.T}, q_sig.options());
   a.q_sig = reinterpret_cast<const uint32_t*>(q_sig.data_ptr<int32_t>());
@@ -59,7 +57,11 @@ std::tuple<at::Tensor, at::Tensor> topk_select_cuda_op(const at::Tensor& scores,
   a.lengths = lengths.data_ptr<int32_t>();
   a.idx = idx.data_ptr<int32_t>();
   a.count = count.data_ptr<int32_t>();
-  const cudaError_t err = topk_select_cuda(a, c10::cuda::getCurrentCUDAStream().stream());
+  const int dev = scores.get_device();
+  const cudaError_t err = topk_select_cuda(a, sm_count(dev, "kvcore.topk_select"),
+                                           compute_capability_major(dev, "kvcore.topk_select") >= 9,
+                                           max_shared_memory_optin(dev, "kvcore.topk_select"),
+                                           c10::cuda::getCurrentCUDAStream().stream());
   TORCH_CHECK(err == cudaSuccess, "kvcore.topk_select: CUDA launch failed: ", cudaGetErrorString(err));
   return {idx, count};
 }

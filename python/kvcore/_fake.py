@@ -29,7 +29,7 @@ def _decode_attention_fake(q, k_codes, k_scale, k_mn, v_codes, v_scale, v_mn, k_
                            packed_len, resid_len, bits, group_size, sm_scale=None,
                            k_sink=None, v_sink=None, sink_len=None, k_outlier_idx=None, k_outlier_res=None,
                            v_outlier_idx=None, v_outlier_res=None, k_lowrank_a=None, k_lowrank_b=None,
-                           v_lowrank_a=None, v_lowrank_b=None, v_group_size=None):
+                           v_lowrank_a=None, v_lowrank_b=None, v_group_size=None, attn_mass=None):
     torch._check(q.dim() == 3, lambda: "kvcore.decode_attention: q must have shape [B, Hq, D]")
     torch._check(q.dtype in (torch.float16, torch.bfloat16),
                  lambda: f"kvcore.decode_attention: q must be float16 or bfloat16, got {q.dtype}")

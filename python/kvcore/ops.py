@@ -97,6 +97,7 @@ def decode_attention(
     v_lowrank_a: Optional[Tensor] = None,
     v_lowrank_b: Optional[Tensor] = None,
     v_group_size: Optional[int] = None,
+    attn_mass: Optional[Tensor] = None,
 ) -> Tuple[Tensor, Tensor]:
     """Attention of one new query token per sequence over a compressed KV cache.
 
@@ -144,6 +145,13 @@ def decode_attention(
             group_size. Smaller key blocks than value groups (e.g. 32 and 64) spend
             metadata bytes where the attention error comes from (docs/KV-ERROR.md);
             the CUDA kernel needs group_size <= v_group_size.
+        attn_mass: optional ``[B, Hkv, S_cap + T_cap + R_cap]`` float32, updated in
+            place (H2O's accumulated attention): each valid token's softmax probability,
+            summed over the query heads of its KV head, is added to its column (sinks
+            first, then packed tokens, then the residual window; other columns are left
+            as they are). Computed in the same pass over the cache: the kernels keep
+            each token's score and a small kernel adds ``exp(score - lse)`` after the
+            merge. On CUDA it runs the kernel instantiation that serves corrections.
 
     Lengths are device data, so they are not checked against the capacities (that
     would need a host synchronisation); the kernels clamp them instead: a negative
@@ -178,7 +186,7 @@ def decode_attention(
     return torch.ops.kvcore.decode_attention(
         q, k_codes, k_scale, k_mn, v_codes, v_scale, v_mn, k_resid, v_resid, packed_len, resid_len,
         bits, group_size, sm_scale, k_sink, v_sink, sink_len, k_outlier_idx, k_outlier_res,
-        v_outlier_idx, v_outlier_res, k_lowrank_a, k_lowrank_b, v_lowrank_a, v_lowrank_b, v_group_size)
+        v_outlier_idx, v_outlier_res, k_lowrank_a, k_lowrank_b, v_lowrank_a, v_lowrank_b, v_group_size, attn_mass)
 
 
 def lsh_signature(x: Tensor, nbits: int = 64, seed: int = 0) -> Tensor:

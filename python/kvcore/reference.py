@@ -189,3 +189,32 @@ def decode_attention(q, k_codes, k_scale, k_mn, v_codes, v_scale, v_mn, k_resid,
                                     packed_len, resid_len, bits, group_size, sm_scale, k_sink, v_sink, sink_len,
                                     **corrections)
     return out.to(device=q.device, dtype=q.dtype), lse.to(device=q.device, dtype=torch.float32)
+
+
+def attention_mass_f64(q, k_codes, k_scale, k_mn, v_codes, v_scale, v_mn, k_resid, v_resid,
+                       packed_len, resid_len, bits=2, group_size=64, sm_scale=None,
+                       k_sink=None, v_sink=None, sink_len=None, **corrections):
+    """The H2O attention mass of one decode step, float64 on the CPU: ``[B, Hkv,
+    S_cap + T_cap + R_cap]``, each token's softmax probability summed over the query
+    heads of its KV head, in the columns decode_attention's ``attn_mass`` uses (sinks,
+    then packed, then residual; zeros past the clamped lengths)."""
+    B, Hq, D = q.shape
+    Hkv, T_cap, R_cap = k_codes.shape[1], k_codes.shape[2], k_resid.shape[2]
+    S_cap = k_sink.shape[2] if k_sink is not None else 0
+    scale = D ** -0.5 if sm_scale is None else sm_scale
+    mass = torch.zeros(B, Hkv, S_cap + T_cap + R_cap, dtype=torch.float64)
+    tokens = decode_kv_tokens(k_codes, k_scale, k_mn, v_codes, v_scale, v_mn, k_resid, v_resid,
+                              packed_len, resid_len, bits, group_size, k_sink, v_sink, sink_len, **corrections)
+    n_packed = clamped_lengths(packed_len, T_cap, group_size)
+    n_resid = clamped_lengths(resid_len, R_cap)
+    n_sink = clamped_lengths(sink_len, S_cap) if k_sink is not None else [0] * B
+    for b, (k, _) in enumerate(tokens):
+        if k.shape[1] == 0:
+            continue
+        rep = Hq // Hkv
+        scores = torch.einsum("hd,htd->ht", q[b].cpu().double(), k.double().repeat_interleave(rep, dim=0)) * scale
+        p = torch.softmax(scores, dim=-1).reshape(Hkv, rep, -1).sum(1)  # [Hkv, n_b]
+        cols = torch.cat([torch.arange(n_sink[b]), S_cap + torch.arange(n_packed[b]),
+                          S_cap + T_cap + torch.arange(n_resid[b])])
+        mass[b][:, cols] = p
+    return mass

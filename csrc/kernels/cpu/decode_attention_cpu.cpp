@@ -4,6 +4,7 @@
 // Templated on dtype, bits and head_dim so the inner loops have fixed trip counts.
 #include <algorithm>
 #include <cmath>
+#include <utility>
 #include <vector>
 #include "../decode_attention.h"
 
@@ -218,6 +219,12 @@ void decode_unit(const DecodeArgs& a, int64_t u, std::vector<float>& scores) {
   full_scores<KIND, D>(a.k_sink, kv * a.s_cap, n.sink, q, a.sm_scale, s_sink);
   packed_scores<KIND, BITS, D>(a, kv, n.packed, q, s_packed);
   full_scores<KIND, D>(a.k_resid, kv * a.r_cap, n.resid, q, a.sm_scale, s_resid);
+  if (a.logits != nullptr) {  // for attention_mass_cpu, before the softmax overwrites them
+    float* lg = a.logits + u * a.mass_cols();
+    std::copy(s_sink, s_sink + n.sink, lg);
+    std::copy(s_packed, s_packed + n.packed, lg + a.s_cap);
+    std::copy(s_resid, s_resid + n.resid, lg + a.s_cap + a.t_cap);
+  }
 
   const SoftmaxStats st = softmax_weights(scores.data(), n.total());
   add_full_values<KIND, D>(a.v_sink, kv * a.s_cap, n.sink, s_sink, acc);
@@ -253,6 +260,24 @@ void dispatch_bits(const DecodeArgs& a, int64_t begin, int64_t end) {
 }
 
 }  // namespace
+
+void attention_mass_cpu(const DecodeArgs& a, int64_t begin, int64_t end) {
+  const int gq = a.Hq / a.Hkv;
+  const int64_t cols = a.mass_cols();
+  for (int64_t row = begin; row < end; ++row) {
+    const int b = (int)(row / a.Hkv), kvh = (int)(row % a.Hkv);
+    const SeqLens n = seq_lens(a, b);
+    float* mass = a.attn_mass + row * cols;
+    const std::pair<int64_t, int64_t> ranges[3] = {{0, n.sink}, {a.s_cap, n.packed}, {a.s_cap + a.t_cap, n.resid}};
+    for (int h = 0; h < gq; ++h) {
+      const int64_t u = (int64_t)b * a.Hq + (int64_t)kvh * gq + h;
+      const float* lg = a.logits + u * cols;
+      const float lse = a.lse[u];
+      for (const auto& [first, count] : ranges)
+        for (int64_t t = first; t < first + count; ++t) mass[t] += std::exp(lg[t] - lse);
+    }
+  }
+}
 
 void decode_attention_cpu(const DecodeArgs& a, int64_t begin, int64_t end) {
   switch (a.dtype) {

@@ -108,6 +108,36 @@ SplitParams plan_splits(const DecodeArgs& a, int num_sms) {
   return sp;
 }
 
+// H2O mass: a thread per (sequence, KV head, column); adds the valid columns'
+// probabilities exp2(logit - lse * log2 e) summed over the group's query heads.
+constexpr int kMassThreads = 256;
+__global__ void __launch_bounds__(kMassThreads) attention_mass_kernel(DecodeArgs a, int64_t col_blocks) {
+  const int64_t row = blockIdx.x / col_blocks;  // b * Hkv + kvh
+  const int64_t col = (blockIdx.x % col_blocks) * kMassThreads + threadIdx.x;
+  const int64_t cols = a.mass_cols();
+  if (col >= cols) return;
+  const int b = (int)(row / a.Hkv), kvh = (int)(row % a.Hkv), gq = a.Hq / a.Hkv;
+  auto clamp_len = [](const int32_t* len, int b, int64_t cap) -> int64_t {
+    if (len == nullptr) return 0;
+    const int64_t v = len[b];
+    return v < 0 ? 0 : (v > cap ? cap : v);
+  };
+  bool valid;
+  if (col < a.s_cap) {
+    valid = col < clamp_len(a.sink_len, b, a.s_cap);
+  } else if (col < a.s_cap + a.t_cap) {
+    const int64_t n = clamp_len(a.packed_len, b, a.t_cap);
+    valid = col - a.s_cap < n - n % a.group;
+  } else {
+    valid = col - a.s_cap - a.t_cap < clamp_len(a.resid_len, b, a.r_cap);
+  }
+  if (!valid) return;
+  const int64_t u0 = (int64_t)b * a.Hq + (int64_t)kvh * gq;
+  float p = 0.0f;
+  for (int h = 0; h < gq; ++h) p += exp2f(a.logits[(u0 + h) * cols + col] - a.lse[u0 + h] * kLog2e);
+  a.attn_mass[row * cols + col] += p;
+}
+
 template <int KIND, int D>
 cudaError_t run_all(const DecodeArgs& a, const SplitParams& sp, cudaStream_t st) {
   const cudaError_t e = for_kind_bits(a, [&](auto k, auto b) {
@@ -116,6 +146,12 @@ cudaError_t run_all(const DecodeArgs& a, const SplitParams& sp, cudaStream_t st)
   if (e != cudaSuccess) return e;
   const int64_t units = (int64_t)a.B * a.Hq;
   decode_merge_kernel<KIND, D><<<(unsigned)units, kMergeThreads, 0, st>>>(a, sp);
+  if (a.attn_mass != nullptr) {
+    const int64_t col_blocks = (a.mass_cols() + kMassThreads - 1) / kMassThreads;
+    const int64_t blocks = (int64_t)a.B * a.Hkv * col_blocks;
+    if (blocks > INT32_MAX) return cudaErrorInvalidConfiguration;
+    if (blocks > 0) attention_mass_kernel<<<(unsigned)blocks, kMassThreads, 0, st>>>(a, col_blocks);
+  }
   return cudaGetLastError();
 }
 
@@ -132,16 +168,19 @@ cudaError_t dispatch_dim(const DecodeArgs& a, const SplitParams& sp, cudaStream_
 size_t decode_attention_cuda_workspace(const DecodeArgs& a, int num_sms) {
   const SplitParams sp = plan_splits(a, num_sms);
   const size_t slots = (size_t)a.B * a.Hq * sp.np;
-  return slots * ((size_t)a.D + 2) * sizeof(float);
+  const size_t logits = a.attn_mass != nullptr ? (size_t)a.B * a.Hq * (size_t)a.mass_cols() : 0;
+  return (slots * ((size_t)a.D + 2) + logits) * sizeof(float);
 }
 
-cudaError_t decode_attention_cuda(const DecodeArgs& a, void* workspace, int num_sms, cudaStream_t stream) {
-  if ((int64_t)a.B * a.Hq == 0) return cudaSuccess;
+cudaError_t decode_attention_cuda(const DecodeArgs& args, void* workspace, int num_sms, cudaStream_t stream) {
+  if ((int64_t)args.B * args.Hq == 0) return cudaSuccess;
+  DecodeArgs a = args;
   SplitParams sp = plan_splits(a, num_sms);
   const size_t slots = (size_t)a.B * a.Hq * sp.np;
   sp.ws_o = static_cast<float*>(workspace);
   sp.ws_m = sp.ws_o + slots * a.D;
   sp.ws_l = sp.ws_m + slots;
+  a.logits = a.attn_mass != nullptr ? sp.ws_l + slots : nullptr;
   return a.dtype == DType::BF16 ? dispatch_dim<2>(a, sp, stream) : dispatch_dim<1>(a, sp, stream);
 }
 

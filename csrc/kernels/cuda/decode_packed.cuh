@@ -246,7 +246,8 @@ __device__ __forceinline__ void fp_partial(const DecodeArgs& a, const SplitParam
     o[j] = 0.0f;
   }
   float m = -INFINITY, l = 0.0f;
-  auto segment = [&](const void* kp, const void* vp, int64_t cap, int64_t len) {
+  float* lg_unit = a.logits != nullptr ? a.logits + unit * a.mass_cols() : nullptr;  // H2O mass
+  auto segment = [&](const void* kp, const void* vp, int64_t cap, int64_t len, int64_t col0) {
     len = len < 0 ? 0 : min(len, cap);
     const Bits<KIND>* k = static_cast<const Bits<KIND>*>(kp) + ((int64_t)b * a.Hkv + kvh) * cap * D + lane * CPL;
     const Bits<KIND>* v = static_cast<const Bits<KIND>*>(vp) + ((int64_t)b * a.Hkv + kvh) * cap * D + lane * CPL;
@@ -273,6 +274,11 @@ __device__ __forceinline__ void fp_partial(const DecodeArgs& a, const SplitParam
       for (int off = 16; off > 0; off >>= 1)
 #pragma unroll
         for (int u = 0; u < NB; ++u) sc[u] += __shfl_xor_sync(0xffffffffu, sc[u], off);
+      if (lg_unit != nullptr) {
+#pragma unroll
+        for (int u = 0; u < NB; ++u)
+          if (lane == u && t0 + u < len) lg_unit[col0 + t0 + u] = sc[u];
+      }
       float m_new = m;
 #pragma unroll
       for (int u = 0; u < NB; ++u) {
@@ -293,8 +299,8 @@ __device__ __forceinline__ void fp_partial(const DecodeArgs& a, const SplitParam
       m = m_new;
     }
   };
-  if (a.sink_len != nullptr && a.s_cap > 0) segment(a.k_sink, a.v_sink, a.s_cap, a.sink_len[b]);
-  if (a.r_cap > 0) segment(a.k_resid, a.v_resid, a.r_cap, a.resid_len[b]);
+  if (a.sink_len != nullptr && a.s_cap > 0) segment(a.k_sink, a.v_sink, a.s_cap, a.sink_len[b], 0);
+  if (a.r_cap > 0) segment(a.k_resid, a.v_resid, a.r_cap, a.resid_len[b], a.s_cap + a.t_cap);
   const int64_t slot = unit * sp.np + sp.np - 1;
 #pragma unroll
   for (int j = 0; j < CPL; ++j) sp.ws_o[slot * D + lane * CPL + j] = o[j];
@@ -714,6 +720,21 @@ __global__ void __launch_bounds__(kWarps * 32, D <= 64 ? 4 : D <= 128 ? 3 : 2) d
         s[mt][3] = ok1 ? acc[m][3] + cst[1] : -INFINITY;
       }
     }
+    if constexpr (CORR) {
+      if (a.logits != nullptr) {  // H2O mass: this lane's tokens g, g+8 of each m-tile, heads 2t, 2t+1
+        const int64_t cols = a.mass_cols();
+        float* lg = a.logits + ((int64_t)b * a.Hq + h0) * cols + a.s_cap + t0;
+#pragma unroll
+        for (int mt = 0; mt < MT; ++mt) {
+          const int r0 = 16 * mt + g, r1 = r0 + 8;
+#pragma unroll
+          for (int c = 0; c < 4; ++c) {
+            const int head = 2 * t + (c & 1), r = c < 2 ? r0 : r1;
+            if (head < nh && r < lim) lg[head * cols + r] = s[mt][c];
+          }
+        }
+      }
+    }
 
     // ---- online softmax over the stage (base 2) -------------------------------------
     float mx[2] = {-INFINITY, -INFINITY};
@@ -957,7 +978,10 @@ struct Packed {
 // Calls f(Packed<...>{}) for the instantiation that serves `a` (false: none does).
 template <int KIND, int BITS, typename F>
 bool visit_packed(const DecodeArgs& a, F&& f) {
-  const bool corr = a.k_outliers > 0 || a.v_outliers > 0 || a.k_rank > 0 || a.v_rank > 0;
+  // The logits for the attention mass (attn_mass given) are written by the CORR
+  // instantiation only, so the plain kernel stays as it is; the workspace sizing
+  // (plan_splits) sees the same choice.
+  const bool corr = a.k_outliers > 0 || a.v_outliers > 0 || a.k_rank > 0 || a.v_rank > 0 || a.attn_mass != nullptr;
   auto by_corr = [&](auto p_plain, auto p_corr) {
     if (corr) f(p_corr);
     else f(p_plain);

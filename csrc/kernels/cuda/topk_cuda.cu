@@ -1,10 +1,13 @@
-// CUDA kernel of kvcore.topk_select: a CTA per row. Scores map to order-preserving
+// CUDA kernel of kvcore.topk_select: a cluster of CTAs per row (one CTA off sm_90). Scores map to order-preserving
 // 32-bit keys (NaN lowest, -0 == +0); up to four 8-bit radix passes of shared-memory
 // histograms find the k-th highest key prefix and how many entries equal to it to keep
 // (the last ones by position, as ties go to the later position); a final pass writes
 // the kept positions in ascending order through block-wide prefix sums. Rows are read
 // with 16-byte loads when 16-byte aligned. No host synchronisation, no workspace.
 // The selection is a set defined by (key, position) alone, so it equals the CPU's.
+#include <cooperative_groups.h>
+
+#include <algorithm>
 #include <climits>
 
 #include "../eviction.h"
@@ -12,10 +15,13 @@
 namespace kvcore {
 namespace {
 
+namespace cg = cooperative_groups;
+
 constexpr int kThreads = 1024;
 constexpr int kWarps = kThreads / 32;
 constexpr int kPerThread = 4;  // consecutive entries per thread in the output pass
 constexpr int kTile = kThreads * kPerThread;
+constexpr int kUnroll = 4;  // rounds of kTile entries per histogram iteration
 static_assert(kThreads >= 256 && kTile < 65536, "a thread per digit; tile counts fit 16 bits");
 
 // Larger score -> larger key; NaN (any sign or payload) -> 0, below -inf (0x007FFFFF);
@@ -78,12 +84,62 @@ __device__ __forceinline__ void load4(const uint32_t* row, int64_t base, int64_t
   }
 }
 
+// Keys of one thread's four entries at `base` (a multiple of 4 past lo): from the
+// shared-memory copy of the slice's first cap entries when base is inside it, else from
+// global memory (and, on the first pass, copied into that cache). The cache holds keys,
+// not raw scores; the thread that writes an entry is the one that reads it later.
 template <bool kFloat>
-__global__ void __launch_bounds__(kThreads, 1) topk_kernel(TopkArgs a) {
+__device__ __forceinline__ void read4(const uint32_t* row, uint32_t* cache_s, int64_t lo, int64_t cache_hi, bool fill,
+                                      int64_t base, int64_t hi, bool aligned, uint32_t* key, bool* valid) {
+  if (base < cache_hi && !fill) {
+    const uint4 v = *reinterpret_cast<const uint4*>(cache_s + (base - lo));
+    key[0] = v.x; key[1] = v.y; key[2] = v.z; key[3] = v.w;
+#pragma unroll
+    for (int j = 0; j < 4; ++j) valid[j] = base + j < hi;
+    return;
+  }
+  load4<kFloat>(row, base, hi, aligned, key, valid);
+  if (fill && base < cache_hi) *reinterpret_cast<uint4*>(cache_s + (base - lo)) = make_uint4(key[0], key[1], key[2], key[3]);
+}
+
+// Thread-block clusters (sm_90): the CTAs of one row's cluster split the row and sum
+// their histograms through distributed shared memory. Elsewhere a cluster is one CTA.
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+#define KVCORE_TOPK_CLUSTERS 1
+__device__ __forceinline__ unsigned cluster_rank() { return cg::this_cluster().block_rank(); }
+__device__ __forceinline__ unsigned cluster_size() { return cg::this_cluster().num_blocks(); }
+__device__ __forceinline__ void cluster_barrier() { cg::this_cluster().sync(); }
+template <typename T>
+__device__ __forceinline__ T* shared_of_rank(T* p, unsigned rank) { return cg::this_cluster().map_shared_rank(p, rank); }
+#else
+__device__ __forceinline__ unsigned cluster_rank() { return 0; }
+__device__ __forceinline__ unsigned cluster_size() { return 1; }
+__device__ __forceinline__ void cluster_barrier() { __syncthreads(); }
+template <typename T>
+__device__ __forceinline__ T* shared_of_rank(T* p, unsigned) { return p; }
+#endif
+
+// Adds one to hist[digit] for every lane with counted set; lanes with the same digit
+// add once together (random floats put most entries of a pass in a few digits, and
+// same-address shared atomics serialise). Every lane of the warp must call it.
+__device__ __forceinline__ void warp_histogram_add(uint32_t* hist, bool counted, uint32_t digit) {
+  if (__ballot_sync(0xFFFFFFFFu, counted) == 0u) return;
+  const uint32_t peers = __match_any_sync(0xFFFFFFFFu, counted ? digit : 0xFFFFFFFFu);
+  const int lane = threadIdx.x & 31;
+  if (counted && (__ffs(peers) - 1) == lane) atomicAdd(&hist[digit], (uint32_t)__popc(peers));
+}
+
+template <bool kFloat>
+__global__ void __launch_bounds__(kThreads, 1) topk_kernel(TopkArgs a, int64_t cache_entries) {
+  extern __shared__ uint4 cache_raw[];  // the slice's first cache_entries keys
+  uint32_t* cache_s = reinterpret_cast<uint32_t*>(cache_raw);
   __shared__ uint32_t hist[256];
   __shared__ uint32_t warp_s[kWarps];
-  __shared__ uint32_t pick[3];  // digit, entries still to take in it, entries in it
-  const int64_t r = blockIdx.x;
+  __shared__ uint32_t pick[3];      // digit, entries still to take in it, entries in it
+  __shared__ uint32_t eq_count;      // this CTA's entries at the picked digit, this pass
+  __shared__ uint32_t slice_tot[2];  // this CTA's kept-above and equal counts, for the others
+  const unsigned C = cluster_size(), rank = cluster_rank();
+  const int64_t r = blockIdx.x / C;
   const int tid = threadIdx.x;
   const int32_t raw = a.lengths[r];
   const int64_t len = raw < 0 ? 0 : (raw > a.L ? a.L : raw);
@@ -91,32 +147,56 @@ __global__ void __launch_bounds__(kThreads, 1) topk_kernel(TopkArgs a) {
   int32_t* out = a.idx + r * k;
   const int64_t n = len < k ? len : k;
 
-  if (len <= k) {  // every valid entry is kept
-    for (int64_t i = tid; i < k; i += kThreads) out[i] = i < len ? (int32_t)i : -1;
-    if (tid == 0) a.count[r] = (int32_t)n;
+  if (len <= k) {  // every valid entry is kept (the same branch in every CTA of the cluster)
+    for (int64_t i = (int64_t)rank * kThreads + tid; i < k; i += (int64_t)C * kThreads) out[i] = i < len ? (int32_t)i : -1;
+    if (rank == 0 && tid == 0) a.count[r] = (int32_t)n;
     return;
   }
 
   const uint32_t* row = static_cast<const uint32_t*>(a.scores) + r * a.L;
   const bool aligned = (reinterpret_cast<uintptr_t>(row) & 15u) == 0;
-  // Radix select: after each pass, prefix holds the top bits of the k-th highest key
-  // (bits under mask) and `remaining` how many of the entries with that prefix to keep.
-  uint32_t prefix = 0u, mask = 0u, remaining = (uint32_t)k, in_bucket = 0u;
+  // This CTA's slice [lo, hi) of the row; slice starts stay multiples of 4 (aligned loads).
+  const int64_t slice = ((len + C - 1) / C + 3) & ~int64_t(3);
+  const int64_t lo = slice * rank < len ? slice * rank : len;
+  const int64_t hi = lo + slice < len ? lo + slice : len;
+  const int64_t cache_hi = lo + cache_entries < hi ? lo + cache_entries : hi;
+
+  // Radix select over the whole row: after each pass, prefix holds the top bits of the
+  // k-th highest key (bits under mask) and `remaining` how many of the entries with that
+  // prefix to keep. Each CTA also counts its slice's entries above the final prefix
+  // (mine_gt) and equal to it (mine_eq), from its own histograms.
+  uint32_t prefix = 0u, mask = 0u, remaining = (uint32_t)k, in_bucket = 0u, mine_gt = 0u, mine_eq = 0u;
   for (int shift = 24; shift >= 0; shift -= 8) {
     for (int i = tid; i < 256; i += kThreads) hist[i] = 0u;
     __syncthreads();
-    for (int64_t base = (int64_t)tid * 4; base < len; base += (int64_t)kThreads * 4) {
-      uint32_t key[4];
-      bool valid[4];
-      load4<kFloat>(row, base, len, aligned, key, valid);
+    // kUnroll rounds of the CTA's 4096 entries per iteration: that many loads in flight
+    // per thread (one at a time left the passes bound by L2 latency). The trip count is
+    // CTA-uniform, so every lane reaches the warp-wide histogram add.
+    const bool fill = shift == 24;
+    for (int64_t it = lo; it < hi; it += (int64_t)kUnroll * kTile) {
+      uint32_t key[kUnroll][4];
 #pragma unroll
-      for (int j = 0; j < 4; ++j)
-        if (valid[j] && (key[j] & mask) == prefix) atomicAdd(&hist[(key[j] >> shift) & 255u], 1u);
+      for (int u = 0; u < kUnroll; ++u) {
+        bool loaded[4];  // recomputed below: keeping 16 flags live spilled registers
+        read4<kFloat>(row, cache_s, lo, cache_hi, fill, it + (int64_t)u * kTile + tid * 4, hi, aligned, key[u], loaded);
+      }
+#pragma unroll
+      for (int u = 0; u < kUnroll; ++u)
+#pragma unroll
+        for (int j = 0; j < 4; ++j) {
+          const bool valid = it + (int64_t)u * kTile + tid * 4 + j < hi;
+          warp_histogram_add(hist, valid && (key[u][j] & mask) == prefix, (key[u][j] >> shift) & 255u);
+        }
     }
-    __syncthreads();
+    cluster_barrier();  // every CTA's histogram is complete
     // Suffix sums from the highest digit: thread i holds digit 255 - i; exactly one
     // thread sees the remaining-th highest entry fall inside its digit.
-    const uint32_t h = tid < 256 ? hist[255 - tid] : 0u;
+    uint32_t h = 0u, mine = 0u;
+    if (tid < 256) {
+      mine = hist[255 - tid];
+      for (unsigned c = 0; c < C; ++c) h += c == rank ? mine : shared_of_rank(hist, c)[255 - tid];
+    }
+    cluster_barrier();  // every CTA has read the others' histograms before they are reset
     uint32_t total;
     const uint32_t above = block_exclusive_scan(h, warp_s, &total);
     if (tid < 256 && above < remaining && remaining <= above + h) {
@@ -125,24 +205,49 @@ __global__ void __launch_bounds__(kThreads, 1) topk_kernel(TopkArgs a) {
       pick[2] = h;
     }
     __syncthreads();
-    prefix |= pick[0] << shift;
+    const uint32_t digit = pick[0];
+    uint32_t mine_above;
+    block_exclusive_scan(tid < 256 && 255u - tid > digit ? mine : 0u, warp_s, &mine_above);
+    mine_gt += mine_above;
+    if (tid < 256 && 255u - tid == digit) eq_count = mine;
+    prefix |= digit << shift;
     mask |= 255u << shift;
     remaining = pick[1];
     in_bucket = pick[2];
-    // pick is rewritten only after the next pass's histogram barrier, when all have read it
+    __syncthreads();  // eq_count written; it and pick are rewritten only after the next pass's barriers
+    mine_eq = eq_count;
     if (remaining == in_bucket) break;  // the whole bucket is kept: lower bits don't matter
+  }
+
+  // Where this slice's kept entries start: the counts of the slices before it.
+  uint32_t run_gt = 0u, run_eq = 0u;
+  if (C > 1) {
+    if (tid == 0) { slice_tot[0] = mine_gt; slice_tot[1] = mine_eq; }
+    cluster_barrier();
+    if (tid == 0) {
+      for (unsigned c = 0; c < rank; ++c) {
+        const uint32_t* t = shared_of_rank(slice_tot, c);
+        run_gt += t[0];
+        run_eq += t[1];
+      }
+      warp_s[0] = run_gt;
+      warp_s[1] = run_eq;
+    }
+    cluster_barrier();  // the others' counts are read before any CTA exits
+    run_gt = warp_s[0];
+    run_eq = warp_s[1];
+    __syncthreads();
   }
 
   // Output pass: an entry is kept if its masked key is above prefix, or equal to it and
   // among the last `remaining` such entries by position (skip the first `skip` ones).
   // Its slot = (kept-above entries before it) + max(0, equal entries before it - skip).
   const uint32_t skip = in_bucket - remaining;
-  uint32_t run_gt = 0u, run_eq = 0u;  // over the previous tiles
-  for (int64_t tile = 0; tile < len; tile += kTile) {
+  for (int64_t tile = lo; tile < hi; tile += kTile) {
     const int64_t base = tile + (int64_t)tid * kPerThread;
     uint32_t key[4];
     bool valid[4];
-    load4<kFloat>(row, base, len, aligned, key, valid);
+    read4<kFloat>(row, cache_s, lo, cache_hi, false, base, hi, aligned, key, valid);
     uint32_t gt = 0u, eq = 0u;
 #pragma unroll
     for (int j = 0; j < 4; ++j) {
@@ -168,16 +273,48 @@ __global__ void __launch_bounds__(kThreads, 1) topk_kernel(TopkArgs a) {
     run_gt += total & 0xFFFFu;
     run_eq += total >> 16;
   }
-  if (tid == 0) a.count[r] = (int32_t)n;  // len > k here, so n = k and no -1 padding
+  if (rank == 0 && tid == 0) a.count[r] = (int32_t)n;  // len > k here, so n = k and no -1 padding
 }
 
 }  // namespace
 
-cudaError_t topk_select_cuda(const TopkArgs& a, cudaStream_t stream) {
+cudaError_t topk_select_cuda(const TopkArgs& a, int num_sms, bool clusters, int max_smem_optin, cudaStream_t stream) {
   if (a.rows == 0) return cudaSuccess;
-  if (a.is_float) topk_kernel<true><<<(unsigned)a.rows, kThreads, 0, stream>>>(a);
-  else topk_kernel<false><<<(unsigned)a.rows, kThreads, 0, stream>>>(a);
-  return cudaGetLastError();
+  // CTAs per row: enough to fill the GPU when rows are few (64 rows of 128K on 132 SMs
+  // left half the SMs idle), at least 16K entries each, at most 8 (the portable cluster).
+  int64_t per_row = 1;
+  if (clusters) {
+    per_row = std::max<int64_t>(1, num_sms / a.rows);
+    per_row = std::min<int64_t>({per_row, 8, std::max<int64_t>(1, a.L / 16384)});
+  }
+  if (a.rows * per_row > INT32_MAX) per_row = 1;
+  // Shared-memory copy of each slice's first entries (whole 4096-entry tiles), so the
+  // later passes and the output pass read the row from DRAM/L2 only once.
+  const int64_t slice = (a.L + per_row - 1) / per_row;
+  const int64_t cap_tiles = std::max<int64_t>(0, ((int64_t)max_smem_optin - 8 * 1024) / ((int64_t)kTile * 4));
+  const int64_t cache_entries = std::min<int64_t>((slice + kTile - 1) / kTile, cap_tiles) * kTile;
+  const size_t smem = (size_t)cache_entries * 4;
+  const void* kernel = a.is_float ? (const void*)topk_kernel<true> : (const void*)topk_kernel<false>;
+  if (smem > 48 * 1024) {
+    const cudaError_t err = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem);
+    if (err != cudaSuccess) return err;
+  }
+  cudaLaunchConfig_t cfg = {};
+  cfg.dynamicSmemBytes = smem;
+  cfg.gridDim = dim3((unsigned)(a.rows * per_row));
+  cfg.blockDim = dim3(kThreads);
+  cfg.stream = stream;
+  cudaLaunchAttribute attr[1];
+  if (clusters) {
+    attr[0].id = cudaLaunchAttributeClusterDimension;
+    attr[0].val.clusterDim.x = (unsigned)per_row;
+    attr[0].val.clusterDim.y = 1;
+    attr[0].val.clusterDim.z = 1;
+    cfg.attrs = attr;
+    cfg.numAttrs = 1;
+  }
+  return a.is_float ? cudaLaunchKernelEx(&cfg, topk_kernel<true>, a, cache_entries)
+                    : cudaLaunchKernelEx(&cfg, topk_kernel<false>, a, cache_entries);
 }
 
 }  // namespace kvcore
