@@ -60,8 +60,8 @@ def attend_rows_with_mass(q: Tensor, k: Tensor, v: Tensor, lengths: Tensor, scal
     summed over the row's query heads to ``mass [R, T]`` float32 (H2O's accumulated
     attention). Computed in float32 by explicit matmul and softmax.
 
-    This is the one place the decode-step mass is computed; ``decode_attention``'s
-    ``attn_mass`` output takes it over for packed caches once it lands.
+    This is the one place the decode-step mass of full-precision rows is computed;
+    packed caches get it from ``decode_attention(..., attn_mass=...)``.
     """
     T = k.shape[1]
     logits = torch.einsum("rgd,rtd->rgt", q.float(), k.float()) * scale
