@@ -74,6 +74,12 @@ def test_kvcache_without_patch_raises(model):
     with torch.no_grad(), warnings.catch_warnings(), pytest.raises(RuntimeError, match="kvcore.patch"):
         warnings.simplefilter("ignore")
         model(torch.randint(0, 64, (1, 8)), past_key_values=cache, use_cache=True)
+    # the failed forward leaves nothing behind: a new cache works inside the block
+    fresh = kvcore.KVCache(model.config, "none", max_cache_len=32)
+    with torch.no_grad(), warnings.catch_warnings(), kvcore.patch(model, fresh):
+        warnings.simplefilter("ignore")
+        model(torch.randint(0, 64, (1, 8)), past_key_values=fresh, use_cache=True)
+    assert fresh.get_seq_length() == 8 and fresh.layers[1].prefilled
 
 
 def test_patch_argument_errors(model):

@@ -66,6 +66,7 @@ class KVCacheLayerBase(CacheLayerMixin):
         self.batch_size = None
         self._seen = 0  # tokens the model has fed this layer (padding included): HF's sequence length
         self._pending = None
+        self.owner = None  # the KVCache holding this layer (set by it)
         self.storage: Dict[str, Tensor] = {}
 
     # ---- transformers CacheLayerMixin ------------------------------------------------
@@ -86,9 +87,16 @@ class KVCacheLayerBase(CacheLayerMixin):
                              f"the config ({self.num_kv_heads} KV heads, head_dim {self.head_dim})")
         prev = getattr(_ROUTE, "pending", None)
         if prev is not None and prev[0]._pending is not None:
+            stale = prev[0]
+            stale._pending, _ROUTE.pending = None, None  # never poison later uses (another cache, a retry)
+            if stale.owner is not self.owner:
+                stale = None  # left over from another cache whose forward raised: not this cache's business
+        else:
+            stale = None
+        if stale is not None:
             raise RuntimeError(
                 "kvcore.KVCache: the attention of the previous step never read the cache (layer "
-                f"{prev[0].layer_idx}); run the model inside `with kvcore.patch(model):` so that attention goes "
+                f"{stale.layer_idx}); run the model inside `with kvcore.patch(model):` so that attention goes "
                 "through the compressed cache")
         self._pending = (key_states, value_states)
         _ROUTE.pending = (self, key_states)

@@ -111,6 +111,8 @@ class KVCache(Cache):
                 raise ValueError(f"kvcore.KVCache: layer {i} has type {lt!r}; supported: full_attention, "
                                  "sliding_attention")
         super().__init__(layers=layers)
+        for layer in layers:
+            layer.owner = self
 
     # ---- transformers hooks --------------------------------------------------------
     def update(self, key_states, value_states, layer_idx: int, *args, **kwargs):
