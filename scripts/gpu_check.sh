@@ -63,6 +63,12 @@ if [ "$MODE" != "--no-bench" ]; then
     python3 bench/bench_corrections.py --json "$J/corrections.json" >> "$BENCH" 2>&1 || status=1
     python3 bench/bench_decode_corrections.py --json "$J/decode_corrections.json" >> "$BENCH" 2>&1 || status=1
     python3 bench/bench_eviction.py --json "$J/eviction.json" >> "$BENCH" 2>&1 || status=1
+    # issue 6 end to end (needs transformers >= 5)
+    if python3 -c "import transformers" 2>/dev/null; then
+      python3 bench/bench_kvcache.py --json "$J/kvcache.json" >> "$BENCH" 2>&1 || status=1
+    else
+      echo "bench_kvcache.py skipped: transformers not installed" >> "$BENCH"
+    fi
     # one process and file per batch size, the bar's B=8 first: a run cut short by a
     # time limit keeps what it finished
     for b in 8 1 32; do

@@ -33,3 +33,21 @@ def build_info() -> dict:
 
 __all__ = ["ops", "quantize_kv", "dequantize_kv", "decode_attention", "hadamard_rotate", "extract_outliers", "lowrank_error",
            "lsh_signature", "hamming_scores", "topk_select", "compact_kv", "build_info", "__version__"]
+
+# Compressed caches for Hugging Face models (issue 6). transformers is imported only when
+# these names are used, and importing them patches nothing (see kvcore.patch).
+from .compression_config import CompressionConfig  # noqa: E402
+from .presets import PRESETS, preset  # noqa: E402
+
+
+def __getattr__(name):
+    if name == "KVCache":
+        from .kv_cache import KVCache
+        return KVCache
+    if name == "patch":
+        from .attention_patch import patch
+        return patch
+    raise AttributeError(f"module 'kvcore' has no attribute {name!r}")
+
+
+__all__ += ["CompressionConfig", "PRESETS", "preset", "KVCache", "patch"]

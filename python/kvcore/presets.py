@@ -1,0 +1,96 @@
+"""Named compression configurations for the methods kvcore implements.
+
+The quantization presets follow their papers as far as kvcore's format goes (uniform
+asymmetric codes, fp16/bf16 metadata); where a paper does more (KVQuant's pre-RoPE
+non-uniform codes, GEAR's percentage-based outliers) the preset is the closest
+configuration and docs/KVCACHE.md says what differs. Eviction presets keep a quarter of
+each prompt by default (``budget=0.25``); change it with ``preset(name).replace(budget=...)``.
+"""
+from typing import Dict
+
+from .compression_config import CompressionConfig
+
+__all__ = ["PRESETS", "preset"]
+
+_Q = {
+    # KIVI (Liu et al., 2024): keys per channel, values per token, groups of 32, residual 128.
+    "kivi-2": CompressionConfig(bits=2, group_size=32, residual_window=128),
+    "kivi-4": CompressionConfig(bits=4, group_size=32, residual_window=128),
+    # 8 bits: no fused decode kernel (the packed part is dequantized at each step).
+    "int8": CompressionConfig(bits=8, group_size=64, residual_window=64),
+    # GEAR (Kang et al., 2024): 2-bit codes + sparse outliers + low-rank residual.
+    "gear-2": CompressionConfig(bits=2, group_size=64, residual_window=128, key_outliers=1, value_outliers=1,
+                                key_lowrank=2, value_lowrank=2),
+    # KVQuant (Hooper et al., 2024): per-channel keys, dense-and-sparse outliers (~1%),
+    # the first token kept in full precision; no residual window beyond one key block.
+    "kvquant-2": CompressionConfig(bits=2, group_size=64, residual_window=64, sink_tokens=1, key_outliers=1,
+                                   value_outliers=1),
+    # The best 2-bit configuration of docs/KV-ERROR.md (3.50 bits/element at head_dim 64):
+    # rotation, key blocks of 32 tokens, value groups of 64 channels, 3 key and 1 value outliers.
+    "best-2": CompressionConfig(bits=2, group_size=32, value_group_size=64, residual_window=128, rotation=True,
+                                key_outliers=3, value_outliers=1),
+}
+
+_E = {
+    # SnapKV (Li et al., 2024): the last 32 prompt queries vote (pooled over 7 tokens); prompt only.
+    "snapkv": CompressionConfig(evict="snapkv", budget=0.25, snapkv_window=32, snapkv_kernel=7),
+    # PyramidKV (Cai et al., 2024): SnapKV scores, budgets decreasing with depth.
+    "pyramidkv": CompressionConfig(evict="snapkv", budget=0.25, layer_budgets="pyramid"),
+    # Ada-KV (Feng et al., 2024) on SnapKV scores: per-head budgets.
+    "adakv": CompressionConfig(evict="snapkv", budget=0.25, head_budgets="adaptive"),
+    # H2O (Zhang et al., 2023): accumulated attention mass + recent tokens, one eviction per step.
+    "h2o": CompressionConfig(evict="h2o", budget=0.25, recent_window=0.5 * 0.25, evict_when="every_step"),
+    # StreamingLLM (Xiao et al., 2024): 4 sinks + a rolling window of the newest tokens.
+    "streaming": CompressionConfig(evict="streaming", budget=0.25, sink_tokens=4, evict_when="every_step"),
+    # Devoto et al. (2024): keys with a small L2 norm draw attention; prompt only.
+    "l2norm": CompressionConfig(evict="l2norm", budget=0.25, recent_window=16),
+    # Q-Filters (Godey et al., 2025): key projections on the queries' main direction
+    # (calibrated on the prompt's own queries).
+    "qfilters": CompressionConfig(evict="qfilters", budget=0.25, recent_window=16),
+    # HashEvict (Liu et al., 2024): LSH signatures, the key farthest from the query is
+    # overwritten at each step.
+    "hashevict": CompressionConfig(evict="hashevict", budget=0.25, hash_bits=64, evict_when="every_step",
+                                   recent_window=16),
+}
+
+_EVICTION_FIELDS = ("evict", "budget", "evict_when", "evict_every", "layer_budgets", "pyramid_ratio",
+                    "head_budgets", "recent_window", "snapkv_window", "snapkv_kernel", "hash_bits")
+
+# "More tokens, lower precision": evict the prompt, then quantize what is kept.
+_COMBOS = ("snapkv+kivi-2", "snapkv+kivi-4", "pyramidkv+kivi-2", "pyramidkv+kivi-4", "adakv+kivi-4",
+           "l2norm+kivi-4", "qfilters+kivi-4", "snapkv+best-2")
+
+
+def _compose(evict_name: str, quant_name: str) -> CompressionConfig:
+    ev, q = _E[evict_name], _Q[quant_name]
+    return q.replace(**{f: getattr(ev, f) for f in _EVICTION_FIELDS},
+                     sink_tokens=max(q.sink_tokens, ev.sink_tokens))
+
+
+PRESETS: Dict[str, CompressionConfig] = {"none": CompressionConfig(), **_Q, **_E}
+PRESETS.update({name: _compose(*name.split("+")) for name in _COMBOS})
+
+
+def preset(name: str) -> CompressionConfig:
+    """The named configuration; ``"<eviction>+<quantization>"`` composes any prompt-time
+    eviction preset with any quantization preset.
+
+    Example::
+
+        >>> kvcore.preset("snapkv+kivi-4").bits, kvcore.preset("snapkv+kivi-4").evict
+        (4, 'snapkv')
+    """
+    if not isinstance(name, str):
+        raise TypeError(f"kvcore.preset: name must be a str, got {type(name).__name__}")
+    if name in PRESETS:
+        return PRESETS[name]
+    if "+" in name:
+        e, _, q = name.partition("+")
+        if e in _E and q in _Q:
+            if _E[e].evict_when != "prefill":
+                raise ValueError(f"kvcore.preset: {name!r}: {e} evicts at every step, which needs full-precision "
+                                 f"storage; compose a prompt-time policy ({', '.join(k for k in _E if _E[k].evict_when == 'prefill')}) "
+                                 "with quantization")
+            return _compose(e, q)
+    raise ValueError(f"kvcore.preset: unknown name {name!r}; valid names: {', '.join(PRESETS)} "
+                     f"(or '<eviction>+<quantization>' from {', '.join(_E)} and {', '.join(_Q)})")
