@@ -75,8 +75,10 @@ class KVCache(Cache):
                              "bfloat16 storage (pass dtype=torch.bfloat16; float32 queries are cast)")
         tc = _text_config(config)
         self.compression = cfg
-        self.max_batch_size = max_batch_size
-        self.max_cache_len = int(max_cache_len)
+        # Stored under private names and exposed by the properties below: transformers
+        # 5.0-5.17's Cache defines read-only max_batch_size / max_cache_len properties.
+        self._max_batch_size = max_batch_size
+        self._max_cache_len = int(max_cache_len)
         num_heads = tc.num_attention_heads
         num_kv = getattr(tc, "num_key_value_heads", None) or num_heads
         head_dim = getattr(tc, "head_dim", None) or tc.hidden_size // num_heads
@@ -90,6 +92,8 @@ class KVCache(Cache):
             raise ValueError("kvcore.KVCache: attention logit soft-capping (Gemma 2) is not supported by the decode "
                              "path; set config.attn_logit_softcapping=None or use a model without it")
         layer_types, layer_kwargs = get_layer_types_and_kwargs(tc)
+        if isinstance(layer_kwargs, dict):  # transformers <= 5.17: one dict for every layer
+            layer_kwargs = [layer_kwargs] * len(layer_types)
         full_layers = [i for i, t in enumerate(layer_types) if t == "full_attention"]
         scales = dict(zip(full_layers, layer_budget_scales(cfg, len(full_layers))))
         if qfilter_directions is not None and len(qfilter_directions) != len(layer_types):
@@ -145,6 +149,16 @@ class KVCache(Cache):
                 d["used_tokens"] = float(layer.used_tokens().float().mean())
             out.append(d)
         return out
+
+    @property
+    def max_batch_size(self) -> Optional[int]:
+        """The batch size the cache was built for (None: any)."""
+        return self._max_batch_size
+
+    @property
+    def max_cache_len(self) -> int:
+        """Longest sequence per row (padded prompt + generated tokens)."""
+        return self._max_cache_len
 
     @property
     def is_compileable(self) -> bool:
