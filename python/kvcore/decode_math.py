@@ -51,7 +51,7 @@ def attend_segments(q: Tensor, segments: Sequence[Tuple[Tensor, Tensor, Tensor]]
     out = F.scaled_dot_product_attention(q.view(B, Hkv, g, D), k.view(B, Hkv, T, D), v.view(B, Hkv, T, D),
                                          attn_mask=mask.view(B, Hkv, 1, T), scale=scale)
     # SDPA gives NaN for a fully masked row; an empty row attends to nothing
-    return torch.where(mask.any(1).view(B, Hkv, 1, 1), out, torch.zeros_like(out)).view(R, g, D)
+    return torch.where(mask.any(1).view(B, Hkv, 1, 1), out, torch.zeros_like(out)).reshape(R, g, D)  # CUDA SDPA may return a strided out
 
 
 def attend_rows_with_mass(q: Tensor, k: Tensor, v: Tensor, lengths: Tensor, scale: float,
