@@ -84,14 +84,23 @@ def _eviction(by):
 
 
 def _composed(by):
-    evict = _best_by_needle([r for r in by.values() if r["family"] == "eviction" and _at_budget(r)])
-    comp = _best_by_needle([r for r in by.values() if r["family"] == "composed" and _at_budget(r)])
-    if evict is None or comp is None:
+    evicts = [r for r in by.values() if r["family"] == "eviction" and _at_budget(r)]
+    comps = [r for r in by.values() if r["family"] == "composed" and _at_budget(r)]
+    if not evicts or not comps:
         return "not judged", "needs at least one eviction and one composed preset at 1/8 of the bytes"
-    needle_ok = (comp["needle_accuracy"] > evict["needle_accuracy"]
-                 or comp["needle_accuracy"] == evict["needle_accuracy"] == 1.0)
-    ok = needle_ok and comp["ppl"] < evict["ppl"]
-    return ("pass" if ok else "fail"), f"best composed {_fmt(comp)} vs best eviction {_fmt(evict)}"
+    # "the best eviction preset" in each metric: the lowest perplexity and the highest needle accuracy
+    best_ppl = min(evicts, key=lambda r: r["ppl"])
+    best_needle = _best_by_needle(evicts)
+
+    def wins(c):
+        needle_ok = (c["needle_accuracy"] > best_needle["needle_accuracy"]
+                     or c["needle_accuracy"] == best_needle["needle_accuracy"] == 1.0)
+        return needle_ok and c["ppl"] < best_ppl["ppl"]
+
+    winners = [c for c in comps if wins(c)]
+    comp = _best_by_needle(winners or comps)
+    refs = _fmt(best_ppl) + ("" if best_ppl is best_needle else " and " + _fmt(best_needle))
+    return ("pass" if winners else "fail"), f"best composed {_fmt(comp)} vs best eviction {refs}"
 
 
 BARS = [
@@ -101,7 +110,8 @@ BARS = [
     ("eviction", f"at 1/8 of the bytes, the best eviction preset beats {NAMES['streaming']} and {NAMES['snapkv']} in "
                  f"needle accuracy with <= +{LIMITS['eviction_ppl_increase_pct']:g}% perplexity", _eviction),
     ("composed", "at 1/8 of the bytes, the best composed preset beats the best eviction preset in perplexity "
-                 "and needle accuracy", _composed),
+                 "and in needle accuracy (lower perplexity than every eviction preset, higher accuracy than "
+                 "every one, or 100% when one reaches 100%)", _composed),
 ]
 
 
