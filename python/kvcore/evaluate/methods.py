@@ -80,15 +80,41 @@ def _quant_bits_from_name(name: str):
     return int(m.group(1)) if m and quant.lower().startswith(QUANT_PREFIXES) else None
 
 
+# CONTRACT: where the layout numbers that token_budget needs may sit in a CompressionConfig
+# (on it, or on a nested quantization / eviction part); the first name found wins, the
+# Method defaults stand otherwise.
+LAYOUT_FIELDS = dict(quant_bits=("bits", "quant_bits", "nbits"), group=("group_size", "group"),
+                     residual=("residual", "residual_length", "resid_len", "residual_window"),
+                     sinks=("sinks", "sink_tokens", "num_sinks"))
+CONFIG_PARTS = ("quant", "quantization", "evict", "eviction")
+
+
+def _layout_from_config(cfg) -> dict:
+    """The quantization bits, group, residual window and sinks a preset declares, if any."""
+    found = {}
+    for obj in [cfg] + [getattr(cfg, p) for p in CONFIG_PARTS if getattr(cfg, p, None) is not None]:
+        for key, names in LAYOUT_FIELDS.items():
+            for n in names:
+                v = getattr(obj, n, None)
+                if key not in found and isinstance(v, int) and not isinstance(v, bool):
+                    found[key] = v
+    return found
+
+
 def _kvcore_methods() -> dict:
     import kvcore
 
     out = {}
     for name in kvcore.PRESETS:
         fam = family_of(name)
+        layout = _layout_from_config(kvcore.preset(name)) if fam != "baseline" else {}
+        if fam in ("quantization", "composed"):
+            layout.setdefault("quant_bits", _quant_bits_from_name(name))
+        else:
+            layout.pop("quant_bits", None)
         out[name] = Method(name=name, family=fam, provider="kvcore",
                            bytes_fraction=TARGET_BYTES_FRACTION if fam in ("eviction", "composed") else None,
-                           quant_bits=_quant_bits_from_name(name) if fam in ("quantization", "composed") else None)
+                           **layout)
     if BASELINE in out:  # baseline first
         out = {BASELINE: out.pop(BASELINE), **out}
     return out
