@@ -65,6 +65,8 @@ def add_arguments(ap: argparse.ArgumentParser) -> None:
     ap.add_argument("--needles-per-depth", type=_positive, default=None,
                     help=f"needle trials per length and depth (default {DEFAULT.needles_per_depth})")
     ap.add_argument("--seed", type=int, default=None, help="needle cities, numbers and haystack offsets")
+    ap.add_argument("--threads", type=_positive, default=None,
+                    help="CPU threads for torch (default on CPU: half the cores, at least 1; see docs/EVAL.md)")
     ap.add_argument("--no-progress", action="store_true", help="no progress bars")
 
 
@@ -75,17 +77,32 @@ def settings_from_args(args):
                         needles_per_depth=args.needles_per_depth, seed=args.seed, dtype=args.dtype)
 
 
+def default_cpu_threads() -> int:
+    """Half the cores, at least 1. A decode step is hundreds of small ops; with every core
+    busy, one more process (a build, a test) stalls each op's OpenMP barrier: on a 2-core
+    machine with one other busy process, 2 threads decoded 4-10x slower than 1."""
+    import os
+
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return max(1, cores // 2)
+
+
 def log(msg: str) -> None:
     print(msg, file=sys.stderr, flush=True)
 
 
 def run(args, argv_text: str = None) -> int:
     """Run ``kvcore eval`` for parsed ``args``; returns the exit status."""
+    import torch
+
+    threads = torch.get_num_threads()
     try:
         return _run(args, argv_text)
     except EvalError as e:
         print(f"kvcore eval: error: {e}", file=sys.stderr)
         return 2
+    finally:
+        torch.set_num_threads(threads)   # for callers of main() in the same process
 
 
 def _run(args, argv_text) -> int:
@@ -100,6 +117,8 @@ def _run(args, argv_text) -> int:
     chosen = methods.resolve_methods(args.methods.split(",") if args.methods else None)
     settings = settings_from_args(args)
     device = model.resolve_device(args.device)
+    if args.threads or device.type == "cpu":
+        torch.set_num_threads(args.threads or default_cpu_threads())
     text.read_text(args.text)      # a bad --text fails before the model loads
     t0 = time.perf_counter()
     loaded = model.load_model(args.model, device, getattr(torch, settings.dtype), log=log)

@@ -7,13 +7,13 @@ from dataclasses import dataclass
 @dataclass
 class EvalSettings:
     """Sizes of one eval run (every method gets the same)."""
-    context: int = 1024                    # perplexity: tokens prefilled before decoding
+    context: int = 2048                    # perplexity: tokens prefilled before decoding
     decode_tokens: int = 128               # perplexity: tokens decoded and scored per window
     ppl_batch: int = 4                     # perplexity: windows decoded together
     needle_lengths: tuple = (1024, 2048)   # haystack lengths in tokens (the whole prompt)
     needle_depths: tuple = (0.1, 0.5, 0.9)
     needles_per_depth: int = 2             # trials per (length, depth)
-    needle_gen_tokens: int = 10            # tokens generated for an answer
+    needle_gen_tokens: int = 8             # tokens generated for an answer (a space, 6 digits, one more)
     seed: int = 0
     dtype: str = "bfloat16"                # model and uncompressed cache
 
