@@ -22,6 +22,7 @@ from dataclasses import dataclass
 import torch
 
 from .decoding import forward_step
+from .errors import TextFileError
 from .methods import open_cache
 from .text import Corpus, encode
 
@@ -85,7 +86,6 @@ def build_trials(tokenizer, corpus: Corpus, lengths, depths, per_depth: int = 1,
                 if room < 16:
                     raise ValueError(f"needle length {length} is too short for the prompt ({length - room} tokens)")
                 if room > n:
-                    from .errors import TextFileError
                     raise TextFileError(f"the text ({corpus.name}) has {n} tokens, fewer than a {length}-token haystack")
                 start = rng.randrange(0, n - room + 1)
                 hay = corpus.ids[start:start + room].tolist()

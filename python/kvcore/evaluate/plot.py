@@ -16,24 +16,29 @@ def plot_quality_vs_compression(report: dict, path: Path) -> Path:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import FuncFormatter
 
     rows = [r for r in report["rows"] if not math.isinf(r["compression_ratio"])]
     fig, axes = plt.subplots(1, 2, figsize=(13, 5.2))
     panels = [("ppl_increase_pct", "perplexity increase over the uncompressed cache (%)"),
               ("needle_accuracy", "needle-in-a-haystack accuracy (%)")]
     for ax, (key, label) in zip(axes, panels):
-        seen = set()
+        seen, placed = set(), {}
         for r in rows:
             color, marker = FAMILY_STYLE.get(r["family"], ("gray", "x"))
             y = 100 * r[key] if key == "needle_accuracy" else r[key]
             ax.scatter(r["compression_ratio"], y, color=color, marker=marker, s=60, zorder=3,
                        label=r["family"] if r["family"] not in seen else None)
             seen.add(r["family"])
-            ax.annotate(r["method"], (r["compression_ratio"], y), textcoords="offset points", xytext=(5, 4),
-                        fontsize=7)
+            spot = (round(r["compression_ratio"], 1), round(y, 0))
+            k = placed[spot] = placed.get(spot, -1) + 1   # points on top of each other: labels stacked
+            ax.annotate(r["method"], (r["compression_ratio"], y), textcoords="offset points",
+                        xytext=(5, 4 - 10 * k), fontsize=7)
         ax.set_xscale("log", base=2)
+        ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}x"))
         ax.set_xlabel("compression ratio (uncompressed KV bytes / method's KV bytes)")
         ax.set_ylabel(label)
+        ax.margins(x=0.12)
         ax.grid(True, which="both", alpha=0.3)
         ax.legend(fontsize=8)
     axes[1].set_ylim(-5, 105)
