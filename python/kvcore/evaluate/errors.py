@@ -15,3 +15,7 @@ class TextFileError(EvalError):
 
 class UnknownMethodError(EvalError):
     """A name in ``--methods`` is not a known compression method."""
+
+
+class DeviceError(EvalError):
+    """``--device`` names no device, or one this machine does not have."""

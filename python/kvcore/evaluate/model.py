@@ -17,7 +17,7 @@ from pathlib import Path
 import torch
 
 from . import assets
-from .errors import ModelPathError
+from .errors import DeviceError, ModelPathError
 
 
 @dataclass
@@ -45,9 +45,9 @@ def resolve_device(name: str = "auto") -> torch.device:
     try:
         device = torch.device(name)
     except RuntimeError as e:
-        raise ModelPathError(f"--device {name!r} is not a device name ({e})") from None
+        raise DeviceError(f"--device {name!r} is not a device name ({e})") from None
     if device.type == "cuda" and not torch.cuda.is_available():
-        raise ModelPathError(f"--device {name}: CUDA is not available on this machine (use --device cpu)")
+        raise DeviceError(f"--device {name}: CUDA is not available on this machine (use --device cpu)")
     return device
 
 
