@@ -68,6 +68,7 @@ def add_arguments(ap: argparse.ArgumentParser) -> None:
     ap.add_argument("--threads", type=_positive, default=None,
                     help="CPU threads for torch (default on CPU: half the cores, at least 1; see docs/EVAL.md)")
     ap.add_argument("--no-progress", action="store_true", help="no progress bars")
+    ap.add_argument("--strict", action="store_true", help="exit with status 1 when a quality bar fails")
 
 
 def settings_from_args(args):
@@ -124,7 +125,7 @@ def _run(args, argv_text) -> int:
     loaded = model.load_model(args.model, device, getattr(torch, settings.dtype), log=log)
     corpus = text.load_corpus(loaded.tokenizer, args.text)
     log(f"kvcore eval: {loaded.name} loaded in {loaded.load_seconds:.1f} s on {device}; {corpus.name}: "
-        f"{corpus.ids.numel()} tokens; {len(chosen)} methods")
+        f"{corpus.ids.numel()} tokens; {len(chosen)} method{'s' if len(chosen) > 1 else ''}")
     if any(m.provider == "stand-in" for m in chosen):
         log("kvcore eval: " + report.STAND_IN_WARNING)
     result = runner.run_eval(loaded, corpus, chosen, settings, device, progress=not args.no_progress, log=log)
@@ -137,4 +138,5 @@ def _run(args, argv_text) -> int:
              plot.plot_quality_vs_compression(result, out / "quality_vs_compression.png")]
     print(report.format_table(result))
     print("wrote " + ", ".join(map(str, paths)))
-    return 0
+    failed = [b["key"] for b in result["bars"] if b["status"] == "fail"]
+    return 1 if args.strict and failed else 0
