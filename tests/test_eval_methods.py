@@ -97,3 +97,9 @@ def test_kvcore_cache_is_built_patched_and_given_its_budget(fake_kvcore):
         assert res.ppl == pytest.approx(perplexity.full_sequence_perplexity(model, w, 40, "cpu"), rel=1e-5)
     assert FakeKVCache.made[0]["cfg"].budget is None and FakeKVCache.made[1]["cfg"].budget == 10
     assert not fake_kvcore   # every patch was undone
+
+
+def test_baseline_falls_back_to_transformers_without_a_none_preset(fake_kvcore, monkeypatch):
+    monkeypatch.setattr(kvcore, "PRESETS", {"kivi-2": FakeConfig(bits=2)})
+    avail = methods.available_methods()
+    assert list(avail) == ["none", "kivi-2"] and avail["none"].provider == "transformers"

@@ -115,9 +115,9 @@ def _kvcore_methods() -> dict:
         out[name] = Method(name=name, family=fam, provider="kvcore",
                            bytes_fraction=TARGET_BYTES_FRACTION if fam in ("eviction", "composed") else None,
                            **layout)
-    if BASELINE in out:  # baseline first
-        out = {BASELINE: out.pop(BASELINE), **out}
-    return out
+    # baseline first; a transformers DynamicCache if kvcore has no "none" preset
+    base = out.pop(BASELINE, None) or Method(name=BASELINE, family="baseline", provider="transformers")
+    return {BASELINE: base, **out}
 
 
 STAND_IN_METHODS = {
