@@ -39,8 +39,6 @@ def test_eval_writes_consistent_table_json_csv_png(tiny_model_dir, essay_file, t
     assert (out / "quality_vs_compression.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert report["settings"]["context"] == 160 and report["command"].startswith("kvcore eval --model")
     assert len(report["bars"]) == 4
-    if report["stand_in"]:
-        assert "STAND-IN" in table and all(b["status"] == "not judged" for b in report["bars"])
 
 
 def test_eval_methods_subset_always_runs_the_baseline(tiny_model_dir, essay_file, tmp_path):  # noqa: F811

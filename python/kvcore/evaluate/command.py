@@ -126,8 +126,6 @@ def _run(args, argv_text) -> int:
     corpus = text.load_corpus(loaded.tokenizer, args.text)
     log(f"kvcore eval: {loaded.name} loaded in {loaded.load_seconds:.1f} s on {device}; {corpus.name}: "
         f"{corpus.ids.numel()} tokens; {len(chosen)} method{'s' if len(chosen) > 1 else ''}")
-    if any(m.provider == "stand-in" for m in chosen):
-        log("kvcore eval: " + report.STAND_IN_WARNING)
     result = runner.run_eval(loaded, corpus, chosen, settings, device, progress=not args.no_progress, log=log)
     result["command"] = argv_text
     result["wall_s"] = time.perf_counter() - t0

@@ -5,20 +5,18 @@ a cache as "something passed as the model's cache, with ``nbytes()``", opened by
 
 Providers:
 
-* ``kvcore``: the presets of ``kvcore.PRESETS``, run through ``kvcore.KVCache`` under
-  ``kvcore.patch(model, cache)``. Used as soon as kvcore has ``KVCache`` and ``PRESETS``.
-* ``transformers``: the uncompressed baseline ``none`` while kvcore has no ``KVCache``
-  (a ``transformers.DynamicCache`` in the model's dtype).
-* ``stand-in``: methods named ``standin-*`` from :mod:`.standins`, ONLY while kvcore has
-  no ``KVCache``, so that the pipeline can be developed and tested. Never kvcore results.
+* ``kvcore``: the presets of ``kvcore.PRESETS`` (``none`` included: the uncompressed
+  baseline through the same code path), run through ``kvcore.KVCache`` under
+  ``kvcore.patch(model, cache)``.
+* ``transformers``: a ``transformers.DynamicCache``, the baseline only if a build of
+  kvcore ever lacks the ``none`` preset.
 
 Budgets: eviction and composed methods are sized so that, at the end of a run of
 ``total_len`` tokens, they hold ``TARGET_BYTES_FRACTION`` (1/8) of the bytes of the
 uncompressed cache (:func:`token_budget`); the measured ratio is reported, and the
 bars check it.
 
-Lines marked ``CONTRACT`` are assumptions about the ``kvcore.KVCache`` API that is being
-written on another branch; they are what to check when it lands (see docs/EVAL.md).
+The budget is set on the preset's ``CompressionConfig`` (field ``budget``, in tokens).
 """
 import contextlib
 import dataclasses
@@ -42,12 +40,13 @@ class Method:
     """One compression method as eval runs it."""
     name: str                  # as typed in --methods and shown in reports
     family: str                # "baseline" | "quantization" | "eviction" | "composed"
-    provider: str              # "kvcore" | "transformers" | "stand-in"
+    provider: str              # "kvcore" | "transformers"
     bytes_fraction: float = None   # target bytes / uncompressed bytes (eviction, composed); None: keep all tokens
     quant_bits: int = None     # bits of the quantized part (quantization, composed)
     group: int = 64            # quantization group
     residual: int = 128        # newest tokens kept exact by the quantizer
     sinks: int = 4             # first tokens kept exact by the evictor
+    bits_per_element: float = None  # all-in bits of a packed element, when the preset knows it
 
     @property
     def evicts(self) -> bool:
@@ -57,17 +56,14 @@ class Method:
 # ---------------------------------------------------------------- which methods exist
 
 
-def kvcore_cache_available() -> bool:
-    """True once kvcore exposes the cache (``KVCache``, ``PRESETS``, ``patch``)."""
-    import kvcore
-
-    return all(hasattr(kvcore, n) for n in ("KVCache", "PRESETS", "patch"))
-
-
-def family_of(name: str) -> str:
-    """Family of a kvcore preset, from its name (CONTRACT: names as in kvcore.PRESETS)."""
+def family_of(name: str, cfg=None) -> str:
+    """Family of a kvcore preset: from its config (``bits`` set: quantization; ``evict``
+    set: eviction; both: composed), else from its name."""
     if name == BASELINE:
         return "baseline"
+    if cfg is not None and hasattr(cfg, "bits") and hasattr(cfg, "evict"):
+        q, e = cfg.bits is not None, cfg.evict is not None
+        return "composed" if q and e else "quantization" if q else "eviction" if e else "baseline"
     if "+" in name:
         return "composed"
     return "quantization" if name.lower().startswith(QUANT_PREFIXES) else "eviction"
@@ -80,9 +76,8 @@ def _quant_bits_from_name(name: str):
     return int(m.group(1)) if m and quant.lower().startswith(QUANT_PREFIXES) else None
 
 
-# CONTRACT: where the layout numbers that token_budget needs may sit in a CompressionConfig
-# (on it, or on a nested quantization / eviction part); the first name found wins, the
-# Method defaults stand otherwise.
+# Where the layout numbers that token_budget needs sit in a CompressionConfig (the first
+# name found wins; the Method defaults stand otherwise).
 LAYOUT_FIELDS = dict(quant_bits=("bits", "quant_bits", "nbits"), group=("group_size", "group"),
                      residual=("residual", "residual_length", "resid_len", "residual_window"),
                      sinks=("sinks", "sink_tokens", "num_sinks"))
@@ -106,7 +101,7 @@ def _kvcore_methods() -> dict:
 
     out = {}
     for name in kvcore.PRESETS:
-        fam = family_of(name)
+        fam = family_of(name, kvcore.preset(name))
         layout = _layout_from_config(kvcore.preset(name)) if fam != "baseline" else {}
         if fam in ("quantization", "composed"):
             layout.setdefault("quant_bits", _quant_bits_from_name(name))
@@ -120,24 +115,9 @@ def _kvcore_methods() -> dict:
     return {BASELINE: base, **out}
 
 
-STAND_IN_METHODS = {
-    "standin-kivi-4": dict(family="quantization", quant_bits=4),
-    "standin-kivi-2": dict(family="quantization", quant_bits=2),
-    "standin-streaming": dict(family="eviction", bytes_fraction=TARGET_BYTES_FRACTION),
-    "standin-streaming+kivi-4": dict(family="composed", quant_bits=4, bytes_fraction=TARGET_BYTES_FRACTION),
-}
-
-
-def _fallback_methods() -> dict:
-    out = {BASELINE: Method(name=BASELINE, family="baseline", provider="transformers")}
-    for name, kw in STAND_IN_METHODS.items():
-        out[name] = Method(name=name, provider="stand-in", **kw)
-    return out
-
-
 def available_methods() -> dict:
     """name -> :class:`Method` for every method eval can run now, the baseline first."""
-    return _kvcore_methods() if kvcore_cache_available() else _fallback_methods()
+    return _kvcore_methods()
 
 
 def resolve_methods(names=None) -> list:
@@ -175,7 +155,7 @@ def token_budget(method: Method, total_len: int, dtype_bits: int = 16) -> int:
     exact = method.sinks + method.residual + method.group // 2
     if target <= exact * dtype_bits:
         return max(1, math.floor(method.bytes_fraction * total_len))
-    bits = method.quant_bits + 2 * dtype_bits / method.group
+    bits = method.bits_per_element or method.quant_bits + 2 * dtype_bits / method.group
     return min(total_len, exact + math.floor((target - exact * dtype_bits) / bits))
 
 
@@ -188,34 +168,48 @@ def _kvcore_config(method: Method, budget):
 
     cfg = kvcore.preset(method.name)
     if budget is not None:
-        cfg = dataclasses.replace(cfg, budget=budget)  # CONTRACT: the budget field is named `budget`
+        cfg = dataclasses.replace(cfg, budget=budget)
     return cfg
 
 
-def _stand_in_cache(method: Method, model, budget):
-    from .standins import StandInCache
-
-    cfg = model.config.get_text_config()
-    head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
-    group = method.group if head_dim % method.group == 0 else 32
-    return StandInCache(cfg.num_hidden_layers, bits=method.quant_bits, group=group, residual=method.residual,
-                        budget=budget, sinks=method.sinks)
-
-
 @contextlib.contextmanager
-def open_cache(method: Method, model, batch_size: int, max_len: int, device, dtype):
+def open_cache(method: Method, model, batch_size: int, max_len: int, device, dtype, prompt_len: int = None):
     """A fresh cache for ``method``, sized for ``batch_size`` sequences of up to ``max_len``
-    tokens, active on ``model`` inside the ``with`` block. Pass it as the model's cache."""
+    tokens, active on ``model`` inside the ``with`` block. Pass it as the model's cache.
+    With ``prompt_len``, an eviction budget (applied to the prompt) leaves room for the
+    ``max_len - prompt_len`` tokens decoded after it, so that the cache ends the run at
+    the target fraction of the bytes."""
+    if method.provider == "kvcore" and method.quant_bits is not None:
+        import kvcore
+
+        # the preset's own all-in bits (outliers and low-rank factors count too) at this head_dim
+        tc = model.config.get_text_config()
+        head_dim = getattr(tc, "head_dim", None) or tc.hidden_size // tc.num_attention_heads
+        cfg = kvcore.preset(method.name)
+        if hasattr(cfg, "bits_per_element"):
+            method = dataclasses.replace(method, bits_per_element=cfg.bits_per_element(head_dim))
     budget = token_budget(method, max_len, dtype_bits=torch.finfo(dtype).bits)
+    if budget is not None and prompt_len is not None and method.provider == "kvcore":
+        # What the cache holds at the end: an every-step policy holds its budget; one that
+        # evicts the prompt only also keeps every decoded token; every N steps, up to N more.
+        import kvcore
+
+        cfg = kvcore.preset(method.name)
+        when = getattr(cfg, "evict_when", "prefill")
+        growth = max_len - prompt_len
+        grows = 0 if when == "every_step" else min(growth, cfg.evict_every) if when == "every_n" else growth
+        budget = max(1, budget - grows)
     if method.provider == "kvcore":
         import kvcore
 
-        cache = kvcore.KVCache(model.config, _kvcore_config(method, budget), max_batch_size=batch_size,
-                               max_cache_len=max_len, device=device, dtype=dtype)
+        cfg = _kvcore_config(method, budget)
+        # packed caches store bf16/fp16 (decode_attention's dtypes); a float32 model's
+        # queries are cast
+        cache_dtype = torch.bfloat16 if dtype == torch.float32 and cfg.quantized else dtype
+        cache = kvcore.KVCache(model.config, cfg, max_batch_size=batch_size, max_cache_len=max_len, device=device,
+                               dtype=cache_dtype)
         with kvcore.patch(model, cache):
             yield cache
-    elif method.provider == "stand-in":
-        yield _stand_in_cache(method, model, budget)
     else:
         from transformers import DynamicCache
 

@@ -112,7 +112,8 @@ def run_trials(model, tokenizer, method, trials: list, device, dtype, gen_tokens
     for L, batch in by_len.items():
         ids = torch.tensor([t.ids for t in batch], device=device)
         out = []
-        with torch.inference_mode(), open_cache(method, model, len(batch), L + gen_tokens, device, dtype) as cache:
+        with torch.inference_mode(), open_cache(method, model, len(batch), L + gen_tokens, device, dtype,
+                                                       prompt_len=L) as cache:
             nxt = forward_step(model, ids, cache, 0, last_only=True)[:, -1].argmax(-1, keepdim=True)
             for i in range(gen_tokens):
                 out.append(nxt)

@@ -49,7 +49,7 @@ def decode_perplexity(model, method, windows: torch.Tensor, context: int, device
     ids = windows.to(device)
     nll_sum, step_nll, peak_kv = 0.0, [], 0
     with torch.inference_mode(), PeakMemory(device) as mem, \
-            open_cache(method, model, B, L - 1, device, dtype) as cache:
+            open_cache(method, model, B, L - 1, device, dtype, prompt_len=context) as cache:
         t0 = time.perf_counter()
         forward_step(model, ids[:, :context], cache, 0, last_only=True)
         synchronize(device)

