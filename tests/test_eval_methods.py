@@ -30,18 +30,21 @@ def test_resolve_methods_orders_and_validates():
 
 
 def test_token_budget_hits_an_eighth_of_the_bytes():
-    """An eviction budget is 1/8 of the tokens; a composed one keeps more tokens, as many
-    as fit 1/8 of the bytes at the preset's all-in bits (exact window and sinks at 16)."""
+    """An eviction budget is 1/8 of the tokens minus what decoding appends; a composed one
+    keeps more tokens: as many as fit 1/8 of the allocated bytes at the preset's all-in
+    bits (the exact window and sinks at 16 bits, a block of rounding)."""
     avail = methods.available_methods()
     assert methods.token_budget(avail["snapkv"], 2048) == 256
+    assert methods.token_budget(avail["snapkv"], 2048, growth=100) == 156
     comp = avail["snapkv+kivi-4"]
-    cfg = kvcore.preset("snapkv+kivi-4")
-    m = methods.Method(**{**comp.__dict__, "bits_per_element": cfg.bits_per_element(64)})
-    budget = methods.token_budget(m, 2048)
-    exact = m.sinks + m.residual + m.group // 2
-    held_bits = exact * 16 + (budget - exact) * m.bits_per_element
-    assert held_bits <= 2048 * 16 / 8 < held_bits + m.bits_per_element
-    assert budget > 256
+    m = methods.Method(**{**comp.__dict__, "bits_per_element": kvcore.preset("snapkv+kivi-4").bits_per_element(64)})
+    for growth in (0, 128):
+        kept = methods.token_budget(m, 2048, growth=growth)
+        # worst case: the window keeps only residual - group of the prompt; packed capacity rounded up
+        packed = -(-(kept - (m.residual - m.group) + growth) // m.group) * m.group
+        held_bits = (m.sinks + m.residual) * 16 + packed * m.bits_per_element
+        assert held_bits <= 2048 * 16 / 8 < held_bits + 2 * m.group * m.bits_per_element
+        assert kept > 256 - growth
 
 
 def test_caches_are_patched_sized_and_exact_when_uncompressed():

@@ -138,25 +138,29 @@ def resolve_methods(names=None) -> list:
 # ---------------------------------------------------------------- budgets
 
 
-def token_budget(method: Method, total_len: int, dtype_bits: int = 16) -> int:
-    """Tokens to keep so that the cache holds ``method.bytes_fraction`` of the uncompressed
-    bytes after ``total_len`` tokens; None when the method keeps every token.
+def token_budget(method: Method, total_len: int, dtype_bits: int = 16, growth: int = 0) -> int:
+    """Prompt tokens to keep so that the cache holds at most ``method.bytes_fraction`` of
+    the uncompressed bytes of ``total_len`` tokens, after ``growth`` more tokens are
+    appended while decoding (0 for a policy that holds its budget); None when the method
+    keeps every token.
 
-    Quantized tokens cost ``bits + 2*dtype_bits/group`` bits per element (codes, then a
-    scale and a min per group); the sinks, the residual window (on average ``residual +
-    group/2`` tokens, as blocks are sealed whole) and everything in an eviction-only
-    method cost ``dtype_bits``.
+    The bytes are those the cache allocates (KVCache reports its capacity):
+    * eviction only: every kept and appended token at ``dtype_bits``;
+    * evict then quantize: the exact window and sinks (``residual + sinks`` tokens at
+      ``dtype_bits``, allocated whole) plus the packed capacity at the preset's all-in bits:
+      the kept prompt beyond the window (which holds at least ``residual - group`` of it)
+      and the appended tokens, rounded up to a whole block.
     """
     if not method.evicts:
         return None
-    target = method.bytes_fraction * total_len * dtype_bits     # in token-elements x bits
     if method.quant_bits is None:
-        return max(1, math.floor(method.bytes_fraction * total_len))
-    exact = method.sinks + method.residual + method.group // 2
-    if target <= exact * dtype_bits:
-        return max(1, math.floor(method.bytes_fraction * total_len))
+        return max(1, math.floor(method.bytes_fraction * total_len) - growth)
+    target = method.bytes_fraction * total_len * dtype_bits     # in token-elements x bits
+    exact = method.sinks + method.residual
     bits = method.bits_per_element or method.quant_bits + 2 * dtype_bits / method.group
-    return min(total_len, exact + math.floor((target - exact * dtype_bits) / bits))
+    packed = math.floor((target - exact * dtype_bits) / bits) - method.group   # one block of rounding
+    kept = packed + (method.residual - method.group) - growth
+    return min(total_len, max(1, kept))
 
 
 # ---------------------------------------------------------------- caches
@@ -188,8 +192,8 @@ def open_cache(method: Method, model, batch_size: int, max_len: int, device, dty
         cfg = kvcore.preset(method.name)
         if hasattr(cfg, "bits_per_element"):
             method = dataclasses.replace(method, bits_per_element=cfg.bits_per_element(head_dim))
-    budget = token_budget(method, max_len, dtype_bits=torch.finfo(dtype).bits)
-    if budget is not None and prompt_len is not None and method.provider == "kvcore":
+    grows = 0
+    if prompt_len is not None and method.provider == "kvcore" and method.evicts:
         # What the cache holds at the end: an every-step policy holds its budget; one that
         # evicts the prompt only also keeps every decoded token; every N steps, up to N more.
         import kvcore
@@ -198,7 +202,7 @@ def open_cache(method: Method, model, batch_size: int, max_len: int, device, dty
         when = getattr(cfg, "evict_when", "prefill")
         growth = max_len - prompt_len
         grows = 0 if when == "every_step" else min(growth, cfg.evict_every) if when == "every_n" else growth
-        budget = max(1, budget - grows)
+    budget = token_budget(method, max_len, dtype_bits=torch.finfo(dtype).bits, growth=grows)
     if method.provider == "kvcore":
         import kvcore
 
