@@ -126,13 +126,20 @@ def test_quantized_layer_matches_reference(name):
     assert n.tolist() == [[L + STEPS] * HKV, [L - PAD + STEPS] * HKV]
 
 
+def prefilled_layer(cfg, L, pad, max_cache_len, dtype, static=False):
+    """A cache of tiny_config() and its first layer after a random prompt of L tokens (the
+    second sequence left-padded by pad)."""
+    cache = KVCache(tiny_config(), cfg, max_cache_len=max_cache_len, dtype=dtype, static=static)
+    layer = cache.layers[0]
+    mask, _ = prompt_mask(L, pad)
+    run_layer(layer, torch.randn(B, HQ, L, D), torch.randn(B, HKV, L, D), torch.randn(B, HKV, L, D), mask, 0.125)
+    return cache, layer
+
+
 def test_quantized_layer_seals_blocks_in_place():
     """Storage addresses never change while decoding; lengths live on the device."""
     cfg = kvcore.CompressionConfig(bits=2, group_size=32, residual_window=32)
-    cache = KVCache(tiny_config(), cfg, max_cache_len=200, dtype=torch.bfloat16)
-    layer = cache.layers[0]
-    mask, _ = prompt_mask(50, 5)
-    run_layer(layer, torch.randn(B, HQ, 50, D), torch.randn(B, HKV, 50, D), torch.randn(B, HKV, 50, D), mask, 0.125)
+    cache, layer = prefilled_layer(cfg, 50, 5, 200, torch.bfloat16)
     ptrs = {n: t.data_ptr() for n, t in layer.storage.items()}
     nbytes = cache.nbytes()
     for _ in range(70):
@@ -151,11 +158,7 @@ def test_static_layer_matches_eager_layer():
     outs = []
     for static in (False, True):
         torch.manual_seed(1)
-        cache = KVCache(tiny_config(), cfg, max_cache_len=160, dtype=torch.float16, static=static)
-        layer = cache.layers[0]
-        mask, _ = prompt_mask(60, 7)
-        run_layer(layer, torch.randn(B, HQ, 60, D), torch.randn(B, HKV, 60, D), torch.randn(B, HKV, 60, D), mask,
-                  0.125)
+        _, layer = prefilled_layer(cfg, 60, 7, 160, torch.float16, static=static)
         outs.append(torch.stack([step_layer(layer, torch.randn(B, HQ, 1, D), torch.randn(B, HKV, 1, D),
                                             torch.randn(B, HKV, 1, D), 0.125) for _ in range(50)]))
     torch.testing.assert_close(outs[0], outs[1], atol=0, rtol=0)
@@ -163,10 +166,7 @@ def test_static_layer_matches_eager_layer():
 
 def test_capacity_overflow_raises():
     cfg = kvcore.CompressionConfig(bits=2, group_size=32, residual_window=32)
-    cache = KVCache(tiny_config(), cfg, max_cache_len=64, dtype=torch.float16)
-    layer = cache.layers[0]
-    mask, _ = prompt_mask(60, 0)
-    run_layer(layer, torch.randn(B, HQ, 60, D), torch.randn(B, HKV, 60, D), torch.randn(B, HKV, 60, D), mask, 0.125)
+    _, layer = prefilled_layer(cfg, 60, 0, 64, torch.float16)
     with pytest.raises(ValueError, match="max_cache_len"):
         for _ in range(40):
             step_layer(layer, torch.randn(B, HQ, 1, D), torch.randn(B, HKV, 1, D), torch.randn(B, HKV, 1, D), 0.125)
