@@ -1,5 +1,5 @@
-"""What a ``kvcore eval`` run measures, and its sizes: the default run (about 10 minutes
-for ~14 methods on a 2-core CPU) and ``--quick`` (a minute or two, for CI)."""
+"""What a ``kvcore eval`` run measures, and its sizes: the default run (16 minutes for
+the 19 presets on a 2-core CPU, docs/EVAL.md) and ``--quick`` (two minutes, for CI)."""
 import dataclasses
 from dataclasses import dataclass
 
