@@ -35,7 +35,7 @@ def test_bits_per_element():
     assert kvcore.preset("kivi-2").bits_per_element(128) == 3.0  # 2 + 2*16/32
     assert kvcore.preset("kivi-4").bits_per_element(128) == 5.0
     assert kvcore.CompressionConfig(bits=2, group_size=64).bits_per_element(128) == 2.5
-    assert kvcore.preset("best-2").bits_per_element(64) == 3.5  # docs/KV-ERROR.md's 3.50 bits
+    assert kvcore.preset("best-2").bits_per_element(64) == 3.3125  # 3 + 2*3*8/64 (keys) and 2.5 + 3*8/64 (values)
     assert kvcore.preset("best-2").bits_per_element(128) <= 3.5
     assert kvcore.preset("none").bits_per_element(128) == 16
 
