@@ -1,4 +1,9 @@
 #include "eviction_args.h"
+
+#include <ATen/ops/empty.h>
+
+#include <vector>
+
 #include "tensor_checks.h"
 
 namespace kvcore {
@@ -100,6 +105,36 @@ CompactArgs check_compact_args(const at::Tensor& x, const at::Tensor& idx, const
 void check_compact_rows(const CompactArgs& a, int64_t bad) {
   TORCH_CHECK(bad < 0, "kvcore.compact_kv: row ", bad, " of idx/count is invalid: count must be in [0, ", a.k,
               "] and idx[row, :count] strictly increasing within [0, ", a.T, "); nothing was moved");
+}
+
+at::Tensor alloc_lsh_signature(const at::Tensor& x, LshArgs& a) {
+  std::vector<int64_t> shape(x.sizes().begin(), x.sizes().end());
+  shape.back() = a.nbits / 32;
+  at::Tensor sig = at::empty(shape, x.options().dtype(at::kInt));
+  a.x = x.data_ptr();
+  a.sig = reinterpret_cast<uint32_t*>(sig.data_ptr<int32_t>());
+  return sig;
+}
+
+at::Tensor alloc_hamming_scores(const at::Tensor& q_sig, const at::Tensor& k_sig, const at::Tensor& lengths,
+                                HammingArgs& a) {
+  at::Tensor scores = at::empty({a.B, a.Hkv, a.T}, q_sig.options());
+  a.q_sig = reinterpret_cast<const uint32_t*>(q_sig.data_ptr<int32_t>());
+  a.k_sig = reinterpret_cast<const uint32_t*>(k_sig.data_ptr<int32_t>());
+  a.lengths = lengths.data_ptr<int32_t>();
+  a.scores = scores.data_ptr<int32_t>();
+  return scores;
+}
+
+std::tuple<at::Tensor, at::Tensor> alloc_topk_select(const at::Tensor& scores, const at::Tensor& lengths,
+                                                     TopkArgs& a) {
+  at::Tensor idx = at::empty({a.rows, a.k}, scores.options().dtype(at::kInt));
+  at::Tensor count = at::empty({a.rows}, scores.options().dtype(at::kInt));
+  a.scores = scores.data_ptr();
+  a.lengths = lengths.data_ptr<int32_t>();
+  a.idx = idx.data_ptr<int32_t>();
+  a.count = count.data_ptr<int32_t>();
+  return {idx, count};
 }
 
 }  // namespace kvcore

@@ -18,12 +18,8 @@ namespace {
 at::Tensor lsh_signature_cuda_op(const at::Tensor& x, int64_t nbits, int64_t seed) {
   LshArgs a = check_lsh_args(x, nbits, seed);
   const c10::cuda::CUDAGuard guard(x.device());
-  std::vector<int64_t> shape(x.sizes().begin(), x.sizes().end());
-  shape.back() = nbits / 32;
-  at::Tensor sig = at::empty(shape, x.options().dtype(at::kInt));
+  at::Tensor sig = alloc_lsh_signature(x, a);
   at::Tensor projection = at::empty({(int64_t)a.D * a.nbits}, x.options().dtype(at::kFloat));
-  a.x = x.data_ptr();
-  a.sig = reinterpret_cast<uint32_t*>(sig.data_ptr<int32_t>());
   const int sms = sm_count(x.get_device(), "kvcore.lsh_signature");
   const cudaError_t err = lsh_signature_cuda(a, projection.data_ptr<float>(), sms,
                                              c10::cuda::getCurrentCUDAStream().stream());
@@ -35,11 +31,7 @@ at::Tensor hamming_scores_cuda_op(const at::Tensor& q_sig, const at::Tensor& k_s
   HammingArgs a = check_hamming_args(q_sig, k_sig, lengths);
   // any int32 view works: the kernel takes 16-byte loads only where they are aligned
   const c10::cuda::CUDAGuard guard(q_sig.device());
-  at::Tensor scores = at::empty({a.B, a.Hkv, a.T}, q_sig.options());
-  a.q_sig = reinterpret_cast<const uint32_t*>(q_sig.data_ptr<int32_t>());
-  a.k_sig = reinterpret_cast<const uint32_t*>(k_sig.data_ptr<int32_t>());
-  a.lengths = lengths.data_ptr<int32_t>();
-  a.scores = scores.data_ptr<int32_t>();
+  at::Tensor scores = alloc_hamming_scores(q_sig, k_sig, lengths, a);
   const int sms = sm_count(q_sig.get_device(), "kvcore.hamming_scores");
   const cudaError_t err = hamming_scores_cuda(a, sms, c10::cuda::getCurrentCUDAStream().stream());
   TORCH_CHECK(err == cudaSuccess, "kvcore.hamming_scores: CUDA launch failed: ", cudaGetErrorString(err));
@@ -51,19 +43,14 @@ std::tuple<at::Tensor, at::Tensor> topk_select_cuda_op(const at::Tensor& scores,
   TopkArgs a = check_topk_args(scores, k, lengths);
   TORCH_CHECK(a.rows <= INT32_MAX, "kvcore.topk_select: at most 2^31 - 1 rows on CUDA, got ", a.rows);
   const c10::cuda::CUDAGuard guard(scores.device());
-  at::Tensor idx = at::empty({a.rows, a.k}, scores.options().dtype(at::kInt));
-  at::Tensor count = at::empty({a.rows}, scores.options().dtype(at::kInt));
-  a.scores = scores.data_ptr();
-  a.lengths = lengths.data_ptr<int32_t>();
-  a.idx = idx.data_ptr<int32_t>();
-  a.count = count.data_ptr<int32_t>();
+  auto outs = alloc_topk_select(scores, lengths, a);
   const int dev = scores.get_device();
   const cudaError_t err = topk_select_cuda(a, sm_count(dev, "kvcore.topk_select"),
                                            compute_capability_major(dev, "kvcore.topk_select") >= 9,
                                            max_shared_memory_optin(dev, "kvcore.topk_select"),
                                            c10::cuda::getCurrentCUDAStream().stream());
   TORCH_CHECK(err == cudaSuccess, "kvcore.topk_select: CUDA launch failed: ", cudaGetErrorString(err));
-  return {idx, count};
+  return outs;
 }
 
 // Validation needs the host to know whether any row is bad before anything moves, so

@@ -21,7 +21,6 @@ The budget is set on the preset's ``CompressionConfig`` (field ``budget``, in to
 import contextlib
 import dataclasses
 import math
-import re
 from dataclasses import dataclass
 
 import torch
@@ -30,10 +29,6 @@ from .errors import UnknownMethodError
 
 TARGET_BYTES_FRACTION = 1 / 8
 BASELINE = "none"
-
-# Name prefixes of quantization presets (the rest, without "+", are eviction presets).
-QUANT_PREFIXES = ("kivi", "gear", "kvquant", "quant", "int", "fp8", "mikv")
-
 
 @dataclass(frozen=True)
 class Method:
@@ -56,44 +51,13 @@ class Method:
 # ---------------------------------------------------------------- which methods exist
 
 
-def family_of(name: str, cfg=None) -> str:
-    """Family of a kvcore preset: from its config (``bits`` set: quantization; ``evict``
-    set: eviction; both: composed), else from its name."""
+def family_of(name: str, cfg) -> str:
+    """Family of a kvcore preset from its config: ``bits`` set, quantization; ``evict``
+    set, eviction; both, composed."""
     if name == BASELINE:
         return "baseline"
-    if cfg is not None and hasattr(cfg, "bits") and hasattr(cfg, "evict"):
-        q, e = cfg.bits is not None, cfg.evict is not None
-        return "composed" if q and e else "quantization" if q else "eviction" if e else "baseline"
-    if "+" in name:
-        return "composed"
-    return "quantization" if name.lower().startswith(QUANT_PREFIXES) else "eviction"
-
-
-def _quant_bits_from_name(name: str):
-    """4 for "kivi-4", "snapkv+kivi-4"; None when the name carries no bit width."""
-    quant = name.split("+")[-1]
-    m = re.search(r"-(\d+)$", quant)
-    return int(m.group(1)) if m and quant.lower().startswith(QUANT_PREFIXES) else None
-
-
-# Where the layout numbers that token_budget needs sit in a CompressionConfig (the first
-# name found wins; the Method defaults stand otherwise).
-LAYOUT_FIELDS = dict(quant_bits=("bits", "quant_bits", "nbits"), group=("group_size", "group"),
-                     residual=("residual", "residual_length", "resid_len", "residual_window"),
-                     sinks=("sinks", "sink_tokens", "num_sinks"))
-CONFIG_PARTS = ("quant", "quantization", "evict", "eviction")
-
-
-def _layout_from_config(cfg) -> dict:
-    """The quantization bits, group, residual window and sinks a preset declares, if any."""
-    found = {}
-    for obj in [cfg] + [getattr(cfg, p) for p in CONFIG_PARTS if getattr(cfg, p, None) is not None]:
-        for key, names in LAYOUT_FIELDS.items():
-            for n in names:
-                v = getattr(obj, n, None)
-                if key not in found and isinstance(v, int) and not isinstance(v, bool):
-                    found[key] = v
-    return found
+    q, e = cfg.bits is not None, cfg.evict is not None
+    return "composed" if q and e else "quantization" if q else "eviction" if e else "baseline"
 
 
 def _kvcore_methods() -> dict:
@@ -101,12 +65,11 @@ def _kvcore_methods() -> dict:
 
     out = {}
     for name in kvcore.PRESETS:
-        fam = family_of(name, kvcore.preset(name))
-        layout = _layout_from_config(kvcore.preset(name)) if fam != "baseline" else {}
-        if fam in ("quantization", "composed"):
-            layout.setdefault("quant_bits", _quant_bits_from_name(name))
-        else:
-            layout.pop("quant_bits", None)
+        cfg = kvcore.preset(name)
+        fam = family_of(name, cfg)
+        # the layout numbers token_budget needs (the Method defaults stand for the baseline)
+        layout = {} if fam == "baseline" else dict(quant_bits=cfg.bits, group=cfg.group_size,
+                                                    residual=cfg.residual_window, sinks=cfg.sink_tokens)
         out[name] = Method(name=name, family=fam, provider="kvcore",
                            bytes_fraction=TARGET_BYTES_FRACTION if fam in ("eviction", "composed") else None,
                            **layout)
@@ -166,14 +129,16 @@ def token_budget(method: Method, total_len: int, dtype_bits: int = 16, growth: i
 # ---------------------------------------------------------------- caches
 
 
-def _kvcore_config(method: Method, budget):
-    """The kvcore CompressionConfig for a preset, with its eviction budget in tokens."""
-    import kvcore
-
-    cfg = kvcore.preset(method.name)
-    if budget is not None:
-        cfg = dataclasses.replace(cfg, budget=budget)
-    return cfg
+def _decode_growth(cfg, max_len: int, prompt_len) -> int:
+    """Tokens an evicting cache holds beyond its prompt budget at the end of a run: none
+    for a policy that evicts at every step, up to N for one that evicts every N steps,
+    every decoded token for one that evicts the prompt only."""
+    if prompt_len is None:
+        return 0
+    growth = max_len - prompt_len
+    if cfg.evict_when == "every_step":
+        return 0
+    return min(growth, cfg.evict_every) if cfg.evict_when == "every_n" else growth
 
 
 @contextlib.contextmanager
@@ -183,41 +148,28 @@ def open_cache(method: Method, model, batch_size: int, max_len: int, device, dty
     With ``prompt_len``, an eviction budget (applied to the prompt) leaves room for the
     ``max_len - prompt_len`` tokens decoded after it, so that the cache ends the run at
     the target fraction of the bytes."""
-    if method.provider == "kvcore" and method.quant_bits is not None:
-        import kvcore
-
-        # the preset's own all-in bits (outliers and low-rank factors count too) at this head_dim
-        tc = model.config.get_text_config()
-        head_dim = getattr(tc, "head_dim", None) or tc.hidden_size // tc.num_attention_heads
-        cfg = kvcore.preset(method.name)
-        if hasattr(cfg, "bits_per_element"):
-            method = dataclasses.replace(method, bits_per_element=cfg.bits_per_element(head_dim))
-    grows = 0
-    if prompt_len is not None and method.provider == "kvcore" and method.evicts:
-        # What the cache holds at the end: an every-step policy holds its budget; one that
-        # evicts the prompt only also keeps every decoded token; every N steps, up to N more.
-        import kvcore
-
-        cfg = kvcore.preset(method.name)
-        when = getattr(cfg, "evict_when", "prefill")
-        growth = max_len - prompt_len
-        grows = 0 if when == "every_step" else min(growth, cfg.evict_every) if when == "every_n" else growth
-    budget = token_budget(method, max_len, dtype_bits=torch.finfo(dtype).bits, growth=grows)
-    if method.provider == "kvcore":
-        import kvcore
-
-        cfg = _kvcore_config(method, budget)
-        # packed caches store bf16/fp16 (decode_attention's dtypes); a float32 model's
-        # queries are cast
-        cache_dtype = torch.bfloat16 if dtype == torch.float32 and cfg.quantized else dtype
-        cache = kvcore.KVCache(model.config, cfg, max_batch_size=batch_size, max_cache_len=max_len, device=device,
-                               dtype=cache_dtype)
-        with kvcore.patch(model, cache):
-            yield cache
-    else:
+    if method.provider != "kvcore":
         from transformers import DynamicCache
 
         yield DynamicCache(config=model.config)
+        return
+    import kvcore
+
+    cfg = kvcore.preset(method.name)
+    if cfg.quantized:  # the preset's own all-in bits (outliers and low-rank count too) at this head_dim
+        tc = model.config.get_text_config()
+        head_dim = getattr(tc, "head_dim", None) or tc.hidden_size // tc.num_attention_heads
+        method = dataclasses.replace(method, bits_per_element=cfg.bits_per_element(head_dim))
+    grows = _decode_growth(cfg, max_len, prompt_len) if method.evicts else 0
+    budget = token_budget(method, max_len, dtype_bits=torch.finfo(dtype).bits, growth=grows)
+    if budget is not None:
+        cfg = dataclasses.replace(cfg, budget=budget)
+    # packed caches store bf16/fp16 (decode_attention's dtypes); a float32 model's queries are cast
+    cache_dtype = torch.bfloat16 if dtype == torch.float32 and cfg.quantized else dtype
+    cache = kvcore.KVCache(model.config, cfg, max_batch_size=batch_size, max_cache_len=max_len, device=device,
+                           dtype=cache_dtype)
+    with kvcore.patch(model, cache):
+        yield cache
 
 
 def cache_nbytes(cache) -> int:
