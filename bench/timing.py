@@ -27,6 +27,39 @@ class Timer:
         return statistics.median(times)
 
     @staticmethod
+    def steady_ms(fns, replays=20):
+        """Time per call in steady state: the calls fns[0](), fns[1](), ... back to back in
+        one CUDA graph (no launch gaps), each over its own inputs so that together they
+        exceed L2 (the caller sizes the list), replayed `replays` times; median replay
+        time / len(fns). What a call costs between other kernels of a decode step, with
+        no L2 flush (a flush leaves L2 dirty: its write-back competes with the first
+        microseconds of the timed kernel). Needs calls without host synchronisation."""
+        for fn in fns:
+            fn()
+        torch.cuda.synchronize()
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            for fn in fns:
+                fn()
+        graph.replay()
+        torch.cuda.synchronize()
+        times = []
+        for _ in range(replays):
+            start, stop = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            start.record()
+            graph.replay()
+            stop.record()
+            stop.synchronize()
+            times.append(start.elapsed_time(stop))
+        del graph
+        return statistics.median(times) / len(fns)
+
+    def copies_for(self, nbytes, at_least=2, at_most=256):
+        """How many input sets of nbytes exceed three times L2."""
+        l2 = self.flush.numel() // 4
+        return max(at_least, min(at_most, -(-3 * l2 // max(nbytes, 1))))
+
+    @staticmethod
     def warm_up(seconds=0.5):
         """Keeps the GPU busy for a while so that clocks and power settle before the first
         measurement (a cold first copy measured 4x below the card's bandwidth)."""

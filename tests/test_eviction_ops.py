@@ -189,12 +189,13 @@ def test_errors(call, msg):
 @pytest.mark.cuda
 @pytest.mark.parametrize("heads", [(8, 2), (9, 3), (8, 1), (32, 32)])
 @pytest.mark.parametrize("W", [1, 2, 4, 8])
-def test_hamming_cuda_equals_cpu(heads, W):
+@pytest.mark.parametrize("T", [1000, 1001, 4102, 9000])  # odd T: whole 16-byte chunks at W >= 4 only
+def test_hamming_cuda_equals_cpu(heads, W, T):
     Hq, Hkv = heads
-    gen = torch.Generator().manual_seed(W)
+    gen = torch.Generator().manual_seed(W + T)
     q = torch.randint(-2**31, 2**31 - 1, (3, Hq, W), generator=gen, dtype=torch.int32)
-    k = torch.randint(-2**31, 2**31 - 1, (3, Hkv, 1000, W), generator=gen, dtype=torch.int32)
-    lengths = torch.tensor([1000, 0, 333], dtype=torch.int32)
+    k = torch.randint(-2**31, 2**31 - 1, (3, Hkv, T, W), generator=gen, dtype=torch.int32)
+    lengths = torch.tensor([T, 0, 333 + T // 2], dtype=torch.int32)
     out = kvcore.hamming_scores(q.cuda(), k.cuda(), lengths.cuda())
     assert torch.equal(out.cpu(), kvcore.hamming_scores(q, k, lengths))
 
@@ -202,7 +203,8 @@ def test_hamming_cuda_equals_cpu(heads, W):
 @pytest.mark.cuda
 @pytest.mark.parametrize("W", [1, 2, 4, 8])
 def test_hamming_cuda_odd_lengths_and_offset_views(W):
-    """T not a multiple of 4, and signatures at a 4-byte offset, take the per-token kernel."""
+    """Rows that are not whole 16-byte chunks (T * W % 4 != 0: W = 1, 2 here), and
+    signatures at a 4-byte offset, take the per-token kernel."""
     gen = torch.Generator().manual_seed(10 + W)
     q = torch.randint(-2**31, 2**31 - 1, (2, 6, W), generator=gen, dtype=torch.int32)
     k = torch.randint(-2**31, 2**31 - 1, (2, 3, 1001, W), generator=gen, dtype=torch.int32)
@@ -382,7 +384,9 @@ def test_topk_cuda_unaligned_rows():
 @pytest.mark.cuda
 @pytest.mark.parametrize("shape, dtype", [((4, 50, 7), torch.uint8), ((4, 50, 3), torch.float16),
                                           ((4, 50, 2, 16), torch.bfloat16), ((64, 300, 64), torch.uint8),
-                                          ((3, 40), torch.float32)])
+                                          ((3, 40), torch.float32),
+                                          # rows of several 8192-unit chunks, one boundary inside a token
+                                          ((3, 20000, 32), torch.uint8), ((3, 30001, 12), torch.uint8)])
 def test_compact_cuda_equals_cpu(shape, dtype):
     gen = torch.Generator().manual_seed(shape[0])
     R, T = shape[:2]

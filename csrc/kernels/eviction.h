@@ -85,11 +85,10 @@ int64_t compact_kv_first_bad_cpu(const CompactArgs& a);
 // Moves rows [begin, end) (all validated).
 void compact_kv_cpu(const CompactArgs& a, int64_t begin, int64_t end);
 #if defined(KVCORE_WITH_CUDA) || defined(__CUDACC__)
-// atomicMin of every bad row into *first_bad (which the caller sets to INT32_MAX);
-// rows <= INT32_MAX. Then, only if no row is bad, the move through `scratch`
-// ([rows, k, token_bytes], no particular content).
-cudaError_t compact_kv_validate_cuda(const CompactArgs& a, int32_t* first_bad, cudaStream_t stream);
-cudaError_t compact_kv_move_cuda(const CompactArgs& a, uint8_t* scratch, int num_sms, cudaStream_t stream);
+// Validates every row, then moves the kept tokens in place unless a row is bad. *flag
+// (device int32) ends as 0 if every row is valid, else rows - (the first bad row); x is
+// then untouched. rows <= INT32_MAX.
+cudaError_t compact_kv_cuda(const CompactArgs& a, int32_t* flag, cudaStream_t stream);
 #endif
 
 }  // namespace kvcore

@@ -53,9 +53,10 @@ std::tuple<at::Tensor, at::Tensor> topk_select_cuda_op(const at::Tensor& scores,
   return outs;
 }
 
-// Validation needs the host to know whether any row is bad before anything moves, so
-// that a bad row raises the CPU's error with x untouched: one 4-byte device-to-host
-// copy (a synchronisation). compact_kv runs when the cache is evicted, not per step.
+// A bad row must raise the CPU's error with x untouched: the move kernel moves nothing
+// when the validation kernel flagged a row, and one 4-byte device-to-host copy after
+// both reads the flag (a synchronisation). compact_kv runs when the cache is evicted,
+// not per step.
 void compact_kv_cuda_op(const at::Tensor& x, const at::Tensor& idx, const at::Tensor& count) {
   CompactArgs a = check_compact_args(x, idx, count);
   TORCH_CHECK(a.rows <= INT32_MAX, "kvcore.compact_kv: at most 2^31 - 1 rows on CUDA, got ", a.rows);
@@ -65,16 +66,11 @@ void compact_kv_cuda_op(const at::Tensor& x, const at::Tensor& idx, const at::Te
   a.idx = idx.data_ptr<int32_t>();
   a.count = count.data_ptr<int32_t>();
   if (a.rows == 0) return;
-  at::Tensor first_bad = at::full({1}, INT32_MAX, idx.options());
-  cudaError_t err = compact_kv_validate_cuda(a, first_bad.data_ptr<int32_t>(), stream);
+  at::Tensor flag = at::empty({1}, idx.options());
+  const cudaError_t err = compact_kv_cuda(a, flag.data_ptr<int32_t>(), stream);
   TORCH_CHECK(err == cudaSuccess, "kvcore.compact_kv: CUDA launch failed: ", cudaGetErrorString(err));
-  const int64_t bad = first_bad.item<int32_t>();
-  check_compact_rows(a, bad == INT32_MAX ? -1 : bad);
-  if (a.k == 0 || a.token_bytes == 0) return;
-  at::Tensor scratch = at::empty({a.rows, a.k, a.token_bytes}, x.options().dtype(at::kByte));
-  err = compact_kv_move_cuda(a, static_cast<uint8_t*>(scratch.data_ptr()), sm_count(x.get_device(), "kvcore.compact_kv"),
-                             stream);
-  TORCH_CHECK(err == cudaSuccess, "kvcore.compact_kv: CUDA launch failed: ", cudaGetErrorString(err));
+  const int64_t f = flag.item<int32_t>();  // after the move: the GPU never waits on the host
+  check_compact_rows(a, f == 0 ? -1 : a.rows - f);
 }
 
 }  // namespace

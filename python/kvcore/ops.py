@@ -279,9 +279,9 @@ def compact_kv(x: Tensor, idx: Tensor, count: Tensor) -> Tensor:
     ``(idx, count)``: packed codes ``[B*Hkv, T, D*bits/8]``, per-token value scales,
     outlier indices and residuals, signatures, full-precision residual tokens. Per-block
     key metadata compacts with block indices. Rows are validated before anything moves:
-    bad indices raise and leave ``x`` untouched. On CUDA that validation costs one host
-    synchronisation (a 4-byte copy of the first bad row), and the move goes through a
-    temporary buffer of ``R * k`` tokens.
+    bad indices raise and leave ``x`` untouched. On CUDA that check costs one host
+    synchronisation after the move (a 4-byte copy of the first bad row); the move is in
+    place, with no temporary buffer.
 
     Args:
         x: ``[R, T, ...]`` any dtype, contiguous; modified in place.

@@ -1,10 +1,15 @@
-// CUDA kernels of kvcore.compact_kv. Moving tokens in place in parallel is unsafe (a
-// token's source slot can be another token's target), so the move goes through a
-// scratch buffer [rows, k, token_bytes]: one kernel gathers the kept tokens into it,
-// a second copies them back to the front of each row. A third kernel validates the
-// rows first and records the first bad row in a device int, which the glue reads.
-// Copies use 16-, 4- or 1-byte units, the widest that divides token_bytes and the
-// pointers' alignment.
+// CUDA kernels of kvcore.compact_kv. A first kernel validates the rows and flags the
+// first bad one in a device int; a second moves the kept tokens in place, one CTA a
+// row, and moves nothing at all if any row was flagged. The glue reads the flag after
+// both (no idle gap between them) and raises if it is set.
+//
+// Moving in place without a scratch buffer: idx is strictly increasing with idx[i] >= i,
+// so walking a row front to back in chunks (read the chunk's sources, barrier, write
+// its slots) is safe. A slot written in chunk c is never the source of a later chunk
+// (their sources are >= their own slots, past chunk c's), and every source of chunk c
+// that a later chunk overwrites was read before chunk c's barrier. Tokens with
+// idx[i] == i stay put. Copies use 16-, 4- or 1-byte units, the widest that divides
+// token_bytes and the pointer's alignment.
 #include <algorithm>
 #include <climits>
 
@@ -13,65 +18,74 @@
 namespace kvcore {
 namespace {
 
-constexpr int kThreads = 256;
+constexpr int kValidateThreads = 256;
+constexpr int kMoveThreads = 1024;
+constexpr int kUnroll = 8;  // units in flight a thread per chunk: 128 KB a CTA at 16 bytes
 
 // One CTA per row: count in [0, k] and idx[:count] strictly increasing in [0, T).
-__global__ void __launch_bounds__(kThreads) validate_kernel(CompactArgs a, int32_t* first_bad) {
+// flag = max over bad rows of rows - r (0: none), so the first bad row wins.
+__global__ void __launch_bounds__(kValidateThreads) validate_kernel(CompactArgs a, int32_t* flag) {
   const int64_t r = blockIdx.x;
   const int64_t n = a.count[r];
   const int32_t* idx = a.idx + r * a.k;
   bool ok = n >= 0 && n <= a.k;
   if (ok)
-    for (int64_t i = threadIdx.x; i < n; i += kThreads)
+    for (int64_t i = threadIdx.x; i < n; i += kValidateThreads)
       ok = ok && idx[i] >= 0 && idx[i] < a.T && (i == 0 || idx[i] > idx[i - 1]);
-  if (!ok) atomicMin(first_bad, (int32_t)r);  // rows <= INT32_MAX (checked by the glue)
+  if (!ok) atomicMax(flag, (int32_t)(a.rows - r));  // rows <= INT32_MAX (checked by the glue)
 }
 
-// For every row r and kept token i < count[r] that is not already in place, copy V-byte
-// unit u of token idx[r][i] from `from` to `to`. gather: x -> scratch slot i; back:
-// scratch slot i -> x slot i. Tokens with idx[i] == i stay put (nobody else writes slot i).
-template <typename V, bool kGather>
-__global__ void __launch_bounds__(kThreads) move_kernel(CompactArgs a, uint8_t* scratch) {
-  const int64_t r = blockIdx.x;  // chunks of a row along y (few; rows may exceed 65535)
+template <typename V>
+__global__ void __launch_bounds__(kMoveThreads) move_kernel(CompactArgs a, const int32_t* flag) {
+  if (*flag != 0) return;  // a bad row somewhere: x stays as it was
+  const int64_t r = blockIdx.x;
   const int64_t n = a.count[r];
   const int32_t* idx = a.idx + r * a.k;
   const int64_t units = a.token_bytes / (int64_t)sizeof(V);  // per token
+  const int64_t total = n * units;
   V* x = reinterpret_cast<V*>(a.x + r * a.T * a.token_bytes);
-  V* s = reinterpret_cast<V*>(scratch + r * a.k * a.token_bytes);
-  for (int64_t u = (int64_t)blockIdx.y * kThreads + threadIdx.x; u < n * units; u += (int64_t)gridDim.y * kThreads) {
-    const int64_t i = u / units, w = u - i * units;
-    const int64_t src = idx[i];
-    if (src == i) continue;
-    if (kGather) s[i * units + w] = x[src * units + w];
-    else x[i * units + w] = s[i * units + w];
+  for (int64_t base = 0; base < total; base += (int64_t)kMoveThreads * kUnroll) {
+    V v[kUnroll];
+    int64_t to[kUnroll];
+#pragma unroll
+    for (int u = 0; u < kUnroll; ++u) {
+      const int64_t e = base + (int64_t)u * kMoveThreads + threadIdx.x;
+      to[u] = -1;
+      if (e < total) {
+        const int64_t i = e / units, w = e - i * units;
+        const int64_t src = idx[i];
+        if (src != i) {
+          v[u] = x[src * units + w];
+          to[u] = i * units + w;
+        }
+      }
+    }
+    __syncthreads();  // the chunk's sources are read before any of its slots is written
+#pragma unroll
+    for (int u = 0; u < kUnroll; ++u)
+      if (to[u] >= 0) x[to[u]] = v[u];
   }
 }
 
 template <typename V>
-cudaError_t launch_moves(const CompactArgs& a, uint8_t* scratch, int num_sms, cudaStream_t st) {
-  const int64_t units = a.k * (a.token_bytes / (int64_t)sizeof(V));  // most a row can move
-  const int64_t want = std::max<int64_t>(1, (int64_t)num_sms * 8 / std::max<int64_t>(a.rows, 1));
-  const dim3 grid((unsigned)a.rows,
-                  (unsigned)std::max<int64_t>(1, std::min<int64_t>((units + kThreads - 1) / kThreads, want)));
-  move_kernel<V, true><<<grid, kThreads, 0, st>>>(a, scratch);
-  move_kernel<V, false><<<grid, kThreads, 0, st>>>(a, scratch);
+cudaError_t launch_move(const CompactArgs& a, const int32_t* flag, cudaStream_t st) {
+  move_kernel<V><<<(unsigned)a.rows, kMoveThreads, 0, st>>>(a, flag);
   return cudaGetLastError();
 }
 
 }  // namespace
 
-cudaError_t compact_kv_validate_cuda(const CompactArgs& a, int32_t* first_bad, cudaStream_t stream) {
+cudaError_t compact_kv_cuda(const CompactArgs& a, int32_t* flag, cudaStream_t stream) {
   if (a.rows == 0) return cudaSuccess;
-  validate_kernel<<<(unsigned)a.rows, kThreads, 0, stream>>>(a, first_bad);
-  return cudaGetLastError();
-}
-
-cudaError_t compact_kv_move_cuda(const CompactArgs& a, uint8_t* scratch, int num_sms, cudaStream_t stream) {
-  if (a.rows == 0 || a.k == 0 || a.token_bytes == 0) return cudaSuccess;
-  const uintptr_t p = reinterpret_cast<uintptr_t>(a.x) | reinterpret_cast<uintptr_t>(scratch);
-  if (a.token_bytes % 16 == 0 && p % 16 == 0) return launch_moves<uint4>(a, scratch, num_sms, stream);
-  if (a.token_bytes % 4 == 0 && p % 4 == 0) return launch_moves<uint32_t>(a, scratch, num_sms, stream);
-  return launch_moves<uint8_t>(a, scratch, num_sms, stream);
+  cudaError_t err = cudaMemsetAsync(flag, 0, sizeof(int32_t), stream);
+  if (err != cudaSuccess) return err;
+  validate_kernel<<<(unsigned)a.rows, kValidateThreads, 0, stream>>>(a, flag);
+  err = cudaGetLastError();
+  if (err != cudaSuccess || a.k == 0 || a.token_bytes == 0) return err;
+  const uintptr_t p = reinterpret_cast<uintptr_t>(a.x);
+  if (a.token_bytes % 16 == 0 && p % 16 == 0) return launch_move<uint4>(a, flag, stream);
+  if (a.token_bytes % 4 == 0 && p % 4 == 0) return launch_move<uint32_t>(a, flag, stream);
+  return launch_move<uint8_t>(a, flag, stream);
 }
 
 }  // namespace kvcore
