@@ -422,9 +422,20 @@ def test_compact_cuda_rejects_bad_rows_and_moves_nothing():
 @pytest.mark.parametrize("nbits", [32, 64, 128, 256])
 @pytest.mark.parametrize("D", [64, 100, 128, 1024])
 def test_lsh_cuda_equals_cpu(dtype, nbits, D):
-    x = torch.randn(3, 7, 33, D).to(dtype)  # 693 rows: not a multiple of the 4 rows a warp takes
+    x = torch.randn(3, 7, 33, D).to(dtype)  # 693 rows: not a multiple of the 8 rows a warp takes
     x[0, 0, 0] = 0.0  # an all-zero row: every projection is 0, no bit set
     sig = kvcore.lsh_signature(x.cuda(), nbits, 9)
     cpu = kvcore.lsh_signature(x, nbits, 9)
     assert torch.equal(sig.cpu(), cpu)
     assert (cpu[0, 0, 0] == 0).all()
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("dtype", LOWP)
+@pytest.mark.parametrize("nbits", [64, 256])
+@pytest.mark.parametrize("D", [100, 128])
+def test_lsh_cuda_many_rows_equals_cpu(dtype, nbits, D):
+    """More rows than one CTA per SM takes: the projection is read from L1/L2 instead of
+    being staged in shared memory (the path prefill takes)."""
+    x = torch.randn(4, 8, 601, D).to(dtype)
+    assert torch.equal(kvcore.lsh_signature(x.cuda(), nbits, 3).cpu(), kvcore.lsh_signature(x, nbits, 3))

@@ -25,8 +25,10 @@ struct LshArgs {
 void lsh_signature_cpu(const LshArgs& a, const float* projection, int64_t begin, int64_t end);
 void lsh_projection_matrix(uint64_t seed, int D, int nbits, float* out);  // [D][nbits]
 #if defined(KVCORE_WITH_CUDA) || defined(__CUDACC__)
-// `projection`: device scratch of D * nbits floats, filled by the call.
-cudaError_t lsh_signature_cuda(const LshArgs& a, float* projection, int num_sms, cudaStream_t stream);
+// `projection`: device scratch of D * nbits floats, filled by the call (16-byte aligned).
+// max_smem_optin: the device's opt-in shared memory per block (P is staged there if it fits).
+cudaError_t lsh_signature_cuda(const LshArgs& a, float* projection, int num_sms, int max_smem_optin,
+                               cudaStream_t stream);
 #endif
 
 // hamming_scores: for sequence b, KV head g and token t < len[b]:

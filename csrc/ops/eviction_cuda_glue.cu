@@ -20,8 +20,9 @@ at::Tensor lsh_signature_cuda_op(const at::Tensor& x, int64_t nbits, int64_t see
   const c10::cuda::CUDAGuard guard(x.device());
   at::Tensor sig = alloc_lsh_signature(x, a);
   at::Tensor projection = at::empty({(int64_t)a.D * a.nbits}, x.options().dtype(at::kFloat));
-  const int sms = sm_count(x.get_device(), "kvcore.lsh_signature");
-  const cudaError_t err = lsh_signature_cuda(a, projection.data_ptr<float>(), sms,
+  const int dev = x.get_device();
+  const cudaError_t err = lsh_signature_cuda(a, projection.data_ptr<float>(), sm_count(dev, "kvcore.lsh_signature"),
+                                             max_shared_memory_optin(dev, "kvcore.lsh_signature"),
                                              c10::cuda::getCurrentCUDAStream().stream());
   TORCH_CHECK(err == cudaSuccess, "kvcore.lsh_signature: CUDA launch failed: ", cudaGetErrorString(err));
   return sig;
