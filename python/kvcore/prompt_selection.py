@@ -82,6 +82,28 @@ def _masked_attention_sum(q: Tensor, k: Tensor, allowed: Tensor, scale: float) -
     return out
 
 
+def _causal_attention_sum(q: Tensor, k: Tensor, valid: Tensor, scale: float) -> Tensor:
+    """H2O's prompt mass: like _masked_attention_sum with every valid query attending to
+    the valid keys at or before it, but each chunk of queries only multiplies the keys it
+    can see (half the work of the full square on average) and works in place."""
+    B, Hq, L, D = q.shape
+    Hkv = k.shape[1]
+    g = Hq // Hkv
+    kf = k.float()
+    out = torch.zeros(B, Hkv, L, dtype=torch.float32, device=k.device)
+    pos = torch.arange(L, device=k.device)
+    for s in range(0, L, _QUERY_CHUNK):
+        e = min(s + _QUERY_CHUNK, L)
+        c = e - s
+        qc = q[:, :, s:e].float().reshape(B, Hkv, g * c, D)
+        logits = torch.matmul(qc, kf[:, :, :e].transpose(-1, -2)).mul_(scale)  # [B, Hkv, g*c, e]
+        hidden = (pos[None, :e] > pos[s:e, None])[None] | ~valid[:, None, :e] | ~valid[:, s:e, None]  # [B, c, e]
+        logits.view(B, Hkv, g, c, e).masked_fill_(hidden[:, None, None], float("-inf"))
+        p = torch.softmax(logits, dim=-1).nan_to_num_(0.0)  # padded queries see nothing: NaN rows -> 0
+        out[:, :, :e] += p.sum(2)
+    return out
+
+
 def qfilter_directions_for(q: Tensor, valid: Tensor, given: Optional[Tensor]) -> Tensor:
     """Q-Filters' ``[Hq, D]`` directions: the given calibration, else calibrated on this
     prompt's own valid queries (``q [B, Hq, L, D]``)."""
@@ -124,9 +146,7 @@ def score_prompt(cfg: CompressionConfig, q: Tensor, k: Tensor, valid: Tensor, sc
             s = F.max_pool1d(s.reshape(B * Hkv, 1, L), cfg.snapkv_kernel, stride=1,
                              padding=cfg.snapkv_kernel // 2).reshape(B, Hkv, L)
     elif policy == "h2o":
-        causal = torch.arange(L, device=k.device)[None, :] <= torch.arange(L, device=k.device)[:, None]
-        allowed = valid[:, None, None, :] & causal[None, None] & valid[:, None, :, None]
-        s = _masked_attention_sum(q, k, allowed, scale)
+        s = _causal_attention_sum(q, k, valid, scale)
     else:
         raise ValueError(f"kvcore: unknown eviction policy {policy!r}")
     return s.float().masked_fill(~valid[:, None, :], float("-inf"))
