@@ -75,7 +75,9 @@ struct DecodeArgs {
   KV_HD int64_t mass_cols() const { return s_cap + t_cap + r_cap; }
 };
 
-// CPU: units are (b, query head) pairs, [begin, end) of B*Hq.
+// CPU: units [begin, end) of decode_attention_cpu_units(a): one KV head of one sequence
+// with up to 8 of its query heads (each cached token is read once for all of them).
+int64_t decode_attention_cpu_units(const DecodeArgs& a);
 void decode_attention_cpu(const DecodeArgs& a, int64_t begin, int64_t end);
 // CPU, after decode_attention_cpu: attn_mass += probabilities from logits and lse, for
 // rows [begin, end) of B*Hkv.

@@ -1,5 +1,5 @@
 // CPU implementation of kvcore::decode_attention: checks, allocation, and the
-// (sequence, query head) units spread over at::parallel_for.
+// (sequence, KV head, query heads) units spread over at::parallel_for.
 #include <ATen/Parallel.h>
 #include <ATen/ops/empty.h>
 #include <torch/library.h>
@@ -30,9 +30,8 @@ std::tuple<at::Tensor, at::Tensor> decode_attention_cpu_op(
     logits = at::empty({a.B, a.Hq, a.mass_cols()}, q.options().dtype(at::kFloat));
     a.logits = logits.data_ptr<float>();
   }
-  const int64_t units = (int64_t)a.B * a.Hq;
-  // A unit reads a whole sequence: one per task is already plenty of work.
-  at::parallel_for(0, units, 1, [&](int64_t b, int64_t e) { decode_attention_cpu(a, b, e); });
+  // A unit reads a whole sequence for up to 8 query heads: one per task is plenty of work.
+  at::parallel_for(0, decode_attention_cpu_units(a), 1, [&](int64_t b, int64_t e) { decode_attention_cpu(a, b, e); });
   // The query heads of a KV head add to one mass row: rows go to tasks, heads in order.
   if (mass) at::parallel_for(0, (int64_t)a.B * a.Hkv, 1, [&](int64_t b, int64_t e) { attention_mass_cpu(a, b, e); });
   return outs;

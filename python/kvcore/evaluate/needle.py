@@ -102,9 +102,12 @@ class NeedleOutcome:
     correct: bool
 
 
-def run_trials(model, tokenizer, method, trials: list, device, dtype, gen_tokens: int = 10, tick=None) -> list:
+def run_trials(model, tokenizer, method, trials: list, device, dtype, gen_tokens: int = 10, tick=None,
+               replay=None) -> list:
     """Prefill each batch of equal-length trials through ``method``'s cache, generate
-    ``gen_tokens`` greedily, and score. Returns one :class:`NeedleOutcome` per trial."""
+    ``gen_tokens`` greedily, and score. Returns one :class:`NeedleOutcome` per trial.
+    ``replay``: a :class:`PrefillReplay` shared across methods (each batch's model
+    prefill then runs once)."""
     by_len = {}
     for t in trials:
         by_len.setdefault(len(t.ids), []).append(t)
@@ -114,7 +117,11 @@ def run_trials(model, tokenizer, method, trials: list, device, dtype, gen_tokens
         out = []
         with torch.inference_mode(), open_cache(method, model, len(batch), L + gen_tokens, device, dtype,
                                                        prompt_len=L) as cache:
-            nxt = forward_step(model, ids, cache, 0, last_only=True)[:, -1].argmax(-1, keepdim=True)
+            if replay is None:
+                first = forward_step(model, ids, cache, 0, last_only=True)
+            else:
+                first = replay.prefill(model, ids, cache)
+            nxt = first[:, -1].argmax(-1, keepdim=True)
             for i in range(gen_tokens):
                 out.append(nxt)
                 if i + 1 < gen_tokens:

@@ -25,7 +25,7 @@ class PerplexityResult:
     ppl: float
     nll: float                 # mean negative log-likelihood, nats per token
     tokens: int                # tokens scored (batch x decode)
-    prefill_s: float
+    prefill_s: float           # prompt into the cache (the model's forward too, unless replayed)
     decode_s: float
     decode_tokens_per_s: float  # tokens decoded per second, all sequences together
     kv_bytes: int              # bytes the cache holds after the last step
@@ -34,13 +34,16 @@ class PerplexityResult:
     token_nll: list = field(default_factory=list, repr=False)  # per step, mean over the batch
 
 
-def decode_perplexity(model, method, windows: torch.Tensor, context: int, device, dtype, tick=None) -> PerplexityResult:
+def decode_perplexity(model, method, windows: torch.Tensor, context: int, device, dtype, tick=None,
+                      replay=None) -> PerplexityResult:
     """Score ``windows[:, context+1:]`` by decoding through ``method``'s cache.
 
     Args:
         windows: ``[B, context + decode + 1]`` token ids.
         context: tokens prefilled before decoding starts.
         tick: called with 1 after each decode step (progress).
+        replay: a :class:`PrefillReplay` shared across methods (the model's prefill of
+            the windows then runs once; ``prefill_s`` is the cache's own share).
     """
     B, L = windows.shape
     decode = L - context - 1
@@ -51,7 +54,10 @@ def decode_perplexity(model, method, windows: torch.Tensor, context: int, device
     with torch.inference_mode(), PeakMemory(device) as mem, \
             open_cache(method, model, B, L - 1, device, dtype, prompt_len=context) as cache:
         t0 = time.perf_counter()
-        forward_step(model, ids[:, :context], cache, 0, last_only=True)
+        if replay is None:
+            forward_step(model, ids[:, :context], cache, 0, last_only=True)
+        else:
+            replay.prefill(model, ids[:, :context], cache)
         synchronize(device)
         t1 = time.perf_counter()
         for i in range(decode):

@@ -8,6 +8,7 @@ import torch
 from . import needle, perplexity
 from .memory import process_peak_rss_bytes
 from .methods import BASELINE
+from .prefill_replay import PrefillReplay
 from .text import windows
 
 
@@ -61,12 +62,15 @@ def run_eval(loaded, corpus, methods, settings, device, progress=True, log=print
     steps = settings.decode_tokens + n_lengths * settings.needle_gen_tokens
     rows, t_run = [], time.perf_counter()
     outer = _progress(len(methods), "kvcore eval", progress, leave=True)
+    replay = PrefillReplay()  # the model's prefill of each prompt runs once, for the first method
     for method in methods:
         outer.set_postfix_str(method.name)
         t0 = time.perf_counter()
         bar = _progress(steps, method.name, progress)
-        ppl_res = perplexity.decode_perplexity(model, method, ppl_windows, settings.context, device, dtype, bar.update)
-        outcomes = needle.run_trials(model, tok, method, trials, device, dtype, settings.needle_gen_tokens, bar.update)
+        ppl_res = perplexity.decode_perplexity(model, method, ppl_windows, settings.context, device, dtype, bar.update,
+                                               replay=replay)
+        outcomes = needle.run_trials(model, tok, method, trials, device, dtype, settings.needle_gen_tokens, bar.update,
+                                     replay=replay)
         bar.close()
         row = method_row(method, ppl_res, outcomes, time.perf_counter() - t0)
         rows.append(row)
@@ -75,6 +79,7 @@ def run_eval(loaded, corpus, methods, settings, device, progress=True, log=print
                     f"KV {row['kv_bytes'] / 2**20:8.2f} MiB  {row['decode_tokens_per_s']:7.1f} tok/s  "
                     f"({row['seconds']:.0f} s)")
     outer.close()
+    replay.clear()
     add_relative_columns(rows, torch.finfo(dtype).bits)
     cfg = model.config.get_text_config()
     head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
