@@ -50,6 +50,7 @@ def test_bits_per_element():
     (dict(evict="snapkv", budget=8, evict_when="often"), "evict_when"),
     (dict(bits=2, evict="l2norm", budget=8, evict_when="every_n"), "evict_when"),
     (dict(evict="hashevict", budget=8), "evict_when"), (dict(evict="snapkv", budget=8, snapkv_kernel=4), "snapkv_kernel"),
+    (dict(evict="snapkv", budget=8, mass_kernel=2), "mass_kernel"),
     (dict(layer_budgets="tower"), "layer_budgets"), (dict(hash_bits=48), "hash_bits"),
 ])
 def test_config_errors_name_the_field(kw, field):

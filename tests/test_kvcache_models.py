@@ -172,8 +172,8 @@ def test_batch_rows_independent_of_padding():
     assert rel < 0.03, rel
 
 
-@pytest.mark.parametrize("name", ["snapkv", "pyramidkv", "adakv", "h2o", "streaming", "l2norm", "qfilters",
-                                  "hashevict", "snapkv+kivi-4"])
+@pytest.mark.parametrize("name", ["snapkv", "snapkv-span", "pyramidkv", "adakv", "h2o", "streaming", "l2norm",
+                                  "qfilters", "hashevict", "snapkv+kivi-4"])
 def test_eviction_presets_generate_and_shrink(name):
     m = model_for("llama", torch.bfloat16)
     ids, mask = prompt(L=110, pad=17)
@@ -185,3 +185,25 @@ def test_eviction_presets_generate_and_shrink(name):
     assert cache.nbytes() < full.nbytes(), (cache.nbytes(), full.nbytes())
     for d in cache.nbytes_by_layer():
         assert d["used_tokens"] <= d["capacity_tokens"]
+
+
+def test_mass_kernel_changes_decode_time_evictions_only():
+    """snapkv-span's two pooling widths: the prompt vote (snapkv_kernel) and the mass when
+    evicting again while decoding (mass_kernel). Changing the second changes which tokens
+    survive the decode-time evictions, not the prompt selection."""
+    from kvcore.evaluate.decoding import cache_keyword
+
+    m = model_for("llama", torch.bfloat16)
+    ids, mask = prompt(L=110, pad=17)
+    after_prompt, after_decode = {}, {}
+    for width in (1, 7):
+        cfg = kvcore.preset("snapkv-span").replace(budget=40, mass_kernel=width, evict_every=4)
+        cache = kvcore.KVCache(m.config, cfg, max_cache_len=140)
+        with torch.no_grad(), kvcore.patch(m, cache):
+            m(input_ids=ids, attention_mask=mask, use_cache=True, **{cache_keyword(m): cache})
+        after_prompt[width] = cache.layers[0].storage["pos"].clone()
+        cache = kvcore.KVCache(m.config, cfg, max_cache_len=140)
+        generate(m, ids, mask, cache, max_new_tokens=24)
+        after_decode[width] = cache.layers[0].storage["pos"].clone()
+    assert torch.equal(after_prompt[1], after_prompt[7])
+    assert not torch.equal(after_decode[1], after_decode[7])

@@ -154,8 +154,9 @@ class FullPrecisionLayer(KVCacheLayerBase):
         k = self.storage["k"].view(-1, self.capacity, D)[:, :T]
         if cfg.evict in ("h2o", "snapkv"):
             s = self.storage["mass"][:, :T].clone()
-            if cfg.evict == "snapkv" and cfg.snapkv_kernel > 1:
-                s = torch.nn.functional.max_pool1d(s[:, None], cfg.snapkv_kernel, 1, cfg.snapkv_kernel // 2)[:, 0]
+            width = cfg.snapkv_kernel if cfg.mass_kernel is None else cfg.mass_kernel
+            if cfg.evict == "snapkv" and width > 1:
+                s = torch.nn.functional.max_pool1d(s[:, None], width, 1, width // 2)[:, 0]
             return s
         if cfg.evict == "streaming":
             return self.storage["pos"][:, :T].float()

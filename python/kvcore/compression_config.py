@@ -60,7 +60,10 @@ class CompressionConfig:
         recent_window: newest tokens always kept (an int, or a fraction of the prompt);
             SnapKV's observation window is kept too.
         snapkv_window, snapkv_kernel: SnapKV's observation window (queries) and pooling
-            width.
+            width of its prompt vote.
+        mass_kernel: pooling width of the accumulated attention mass when a SnapKV cache
+            evicts again while decoding (``evict_when`` ``"every_n"``/``"every_step"``);
+            None: ``snapkv_kernel``.
         hash_bits: HashEvict signature bits (32, 64, 128 or 256).
 
     Example::
@@ -93,6 +96,7 @@ class CompressionConfig:
     recent_window: Union[int, float] = 0
     snapkv_window: int = 32
     snapkv_kernel: int = 7
+    mass_kernel: Optional[int] = None
     hash_bits: int = 64
 
     def __post_init__(self):
@@ -200,6 +204,8 @@ class CompressionConfig:
             bad("snapkv_window", "must be >= 1")
         if self.snapkv_kernel < 1 or self.snapkv_kernel % 2 == 0:
             bad("snapkv_kernel", "must be odd and >= 1")
+        if self.mass_kernel is not None and (self.mass_kernel < 1 or self.mass_kernel % 2 == 0):
+            bad("mass_kernel", "must be None, or odd and >= 1")
         if self.hash_bits not in (32, 64, 128, 256):
             bad("hash_bits", "must be 32, 64, 128 or 256")
 
