@@ -73,6 +73,20 @@ __device__ __forceinline__ void distances(const uint32_t* k, const uint32_t* q_s
 // which add their halves with one shuffle.
 constexpr int kChunks = 4;  // 64 bytes in flight a thread
 
+// f(slot, w, word) for every word of the thread's chunks: slot = the token's index among
+// the thread's (chunk i, token t of the chunk), w = the word's index within its token.
+template <int kTokens, int kWords, typename F>
+__device__ __forceinline__ void for_each_word(const uint4 (&chunk)[kChunks], F&& f) {
+#pragma unroll
+  for (int i = 0; i < kChunks; ++i) {
+    const uint32_t kw[4] = {chunk[i].x, chunk[i].y, chunk[i].z, chunk[i].w};
+#pragma unroll
+    for (int t = 0; t < kTokens; ++t)
+#pragma unroll
+      for (int w = 0; w < kWords; ++w) f(i * kTokens + t, w, kw[t * kWords + w]);
+  }
+}
+
 template <int W>
 __global__ void __launch_bounds__(kThreads) hamming_chunk_kernel(HammingArgs a, int64_t blocks) {
   constexpr int kTokens = W <= 4 ? 4 / W : 1;  // whole tokens a chunk
@@ -101,25 +115,13 @@ __global__ void __launch_bounds__(kThreads) hamming_chunk_kernel(HammingArgs a, 
       qa[w] = q_s[h * W + w0 + w];
       qb[w] = q_s[(h + 1) * W + w0 + w];
     }
-#pragma unroll
-    for (int i = 0; i < kChunks; ++i) {
-      const uint32_t kw[4] = {chunk[i].x, chunk[i].y, chunk[i].z, chunk[i].w};
-#pragma unroll
-      for (int t = 0; t < kTokens; ++t)
-#pragma unroll
-        for (int w = 0; w < kWords; ++w)
-          part[i * kTokens + t] += 2 * __popc((qa[w] ^ kw[t * kWords + w]) & (qb[w] ^ kw[t * kWords + w]));
-    }
+    for_each_word<kTokens, kWords>(chunk, [&](int slot, int w, uint32_t k) {
+      part[slot] += 2 * __popc((qa[w] ^ k) & (qb[w] ^ k));
+    });
   }
   if (gq & 1) {  // the last head of an odd group, alone
-#pragma unroll
-    for (int i = 0; i < kChunks; ++i) {
-      const uint32_t kw[4] = {chunk[i].x, chunk[i].y, chunk[i].z, chunk[i].w};
-#pragma unroll
-      for (int t = 0; t < kTokens; ++t)
-#pragma unroll
-        for (int w = 0; w < kWords; ++w) part[i * kTokens + t] += __popc(q_s[(gq - 1) * W + w0 + w] ^ kw[t * kWords + w]);
-    }
+    const uint32_t* ql = q_s + (gq - 1) * W + w0;
+    for_each_word<kTokens, kWords>(chunk, [&](int slot, int w, uint32_t k) { part[slot] += __popc(ql[w] ^ k); });
   }
 #pragma unroll
   for (int i = 0; i < kChunks; ++i) {
