@@ -170,3 +170,26 @@ def test_capacity_overflow_raises():
     with pytest.raises(ValueError, match="max_cache_len"):
         for _ in range(40):
             step_layer(layer, torch.randn(B, HQ, 1, D), torch.randn(B, HKV, 1, D), torch.randn(B, HKV, 1, D), 0.125)
+
+
+@pytest.mark.parametrize("L, pad, window, group, sinks, steps", [
+    (10, 3, 64, 32, 0, 90), (100, 13, 64, 32, 0, 1), (100, 0, 64, 32, 2, 31), (96, 0, 64, 32, 0, 32),
+    (129, 40, 128, 32, 4, 33), (200, 7, 128, 64, 0, 100), (50, 5, 32, 32, 0, 70),
+])
+def test_packed_capacity_holds_a_full_cache_exactly(L, pad, window, group, sinks, steps):
+    """Packed storage is sized for the tokens that can ever be sealed (the window always
+    keeps min(tokens, window - group) of them): decoding up to max_cache_len never
+    overflows it, in the eager and in the static (branch-free) step, and both attend alike."""
+    cfg = kvcore.CompressionConfig(bits=2, group_size=group, residual_window=window, sink_tokens=sinks)
+    outs = []
+    for static in (False, True):
+        torch.manual_seed(2)
+        _, layer = prefilled_layer(cfg, L, pad, L + steps, torch.float16, static=static)
+        most = max(L - sinks + steps - (window - group), 0) // group * group
+        assert layer.t_cap == max(most, group)
+        step_outs = [step_layer(layer, torch.randn(B, HQ, 1, D), torch.randn(B, HKV, 1, D), torch.randn(B, HKV, 1, D),
+                                0.125) for _ in range(steps)]
+        assert (layer.packed_len <= layer.t_cap).all()
+        assert (layer.packed_len + layer.resid_len).tolist() == [L - sinks + steps] * HKV + [L - pad - sinks + steps] * HKV
+        outs.append(torch.stack(step_outs))
+    torch.testing.assert_close(outs[0], outs[1], atol=0, rtol=0)

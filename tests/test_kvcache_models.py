@@ -176,12 +176,15 @@ def test_batch_rows_independent_of_padding():
                                   "qfilters", "hashevict", "snapkv+kivi-4"])
 def test_eviction_presets_generate_and_shrink(name):
     m = model_for("llama", torch.bfloat16)
-    ids, mask = prompt(L=110, pad=17)
-    full = kvcore.KVCache(m.config, "none" if "+" not in name else name.split("+")[1], max_cache_len=128)
+    # a composed cache quantizes what it keeps: its prompt must outgrow the 128-token exact
+    # window, or the uncompressed quantized cache holds it all exactly in the same bytes
+    L = 110 if "+" not in name else 300
+    ids, mask = prompt(L=L, pad=17)
+    full = kvcore.KVCache(m.config, "none" if "+" not in name else name.split("+")[1], max_cache_len=L + 18)
     generate(m, ids, mask, full)
-    cache = kvcore.KVCache(m.config, name, max_cache_len=128)
+    cache = kvcore.KVCache(m.config, name, max_cache_len=L + 18)
     out = generate(m, ids, mask, cache)
-    assert out.shape == (2, 122)
+    assert out.shape == (2, L + 12)
     assert cache.nbytes() < full.nbytes(), (cache.nbytes(), full.nbytes())
     for d in cache.nbytes_by_layer():
         assert d["used_tokens"] <= d["capacity_tokens"]

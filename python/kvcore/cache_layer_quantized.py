@@ -76,7 +76,11 @@ class QuantizedLayer(KVCacheLayerBase):
         r_r = m_r - p_r
         P = int(p_r.max())
         grow = max(self.max_cache_len - L, 0)
-        t_cap = max((int(m_r.max()) + grow + G - 1) // G * G, G)
+        # The window never holds fewer than min(tokens, Rc - G) of a row's tokens (prefill
+        # leaves >= Rc - G there, a seal leaves Rc - G), so whole blocks of at most
+        # tokens - (Rc - G) are ever packed: allocating for every token double-counted the
+        # window (composed presets measured 7.3x instead of their 8x budget).
+        t_cap = max((int(m_r.max()) + grow - (Rc - G)) // G * G, G)
         self.t_cap = t_cap
         dt = self.dtype
         for name, (shape, dtype) in part_shapes(cfg, (B, Hkv), t_cap, D, dt).items():
