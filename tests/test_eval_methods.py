@@ -32,7 +32,7 @@ def test_resolve_methods_orders_and_validates():
 def test_token_budget_hits_an_eighth_of_the_bytes():
     """An eviction budget is 1/8 of the tokens minus what decoding appends; a composed one
     keeps more tokens: as many as fit 1/8 of the allocated bytes at the preset's all-in
-    bits (the exact window and sinks at 16 bits, a block of rounding)."""
+    bits (the exact window and sinks at 16 bits, packed capacity in whole blocks)."""
     avail = methods.available_methods()
     assert methods.token_budget(avail["snapkv"], 2048) == 256
     assert methods.token_budget(avail["snapkv"], 2048, growth=100) == 156
@@ -40,8 +40,9 @@ def test_token_budget_hits_an_eighth_of_the_bytes():
     m = methods.Method(**{**comp.__dict__, "bits_per_element": kvcore.preset("snapkv+kivi-4").bits_per_element(64)})
     for growth in (0, 128):
         kept = methods.token_budget(m, 2048, growth=growth)
-        # worst case: the window keeps only residual - group of the prompt; packed capacity rounded up
-        packed = -(-(kept - (m.residual - m.group) + growth) // m.group) * m.group
+        # what the cache allocates: the window always keeps residual - group tokens, the
+        # packed capacity is the rest in whole blocks, rounded down
+        packed = (kept - (m.residual - m.group) + growth) // m.group * m.group
         held_bits = (m.sinks + m.residual) * 16 + packed * m.bits_per_element
         assert held_bits <= 2048 * 16 / 8 < held_bits + 2 * m.group * m.bits_per_element
         assert kept > 256 - growth

@@ -111,8 +111,8 @@ def token_budget(method: Method, total_len: int, dtype_bits: int = 16, growth: i
     * eviction only: every kept and appended token at ``dtype_bits``;
     * evict then quantize: the exact window and sinks (``residual + sinks`` tokens at
       ``dtype_bits``, allocated whole) plus the packed capacity at the preset's all-in bits:
-      the kept prompt beyond the window (which holds at least ``residual - group`` of it)
-      and the appended tokens, rounded up to a whole block.
+      the kept prompt beyond the window (which always holds ``residual - group`` of it)
+      and the appended tokens, in whole blocks (the cache rounds that capacity down).
     """
     if not method.evicts:
         return None
@@ -121,7 +121,7 @@ def token_budget(method: Method, total_len: int, dtype_bits: int = 16, growth: i
     target = method.bytes_fraction * total_len * dtype_bits     # in token-elements x bits
     exact = method.sinks + method.residual
     bits = method.bits_per_element or method.quant_bits + 2 * dtype_bits / method.group
-    packed = math.floor((target - exact * dtype_bits) / bits) - method.group   # one block of rounding
+    packed = math.floor((target - exact * dtype_bits) / bits)
     kept = packed + (method.residual - method.group) - growth
     return min(total_len, max(1, kept))
 
