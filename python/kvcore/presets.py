@@ -45,6 +45,9 @@ _E = {
     # 8% -> 83%, perplexity +7.2% -> +4.1%.
     "snapkv-span": CompressionConfig(evict="snapkv", budget=0.25, snapkv_window=32, snapkv_kernel=31,
                                      mass_kernel=7, evict_when="every_n", evict_every=8),
+    # snapkv-span's prompt vote alone (pooled over 31 tokens, prompt only): the
+    # prompt-time policy that composes with quantization ("snapkv-wide+kivi-4").
+    "snapkv-wide": CompressionConfig(evict="snapkv", budget=0.25, snapkv_window=32, snapkv_kernel=31),
     # PyramidKV (Cai et al., 2024): SnapKV scores, budgets decreasing with depth.
     "pyramidkv": CompressionConfig(evict="snapkv", budget=0.25, layer_budgets="pyramid"),
     # Ada-KV (Feng et al., 2024) on SnapKV scores: per-head budgets.
@@ -70,7 +73,7 @@ _EVICTION_FIELDS = ("evict", "budget", "evict_when", "evict_every", "layer_budge
 # "More tokens, lower precision": evict the prompt, then quantize what is kept.
 # (Any other "<eviction>+<quantization>" pair is available through preset(); the named
 # ones are what `kvcore eval` runs, kept few so that its default run stays short.)
-_COMBOS = ("snapkv+kivi-2", "snapkv+kivi-4", "pyramidkv+kivi-4", "adakv+kivi-4", "snapkv+best-2")
+_COMBOS = ("snapkv+kivi-2", "snapkv+kivi-4", "pyramidkv+kivi-4", "adakv+kivi-4", "snapkv+best-2", "snapkv-wide+kivi-4")
 
 # Reachable through preset() but not listed in PRESETS (so `kvcore eval` does not run
 # it): 8 bits have no fused decode kernel, so each decode step dequantizes the packed
