@@ -172,8 +172,8 @@ def test_batch_rows_independent_of_padding():
     assert rel < 0.03, rel
 
 
-@pytest.mark.parametrize("name", ["snapkv", "snapkv-span", "pyramidkv", "adakv", "h2o", "streaming", "l2norm",
-                                  "qfilters", "hashevict", "snapkv+kivi-4"])
+@pytest.mark.parametrize("name", ["snapkv", "snapkv-span", "snapkv-wide", "pyramidkv", "adakv", "h2o", "streaming",
+                                  "l2norm", "qfilters", "hashevict", "snapkv+kivi-4", "snapkv-wide+kivi-4"])
 def test_eviction_presets_generate_and_shrink(name):
     m = model_for("llama", torch.bfloat16)
     # a composed cache quantizes what it keeps: its prompt must outgrow the 128-token exact
