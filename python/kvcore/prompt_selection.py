@@ -64,42 +64,25 @@ def tokens_per_row(x, n: Tensor) -> Tensor:
     return torch.full_like(n, int(x))
 
 
-def _masked_attention_sum(q: Tensor, k: Tensor, allowed: Tensor, scale: float) -> Tensor:
-    """Sum over queries and each KV head's query heads of softmax(q k^T) restricted to
-    ``allowed [B, 1, Lq, Lk]``: ``[B, Hkv, Lk]`` float32. Chunked over queries."""
-    B, Hq, Lq, D = q.shape
-    Hkv = k.shape[1]
-    g = Hq // Hkv
-    kf = k.float()
-    out = torch.zeros(B, Hkv, k.shape[2], dtype=torch.float32, device=k.device)
-    for s in range(0, Lq, _QUERY_CHUNK):
-        qc = q[:, :, s:s + _QUERY_CHUNK].float().reshape(B, Hkv, g * min(_QUERY_CHUNK, Lq - s), D)
-        a = allowed[:, :, s:s + _QUERY_CHUNK]
-        logits = (qc @ kf.transpose(-1, -2)) * scale  # [B, Hkv, g*c, Lk]
-        logits = logits.view(B, Hkv, g, -1, k.shape[2]).masked_fill(~a[:, :, None], float("-inf"))
-        p = torch.softmax(logits, dim=-1).nan_to_num(0.0)
-        out += p.sum((2, 3))
-    return out
-
-
 def _causal_attention_sum(q: Tensor, k: Tensor, valid: Tensor, scale: float) -> Tensor:
-    """H2O's prompt mass: like _masked_attention_sum with every valid query attending to
-    the valid keys at or before it, but each chunk of queries only multiplies the keys it
-    can see (half the work of the full square on average) and works in place."""
-    B, Hq, L, D = q.shape
-    Hkv = k.shape[1]
+    """Sum over queries and each KV head's query heads of softmax(q k^T), each valid query
+    attending to the valid keys at or before it: ``[B, Hkv, L]`` float32. ``q`` holds the
+    last ``Lq`` of the ``L`` prompt positions (all of them for H2O, SnapKV's observation
+    window for SnapKV). Chunked over queries; a chunk multiplies only the keys it can see."""
+    B, Hq, Lq, D = q.shape
+    Hkv, L = k.shape[1], k.shape[2]
     g = Hq // Hkv
     kf = k.float()
     out = torch.zeros(B, Hkv, L, dtype=torch.float32, device=k.device)
     pos = torch.arange(L, device=k.device)
-    for s in range(0, L, _QUERY_CHUNK):
+    for s in range(L - Lq, L, _QUERY_CHUNK):
         e = min(s + _QUERY_CHUNK, L)
         c = e - s
-        qc = q[:, :, s:e].float().reshape(B, Hkv, g * c, D)
+        qc = q[:, :, s - (L - Lq):e - (L - Lq)].float().reshape(B, Hkv, g * c, D)
         logits = torch.matmul(qc, kf[:, :, :e].transpose(-1, -2)).mul_(scale)  # [B, Hkv, g*c, e]
         hidden = (pos[None, :e] > pos[s:e, None])[None] | ~valid[:, None, :e] | ~valid[:, s:e, None]  # [B, c, e]
         logits.view(B, Hkv, g, c, e).masked_fill_(hidden[:, None, None], float("-inf"))
-        p = torch.softmax(logits, dim=-1).nan_to_num_(0.0)  # padded queries see nothing: NaN rows -> 0
+        p = torch.softmax(logits, dim=-1).nan_to_num_(0.0)  # queries that see nothing: NaN rows -> 0
         out[:, :, :e] += p.sum(2)
     return out
 
@@ -139,9 +122,7 @@ def score_prompt(cfg: CompressionConfig, q: Tensor, k: Tensor, valid: Tensor, sc
         s = ops.hamming_scores(sig_q, sig_k, n).float()
     elif policy == "snapkv":
         w = min(cfg.snapkv_window, L)
-        causal = torch.arange(L, device=k.device)[None, :] <= torch.arange(L - w, L, device=k.device)[:, None]
-        allowed = (valid[:, None, None, :] & causal[None, None]).expand(B, 1, w, L)
-        s = _masked_attention_sum(q[:, :, L - w:], k, allowed, scale)
+        s = _causal_attention_sum(q[:, :, L - w:], k, valid, scale)
         if cfg.snapkv_kernel > 1:
             s = F.max_pool1d(s.reshape(B * Hkv, 1, L), cfg.snapkv_kernel, stride=1,
                              padding=cfg.snapkv_kernel // 2).reshape(B, Hkv, L)

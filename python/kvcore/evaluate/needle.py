@@ -24,6 +24,7 @@ import torch
 from .decoding import forward_step
 from .errors import TextFileError
 from .methods import open_cache
+from .prefill_replay import prefill_prompt
 from .text import Corpus, encode
 
 CITIES = ("Chicago", "Lisbon", "Nairobi", "Osaka", "Toronto", "Vienna", "Santiago", "Cairo", "Oslo", "Lima",
@@ -117,11 +118,7 @@ def run_trials(model, tokenizer, method, trials: list, device, dtype, gen_tokens
         out = []
         with torch.inference_mode(), open_cache(method, model, len(batch), L + gen_tokens, device, dtype,
                                                        prompt_len=L) as cache:
-            if replay is None:
-                first = forward_step(model, ids, cache, 0, last_only=True)
-            else:
-                first = replay.prefill(model, ids, cache)
-            nxt = first[:, -1].argmax(-1, keepdim=True)
+            nxt = prefill_prompt(model, ids, cache, replay)[:, -1].argmax(-1, keepdim=True)
             for i in range(gen_tokens):
                 out.append(nxt)
                 if i + 1 < gen_tokens:

@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from .decoding import forward_step, synchronize
 from .memory import PeakMemory
 from .methods import cache_nbytes, open_cache
+from .prefill_replay import prefill_prompt
 
 
 @dataclass
@@ -54,10 +55,7 @@ def decode_perplexity(model, method, windows: torch.Tensor, context: int, device
     with torch.inference_mode(), PeakMemory(device) as mem, \
             open_cache(method, model, B, L - 1, device, dtype, prompt_len=context) as cache:
         t0 = time.perf_counter()
-        if replay is None:
-            forward_step(model, ids[:, :context], cache, 0, last_only=True)
-        else:
-            replay.prefill(model, ids[:, :context], cache)
+        prefill_prompt(model, ids[:, :context], cache, replay)
         synchronize(device)
         t1 = time.perf_counter()
         for i in range(decode):

@@ -37,16 +37,13 @@ class PrefillReplay:
         """Prefill ``ids [B, L]`` (positions 0..L-1) into ``cache``; returns the last
         position's logits ``[B, 1, V]`` float32, as ``forward_step(..., last_only=True)``.
         Caches other than kvcore's always run the model."""
-        layers = getattr(cache, "layers", None)
-        replayable = _is_kvcore(cache)
-        key = (tuple(ids.shape), ids.cpu().numpy().tobytes()) if replayable else None
-        if replayable and key in self._records:
-            layer_args, logits = self._records[key]
-            if len(layer_args) == len(layers) and _same_batch(layer_args, ids):
-                _replay(cache, layer_args)
-                return logits
-        if not replayable:
+        if not _is_kvcore(cache):
             return forward_step(model, ids, cache, 0, last_only=True)
+        key = (tuple(ids.shape), ids.cpu().numpy().tobytes())
+        if key in self._records:
+            layer_args, logits = self._records[key]
+            _replay(cache, layer_args)
+            return logits
         layer_args = {}
         with _recording(cache, layer_args):
             logits = forward_step(model, ids, cache, 0, last_only=True)
@@ -54,15 +51,17 @@ class PrefillReplay:
         return logits
 
 
+def prefill_prompt(model, ids: torch.Tensor, cache, replay: "PrefillReplay" = None) -> torch.Tensor:
+    """The prompt's prefill through ``replay`` when given, else the model's own forward."""
+    if replay is None:
+        return forward_step(model, ids, cache, 0, last_only=True)
+    return replay.prefill(model, ids, cache)
+
+
 def _is_kvcore(cache) -> bool:
     import kvcore
 
     return isinstance(cache, kvcore.KVCache)
-
-
-def _same_batch(layer_args: dict, ids: torch.Tensor) -> bool:
-    q = next(iter(layer_args.values()))[0]
-    return q.shape[0] == ids.shape[0] and q.shape[2] == ids.shape[1]
 
 
 @contextlib.contextmanager
