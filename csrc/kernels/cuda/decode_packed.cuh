@@ -55,16 +55,19 @@ using namespace decode_detail;
 using dev::Bits;
 
 
-template <int D>
+// Tokens per pipeline stage. 32 where 64 would keep the kernel from 4 CTAs per SM by
+// shared memory (the H4 4-bit kernel at D = 128 fits 4 CTAs by registers; 64-token
+// stages of 4-bit codes would allow only 2).
+template <int D, int BITS, bool H4>
 struct TileShape {
-  static constexpr int TT = D <= 128 ? 64 : 32;  // tokens per pipeline stage
-  static constexpr int MT = TT / 16;             // 16-token m-tiles per stage
+  static constexpr int TT = D <= 128 && !(H4 && BITS == 4) ? 64 : 32;
+  static constexpr int MT = TT / 16;  // 16-token m-tiles per stage
 };
 
 // Byte layout of one pipeline stage of one warp.
-template <int D, int BITS, int G, int VG>  // G: tokens per key block, VG: channels per value group
+template <int D, int BITS, int G, int VG, int TT_ = TileShape<D, BITS, false>::TT>  // G: tokens per key block, VG: channels per value group
 struct StageLayout {
-  static constexpr int TT = TileShape<D>::TT;
+  static constexpr int TT = TT_;
   static constexpr int RB = D * BITS / 8;             // code bytes per token
   static constexpr int NKB = TT >= G ? TT / G : 1;    // key blocks a stage touches
   static constexpr int NG = D / VG;                   // value groups per token
@@ -311,10 +314,18 @@ __device__ __forceinline__ void fp_partial(const DecodeArgs& a, const SplitParam
 }
 
 // ------------------------------------------------------------------------------------
-template <int KIND, int BITS, int D, int G, int VG, bool CORR>
-__global__ void __launch_bounds__(kWarps * 32, D <= 64 ? 4 : D <= 128 ? 3 : 2) decode_packed_kernel(DecodeArgs a, SplitParams sp) {
-  using L = StageLayout<D, BITS, G, VG>;
-  constexpr int TT = L::TT, MT = TileShape<D>::MT, RB = L::RB, NG = L::NG, KT = D / 16;
+// H4 (GQA groups of at most 4 heads, no corrections): the mma's N columns 4-7, padding
+// otherwise, carry the lo half of q' x k_scale in the scores (so each lane holds and
+// builds one fp16 operand set instead of hi and lo, and the score mmas halve) and, in P V,
+// the probabilities of the odd value groups (so one P' operand serves two groups).
+// Column c of a lane then belongs to head c & 3; the hi and lo score columns are summed
+// across lanes t and t ^ 2, which afterwards hold the same scores.
+template <int KIND, int BITS, int D, int G, int VG, bool CORR, bool H4>
+__global__ void __launch_bounds__(kWarps * 32, D <= 64 || (H4 && D <= 128) ? 4 : D <= 128 ? 3 : 2) decode_packed_kernel(DecodeArgs a, SplitParams sp) {
+  static_assert(!(H4 && CORR), "the corrections use the 8-column layout");
+  static_assert(!H4 || (D / 16) % KeyPos<BITS>::PW == 0, "H4 splits a lane's channel pairs at a word boundary");
+  using L = StageLayout<D, BITS, G, VG, TileShape<D, BITS, H4>::TT>;
+  constexpr int TT = L::TT, MT = TileShape<D, BITS, H4>::MT, RB = L::RB, NG = L::NG, KT = D / 16;
   constexpr int KW = D * BITS / 128;  // key words per row and lane (a quarter of the row)
   constexpr int VPL = VG / 16;        // value codes per lane, group and half-word parity
   constexpr float SC = (float)(1 << BITS);
@@ -497,18 +508,22 @@ __global__ void __launch_bounds__(kWarps * 32, D <= 64 ? 4 : D <= 128 ? 3 : 2) d
   float o[KT][4];
 #pragma unroll
   for (int mc = 0; mc < KT; ++mc) o[mc][0] = o[mc][1] = o[mc][2] = o[mc][3] = 0.0f;
-  float sb[NG][4];   // sum_t b_t per value group (an mma against ones: every row equal)
-  float cvm[NG][2];  // sum_t p_t vm_t per value group, heads 2t and 2t+1 (this lane's tokens)
+  // P' operand sets: one per value group, or (H4) one per pair of groups, whose even
+  // group takes columns 0-3 and odd group columns 4-7.
+  constexpr int NS = H4 ? (NG >= 2 ? NG / 2 : 1) : NG;
+  float sb[NS][4];   // sum_t b_t per operand set (an mma against ones: every row equal)
+  float cvm[NS][2];  // sum_t p_t vm_t per operand set, columns 2t and 2t+1 (this lane's tokens)
 #pragma unroll
-  for (int gr = 0; gr < NG; ++gr) {
+  for (int gr = 0; gr < NS; ++gr) {
     sb[gr][0] = sb[gr][1] = sb[gr][2] = sb[gr][3] = 0.0f;
     cvm[gr][0] = cvm[gr][1] = 0.0f;
   }
   float m_run[2] = {-INFINITY, -INFINITY}, l_run[2] = {0.0f, 0.0f};
   // B fragments of the scaled queries for head g: qsb[e] holds channels 2P, 2P+1 with
   // P = t * D/8 + e (this lane's quarter of the channels), times 2^(10 - pos).
+  // (H4: lanes g < 4 hold the hi half of head g, lanes g >= 4 the lo half of head g - 4.)
   uint32_t qsb[D / 8];
-  uint32_t qsl[D / 8];
+  uint32_t qsl[H4 ? 1 : D / 8];
 
   float cst[2] = {0.0f, 0.0f};  // per-block constant for heads 2t, 2t+1
   // fp16 (1.0, 1.0), built from a kernel argument so that ptxas keeps it in a register
@@ -649,36 +664,78 @@ __global__ void __launch_bounds__(kWarps * 32, D <= 64 ? 4 : D <= 128 ? 3 : 2) d
         const int lb = TT >= G ? (16 * mg) / G : 0;
         const uint8_t* ks = st + L::KS + lb * D * 2;
         const uint8_t* km = st + L::KM + lb * D * 2;
-        // The q table holds q' * 2^(10-pos); dot_km is summed per field position (dk)
-        // and scaled back once.
-        float dk[3] = {0.0f, 0.0f, 0.0f};
-        const float2* q_lane = q_s + q_index<D>(t * (D / 8), g);  // + e * 8: pair P = t * D/8 + e
+        if constexpr (H4) {
+          // Lanes g and g ^ 4 share head g & 3 and quarter t: each rounds half of the
+          // quarter's channel pairs to hi + lo, then they swap what the other keeps.
+          constexpr int HE = D / 16;  // pairs per half quarter (a multiple of a word's pairs)
+          const int half = g >> 2, hh = g & 3;
+          float dk[3] = {0.0f, 0.0f, 0.0f};
+          const float2* q_lane = q_s + q_index<D>(t * (D / 8) + half * HE, hh);
+          uint32_t mh[HE], ml[HE];
 #pragma unroll
-        for (int e = 0; e < D / 8; ++e) {
-          const int P = t * (D / 8) + e;
-          const float2 qv = q_lane[e * kHeadsPerPass];
-          const float2 sv = meta_pair<KIND>(ks, 2 * P), mv = meta_pair<KIND>(km, 2 * P);
-          const float px = qv.x * sv.x, py = qv.y * sv.y;
-          const uint32_t pk = dev::pack_half2(px, py);
-          const float2 pr = __half22float2(*reinterpret_cast<const __half2*>(&pk));
-          qsb[e] = pk;
-          qsl[e] = dev::pack_half2(px - pr.x, py - pr.y);
-          const int cls = (KeyPos<BITS>::pos(e % KeyPos<BITS>::PW) - 4) / 2;  // pos 4, 6, 8
-          dk[cls] = fmaf(qv.x, mv.x, fmaf(qv.y, mv.y, dk[cls]));
-        }
-        float part = dk[0] * (1.0f / 64.0f) + dk[1] * (1.0f / 16.0f) + dk[2] * (1.0f / 4.0f);
-        part += __shfl_xor_sync(0xffffffffu, part, 1);
-        part += __shfl_xor_sync(0xffffffffu, part, 2);  // sum q'.km of head g, in every lane of the quad
-        // sum of the rounded qs (hi + lo) of heads 2t, 2t+1: an all-ones A operand
-        // (4 independent accumulators: one chain of 2*KT dependent mmas would stall)
-        float sq[4][4] = {};
+          for (int e = 0; e < HE; ++e) {
+            const int P = t * (D / 8) + half * HE + e;
+            const float2 qv = q_lane[e * kHeadsPerPass];
+            const float2 sv = meta_pair<KIND>(ks, 2 * P), mv = meta_pair<KIND>(km, 2 * P);
+            const float px = qv.x * sv.x, py = qv.y * sv.y;
+            const uint32_t pk = dev::pack_half2(px, py);
+            const float2 pr = __half22float2(*reinterpret_cast<const __half2*>(&pk));
+            mh[e] = pk;
+            ml[e] = dev::pack_half2(px - pr.x, py - pr.y);
+            const int cls = (KeyPos<BITS>::pos(e % KeyPos<BITS>::PW) - 4) / 2;  // pos 4, 6, 8
+            dk[cls] = fmaf(qv.x, mv.x, fmaf(qv.y, mv.y, dk[cls]));
+          }
 #pragma unroll
-        for (int j = 0; j < KT; ++j) {
-          dev::mma_f16_16816(sq[j & 1], kOnes, qsb[2 * j], qsb[2 * j + 1]);
-          dev::mma_f16_16816(sq[2 + (j & 1)], kOnes, qsl[2 * j], qsl[2 * j + 1]);
+          for (int e = 0; e < HE; ++e) {
+            const uint32_t got = __shfl_xor_sync(0xffffffffu, half ? mh[e] : ml[e], 16);
+            qsb[e] = half ? got : mh[e];
+            qsb[e + HE] = half ? ml[e] : got;
+          }
+          float part = dk[0] * (1.0f / 64.0f) + dk[1] * (1.0f / 16.0f) + dk[2] * (1.0f / 4.0f);
+          part += __shfl_xor_sync(0xffffffffu, part, 1);
+          part += __shfl_xor_sync(0xffffffffu, part, 2);
+          part += __shfl_xor_sync(0xffffffffu, part, 16);  // sum q'.km of head hh, in all 8 of its lanes
+          // Column c = 2t + u: head c & 3; hi columns (t < 2) take the q'.km term, and
+          // each column subtracts the sum of its own rounded half.
+          float sq[4][4] = {};
+#pragma unroll
+          for (int j = 0; j < KT; ++j) dev::mma_f16_16816(sq[j & 3], kOnes, qsb[2 * j], qsb[2 * j + 1]);
+          const float pc0 = __shfl_sync(0xffffffffu, part, ((2 * t) & 3) * 4);
+          const float pc1 = __shfl_sync(0xffffffffu, part, ((2 * t + 1) & 3) * 4);
+          cst[0] = (t < 2 ? pc0 : 0.0f) - ((sq[0][0] + sq[1][0]) + (sq[2][0] + sq[3][0]));
+          cst[1] = (t < 2 ? pc1 : 0.0f) - ((sq[0][1] + sq[1][1]) + (sq[2][1] + sq[3][1]));
+        } else {
+          // The q table holds q' * 2^(10-pos); dot_km is summed per field position (dk)
+          // and scaled back once.
+          float dk[3] = {0.0f, 0.0f, 0.0f};
+          const float2* q_lane = q_s + q_index<D>(t * (D / 8), g);  // + e * 8: pair P = t * D/8 + e
+  #pragma unroll
+          for (int e = 0; e < D / 8; ++e) {
+            const int P = t * (D / 8) + e;
+            const float2 qv = q_lane[e * kHeadsPerPass];
+            const float2 sv = meta_pair<KIND>(ks, 2 * P), mv = meta_pair<KIND>(km, 2 * P);
+            const float px = qv.x * sv.x, py = qv.y * sv.y;
+            const uint32_t pk = dev::pack_half2(px, py);
+            const float2 pr = __half22float2(*reinterpret_cast<const __half2*>(&pk));
+            qsb[e] = pk;
+            qsl[e] = dev::pack_half2(px - pr.x, py - pr.y);
+            const int cls = (KeyPos<BITS>::pos(e % KeyPos<BITS>::PW) - 4) / 2;  // pos 4, 6, 8
+            dk[cls] = fmaf(qv.x, mv.x, fmaf(qv.y, mv.y, dk[cls]));
+          }
+          float part = dk[0] * (1.0f / 64.0f) + dk[1] * (1.0f / 16.0f) + dk[2] * (1.0f / 4.0f);
+          part += __shfl_xor_sync(0xffffffffu, part, 1);
+          part += __shfl_xor_sync(0xffffffffu, part, 2);  // sum q'.km of head g, in every lane of the quad
+          // sum of the rounded qs (hi + lo) of heads 2t, 2t+1: an all-ones A operand
+          // (4 independent accumulators: one chain of 2*KT dependent mmas would stall)
+          float sq[4][4] = {};
+  #pragma unroll
+          for (int j = 0; j < KT; ++j) {
+            dev::mma_f16_16816(sq[j & 1], kOnes, qsb[2 * j], qsb[2 * j + 1]);
+            dev::mma_f16_16816(sq[2 + (j & 1)], kOnes, qsl[2 * j], qsl[2 * j + 1]);
+          }
+          cst[0] = __shfl_sync(0xffffffffu, part, (2 * t) * 4) - ((sq[0][0] + sq[1][0]) + (sq[2][0] + sq[3][0]));
+          cst[1] = __shfl_sync(0xffffffffu, part, (2 * t + 1) * 4) - ((sq[0][1] + sq[1][1]) + (sq[2][1] + sq[3][1]));
         }
-        cst[0] = __shfl_sync(0xffffffffu, part, (2 * t) * 4) - ((sq[0][0] + sq[1][0]) + (sq[2][0] + sq[3][0]));
-        cst[1] = __shfl_sync(0xffffffffu, part, (2 * t + 1) * 4) - ((sq[0][1] + sq[1][1]) + (sq[2][1] + sq[3][1]));
         if constexpr (CORR) {
           if (a.k_rank > 0) key_lowrank_query(a.k_lr_b + (bh * (a.t_cap / G) + tok / G) * D * a.k_rank);
         }
@@ -702,7 +759,7 @@ __global__ void __launch_bounds__(kWarps * 32, D <= 64 ? 4 : D <= 128 ? 3 : 2) d
                                   key_pair_h2<BITS>(kw0[m][wl], i0 + 1, ones),
                                   key_pair_h2<BITS>(kw1[m][wl], i0 + 1, ones)};
           dev::mma_f16_16816(acc[m], af, qsb[e0], qsb[e0 + 1]);
-          dev::mma_f16_16816(acc[m], af, qsl[e0], qsl[e0 + 1]);
+          if constexpr (!H4) dev::mma_f16_16816(acc[m], af, qsl[e0], qsl[e0 + 1]);
 
         }
       }
@@ -714,6 +771,16 @@ __global__ void __launch_bounds__(kWarps * 32, D <= 64 ? 4 : D <= 128 ? 3 : 2) d
       for (int m = 0; m < MG; ++m) {
         const int mt = mg + m;
         const bool ok0 = 16 * mt + g < lim, ok1 = 16 * mt + g + 8 < lim;
+        if constexpr (H4) {  // hi + lo: columns c and c ^ 4 live in lanes t and t ^ 2
+          float v[4] = {acc[m][0] + cst[0], acc[m][1] + cst[1], acc[m][2] + cst[0], acc[m][3] + cst[1]};
+#pragma unroll
+          for (int c = 0; c < 4; ++c) v[c] += __shfl_xor_sync(0xffffffffu, v[c], 2);
+          s[mt][0] = ok0 ? v[0] : -INFINITY;
+          s[mt][1] = ok0 ? v[1] : -INFINITY;
+          s[mt][2] = ok1 ? v[2] : -INFINITY;
+          s[mt][3] = ok1 ? v[3] : -INFINITY;
+          continue;
+        }
         s[mt][0] = ok0 ? acc[m][0] + cst[0] : -INFINITY;
         s[mt][1] = ok0 ? acc[m][1] + cst[1] : -INFINITY;
         s[mt][2] = ok1 ? acc[m][2] + cst[0] : -INFINITY;
@@ -769,7 +836,7 @@ __global__ void __launch_bounds__(kWarps * 32, D <= 64 ? 4 : D <= 128 ? 3 : 2) d
         o[mc][2] *= alpha[0]; o[mc][3] *= alpha[1];
       }
 #pragma unroll
-      for (int gr = 0; gr < NG; ++gr) {
+      for (int gr = 0; gr < NS; ++gr) {
         sb[gr][0] *= alpha[0]; sb[gr][1] *= alpha[1];
         sb[gr][2] *= alpha[0]; sb[gr][3] *= alpha[1];
         cvm[gr][0] *= alpha[0]; cvm[gr][1] *= alpha[1];
@@ -806,21 +873,23 @@ __global__ void __launch_bounds__(kWarps * 32, D <= 64 ? 4 : D <= 128 ? 3 : 2) d
       const int r0 = 16 * mt + g, r1 = r0 + 8;  // stage rows of this lane's two tokens
       const bool ok0 = r0 < lim, ok1 = r1 < lim;
       if constexpr (CORR) value_corrections(st, r0, ok0, ok1, p, t0 + 16 * mt, w_end);
-      uint32_t bfr[NG][2];  // P' = SC p vs fragments (fp16), one per value group
+      uint32_t bfr[NS][2];  // P' = SC p vs fragments (fp16), one per operand set
       const float sp0 = SC * p[0], sp1 = SC * p[1], sp2 = SC * p[2], sp3 = SC * p[3];
 #pragma unroll
-      for (int gr = 0; gr < NG; ++gr) {
+      for (int ps = 0; ps < NS; ++ps) {
+        // this lane's value group: the set's own (8 columns) or, H4, its even or odd one
+        const int gr = !H4 ? ps : NG >= 2 ? 2 * ps + (t >> 1) : 0;
         const float vs0 = ok0 ? meta_at<KIND>(st + L::VS, r0 * NG + gr) : 0.0f;
         const float vs1 = ok1 ? meta_at<KIND>(st + L::VS, r1 * NG + gr) : 0.0f;
         const float vm0 = ok0 ? meta_at<KIND>(st + L::VM, r0 * NG + gr) : 0.0f;
         const float vm1 = ok1 ? meta_at<KIND>(st + L::VM, r1 * NG + gr) : 0.0f;
-        cvm[gr][0] += p[0] * vm0 + p[2] * vm1;
-        cvm[gr][1] += p[1] * vm0 + p[3] * vm1;
+        cvm[ps][0] += p[0] * vm0 + p[2] * vm1;
+        cvm[ps][1] += p[1] * vm0 + p[3] * vm1;
         const float b0 = sp0 * vs0, b1 = sp1 * vs0, b2 = sp2 * vs1, b3 = sp3 * vs1;
         const uint32_t top = dev::pack_half2(b0, b1), bot = dev::pack_half2(b2, b3);
-        bfr[gr][0] = dev::movmatrix_trans(top);  // tokens 2t, 2t+1, head g
-        bfr[gr][1] = dev::movmatrix_trans(bot);  // tokens 2t+8, 2t+9
-        dev::mma_f16_16816(sb[gr], kOnes, bfr[gr][0], bfr[gr][1]);
+        bfr[ps][0] = dev::movmatrix_trans(top);  // tokens 2t, 2t+1, column g
+        bfr[ps][1] = dev::movmatrix_trans(bot);  // tokens 2t+8, 2t+9
+        dev::mma_f16_16816(sb[ps], kOnes, bfr[ps][0], bfr[ps][1]);
       }
       // Value codes: lane g takes CPL consecutive even codes (and the odd ones beside
       // them) of each value group, for its tokens 2t, 2t+1 (A) and 2t+8, 2t+9 (C).
@@ -851,7 +920,8 @@ __global__ void __launch_bounds__(kWarps * 32, D <= 64 ? 4 : D <= 128 ? 3 : 2) d
               const uint32_t af[4] = {fields_h2<BITS>(e0, pos, ones), fields_h2<BITS>(o0, pos, ones),
                                       fields_h2<BITS>(e1, pos, ones), fields_h2<BITS>(o1, pos, ones)};
               const int mc = gr * CPL + u * CH + k0 + kk;
-              dev::mma_f16_16816(o[mc], af, bfr[gr][0], bfr[gr][1]);
+              const int ps = H4 ? gr / 2 : gr;
+              dev::mma_f16_16816(o[mc], af, bfr[ps][0], bfr[ps][1]);
             }
           }
         }
@@ -868,7 +938,7 @@ __global__ void __launch_bounds__(kWarps * 32, D <= 64 ? 4 : D <= 128 ? 3 : 2) d
     l_run[c] += __shfl_xor_sync(0xffffffffu, l_run[c], 8);
     l_run[c] += __shfl_xor_sync(0xffffffffu, l_run[c], 16);
 #pragma unroll
-    for (int gr = 0; gr < NG; ++gr) {
+    for (int gr = 0; gr < NS; ++gr) {
       cvm[gr][c] += __shfl_xor_sync(0xffffffffu, cvm[gr][c], 4);
       cvm[gr][c] += __shfl_xor_sync(0xffffffffu, cvm[gr][c], 8);
       cvm[gr][c] += __shfl_xor_sync(0xffffffffu, cvm[gr][c], 16);
@@ -887,12 +957,18 @@ __global__ void __launch_bounds__(kWarps * 32, D <= 64 ? 4 : D <= 128 ? 3 : 2) d
     const int ch = gr * VG + 2 * (g * CPL + k);
     const float f = (float)(1 << (10 - BITS - (kVPos + (BITS == 2 ? 2 * (k & 1) : 0))));
     float* base = wo + warp * kHeadsPerPass * D;
-    base[(2 * t) * D + ch] = cvm[gr][0] + f * (o[mc][0] - sb[gr][0]);
-    base[(2 * t + 1) * D + ch] = cvm[gr][1] + f * (o[mc][1] - sb[gr][1]);
-    base[(2 * t) * D + ch + 1] = cvm[gr][0] + f * (o[mc][2] - sb[gr][2]);
-    base[(2 * t + 1) * D + ch + 1] = cvm[gr][1] + f * (o[mc][3] - sb[gr][3]);
+    int ps = gr, h0c = 2 * t;  // operand set and head of column 2t
+    if constexpr (H4) {  // only the columns of this channel's group (the others hold another group's P')
+      if ((NG >= 2 ? (gr & 1) : 0) != (t >> 1)) continue;
+      ps = gr / 2;
+      h0c = (2 * t) & 3;
+    }
+    base[h0c * D + ch] = cvm[ps][0] + f * (o[mc][0] - sb[ps][0]);
+    base[(h0c + 1) * D + ch] = cvm[ps][1] + f * (o[mc][1] - sb[ps][1]);
+    base[h0c * D + ch + 1] = cvm[ps][0] + f * (o[mc][2] - sb[ps][2]);
+    base[(h0c + 1) * D + ch + 1] = cvm[ps][1] + f * (o[mc][3] - sb[ps][3]);
   }
-  if (g == 0) {
+  if (g == 0 && (!H4 || t < 2)) {  // (H4: lanes t >= 2 hold the same heads)
     wm[warp * kHeadsPerPass + 2 * t] = m_run[0];
     wm[warp * kHeadsPerPass + 2 * t + 1] = m_run[1];
     wl[warp * kHeadsPerPass + 2 * t] = l_run[0];
@@ -929,11 +1005,13 @@ __global__ void __launch_bounds__(kWarps * 32, D <= 64 ? 4 : D <= 128 ? 3 : 2) d
 // ------------------------------------------------------------------------------------
 // One instantiation of the packed kernel: its shared memory, how many of its CTAs fit
 // on an SM (asked of the runtime once), and its launch.
-template <int KIND, int BITS, int D, int G, int VG, bool CORR>
+template <int KIND, int BITS, int D, int G, int VG, bool CORR, bool H4 = false>
 struct Packed {
-  static constexpr int TT = TileShape<D>::TT;
+  static constexpr int TT = TileShape<D, BITS, H4>::TT;
+  static constexpr int kD = D;
+  using H4Variant = Packed<KIND, BITS, D, G, VG, false, true>;
   static size_t smem(const DecodeArgs& a) {
-    using L = StageLayout<D, BITS, G, VG>;
+    using L = StageLayout<D, BITS, G, VG, TT>;
     const size_t stage = (size_t)L::BYTES + (CORR ? corr_layout<D, BITS, G, VG>(a).bytes : 0);
     const size_t stage_bytes = (size_t)kWarps * kStages * stage;
     const size_t merge_bytes = (size_t)kWarps * kHeadsPerPass * (D + 2) * sizeof(float);
@@ -943,7 +1021,7 @@ struct Packed {
   static int ctas_per_sm(const DecodeArgs& a) {
     auto query = [](size_t bytes) {
       int blocks = 1;
-      auto kernel = decode_packed_kernel<KIND, BITS, D, G, VG, CORR>;
+      auto kernel = decode_packed_kernel<KIND, BITS, D, G, VG, CORR, H4>;
       if (cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)bytes) == cudaSuccess)
         cudaOccupancyMaxActiveBlocksPerMultiprocessor(&blocks, kernel, kWarps * 32, bytes);
       cudaGetLastError();  // a failed query leaves the estimate at 1, never an error for the caller
@@ -965,7 +1043,7 @@ struct Packed {
     }
   }
   static cudaError_t launch(const DecodeArgs& a, const SplitParams& sp, cudaStream_t st) {
-    auto kernel = decode_packed_kernel<KIND, BITS, D, G, VG, CORR>;
+    auto kernel = decode_packed_kernel<KIND, BITS, D, G, VG, CORR, H4>;
     const size_t bytes = smem(a);
     const cudaError_t e = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)bytes);
     if (e != cudaSuccess) return e;
@@ -982,9 +1060,17 @@ bool visit_packed(const DecodeArgs& a, F&& f) {
   // instantiation only, so the plain kernel stays as it is; the workspace sizing
   // (plan_splits) sees the same choice.
   const bool corr = a.k_outliers > 0 || a.v_outliers > 0 || a.k_rank > 0 || a.v_rank > 0 || a.attn_mass != nullptr;
+  const bool h4 = a.Hq / a.Hkv <= 4;  // GQA groups of up to 4 heads: the H4 column layout
   auto by_corr = [&](auto p_plain, auto p_corr) {
+    using P = decltype(p_plain);
+    constexpr int PD = P::kD;
     if (corr) f(p_corr);
-    else f(p_plain);
+    else if constexpr (PD >= 128) {
+      if (h4) f(typename P::H4Variant{});
+      else f(p_plain);
+    } else {
+      f(p_plain);
+    }
     return true;
   };
   // (key block, value group) pairs with key block <= value group (the glue rejects the rest).
