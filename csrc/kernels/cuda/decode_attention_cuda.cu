@@ -29,45 +29,86 @@ auto for_kind_bits(const DecodeArgs& a, F&& f) {
 }
 
 // ------------------------------------------------------------------------------------
-// Combines the partials of each (sequence, query head) by log-sum-exp. A CTA per unit;
-// its threads split the channels and, D/256 ways, the partials, and keep 4 loads in
-// flight each (the partials of one unit are np * D floats in the workspace).
+// Combines the partials of each (sequence, query head) by log-sum-exp; a CTA per unit.
+// Latency is what costs here (the partials are a few KB a unit, just written to L2), so
+// every load is issued at once: the threads split the partials' float4 channel columns
+// and, kMergeThreads / (D / 4) ways, the partials, and load up to kMergeItems each before
+// the (max, sum) pairs, read a thread per partial, are reduced across the CTA. (Serial
+// loops over the pairs in every thread made this kernel 8 us at 33 partials.)
 constexpr int kMergeThreads = 256;
+constexpr int kMergeItems = 8;
+__device__ __forceinline__ float block_reduce(float x, bool is_max, float* red) {
+#pragma unroll
+  for (int off = 16; off > 0; off >>= 1) {
+    const float y = __shfl_xor_sync(0xffffffffu, x, off);
+    x = is_max ? fmaxf(x, y) : x + y;
+  }
+  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+  __syncthreads();  // red is free (an earlier reduction has been read)
+  if (lane == 0) red[warp] = x;
+  __syncthreads();
+  x = red[0];
+#pragma unroll
+  for (int w = 1; w < kMergeThreads / 32; ++w) x = is_max ? fmaxf(x, red[w]) : x + red[w];
+  return x;
+}
 template <int KIND, int D>
 __global__ void __launch_bounds__(kMergeThreads) decode_merge_kernel(DecodeArgs a, SplitParams sp) {
-  constexpr int PG = D >= kMergeThreads ? 1 : kMergeThreads / D;  // partial groups
-  __shared__ float part_s[PG][D];
+  constexpr int C4 = D / 4;                  // float4 columns of a partial
+  constexpr int PG = kMergeThreads / C4;     // partial groups
+  __shared__ float4 part_s[PG][C4];
+  __shared__ float red[kMergeThreads / 32];
+  extern __shared__ float w_s[];  // [np] weights 2^(m_p - max)
   const int64_t unit = blockIdx.x;
   const int np = sp.np;
   const float* m = sp.ws_m + unit * np;
   const float* l = sp.ws_l + unit * np;
-  float mx = -INFINITY;
-  for (int p = 0; p < np; ++p) mx = fmaxf(mx, m[p]);
-  float lsum = 0.0f;
-  if (mx != -INFINITY)
-    for (int p = 0; p < np; ++p) lsum += exp2f(m[p] - mx) * l[p];
-  const float* wo = sp.ws_o + unit * np * D;
-  for (int d0 = 0; d0 < D; d0 += kMergeThreads / PG) {
-    const int d = d0 + threadIdx.x % (kMergeThreads / PG), pg = threadIdx.x / (kMergeThreads / PG);
-    float acc[4] = {0.0f, 0.0f, 0.0f, 0.0f};
-    if (lsum > 0.0f) {
-      for (int p = pg; p < np; p += 4 * PG) {
+  const float4* wo = reinterpret_cast<const float4*>(sp.ws_o + unit * np * D);
+  const int c = threadIdx.x % C4, pg = threadIdx.x / C4;
+  float4 x[kMergeItems];
 #pragma unroll
-        for (int u = 0; u < 4; ++u) {
-          const int pp = p + u * PG;
-          if (pp < np) acc[u] += exp2f(m[pp] - mx) * wo[(int64_t)pp * D + d];
-        }
-      }
-    }
-    part_s[pg][d] = (acc[0] + acc[1]) + (acc[2] + acc[3]);
+  for (int u = 0; u < kMergeItems; ++u) {
+    const int p = pg + u * PG;
+    x[u] = p < np ? wo[(int64_t)p * C4 + c] : make_float4(0.0f, 0.0f, 0.0f, 0.0f);
   }
+  float mx = -INFINITY;
+  for (int p = threadIdx.x; p < np; p += kMergeThreads) mx = fmaxf(mx, m[p]);
+  mx = block_reduce(mx, true, red);
+  float lsum = 0.0f;
+  for (int p = threadIdx.x; p < np; p += kMergeThreads) {
+    const float w = mx == -INFINITY ? 0.0f : exp2f(m[p] - mx);
+    w_s[p] = w;
+    lsum += w * l[p];
+  }
+  lsum = block_reduce(lsum, false, red);  // (its barriers also publish w_s)
+  float4 acc = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+  auto add = [&](const float4& v, int p) {
+    const float w = w_s[p];
+    acc.x = fmaf(w, v.x, acc.x); acc.y = fmaf(w, v.y, acc.y);
+    acc.z = fmaf(w, v.z, acc.z); acc.w = fmaf(w, v.w, acc.w);
+  };
+#pragma unroll
+  for (int u = 0; u < kMergeItems; ++u)
+    if (pg + u * PG < np) add(x[u], pg + u * PG);
+  for (int p0 = kMergeItems * PG; p0 < np; p0 += kMergeItems * PG) {  // many partials: more rounds
+#pragma unroll
+    for (int u = 0; u < kMergeItems; ++u) {
+      const int p = p0 + pg + u * PG;
+      if (p < np) x[u] = wo[(int64_t)p * C4 + c];
+    }
+#pragma unroll
+    for (int u = 0; u < kMergeItems; ++u)
+      if (p0 + pg + u * PG < np) add(x[u], p0 + pg + u * PG);
+  }
+  part_s[pg][c] = acc;
   __syncthreads();
   Bits<KIND>* out = static_cast<Bits<KIND>*>(a.out) + unit * D;
+  const float* part = reinterpret_cast<const float*>(part_s);
   for (int d = threadIdx.x; d < D; d += kMergeThreads) {
-    float acc = 0.0f;
+    float sum = 0.0f;
 #pragma unroll
-    for (int pg = 0; pg < PG; ++pg) acc += part_s[pg][d];
-    out[d] = Storage<KIND>::store(lsum > 0.0f ? acc / lsum : 0.0f);
+    for (int g = 0; g < PG; ++g) sum += part[g * D + d];
+    out[d] = Storage<KIND>::store(lsum > 0.0f ? sum / lsum : 0.0f);
   }
   if (threadIdx.x == 0) a.lse[unit] = lsum > 0.0f ? (mx + log2f(lsum)) * kLn2 : -INFINITY;
 }
@@ -145,7 +186,15 @@ cudaError_t run_all(const DecodeArgs& a, const SplitParams& sp, cudaStream_t st)
   });
   if (e != cudaSuccess) return e;
   const int64_t units = (int64_t)a.B * a.Hq;
-  decode_merge_kernel<KIND, D><<<(unsigned)units, kMergeThreads, 0, st>>>(a, sp);
+  // The weights' shared memory is np floats (np <= t_cap / 256 + 1: far below the limit
+  // for any cache that fits in memory; the launch reports it otherwise).
+  const size_t w_bytes = (size_t)sp.np * sizeof(float);
+  if (w_bytes > 48 * 1024) {
+    const cudaError_t e2 = cudaFuncSetAttribute(decode_merge_kernel<KIND, D>, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                                (int)w_bytes);
+    if (e2 != cudaSuccess) return e2;
+  }
+  decode_merge_kernel<KIND, D><<<(unsigned)units, kMergeThreads, w_bytes, st>>>(a, sp);
   if (a.attn_mass != nullptr) {
     const int64_t col_blocks = (a.mass_cols() + kMassThreads - 1) / kMassThreads;
     const int64_t blocks = (int64_t)a.B * a.Hkv * col_blocks;
