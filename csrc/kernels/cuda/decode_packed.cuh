@@ -179,14 +179,6 @@ __device__ __forceinline__ uint32_t key_pair_h2(uint32_t w, int i, uint32_t ones
   return fields_h2<BITS>(sh < 0 ? w << (-sh) : w >> sh, KeyPos<BITS>::pos(i), ones);
 }
 
-// Keys as u8 for the int8 scores (H4): field p (bits BITS p ..) of each byte of a code
-// word. (Reading the 2-bit fields 1 and 3 in place as 4c would save two shifts a word
-// but cost the query's integer two bits of precision: more than the fp16 error budget.)
-template <int BITS>
-__device__ __forceinline__ uint32_t key_u8(uint32_t w, int p) {
-  return (w >> (BITS * p)) & (BITS == 2 ? 0x03030303u : 0x0F0F0F0Fu);
-}
-
 // Values. O^T = V^T P^T needs, per register, one channel at two tokens: a PRMT of two
 // tokens' words puts their low halves (even channels) or high halves (odd channels)
 // side by side. The mma's m dimension (channels) is free, so lane g takes VPL
@@ -364,22 +356,7 @@ __global__ void __launch_bounds__(kWarps * 32, D <= 64 || (H4 && D <= 128) ? 4 :
 
   // Scaled queries of this pass's heads (zeros pad the unused heads).
   const float qscale = a.sm_scale * kLog2e;
-  if constexpr (H4) {
-    // Per lane (g, t) of a warp, the q' of its half quarter (see the int8 scores), a
-    // row of D/8 floats + 2 of padding (conflict-free 8-byte reads).
-    constexpr int HC = D / 8, QS = HC + 2;
-    float* q8 = reinterpret_cast<float*>(smem);
-    for (int i = threadIdx.x; i < 32 * HC; i += blockDim.x) {
-      const int ln = i / HC, c = i % HC, lg = ln >> 2, hh = lg & 3;
-      float v = 0.0f;
-      if (hh < nh) {
-        const int ch = (ln & 3) * (D / 4) + (lg >> 2) * HC + c;
-        v = qscale * Storage<KIND>::load(static_cast<const Bits<KIND>*>(a.q)[((int64_t)b * a.Hq + h0 + hh) * D + ch]);
-      }
-      q8[ln * QS + c] = v;
-    }
-  }
-  for (int i = threadIdx.x; i < (H4 ? 0 : kHeadsPerPass * D / 2); i += blockDim.x) {
+  for (int i = threadIdx.x; i < kHeadsPerPass * D / 2; i += blockDim.x) {
     const int h = i % kHeadsPerPass, pr = i / kHeadsPerPass;
     float2 v = make_float2(0.0f, 0.0f);
     if (h < nh) {
@@ -544,12 +521,9 @@ __global__ void __launch_bounds__(kWarps * 32, D <= 64 || (H4 && D <= 128) ? 4 :
   float m_run[2] = {-INFINITY, -INFINITY}, l_run[2] = {0.0f, 0.0f};
   // B fragments of the scaled queries for head g: qsb[e] holds channels 2P, 2P+1 with
   // P = t * D/8 + e (this lane's quarter of the channels), times 2^(10 - pos).
-  uint32_t qsb[H4 ? 1 : D / 8];
+  // (H4: lanes g < 4 hold the hi half of head g, lanes g >= 4 the lo half of head g - 4.)
+  uint32_t qsb[D / 8];
   uint32_t qsl[H4 ? 1 : D / 8];
-  // H4: the int8 B registers (hi and lo bytes) of quarter t of head g & 3, and each
-  // column's integer step (max |q' ks| / 32512 of its head and key block).
-  uint32_t qh[H4 ? D / 16 : 1], ql[H4 ? D / 16 : 1];
-  float stp[2] = {0.0f, 0.0f};
 
   float cst[2] = {0.0f, 0.0f};  // per-block constant for heads 2t, 2t+1
   // fp16 (1.0, 1.0), built from a kernel argument so that ptxas keeps it in a register
@@ -680,118 +654,57 @@ __global__ void __launch_bounds__(kWarps * 32, D <= 64 || (H4 && D <= 128) ? 4 :
     // and the m-tile loop inner, so MG independent mma chains interleave.
     constexpr int MG = MT < G / 16 ? MT : G / 16;
     float s[MT][4];
-    if constexpr (H4) {
-      // int8 scores: codes as u8 (one field of each byte: a shift and an AND), q' x ks
-      // as a 16-bit integer per head and key block, split into signed hi and lo bytes
-      // (two mmas, exact int32 sums). Lane (g, t) holds the B registers of quarter t of
-      // head g & 3 (columns 4-7 repeat heads 0-3, so lanes t and t ^ 2 get equal scores).
-      // Register r = NP u + p of a quarter is field p of each byte of its word u; byte b,
-      // field p sits at bit 8b + BITS p, i.e. (docs/FORMAT.md) channel 2 (NP (b & 1) + p)
-      // + (b >> 1) of the word.
-      constexpr int NP = 8 / BITS;  // u8 registers per code word (fields of a byte)
-      constexpr int HC = D / 8, QS = HC + 2, HR = D / 32;  // a half quarter's channels, q row stride, registers
-      constexpr int MG8 = MG < 2 ? MG : 2;  // m-tiles per group (hi and lo accumulators each)
 #pragma unroll
-      for (int mg = 0; mg < MT; mg += MG8) {
-        const int64_t tok = t0 + 16 * mg;
-        if ((i == 0 && mg == 0) || tok % G == 0) {
-          // New key block. Lanes g and g ^ 4 each quantize half of their quarter (the
-          // scale: 32512 / max |q' ks| of the head, so that hi stays within [-127, 127])
-          // and swap the halves.
-          const int lb = TT >= G ? (16 * mg) / G : 0;
-          const int half = g >> 2;
-          const int c0 = t * (D / 4) + half * HC;
-          const uint8_t* ksb = st + L::KS + lb * D * 2 + c0 * 2;
-          const uint8_t* kmb = st + L::KM + lb * D * 2 + c0 * 2;
-          const float* qrow = reinterpret_cast<const float*>(smem) + lane * QS;
-          float x[HC], dk = 0.0f, mx = 0.0f;
+    for (int mg = 0; mg < MT; mg += MG) {
+      const int64_t tok = t0 + 16 * mg;
+      if ((i == 0 && mg == 0) || tok % G == 0) {
+        // New key block: B fragments qs = q' * ks * 2^(10-pos) (rounded to fp16) and
+        // the block constant sum_d q'_d km_d - sum_d qs_d, taken over the rounded qs so
+        // that the 1.0 offsets of the A operand cancel exactly.
+        const int lb = TT >= G ? (16 * mg) / G : 0;
+        const uint8_t* ks = st + L::KS + lb * D * 2;
+        const uint8_t* km = st + L::KM + lb * D * 2;
+        if constexpr (H4) {
+          // Lanes g and g ^ 4 share head g & 3 and quarter t: each rounds half of the
+          // quarter's channel pairs to hi + lo, then they swap what the other keeps.
+          constexpr int HE = D / 16;  // pairs per half quarter (a multiple of a word's pairs)
+          const int half = g >> 2, hh = g & 3;
+          float dk[3] = {0.0f, 0.0f, 0.0f};
+          const float2* q_lane = q_s + q_index<D>(t * (D / 8) + half * HE, hh);
+          uint32_t mh[HE], ml[HE];
 #pragma unroll
-          for (int c = 0; c < HC; c += 2) {
-            const float2 sv = meta_pair<KIND>(ksb, c), mv = meta_pair<KIND>(kmb, c);
-            const float2 qv = *reinterpret_cast<const float2*>(qrow + c);
-            x[c] = qv.x * sv.x;
-            x[c + 1] = qv.y * sv.y;
-            mx = fmaxf(mx, fmaxf(fabsf(x[c]), fabsf(x[c + 1])));
-            dk = fmaf(qv.x, mv.x, fmaf(qv.y, mv.y, dk));
-          }
-          float part = dk;  // q'.km
-#pragma unroll
-          for (int off = 1; off <= 16; off <<= 1) {
-            if (off == 4 || off == 8) continue;  // the 8 lanes of head g & 3: t and g ^ 4
-            part += __shfl_xor_sync(0xffffffffu, part, off);
-            mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, off));
-          }
-          const float inv = mx > 0.0f ? 32512.0f / mx : 0.0f;
-          const float step = mx * (1.0f / 32512.0f);
-          uint32_t mh[HR], ml[HR];
-#pragma unroll
-          for (int r = 0; r < HR; ++r) {
-            uint32_t y[4];  // round(x inv) + 128 in the low 16 bits (the magic adds 1.5 * 2^23 + 128)
-#pragma unroll
-            for (int b = 0; b < 4; ++b)
-              y[b] = __float_as_uint(fmaf(x[(r / NP) * 4 * NP + 2 * (NP * (b & 1) + r % NP) + (b >> 1)], inv, 12583040.0f));
-            const uint32_t t01 = dev::prmt(y[0], y[1], 0x5140u), t23 = dev::prmt(y[2], y[3], 0x5140u);
-            mh[r] = dev::prmt(t01, t23, 0x7632u);                // hi = (v + 128) >> 8
-            ml[r] = dev::prmt(t01, t23, 0x5410u) ^ 0x80808080u;  // lo = v - 256 hi: the low byte of v
+          for (int e = 0; e < HE; ++e) {
+            const int P = t * (D / 8) + half * HE + e;
+            const float2 qv = q_lane[e * kHeadsPerPass];
+            const float2 sv = meta_pair<KIND>(ks, 2 * P), mv = meta_pair<KIND>(km, 2 * P);
+            const float px = qv.x * sv.x, py = qv.y * sv.y;
+            const uint32_t pk = dev::pack_half2(px, py);
+            const float2 pr = __half22float2(*reinterpret_cast<const __half2*>(&pk));
+            mh[e] = pk;
+            ml[e] = dev::pack_half2(px - pr.x, py - pr.y);
+            const int cls = (KeyPos<BITS>::pos(e % KeyPos<BITS>::PW) - 4) / 2;  // pos 4, 6, 8
+            dk[cls] = fmaf(qv.x, mv.x, fmaf(qv.y, mv.y, dk[cls]));
           }
 #pragma unroll
-          for (int r = 0; r < HR; ++r) {
-            const uint32_t oh = __shfl_xor_sync(0xffffffffu, mh[r], 16), ol = __shfl_xor_sync(0xffffffffu, ml[r], 16);
-            qh[r] = half ? oh : mh[r];
-            qh[HR + r] = half ? mh[r] : oh;
-            ql[r] = half ? ol : ml[r];
-            ql[HR + r] = half ? ml[r] : ol;
+          for (int e = 0; e < HE; ++e) {
+            const uint32_t got = __shfl_xor_sync(0xffffffffu, half ? mh[e] : ml[e], 16);
+            qsb[e] = half ? got : mh[e];
+            qsb[e + HE] = half ? ml[e] : got;
           }
+          float part = dk[0] * (1.0f / 64.0f) + dk[1] * (1.0f / 16.0f) + dk[2] * (1.0f / 4.0f);
+          part += __shfl_xor_sync(0xffffffffu, part, 1);
+          part += __shfl_xor_sync(0xffffffffu, part, 2);
+          part += __shfl_xor_sync(0xffffffffu, part, 16);  // sum q'.km of head hh, in all 8 of its lanes
+          // Column c = 2t + u: head c & 3; hi columns (t < 2) take the q'.km term, and
+          // each column subtracts the sum of its own rounded half.
+          float sq[4][4] = {};
 #pragma unroll
-          for (int u = 0; u < 2; ++u) {  // column 2t + u: head (2t + u) & 3
-            const int src = ((2 * t + u) & 3) * 4;
-            cst[u] = __shfl_sync(0xffffffffu, part, src);
-            stp[u] = __shfl_sync(0xffffffffu, step, src);
-          }
-        }
-        int acch[MG8][4], accl[MG8][4];
-        uint32_t kw0[MG8][KW], kw1[MG8][KW];  // this lane's words of rows g and g+8
-#pragma unroll
-        for (int m = 0; m < MG8; ++m) {
-#pragma unroll
-          for (int c = 0; c < 4; ++c) acch[m][c] = accl[m][c] = 0;
-          const uint8_t* kr0 = st + L::KC + (16 * (mg + m) + g) * RB + t * KW * 4;
-          load_words<KW>(kr0, kw0[m]);
-          load_words<KW>(kr0 + 8 * RB, kw1[m]);
-        }
-#pragma unroll
-        for (int j = 0; j < D / 32; ++j) {
-          const int u = (2 * j) / NP, p0 = (2 * j) % NP;  // registers 2j, 2j+1: word u, fields p0, p0+1
-#pragma unroll
-          for (int m = 0; m < MG8; ++m) {
-            const uint32_t af[4] = {key_u8<BITS>(kw0[m][u], p0), key_u8<BITS>(kw1[m][u], p0),
-                                    key_u8<BITS>(kw0[m][u], p0 + 1), key_u8<BITS>(kw1[m][u], p0 + 1)};
-            dev::mma_u8s8_16832(acch[m], af, qh[2 * j], qh[2 * j + 1]);
-            dev::mma_u8s8_16832(accl[m], af, ql[2 * j], ql[2 * j + 1]);
-          }
-        }
-#pragma unroll
-        for (int m = 0; m < MG8; ++m) {
-          const int mt = mg + m;
-          const bool ok0 = 16 * mt + g < lim, ok1 = 16 * mt + g + 8 < lim;
-#pragma unroll
-          for (int c = 0; c < 4; ++c) {
-            const float v = fmaf((float)(acch[m][c] * 256 + accl[m][c]), stp[c & 1], cst[c & 1]);
-            s[mt][c] = (c < 2 ? ok0 : ok1) ? v : -INFINITY;
-          }
-        }
-      }
-    } else {
-  #pragma unroll
-      for (int mg = 0; mg < MT; mg += MG) {
-        const int64_t tok = t0 + 16 * mg;
-        if ((i == 0 && mg == 0) || tok % G == 0) {
-          // New key block: B fragments qs = q' * ks * 2^(10-pos) (rounded to fp16) and
-          // the block constant sum_d q'_d km_d - sum_d qs_d, taken over the rounded qs so
-          // that the 1.0 offsets of the A operand cancel exactly.
-          const int lb = TT >= G ? (16 * mg) / G : 0;
-          const uint8_t* ks = st + L::KS + lb * D * 2;
-          const uint8_t* km = st + L::KM + lb * D * 2;
+          for (int j = 0; j < KT; ++j) dev::mma_f16_16816(sq[j & 3], kOnes, qsb[2 * j], qsb[2 * j + 1]);
+          const float pc0 = __shfl_sync(0xffffffffu, part, ((2 * t) & 3) * 4);
+          const float pc1 = __shfl_sync(0xffffffffu, part, ((2 * t + 1) & 3) * 4);
+          cst[0] = (t < 2 ? pc0 : 0.0f) - ((sq[0][0] + sq[1][0]) + (sq[2][0] + sq[3][0]));
+          cst[1] = (t < 2 ? pc1 : 0.0f) - ((sq[0][1] + sq[1][1]) + (sq[2][1] + sq[3][1]));
+        } else {
           // The q table holds q' * 2^(10-pos); dot_km is summed per field position (dk)
           // and scaled back once.
           float dk[3] = {0.0f, 0.0f, 0.0f};
@@ -822,46 +735,56 @@ __global__ void __launch_bounds__(kWarps * 32, D <= 64 || (H4 && D <= 128) ? 4 :
           }
           cst[0] = __shfl_sync(0xffffffffu, part, (2 * t) * 4) - ((sq[0][0] + sq[1][0]) + (sq[2][0] + sq[3][0]));
           cst[1] = __shfl_sync(0xffffffffu, part, (2 * t + 1) * 4) - ((sq[0][1] + sq[1][1]) + (sq[2][1] + sq[3][1]));
-          if constexpr (CORR) {
-            if (a.k_rank > 0) key_lowrank_query(a.k_lr_b + (bh * (a.t_cap / G) + tok / G) * D * a.k_rank);
-          }
-        }
-        float acc[MG][4];
-        uint32_t kw0[MG][KW], kw1[MG][KW];  // this lane's words of rows g and g+8
-  #pragma unroll
-        for (int m = 0; m < MG; ++m) {
-          acc[m][0] = acc[m][1] = acc[m][2] = acc[m][3] = 0.0f;
-          const uint8_t* kr0 = st + L::KC + (16 * (mg + m) + g) * RB + t * KW * 4;
-          load_words<KW>(kr0, kw0[m]);
-          load_words<KW>(kr0 + 8 * RB, kw1[m]);
-        }
-  #pragma unroll
-        for (int j = 0; j < KT; ++j) {
-          constexpr int PW = KeyPos<BITS>::PW;
-          const int e0 = 2 * j, wl = e0 / PW, i0 = e0 % PW;
-  #pragma unroll
-          for (int m = 0; m < MG; ++m) {
-            const uint32_t af[4] = {key_pair_h2<BITS>(kw0[m][wl], i0, ones), key_pair_h2<BITS>(kw1[m][wl], i0, ones),
-                                    key_pair_h2<BITS>(kw0[m][wl], i0 + 1, ones),
-                                    key_pair_h2<BITS>(kw1[m][wl], i0 + 1, ones)};
-            dev::mma_f16_16816(acc[m], af, qsb[e0], qsb[e0 + 1]);
-            dev::mma_f16_16816(acc[m], af, qsl[e0], qsl[e0 + 1]);
-
-          }
         }
         if constexpr (CORR) {
-  #pragma unroll
-          for (int m = 0; m < MG; ++m) key_corrections(st, 16 * (mg + m) + g, acc[m]);
+          if (a.k_rank > 0) key_lowrank_query(a.k_lr_b + (bh * (a.t_cap / G) + tok / G) * D * a.k_rank);
         }
-  #pragma unroll
+      }
+      float acc[MG][4];
+      uint32_t kw0[MG][KW], kw1[MG][KW];  // this lane's words of rows g and g+8
+#pragma unroll
+      for (int m = 0; m < MG; ++m) {
+        acc[m][0] = acc[m][1] = acc[m][2] = acc[m][3] = 0.0f;
+        const uint8_t* kr0 = st + L::KC + (16 * (mg + m) + g) * RB + t * KW * 4;
+        load_words<KW>(kr0, kw0[m]);
+        load_words<KW>(kr0 + 8 * RB, kw1[m]);
+      }
+#pragma unroll
+      for (int j = 0; j < KT; ++j) {
+        constexpr int PW = KeyPos<BITS>::PW;
+        const int e0 = 2 * j, wl = e0 / PW, i0 = e0 % PW;
+#pragma unroll
         for (int m = 0; m < MG; ++m) {
-          const int mt = mg + m;
-          const bool ok0 = 16 * mt + g < lim, ok1 = 16 * mt + g + 8 < lim;
-          s[mt][0] = ok0 ? acc[m][0] + cst[0] : -INFINITY;
-          s[mt][1] = ok0 ? acc[m][1] + cst[1] : -INFINITY;
-          s[mt][2] = ok1 ? acc[m][2] + cst[0] : -INFINITY;
-          s[mt][3] = ok1 ? acc[m][3] + cst[1] : -INFINITY;
+          const uint32_t af[4] = {key_pair_h2<BITS>(kw0[m][wl], i0, ones), key_pair_h2<BITS>(kw1[m][wl], i0, ones),
+                                  key_pair_h2<BITS>(kw0[m][wl], i0 + 1, ones),
+                                  key_pair_h2<BITS>(kw1[m][wl], i0 + 1, ones)};
+          dev::mma_f16_16816(acc[m], af, qsb[e0], qsb[e0 + 1]);
+          if constexpr (!H4) dev::mma_f16_16816(acc[m], af, qsl[e0], qsl[e0 + 1]);
+
         }
+      }
+      if constexpr (CORR) {
+#pragma unroll
+        for (int m = 0; m < MG; ++m) key_corrections(st, 16 * (mg + m) + g, acc[m]);
+      }
+#pragma unroll
+      for (int m = 0; m < MG; ++m) {
+        const int mt = mg + m;
+        const bool ok0 = 16 * mt + g < lim, ok1 = 16 * mt + g + 8 < lim;
+        if constexpr (H4) {  // hi + lo: columns c and c ^ 4 live in lanes t and t ^ 2
+          float v[4] = {acc[m][0] + cst[0], acc[m][1] + cst[1], acc[m][2] + cst[0], acc[m][3] + cst[1]};
+#pragma unroll
+          for (int c = 0; c < 4; ++c) v[c] += __shfl_xor_sync(0xffffffffu, v[c], 2);
+          s[mt][0] = ok0 ? v[0] : -INFINITY;
+          s[mt][1] = ok0 ? v[1] : -INFINITY;
+          s[mt][2] = ok1 ? v[2] : -INFINITY;
+          s[mt][3] = ok1 ? v[3] : -INFINITY;
+          continue;
+        }
+        s[mt][0] = ok0 ? acc[m][0] + cst[0] : -INFINITY;
+        s[mt][1] = ok0 ? acc[m][1] + cst[1] : -INFINITY;
+        s[mt][2] = ok1 ? acc[m][2] + cst[0] : -INFINITY;
+        s[mt][3] = ok1 ? acc[m][3] + cst[1] : -INFINITY;
       }
     }
     if constexpr (CORR) {

@@ -1,5 +1,5 @@
 // Thin wrappers over the PTX instructions the decode kernel uses: tensor-core
-// mma (m16n8k16, fp16 in, fp32 accumulate; m16n8k32, int8 in, int32 accumulate), an 8x8 register transpose, and
+// mma (m16n8k16, fp16 in, fp32 accumulate), an 8x8 register transpose, and
 // asynchronous global->shared copies.
 //
 // Fragment layouts of mma.m16n8k16 (g = lane / 4, t = lane % 4), each register a pair:
@@ -20,17 +20,6 @@ __device__ __forceinline__ void mma_f16_16816(float (&d)[4], const uint32_t (&a)
       "mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
       "{%0,%1,%2,%3};\n"
       : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
-      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
-}
-
-// mma.m16n8k32 with u8 A, s8 B, s32 accumulate. Same register roles as above, each
-// register four bytes: a0 (row g, cols 4t..4t+3), a1 (row g+8), a2/a3 (cols 4t+16..+19);
-// b0 (rows 4t..4t+3, col g), b1 (rows 4t+16..+19); C as above, int32.
-__device__ __forceinline__ void mma_u8s8_16832(int (&d)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1) {
-  asm volatile(
-      "mma.sync.aligned.m16n8k32.row.col.s32.u8.s8.s32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
-      "{%0,%1,%2,%3};\n"
-      : "+r"(d[0]), "+r"(d[1]), "+r"(d[2]), "+r"(d[3])
       : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
 }
 
