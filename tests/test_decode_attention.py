@@ -405,6 +405,19 @@ def test_cuda_separate_value_group(D, group, v_group, bits):
 
 
 @pytest.mark.cuda
+@pytest.mark.parametrize("bits,dtype,D,G", [(b, dt, d, g) for b in (2, 4) for dt in (torch.float16, torch.bfloat16)
+                                             for d in (64, 128, 256) for g in (32, 64, 128) if g <= d])
+def test_cuda_precision_grid(bits, dtype, D, G):
+    """Every (bits, dtype, head_dim, group) of the CUDA kernel, GQA 4 (the H4 column layout
+    at D >= 128): out and lse within 2x a plain attention's error in q's dtype. The shapes
+    of scripts/decode_error_ratios.py, which prints the margins."""
+    kw = make_inputs(Hq=16, Hkv=4, D=D, bits=bits, group=G, dtype=dtype, packed=[16 * G, 0, 5 * G, 64],
+                     resid=[30, 12, 0, 63], sinks=[4, 0, 2, 1], t_cap=16 * G, r_cap=64, s_cap=4, device="cuda")
+    out, lse = run(kw)
+    check_result(kw, out, lse, lse_bound="lowp")
+
+
+@pytest.mark.cuda
 def test_cuda_rejects_larger_key_blocks_than_value_groups():
     kw = to_device(make_inputs(D=128, bits=2, group=128, v_group=64, dtype=torch.float16), "cuda")
     with pytest.raises(RuntimeError, match="the CUDA kernel needs group_size <= v_group_size, got 128 and 64"):

@@ -530,6 +530,9 @@ __global__ void __launch_bounds__(kWarps * 32, D <= 64 || (H4 && D <= 128) ? 4 :
   // (B >= 0, so the OR adds nothing): fields_h2 then costs one LOP3.
   const uint32_t ones = 0x3C003C00u | ((uint32_t)a.B >> 31);
   const uint32_t kOnes[4] = {ones, ones, ones, ones};
+  // PRMT selector of the value byte path when a lane's codes are one byte of a half:
+  // byte (code index * BITS / 8) of both tokens' low halves (+ 0x2222: high halves).
+  const uint32_t vsel_e = 0x4400u + 0x1111u * (((g * VPL) % (16 / BITS)) * BITS / 8);
 
   // ---- corrections (CORR only) --------------------------------------------------------
   // q'.B of a key block for the 8 heads: lane (head l/4, quarter l%4 of the channels),
@@ -903,11 +906,38 @@ __global__ void __launch_bounds__(kWarps * 32, D <= 64 || (H4 && D <= 128) ? 4 :
         load_words<NW>(vA + RB + 4 * wbase, wb);
         load_words<NW>(vA + 8 * RB + 4 * wbase, wc);
         load_words<NW>(vA + 9 * RB + 4 * wbase, wd);
+        constexpr int KPW = CPL < CH ? CPL : CH;  // codes of this lane in each half of a word
+        if constexpr (KPW * BITS % 8 == 0) {
+          // The lane's codes fill whole bytes of each half: one PRMT per byte puts that
+          // byte of two tokens at the bottom of both halves, x4 (an IMAD, not an ALU
+          // shift) lifts its fields to bits 2, 4, ... <= 8, and each field is one LOP3.
+          // (Fields low in the mantissa: their 1.0 offsets still cancel in fp32 to well
+          // below the fp16 error budget, 2^-16 of the signal at bit 2.)
+          constexpr int NB = KPW * BITS / 8, CPB = 8 / BITS;
+#pragma unroll
+          for (int u = 0; u < NW; ++u) {
+#pragma unroll
+            for (int j = 0; j < NB; ++j) {
+              const uint32_t se = NB == 1 ? vsel_e : 0x4400u + 0x1111u * j, so = se + 0x2222u;
+              const uint32_t e0 = dev::prmt(wa[u], wb[u], se) * 4u, o0 = dev::prmt(wa[u], wb[u], so) * 4u;
+              const uint32_t e1 = dev::prmt(wc[u], wd[u], se) * 4u, o1 = dev::prmt(wc[u], wd[u], so) * 4u;
+#pragma unroll
+              for (int k = 0; k < CPB; ++k) {
+                const int pos = 2 + BITS * k;
+                const uint32_t af[4] = {fields_h2<BITS>(e0, pos, ones), fields_h2<BITS>(o0, pos, ones),
+                                        fields_h2<BITS>(e1, pos, ones), fields_h2<BITS>(o1, pos, ones)};
+                const int mc = gr * CPL + u * CH + j * CPB + k;
+                const int ps = H4 ? gr / 2 : gr;
+                dev::mma_f16_16816(o[mc], af, bfr[ps][0], bfr[ps][1]);
+              }
+            }
+          }
+          continue;
+        }
 #pragma unroll
         for (int u = 0; u < NW; ++u) {
           const uint32_t ev0 = dev::prmt(wa[u], wb[u], 0x5410u), od0 = dev::prmt(wa[u], wb[u], 0x7632u);
           const uint32_t ev1 = dev::prmt(wc[u], wd[u], 0x5410u), od1 = dev::prmt(wc[u], wd[u], 0x7632u);
-          constexpr int KPW = CPL < CH ? CPL : CH;  // codes of this lane in the word
           constexpr int STEP = BITS == 2 ? 2 : 1;   // codes per rotation
 #pragma unroll
           for (int k0 = 0; k0 < KPW; k0 += STEP) {
@@ -955,7 +985,10 @@ __global__ void __launch_bounds__(kWarps * 32, D <= 64 || (H4 && D <= 128) ? 4 :
     constexpr int CPL = VPL;
     const int gr = mc / CPL, k = mc % CPL;
     const int ch = gr * VG + 2 * (g * CPL + k);
-    const float f = (float)(1 << (10 - BITS - (kVPos + (BITS == 2 ? 2 * (k & 1) : 0))));
+    constexpr int KPW = CPL < 16 / BITS ? CPL : 16 / BITS;
+    const int pos = KPW * BITS % 8 == 0 ? 2 + BITS * (k % (8 / BITS))  // byte path (see P V)
+                                        : kVPos + (BITS == 2 ? 2 * (k & 1) : 0);
+    const float f = (float)(1 << (10 - BITS - pos));
     float* base = wo + warp * kHeadsPerPass * D;
     int ps = gr, h0c = 2 * t;  // operand set and head of column 2t
     if constexpr (H4) {  // only the columns of this channel's group (the others hold another group's P')
