@@ -354,45 +354,6 @@ __global__ void __launch_bounds__(kWarps * 32, D <= 64 || (H4 && D <= 128) ? 4 :
   const int64_t cta_begin = (int64_t)split * sp.chunk;
   const int64_t cta_end = min(cta_begin + sp.chunk, n);
 
-  // Scaled queries of this pass's heads (zeros pad the unused heads).
-  const float qscale = a.sm_scale * kLog2e;
-  for (int i = threadIdx.x; i < kHeadsPerPass * D / 2; i += blockDim.x) {
-    const int h = i % kHeadsPerPass, pr = i / kHeadsPerPass;
-    float2 v = make_float2(0.0f, 0.0f);
-    if (h < nh) {
-      const Bits<KIND>* qh = static_cast<const Bits<KIND>*>(a.q) + ((int64_t)b * a.Hq + h0 + h) * D + 2 * pr;
-      // times 2^(10 - pos) of the channel pair's key field (pair index within a word)
-      const float f = (float)(1 << (10 - KeyPos<BITS>::pos(pr % KeyPos<BITS>::PW)));
-      v = make_float2(f * qscale * Storage<KIND>::load(qh[0]), f * qscale * Storage<KIND>::load(qh[1]));
-    }
-    q_s[q_index<D>(pr, h)] = v;
-  }
-  // Corrections: q' by channel (no field factor) for the outliers and the low-rank term.
-  float* qo = nullptr;
-  float* vo_w = nullptr;
-  float* qb_w = nullptr;
-  float* wl_s = nullptr;  // this warp's [32 lanes][2 heads][kMaxRank] value low-rank weights
-  if constexpr (CORR) {
-    const CorrCta cc = corr_cta(a, D);
-    float* base = reinterpret_cast<float*>(smem + kQBytes<D> + std::max((size_t)kWarps * kStages * stage_bytes,
-                                                                      (size_t)kWarps * kHeadsPerPass * (D + 2) * sizeof(float)));
-    qo = base + cc.qo;
-    vo_w = base + cc.vo + warp * kHeadsPerPass * D;
-    qb_w = base + cc.qb + warp * kHeadsPerPass * kMaxRank;
-    wl_s = base + cc.wl + warp * 64 * a.v_rank;
-#pragma unroll 1
-    for (int i = lane; i < 64 * a.v_rank; i += 32) wl_s[i] = 0.0f;
-#pragma unroll 1
-    for (int i = threadIdx.x; i < (cc.vo - cc.qo); i += blockDim.x) {
-      const int h = i % kHeadsPerPass, d = i / kHeadsPerPass;
-      qo[i] = h < nh ? qscale * Storage<KIND>::load(static_cast<const Bits<KIND>*>(a.q)[((int64_t)b * a.Hq + h0 + h) * D + d])
-                     : 0.0f;
-    }
-#pragma unroll 4
-    for (int i = lane; i < (cc.qb - cc.vo) / kWarps; i += 32) vo_w[i] = 0.0f;
-  }
-  __syncthreads();
-
   const int64_t bh = (int64_t)b * a.Hkv + kvh;
   const uint8_t* kc_g = a.k_codes + bh * a.t_cap * RB;
   const uint8_t* vc_g = a.v_codes + bh * a.t_cap * RB;
@@ -501,6 +462,51 @@ __global__ void __launch_bounds__(kWarps * 32, D <= 64 || (H4 && D <= 128) ? 4 :
     }
     dev::cp_async_commit();  // always, so group counting stays uniform
   };
+
+  // The first stages' copies go out before the query table is built, so that their
+  // memory latency and the query loads' overlap (a CTA's start is on the critical path
+  // once per CTA: ~4 CTAs per slot at 32K tokens).
+#pragma unroll
+  for (int s = 0; s < kStages - 1; ++s) issue_tile(s);
+
+  // Scaled queries of this pass's heads (zeros pad the unused heads).
+  const float qscale = a.sm_scale * kLog2e;
+  for (int i = threadIdx.x; i < kHeadsPerPass * D / 2; i += blockDim.x) {
+    const int h = i % kHeadsPerPass, pr = i / kHeadsPerPass;
+    float2 v = make_float2(0.0f, 0.0f);
+    if (h < nh) {
+      const Bits<KIND>* qh = static_cast<const Bits<KIND>*>(a.q) + ((int64_t)b * a.Hq + h0 + h) * D + 2 * pr;
+      // times 2^(10 - pos) of the channel pair's key field (pair index within a word)
+      const float f = (float)(1 << (10 - KeyPos<BITS>::pos(pr % KeyPos<BITS>::PW)));
+      v = make_float2(f * qscale * Storage<KIND>::load(qh[0]), f * qscale * Storage<KIND>::load(qh[1]));
+    }
+    q_s[q_index<D>(pr, h)] = v;
+  }
+  // Corrections: q' by channel (no field factor) for the outliers and the low-rank term.
+  float* qo = nullptr;
+  float* vo_w = nullptr;
+  float* qb_w = nullptr;
+  float* wl_s = nullptr;  // this warp's [32 lanes][2 heads][kMaxRank] value low-rank weights
+  if constexpr (CORR) {
+    const CorrCta cc = corr_cta(a, D);
+    float* base = reinterpret_cast<float*>(smem + kQBytes<D> + std::max((size_t)kWarps * kStages * stage_bytes,
+                                                                      (size_t)kWarps * kHeadsPerPass * (D + 2) * sizeof(float)));
+    qo = base + cc.qo;
+    vo_w = base + cc.vo + warp * kHeadsPerPass * D;
+    qb_w = base + cc.qb + warp * kHeadsPerPass * kMaxRank;
+    wl_s = base + cc.wl + warp * 64 * a.v_rank;
+#pragma unroll 1
+    for (int i = lane; i < 64 * a.v_rank; i += 32) wl_s[i] = 0.0f;
+#pragma unroll 1
+    for (int i = threadIdx.x; i < (cc.vo - cc.qo); i += blockDim.x) {
+      const int h = i % kHeadsPerPass, d = i / kHeadsPerPass;
+      qo[i] = h < nh ? qscale * Storage<KIND>::load(static_cast<const Bits<KIND>*>(a.q)[((int64_t)b * a.Hq + h0 + h) * D + d])
+                     : 0.0f;
+    }
+#pragma unroll 4
+    for (int i = lane; i < (cc.qb - cc.vo) / kWarps; i += 32) vo_w[i] = 0.0f;
+  }
+  __syncthreads();
 
   // Per-thread state. Heads of this lane's S/O columns: 2t and 2t+1.
   // o[mc] (mc = gr * VPL + k): rows g / g+8 hold channels gr*VG + 2(g*VPL + k) and +1 (see the value
@@ -640,9 +646,6 @@ __global__ void __launch_bounds__(kWarps * 32, D <= 64 || (H4 && D <= 128) ? 4 :
       }
     }
   };
-
-#pragma unroll
-  for (int s = 0; s < kStages - 1; ++s) issue_tile(s);
 
   for (int i = 0; i < ntiles; ++i) {
     dev::cp_async_wait<kStages - 2>();
