@@ -231,6 +231,22 @@ __device__ __forceinline__ float2 meta_pair(const uint8_t* base, int idx) {
 }
 
 
+// One channel pair P of the per-block query operand: q' x ks rounded to an fp16 hi
+// pair and its fp16 remainder lo (the key scale folds into the query; one rounding of it
+// would cost the whole fp16 error budget), and q'.km added to dk by the pair's field
+// position class (the q table holds q' x 2^(10 - pos); the caller scales dk back).
+template <int KIND, int BITS>
+__device__ __forceinline__ void round_query_pair(float2 qv, const uint8_t* ks, const uint8_t* km, int P, int e,
+                                                 uint32_t& hi, uint32_t& lo, float (&dk)[3]) {
+  const float2 sv = meta_pair<KIND>(ks, 2 * P), mv = meta_pair<KIND>(km, 2 * P);
+  const float px = qv.x * sv.x, py = qv.y * sv.y;
+  hi = dev::pack_half2(px, py);
+  const float2 pr = __half22float2(*reinterpret_cast<const __half2*>(&hi));
+  lo = dev::pack_half2(px - pr.x, py - pr.y);
+  const int cls = (KeyPos<BITS>::pos(e % KeyPos<BITS>::PW) - 4) / 2;  // pos 4, 6, 8
+  dk[cls] = fmaf(qv.x, mv.x, fmaf(qv.y, mv.y, dk[cls]));
+}
+
 // Sinks and residual window: full-precision tokens of one (sequence, query head) unit,
 // done by one warp whose lanes split the channels. Tokens go in batches of 8 whose
 // loads are all issued before any use, so the warp waits for memory once per batch.
@@ -680,16 +696,8 @@ __global__ void __launch_bounds__(kWarps * 32, D <= 64 || (H4 && D <= 128) ? 4 :
           uint32_t mh[HE], ml[HE];
 #pragma unroll
           for (int e = 0; e < HE; ++e) {
-            const int P = t * (D / 8) + half * HE + e;
-            const float2 qv = q_lane[e * kHeadsPerPass];
-            const float2 sv = meta_pair<KIND>(ks, 2 * P), mv = meta_pair<KIND>(km, 2 * P);
-            const float px = qv.x * sv.x, py = qv.y * sv.y;
-            const uint32_t pk = dev::pack_half2(px, py);
-            const float2 pr = __half22float2(*reinterpret_cast<const __half2*>(&pk));
-            mh[e] = pk;
-            ml[e] = dev::pack_half2(px - pr.x, py - pr.y);
-            const int cls = (KeyPos<BITS>::pos(e % KeyPos<BITS>::PW) - 4) / 2;  // pos 4, 6, 8
-            dk[cls] = fmaf(qv.x, mv.x, fmaf(qv.y, mv.y, dk[cls]));
+            round_query_pair<KIND, BITS>(q_lane[e * kHeadsPerPass], ks, km, t * (D / 8) + half * HE + e, e, mh[e], ml[e],
+                                         dk);
           }
 #pragma unroll
           for (int e = 0; e < HE; ++e) {
@@ -715,18 +723,9 @@ __global__ void __launch_bounds__(kWarps * 32, D <= 64 || (H4 && D <= 128) ? 4 :
           // and scaled back once.
           float dk[3] = {0.0f, 0.0f, 0.0f};
           const float2* q_lane = q_s + q_index<D>(t * (D / 8), g);  // + e * 8: pair P = t * D/8 + e
-  #pragma unroll
+#pragma unroll
           for (int e = 0; e < D / 8; ++e) {
-            const int P = t * (D / 8) + e;
-            const float2 qv = q_lane[e * kHeadsPerPass];
-            const float2 sv = meta_pair<KIND>(ks, 2 * P), mv = meta_pair<KIND>(km, 2 * P);
-            const float px = qv.x * sv.x, py = qv.y * sv.y;
-            const uint32_t pk = dev::pack_half2(px, py);
-            const float2 pr = __half22float2(*reinterpret_cast<const __half2*>(&pk));
-            qsb[e] = pk;
-            qsl[e] = dev::pack_half2(px - pr.x, py - pr.y);
-            const int cls = (KeyPos<BITS>::pos(e % KeyPos<BITS>::PW) - 4) / 2;  // pos 4, 6, 8
-            dk[cls] = fmaf(qv.x, mv.x, fmaf(qv.y, mv.y, dk[cls]));
+            round_query_pair<KIND, BITS>(q_lane[e * kHeadsPerPass], ks, km, t * (D / 8) + e, e, qsb[e], qsl[e], dk);
           }
           float part = dk[0] * (1.0f / 64.0f) + dk[1] * (1.0f / 16.0f) + dk[2] * (1.0f / 4.0f);
           part += __shfl_xor_sync(0xffffffffu, part, 1);
@@ -734,7 +733,7 @@ __global__ void __launch_bounds__(kWarps * 32, D <= 64 || (H4 && D <= 128) ? 4 :
           // sum of the rounded qs (hi + lo) of heads 2t, 2t+1: an all-ones A operand
           // (4 independent accumulators: one chain of 2*KT dependent mmas would stall)
           float sq[4][4] = {};
-  #pragma unroll
+#pragma unroll
           for (int j = 0; j < KT; ++j) {
             dev::mma_f16_16816(sq[j & 1], kOnes, qsb[2 * j], qsb[2 * j + 1]);
             dev::mma_f16_16816(sq[2 + (j & 1)], kOnes, qsl[2 * j], qsl[2 * j + 1]);
