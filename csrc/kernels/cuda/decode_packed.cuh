@@ -247,6 +247,11 @@ __device__ __forceinline__ void round_query_pair(float2 qv, const uint8_t* ks, c
   dk[cls] = fmaf(qv.x, mv.x, fmaf(qv.y, mv.y, dk[cls]));
 }
 
+// q'.km from its per-field-position sums (positions 4, 6, 8: the q table's 2^(10 - pos)).
+__device__ __forceinline__ float field_scaled_sum(const float (&dk)[3]) {
+  return dk[0] * (1.0f / 64.0f) + dk[1] * (1.0f / 16.0f) + dk[2] * (1.0f / 4.0f);
+}
+
 // Sinks and residual window: full-precision tokens of one (sequence, query head) unit,
 // done by one warp whose lanes split the channels. Tokens go in batches of 8 whose
 // loads are all issued before any use, so the warp waits for memory once per batch.
@@ -686,12 +691,14 @@ __global__ void __launch_bounds__(kWarps * 32, D <= 64 || (H4 && D <= 128) ? 4 :
         const int lb = TT >= G ? (16 * mg) / G : 0;
         const uint8_t* ks = st + L::KS + lb * D * 2;
         const uint8_t* km = st + L::KM + lb * D * 2;
+        // The q table holds q' * 2^(10-pos); dot_km is summed per field position (dk)
+        // and scaled back once.
+        float dk[3] = {0.0f, 0.0f, 0.0f};
         if constexpr (H4) {
           // Lanes g and g ^ 4 share head g & 3 and quarter t: each rounds half of the
           // quarter's channel pairs to hi + lo, then they swap what the other keeps.
           constexpr int HE = D / 16;  // pairs per half quarter (a multiple of a word's pairs)
           const int half = g >> 2, hh = g & 3;
-          float dk[3] = {0.0f, 0.0f, 0.0f};
           const float2* q_lane = q_s + q_index<D>(t * (D / 8) + half * HE, hh);
           uint32_t mh[HE], ml[HE];
 #pragma unroll
@@ -705,7 +712,7 @@ __global__ void __launch_bounds__(kWarps * 32, D <= 64 || (H4 && D <= 128) ? 4 :
             qsb[e] = half ? got : mh[e];
             qsb[e + HE] = half ? ml[e] : got;
           }
-          float part = dk[0] * (1.0f / 64.0f) + dk[1] * (1.0f / 16.0f) + dk[2] * (1.0f / 4.0f);
+          float part = field_scaled_sum(dk);
           part += __shfl_xor_sync(0xffffffffu, part, 1);
           part += __shfl_xor_sync(0xffffffffu, part, 2);
           part += __shfl_xor_sync(0xffffffffu, part, 16);  // sum q'.km of head hh, in all 8 of its lanes
@@ -719,15 +726,12 @@ __global__ void __launch_bounds__(kWarps * 32, D <= 64 || (H4 && D <= 128) ? 4 :
           cst[0] = (t < 2 ? pc0 : 0.0f) - ((sq[0][0] + sq[1][0]) + (sq[2][0] + sq[3][0]));
           cst[1] = (t < 2 ? pc1 : 0.0f) - ((sq[0][1] + sq[1][1]) + (sq[2][1] + sq[3][1]));
         } else {
-          // The q table holds q' * 2^(10-pos); dot_km is summed per field position (dk)
-          // and scaled back once.
-          float dk[3] = {0.0f, 0.0f, 0.0f};
           const float2* q_lane = q_s + q_index<D>(t * (D / 8), g);  // + e * 8: pair P = t * D/8 + e
 #pragma unroll
           for (int e = 0; e < D / 8; ++e) {
             round_query_pair<KIND, BITS>(q_lane[e * kHeadsPerPass], ks, km, t * (D / 8) + e, e, qsb[e], qsl[e], dk);
           }
-          float part = dk[0] * (1.0f / 64.0f) + dk[1] * (1.0f / 16.0f) + dk[2] * (1.0f / 4.0f);
+          float part = field_scaled_sum(dk);
           part += __shfl_xor_sync(0xffffffffu, part, 1);
           part += __shfl_xor_sync(0xffffffffu, part, 2);  // sum q'.km of head g, in every lane of the quad
           // sum of the rounded qs (hi + lo) of heads 2t, 2t+1: an all-ones A operand
