@@ -5,6 +5,10 @@
 // bandwidth measured in the same run, and the time an ideal fp16 cache would need
 // (its K+V bytes at copy bandwidth): the bytes-moved roofline of the fp16 baseline.
 //   kvcore_bench_decode [--json out.json] [--shape B Hq Hkv D L]  (default: a sweep)
+//                       [--timeline out.txt]
+// --timeline: after timing, one more flushed launch per case with DecodeArgs::timeline
+// set; writes every CTA's %globaltimer stamps (needs the kernels built with
+// -DKVCORE_DECODE_TIMELINE=ON; scripts/decode_timeline.py summarises the file).
 #include <cuda_fp16.h>
 
 #include <cstdint>
@@ -48,9 +52,11 @@ T* dev_alloc(int64_t n) {
 
 int main(int argc, char** argv) {
   const char* json_path = nullptr;
+  const char* timeline_path = nullptr;
   std::vector<Case> cases;
   for (int i = 1; i < argc; ++i) {
     if (!std::strcmp(argv[i], "--json") && i + 1 < argc) json_path = argv[++i];
+    else if (!std::strcmp(argv[i], "--timeline") && i + 1 < argc) timeline_path = argv[++i];
     else if (!std::strcmp(argv[i], "--shape") && i + 5 < argc) {
       Case c;
       c.B = std::atoi(argv[++i]); c.Hq = std::atoi(argv[++i]); c.Hkv = std::atoi(argv[++i]);
@@ -70,6 +76,7 @@ int main(int argc, char** argv) {
   std::printf("%3s %3s %3s %4s %7s %4s %9s %9s %8s %10s %9s\n", "B", "Hq", "Hkv", "D", "L", "bits", "time_us",
               "GB/s", "vs_copy", "fp16_ideal", "x_ideal");
   FILE* js = json_path ? std::fopen(json_path, "w") : nullptr;
+  FILE* tl = timeline_path ? std::fopen(timeline_path, "w") : nullptr;
   if (js) std::fprintf(js, "{\"gpu\": \"%s\", \"sms\": %d, \"copy_gbs\": %.1f, \"rows\": [\n", gpu.c_str(), sms, copy_gbs);
   bool first = true;
   const int group = 64, resid = 64;
@@ -109,6 +116,30 @@ int main(int argc, char** argv) {
       a.k_resid = kr; a.v_resid = vr; a.packed_len = plen; a.resid_len = rlen; a.out = out; a.lse = lse;
       void* ws = dev_alloc<uint8_t>((int64_t)kvcore::decode_attention_cuda_workspace(a, sms));
       const double ms = timer.median_ms([&] { BENCH_CHECK(kvcore::decode_attention_cuda(a, ws, sms, 0)); });
+      if (tl) {  // one more launch, stamped
+        const int64_t nrec = (int64_t)c.B * c.Hq + 65536;
+        unsigned long long* d_tl = dev_alloc<unsigned long long>(nrec * 8);
+        BENCH_CHECK(cudaMemset(d_tl, 0, nrec * 64));
+        a.timeline = d_tl;
+        timer.evict_l2();
+        BENCH_CHECK(kvcore::decode_attention_cuda(a, ws, sms, 0));
+        BENCH_CHECK(cudaDeviceSynchronize());
+        a.timeline = nullptr;
+        std::vector<unsigned long long> h(nrec * 8);
+        BENCH_CHECK(cudaMemcpy(h.data(), d_tl, nrec * 64, cudaMemcpyDeviceToHost));
+        BENCH_CHECK(cudaFree(d_tl));
+        std::fprintf(tl, "# B %d Hq %d Hkv %d D %d L %lld bits %d time_us %.2f merge_records %d\n", c.B, c.Hq, c.Hkv,
+                     c.D, (long long)c.L, bits, ms * 1e3, c.B * c.Hq);
+        int64_t written = 0;
+        for (int64_t r = 0; r < nrec; ++r) {
+          if (h[r * 8] == 0) continue;
+          std::fprintf(tl, "%lld", (long long)r);
+          for (int k = 0; k < 8; ++k) std::fprintf(tl, " %llu", h[r * 8 + k]);
+          std::fprintf(tl, "\n");
+          ++written;
+        }
+        if (written == 0) std::fprintf(stderr, "--timeline: no stamps (build with -DKVCORE_DECODE_TIMELINE=ON)\n");
+      }
       std::vector<float> hl(c.B * c.Hq);
       BENCH_CHECK(cudaMemcpy(hl.data(), lse, hl.size() * 4, cudaMemcpyDeviceToHost));
       for (float v : hl)
@@ -131,5 +162,6 @@ int main(int argc, char** argv) {
     }
   }
   if (js) { std::fprintf(js, "\n]}\n"); std::fclose(js); }
+  if (tl) std::fclose(tl);
   return 0;
 }

@@ -43,6 +43,7 @@ step "CUDA tests under compute-sanitizer (memcheck), benchmark binaries under ra
   compute-sanitizer --tool racecheck --error-exitcode 9 build/cmake/bench/kvcore_bench_quantize --shape 1 2 256 128 2>&1 | tail -3
   echo "=== racecheck: kvcore_bench_decode"
   compute-sanitizer --tool racecheck --error-exitcode 9 build/cmake/bench/kvcore_bench_decode --shape 2 8 2 128 1024 2>&1 | tail -3
+  compute-sanitizer --tool racecheck --error-exitcode 9 build/cmake/bench/kvcore_bench_decode --shape 2 12 3 256 1024 2>&1 | tail -3
   echo "=== memcheck: kvcore_bench_decode"
   compute-sanitizer --tool memcheck --error-exitcode 9 build/cmake/bench/kvcore_bench_decode --shape 3 9 3 64 3000 2>&1 | tail -3
 } >> "$TESTS"

@@ -73,6 +73,11 @@ struct DecodeArgs {
   float* attn_mass = nullptr;
   float* logits = nullptr;
   KV_HD int64_t mass_cols() const { return s_cap + t_cap + r_cap; }
+
+  // Profiling only: with the CUDA kernels built with KVCORE_DECODE_TIMELINE (cmake
+  // -DKVCORE_DECODE_TIMELINE=ON) each CTA writes %globaltimer stamps here, 8 words a
+  // record (see decode_common.cuh); ignored otherwise. kvcore_bench_decode --timeline.
+  unsigned long long* timeline = nullptr;
 };
 
 // CPU: units [begin, end) of decode_attention_cpu_units(a): one KV head of one sequence

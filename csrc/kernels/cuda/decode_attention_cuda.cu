@@ -9,6 +9,7 @@
 
 #include "../decode_attention.h"
 #include "decode_common.cuh"
+#include "mma_utils.cuh"
 #include "quant_device.cuh"
 
 namespace kvcore {
@@ -60,6 +61,8 @@ __global__ void __launch_bounds__(kMergeThreads) decode_merge_kernel(DecodeArgs 
   __shared__ float red[kMergeThreads / 32];
   extern __shared__ float w_s[];  // [np] weights 2^(m_p - max)
   const int64_t unit = blockIdx.x;
+  if (threadIdx.x == 0) timeline_stamp(a.timeline, unit, 0);
+  dev::wait_primary();  // launched as a programmatic dependent of the split kernel
   const int np = sp.np;
   const float* m = sp.ws_m + unit * np;
   const float* l = sp.ws_l + unit * np;
@@ -110,12 +113,26 @@ __global__ void __launch_bounds__(kMergeThreads) decode_merge_kernel(DecodeArgs 
     for (int g = 0; g < PG; ++g) sum += part[g * D + d];
     out[d] = Storage<KIND>::store(lsum > 0.0f ? sum / lsum : 0.0f);
   }
-  if (threadIdx.x == 0) a.lse[unit] = lsum > 0.0f ? (mx + log2f(lsum)) * kLn2 : -INFINITY;
+  if (threadIdx.x == 0) {
+    a.lse[unit] = lsum > 0.0f ? (mx + log2f(lsum)) * kLn2 : -INFINITY;
+    timeline_stamp(a.timeline, unit, 6);
+  }
 }
 
-// Chooses the split size. CTAs run in waves of (SMs x CTAs per SM); a last wave that is
-// mostly empty wastes the GPU, so among 1..8 waves' worth of splits take the one whose
-// CTA count fills its waves best, keeping at least two tiles per warp.
+// Bytes of packed cache per token and KV head (codes, scales and minima of K and V).
+int64_t packed_token_bytes(const DecodeArgs& a) {
+  return 2LL * a.D * a.bits / 8 + 4LL * a.D / a.group + 4LL * a.D / a.v_group;
+}
+
+// Chooses the split sizes (SplitParams).
+// * When a wave (SMs x CTAs per SM) holds the full-precision split and at least one
+//   packed CTA of every unit: one wave of big CTAs takes 85% of the tokens, and small
+//   CTAs of ~16 KB of cache per warp take the rest as slots free up. CTAs with the same
+//   work end up to ~40% apart (the SM's warp scheduler favours older CTAs, and some SMs
+//   get less bandwidth: bench/PERF-NOTES.md, the timeline); the small ones fill that in.
+// * Otherwise (many units, or too few tokens for big CTAs of 4+ tiles a warp): chunks of
+//   one size; among 1..8 waves' worth take the count that fills its waves best (a last
+//   wave that is mostly empty wastes the GPU), keeping at least two tiles per warp.
 SplitParams plan_splits(const DecodeArgs& a, int num_sms) {
   SplitParams sp{};
   const int gq = a.Hq / a.Hkv;
@@ -127,9 +144,26 @@ SplitParams plan_splits(const DecodeArgs& a, int num_sms) {
     return packed_tile_tokens<decltype(k)::value, decltype(b)::value>(a);
   });
   const int64_t align = std::max<int64_t>((int64_t)kWarps * tt, a.group);  // chunk granularity
-  const int64_t min_chunk = std::max<int64_t>(align, 2LL * kWarps * tt);
   const int64_t units = (int64_t)a.B * a.Hkv * sp.passes;
   const int64_t slots = (int64_t)num_sms * per_sm;
+
+  const int64_t nbig = (slots - units) / units;  // big CTAs per unit beside the fp split in one wave
+  if (nbig >= 1) {
+    const int64_t big_tokens = a.t_cap * 85 / 100 / (nbig * align) * (nbig * align);
+    const int64_t big = big_tokens / nbig;
+    const int64_t small = std::max(align, kWarps * 16384 / packed_token_bytes(a) / align * align);
+    if (big >= 4LL * kWarps * tt && small < big) {
+      sp.chunk = big;
+      sp.small_chunk = small;
+      sp.nbig = (int)nbig;
+      sp.nsmall = (int)((a.t_cap - nbig * big + small - 1) / small);
+      sp.nsplit = sp.nbig + sp.nsmall;
+      sp.np = sp.nsplit + 1;
+      return sp;
+    }
+  }
+
+  const int64_t min_chunk = std::max<int64_t>(align, 2LL * kWarps * tt);
   int64_t best_chunk = 0;
   double best_eff = -1.0;
   for (int waves = 1; waves <= 8; ++waves) {
@@ -143,8 +177,10 @@ SplitParams plan_splits(const DecodeArgs& a, int num_sms) {
       best_chunk = chunk;
     }
   }
-  sp.chunk = best_chunk;
-  sp.nsplit = a.t_cap > 0 ? (int)((a.t_cap + best_chunk - 1) / best_chunk) : 0;
+  sp.chunk = sp.small_chunk = best_chunk;
+  sp.nbig = a.t_cap > 0 ? (int)((a.t_cap + best_chunk - 1) / best_chunk) : 0;
+  sp.nsmall = 0;
+  sp.nsplit = sp.nbig;
   sp.np = sp.nsplit + 1;
   return sp;
 }
@@ -194,7 +230,21 @@ cudaError_t run_all(const DecodeArgs& a, const SplitParams& sp, cudaStream_t st)
                                                 (int)w_bytes);
     if (e2 != cudaSuccess) return e2;
   }
-  decode_merge_kernel<KIND, D><<<(unsigned)units, kMergeThreads, w_bytes, st>>>(a, sp);
+  // A programmatic dependent launch: the merge CTAs are scheduled while the split
+  // kernel's last CTAs run (they wait in wait_primary), which saves the ~2 us gap
+  // between two kernels. Its grid waits for the split grid's completion and writes.
+  cudaLaunchConfig_t cfg = {};
+  cfg.gridDim = dim3((unsigned)units);
+  cfg.blockDim = dim3(kMergeThreads);
+  cfg.dynamicSmemBytes = w_bytes;
+  cfg.stream = st;
+  cudaLaunchAttribute attr[1];
+  attr[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
+  attr[0].val.programmaticStreamSerializationAllowed = 1;
+  cfg.attrs = attr;
+  cfg.numAttrs = 1;
+  const cudaError_t e3 = cudaLaunchKernelEx(&cfg, decode_merge_kernel<KIND, D>, a, sp);
+  if (e3 != cudaSuccess) return e3;
   if (a.attn_mass != nullptr) {
     const int64_t col_blocks = (a.mass_cols() + kMassThreads - 1) / kMassThreads;
     const int64_t blocks = (int64_t)a.B * a.Hkv * col_blocks;

@@ -18,15 +18,43 @@ constexpr int kStages = 2;        // cp.async pipeline depth per warp (2 keeps 4
 constexpr float kLog2e = 1.4426950408889634f;
 constexpr float kLn2 = 0.6931471805599453f;
 
+// The split CTAs form a 1-D grid in three phases, launched (and so, as slots free up,
+// started) in this order: the full-precision split of every unit (sinks and residual
+// window), then `nbig` chunks of `chunk` tokens per unit, then `nsmall` chunks of
+// `small_chunk` tokens per unit covering the rest. The small chunks at the end are there
+// for the tail: CTAs of the last wave start staggered, and while they finish the GPU
+// empties; smaller last CTAs empty it sooner. A unit is (sequence, KV head, head pass).
 struct SplitParams {
-  int64_t chunk;   // packed tokens per CTA (multiple of kWarps * TT and of the group)
-  int nsplit;      // CTAs per (batch, KV head, head pass)
-  int passes;      // head passes per KV head: ceil(Gq / 8)
-  int np;          // partials per query head: nsplit + 1 (the full-precision split)
+  int64_t chunk;        // packed tokens per big CTA (multiple of kWarps * TT and of the group)
+  int64_t small_chunk;  // packed tokens per small CTA (same alignment)
+  int nbig, nsmall;     // CTAs of each size per unit
+  int nsplit;           // packed CTAs per unit: nbig + nsmall
+  int passes;           // head passes per KV head: ceil(Gq / 8)
+  int np;               // partials per query head: nsplit + 1 (the full-precision split, last)
   float* ws_o;     // [B, Hq, np, D]
   float* ws_m;     // [B, Hq, np]   running max (base 2)
   float* ws_l;     // [B, Hq, np]   sum of exp2
 };
+
+// Profiling build (KVCORE_DECODE_TIMELINE): record `rec` of a.timeline is 8 words:
+// 0 start, 1 query table built, 2-5 end of warp 0-3's stage loop, 6 end, 7 SM id.
+// Records [0, B*Hq) are the merge CTAs (one per query head), then the split CTAs in
+// launch order. Compiled out otherwise, so the kernels' code is unchanged.
+__device__ __forceinline__ void timeline_stamp(unsigned long long* tl, int64_t rec, int slot) {
+#ifdef KVCORE_DECODE_TIMELINE
+  if (tl == nullptr) return;
+  unsigned long long t;
+  asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(t));
+  tl[rec * 8 + slot] = t;
+  if (slot == 0) {
+    unsigned sm;
+    asm volatile("mov.u32 %0, %%smid;" : "=r"(sm));
+    tl[rec * 8 + 7] = sm;
+  }
+#else
+  (void)tl; (void)rec; (void)slot;
+#endif
+}
 
 // Entry points of the packed kernel for one (KIND: 1 fp16, 2 bf16; BITS) pair.
 template <int KIND, int BITS>

@@ -222,12 +222,16 @@ template <int KIND>
 __device__ __forceinline__ float meta_at(const uint8_t* base, int idx) {
   return Storage<KIND>::load(reinterpret_cast<const Bits<KIND>*>(base)[idx]);
 }
+// Two 16-bit values of the storage type packed in a word (low half first) as floats.
+template <int KIND>
+__device__ __forceinline__ float2 bits_pair(uint32_t w) {
+  if constexpr (KIND == 1) return __half22float2(*reinterpret_cast<const __half2*>(&w));
+  else return make_float2(__uint_as_float(w << 16), __uint_as_float(w & 0xFFFF0000u));
+}
 // Two consecutive 16-bit metadata values (idx even) as floats, one 32-bit load.
 template <int KIND>
 __device__ __forceinline__ float2 meta_pair(const uint8_t* base, int idx) {
-  const uint32_t w = *reinterpret_cast<const uint32_t*>(base + 2 * idx);
-  if constexpr (KIND == 1) return __half22float2(*reinterpret_cast<const __half2*>(&w));
-  else return make_float2(__uint_as_float(w << 16), __uint_as_float(w & 0xFFFF0000u));
+  return bits_pair<KIND>(*reinterpret_cast<const uint32_t*>(base + 2 * idx));
 }
 
 
@@ -360,20 +364,44 @@ __global__ void __launch_bounds__(kWarps * 32, D <= 64 || (H4 && D <= 128) ? 4 :
   const int stage_bytes = L::BYTES + cl.bytes;
 
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, g = lane >> 2, t = lane & 3;
-  const int split = blockIdx.x, b = blockIdx.z;
-  const int kvh = blockIdx.y / sp.passes, pass = blockIdx.y % sp.passes;
+  // The CTA's unit and split from the three-phase 1-D grid (see SplitParams).
+  // (32-bit: the launch checks that the grid fits in int32.)
+  const unsigned units = (unsigned)(a.B * a.Hkv * sp.passes);
+  unsigned unit, idx = blockIdx.x;
+  int split;
+  if (idx < units) {
+    unit = idx;
+    split = sp.nsplit;
+  } else if ((idx -= units) < units * (unsigned)sp.nbig) {
+    unit = idx / (unsigned)sp.nbig;
+    split = (int)(idx % (unsigned)sp.nbig);
+  } else {
+    idx -= units * (unsigned)sp.nbig;
+    unit = idx / (unsigned)sp.nsmall;
+    split = sp.nbig + (int)(idx % (unsigned)sp.nsmall);
+  }
+  const int pass = (int)(unit % (unsigned)sp.passes), kvh = (int)(unit / (unsigned)sp.passes % (unsigned)a.Hkv);
+  const int b = (int)(unit / (unsigned)sp.passes / (unsigned)a.Hkv);
   const int gq = a.Hq / a.Hkv;
   const int h0 = kvh * gq + pass * kHeadsPerPass;
   const int nh = min(kHeadsPerPass, gq - pass * kHeadsPerPass);
+  const int64_t tl_rec = (int64_t)a.B * a.Hq + blockIdx.x;
+  if (threadIdx.x == 0) timeline_stamp(a.timeline, tl_rec, 0);
+  // Every CTA has started: the merge kernel (launched as a programmatic dependent) may
+  // now be scheduled; it waits for this grid's completion before reading anything.
+  dev::launch_dependents();
   if (split == sp.nsplit) {  // the last split: sinks and residual window, a warp per head
     for (int h = warp; h < nh; h += kWarps) fp_partial<KIND, D>(a, sp, (int64_t)b * a.Hq + h0 + h, lane);
+    if (threadIdx.x == 0) timeline_stamp(a.timeline, tl_rec, 6);
     return;
   }
 
   int64_t n = min((int64_t)a.packed_len[b], a.t_cap);
   n = n < 0 ? 0 : n - n % G;
-  const int64_t cta_begin = (int64_t)split * sp.chunk;
-  const int64_t cta_end = min(cta_begin + sp.chunk, n);
+  const bool big = split < sp.nbig;
+  const int64_t cta_size = big ? sp.chunk : sp.small_chunk;
+  const int64_t cta_begin = big ? (int64_t)split * sp.chunk : sp.nbig * sp.chunk + (int64_t)(split - sp.nbig) * sp.small_chunk;
+  const int64_t cta_end = min(cta_begin + cta_size, n);
 
   const int64_t bh = (int64_t)b * a.Hkv + kvh;
   const uint8_t* kc_g = a.k_codes + bh * a.t_cap * RB;
@@ -384,7 +412,7 @@ __global__ void __launch_bounds__(kWarps * 32, D <= 64 || (H4 && D <= 128) ? 4 :
   const uint8_t* vm_g = static_cast<const uint8_t*>(a.v_mn) + bh * a.t_cap * NG * 2;
   uint8_t* my_stages = stages + (size_t)warp * kStages * stage_bytes;
 
-  const int64_t wchunk = sp.chunk / kWarps;
+  const int64_t wchunk = cta_size / kWarps;
   const int64_t w_begin = cta_begin + warp * wchunk;
   const int64_t w_end = min(w_begin + wchunk, cta_end);
   const int ntiles = w_end > w_begin ? (int)((w_end - w_begin + TT - 1) / TT) : 0;
@@ -490,24 +518,12 @@ __global__ void __launch_bounds__(kWarps * 32, D <= 64 || (H4 && D <= 128) ? 4 :
 #pragma unroll
   for (int s = 0; s < kStages - 1; ++s) issue_tile(s);
 
-  // Scaled queries of this pass's heads (zeros pad the unused heads).
-  const float qscale = a.sm_scale * kLog2e;
-  for (int i = threadIdx.x; i < kHeadsPerPass * D / 2; i += blockDim.x) {
-    const int h = i % kHeadsPerPass, pr = i / kHeadsPerPass;
-    float2 v = make_float2(0.0f, 0.0f);
-    if (h < nh) {
-      const Bits<KIND>* qh = static_cast<const Bits<KIND>*>(a.q) + ((int64_t)b * a.Hq + h0 + h) * D + 2 * pr;
-      // times 2^(10 - pos) of the channel pair's key field (pair index within a word)
-      const float f = (float)(1 << (10 - KeyPos<BITS>::pos(pr % KeyPos<BITS>::PW)));
-      v = make_float2(f * qscale * Storage<KIND>::load(qh[0]), f * qscale * Storage<KIND>::load(qh[1]));
-    }
-    q_s[q_index<D>(pr, h)] = v;
-  }
   // Corrections: q' by channel (no field factor) for the outliers and the low-rank term.
   float* qo = nullptr;
   float* vo_w = nullptr;
   float* qb_w = nullptr;
   float* wl_s = nullptr;  // this warp's [32 lanes][2 heads][kMaxRank] value low-rank weights
+  bool write_qo = false;
   if constexpr (CORR) {
     const CorrCta cc = corr_cta(a, D);
     float* base = reinterpret_cast<float*>(smem + kQBytes<D> + std::max((size_t)kWarps * kStages * stage_bytes,
@@ -516,18 +532,47 @@ __global__ void __launch_bounds__(kWarps * 32, D <= 64 || (H4 && D <= 128) ? 4 :
     vo_w = base + cc.vo + warp * kHeadsPerPass * D;
     qb_w = base + cc.qb + warp * kHeadsPerPass * kMaxRank;
     wl_s = base + cc.wl + warp * 64 * a.v_rank;
+    write_qo = cc.vo > cc.qo;
 #pragma unroll 1
     for (int i = lane; i < 64 * a.v_rank; i += 32) wl_s[i] = 0.0f;
-#pragma unroll 1
-    for (int i = threadIdx.x; i < (cc.vo - cc.qo); i += blockDim.x) {
-      const int h = i % kHeadsPerPass, d = i / kHeadsPerPass;
-      qo[i] = h < nh ? qscale * Storage<KIND>::load(static_cast<const Bits<KIND>*>(a.q)[((int64_t)b * a.Hq + h0 + h) * D + d])
-                     : 0.0f;
-    }
 #pragma unroll 4
     for (int i = lane; i < (cc.qb - cc.vo) / kWarps; i += 32) vo_w[i] = 0.0f;
   }
+
+  // Scaled queries of this pass's heads (zeros pad the unused heads). A thread's loads
+  // all go out before any use: one memory latency (a CTA's start is on its critical
+  // path; a loop with one load per iteration made this ~4 round trips, 3-5 us under load).
+  const float qscale = a.sm_scale * kLog2e;
+  {
+    constexpr int QPT = kHeadsPerPass * D / 2 / (kWarps * 32);  // channel pairs per thread
+    static_assert(QPT * kWarps * 32 == kHeadsPerPass * D / 2, "q table split");
+    const bool q_words = (reinterpret_cast<uintptr_t>(a.q) & 3) == 0;  // else two 16-bit loads a pair
+    const Bits<KIND>* qb = static_cast<const Bits<KIND>*>(a.q) + ((int64_t)b * a.Hq + h0) * D;
+    uint32_t qw[QPT];
+#pragma unroll
+    for (int u = 0; u < QPT; ++u) {
+      const int i = threadIdx.x + u * kWarps * 32, h = i % kHeadsPerPass, pr = i / kHeadsPerPass;
+      const Bits<KIND>* qh = qb + h * D + 2 * pr;
+      qw[u] = 0u;
+      if (h < nh) qw[u] = q_words ? __ldg(reinterpret_cast<const uint32_t*>(qh)) : (uint32_t)__ldg(qh) | ((uint32_t)__ldg(qh + 1) << 16);
+    }
+#pragma unroll
+    for (int u = 0; u < QPT; ++u) {
+      const int i = threadIdx.x + u * kWarps * 32, h = i % kHeadsPerPass, pr = i / kHeadsPerPass;
+      const float2 x = bits_pair<KIND>(qw[u]);  // zero bits: 0.0 in both types
+      // times 2^(10 - pos) of the channel pair's key field (pair index within a word)
+      const float f = (float)(1 << (10 - KeyPos<BITS>::pos(pr % KeyPos<BITS>::PW)));
+      q_s[q_index<D>(pr, h)] = make_float2(f * qscale * x.x, f * qscale * x.y);
+      if constexpr (CORR) {
+        if (write_qo) {
+          qo[(2 * pr) * kHeadsPerPass + h] = qscale * x.x;
+          qo[(2 * pr + 1) * kHeadsPerPass + h] = qscale * x.y;
+        }
+      }
+    }
+  }
   __syncthreads();
+  if (threadIdx.x == 0) timeline_stamp(a.timeline, tl_rec, 1);
 
   // Per-thread state. Heads of this lane's S/O columns: 2t and 2t+1.
   // o[mc] (mc = gr * VPL + k): rows g / g+8 hold channels gr*VG + 2(g*VPL + k) and +1 (see the value
@@ -966,6 +1011,7 @@ __global__ void __launch_bounds__(kWarps * 32, D <= 64 || (H4 && D <= 128) ? 4 :
     __syncwarp();  // the stage is overwritten by a later issue
   }
   dev::cp_async_wait<0>();
+  if (lane == 0) timeline_stamp(a.timeline, tl_rec, 2 + warp);
 
   // ---- finish the warp: reduce over the 8 token lanes ----------------------------------
 #pragma unroll
@@ -1039,6 +1085,7 @@ __global__ void __launch_bounds__(kWarps * 32, D <= 64 || (H4 && D <= 128) ? 4 :
       sp.ws_l[slot] = lv;
     }
   }
+  if (threadIdx.x == 0) timeline_stamp(a.timeline, tl_rec, 6);
 }
 
 // ------------------------------------------------------------------------------------
@@ -1086,8 +1133,9 @@ struct Packed {
     const size_t bytes = smem(a);
     const cudaError_t e = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)bytes);
     if (e != cudaSuccess) return e;
-    const dim3 grid((unsigned)sp.nsplit + 1, (unsigned)(a.Hkv * sp.passes), (unsigned)a.B);  // + the fp split
-    kernel<<<grid, kWarps * 32, bytes, st>>>(a, sp);
+    const int64_t ctas = (int64_t)a.B * a.Hkv * sp.passes * sp.np;  // + the fp split
+    if (ctas > INT32_MAX) return cudaErrorInvalidConfiguration;
+    kernel<<<(unsigned)ctas, kWarps * 32, bytes, st>>>(a, sp);
     return cudaGetLastError();
   }
 };
