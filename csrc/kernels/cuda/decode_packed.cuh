@@ -346,7 +346,7 @@ __device__ __forceinline__ void fp_partial(const DecodeArgs& a, const SplitParam
 // Column c of a lane then belongs to head c & 3; the hi and lo score columns are summed
 // across lanes t and t ^ 2, which afterwards hold the same scores.
 template <int KIND, int BITS, int D, int G, int VG, bool CORR, bool H4>
-__global__ void __launch_bounds__(kWarps * 32, D <= 64 || (H4 && D <= 128) ? 4 : D <= 128 ? 3 : 2) decode_packed_kernel(DecodeArgs a, SplitParams sp) {
+__global__ void __launch_bounds__(kWarps * 32, (D <= 64 || (H4 && D <= 128) ? 16 : D <= 128 ? 12 : 8) / kWarps) decode_packed_kernel(DecodeArgs a, SplitParams sp) {
   static_assert(!(H4 && CORR), "the corrections use the 8-column layout");
   static_assert(!H4 || (D / 16) % KeyPos<BITS>::PW == 0, "H4 splits a lane's channel pairs at a word boundary");
   using L = StageLayout<D, BITS, G, VG, TileShape<D, BITS, H4>::TT>;
