@@ -117,7 +117,11 @@ int main(int argc, char** argv) {
       void* ws = dev_alloc<uint8_t>((int64_t)kvcore::decode_attention_cuda_workspace(a, sms));
       const double ms = timer.median_ms([&] { BENCH_CHECK(kvcore::decode_attention_cuda(a, ws, sms, 0)); });
       if (tl) {  // one more launch, stamped
-        const int64_t nrec = (int64_t)c.B * c.Hq + 65536;
+        // records: one per merge CTA (B*Hq), one per split CTA (B*Hkv*passes*np); np
+        // follows from the workspace, which holds np partials of D+2 floats per query head
+        const int64_t np = (int64_t)kvcore::decode_attention_cuda_workspace(a, sms) / ((int64_t)c.B * c.Hq * (c.D + 2) * 4);
+        const int64_t passes = (c.Hq / c.Hkv + 7) / 8;
+        const int64_t nrec = (int64_t)c.B * c.Hq + (int64_t)c.B * c.Hkv * passes * np;
         unsigned long long* d_tl = dev_alloc<unsigned long long>(nrec * 8);
         BENCH_CHECK(cudaMemset(d_tl, 0, nrec * 64));
         a.timeline = d_tl;
