@@ -32,8 +32,9 @@ def add_corrections(kw, k_count=0, v_count=0, k_rank=0, v_rank=0, seed=0):
     return kw
 
 
-def lowp_error(kw, ref_out):
-    """Max error of SDPA in q's dtype on the same corrected tokens (the tests' yardstick)."""
+def lowp_error(kw, ref_out, heads=slice(None)):
+    """Max error of SDPA in q's dtype on the same corrected tokens (the tests' yardstick),
+    over the query heads `heads`."""
     q, err = kw["q"], 0.0
     cache = {k: v for k, v in kw.items() if k not in ("q", "sm_scale")}
     for b, (k, v) in enumerate(ref.decode_kv_tokens(**cache)):
@@ -41,7 +42,7 @@ def lowp_error(kw, ref_out):
             continue
         o = F.scaled_dot_product_attention(q[b][None, :, None], k.to(q.dtype)[None], v.to(q.dtype)[None],
                                            scale=sm_scale_of(kw), enable_gqa=True)
-        err = max(err, (o[0, :, 0].double() - ref_out[b]).abs().max().item())
+        err = max(err, (o[0, :, 0].double() - ref_out[b])[heads].abs().max().item())
     return err
 
 
@@ -165,14 +166,18 @@ CUDA_SHAPES = [  # Hq, Hkv, bits, D, G, packed lengths, t_cap
     (16, 1, 4, 128, 32, [2000, 96], 64 * 32),                    # MQA, two blocks a stage
     (4, 4, 2, 256, 64, [20 * 64 + 3, 64], 24 * 64),              # head_dim 256: blocks over two stages
     (12, 1, 2, 256, 32, [9 * 32, 0], 12 * 32),                   # 2 head passes
+    (8, 2, 4, 128, 64, [22 * 64 + 9, 64 + 3], 24 * 64),          # 4-bit H4 outliers (32-token stages)
 ]
 
 
 @pytest.mark.cuda
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
 @pytest.mark.parametrize("shape", CUDA_SHAPES, ids=lambda s: f"{s[0]}-{s[1]}-b{s[2]}-d{s[3]}-g{s[4]}")
-@pytest.mark.parametrize("counts", [(1, 0, 0, 0), (0, 3, 0, 0), (0, 0, 2, 0), (0, 0, 0, 4), (2, 1, 1, 2), (16, 16, 8, 8)])
+@pytest.mark.parametrize("counts", [(1, 0, 0, 0), (0, 3, 0, 0), (1, 1, 0, 0), (16, 16, 0, 0), (0, 0, 2, 0), (0, 0, 0, 4),
+                                    (2, 1, 1, 2), (16, 16, 8, 8)])
 def test_cuda_matches_reference(dtype, shape, counts):
+    """Outliers alone at GQA groups <= 4 and head_dim >= 128 run the H4 outlier kernel
+    (value sums in global memory); every other combination the 8-column kernel."""
     Hq, Hkv, bits, D, G, packed, t_cap = shape
     kw = make_inputs(Hq=Hq, Hkv=Hkv, D=D, bits=bits, group=G, dtype=dtype, packed=packed, t_cap=t_cap,
                      resid=[5] * len(packed), sinks=[2] * len(packed))
@@ -182,6 +187,45 @@ def test_cuda_matches_reference(dtype, shape, counts):
     bound = check_against_reference(kw, out, lse)
     cpu_out, _ = kvcore.ops.decode_attention(**kw)
     assert (out.double() - cpu_out.double()).abs().max().item() <= bound
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("bits", [2, 4])
+def test_cuda_value_outlier_sums_rebase(dtype, bits):
+    """The H4 outlier kernel keeps each warp's value-outlier sums relative to a head's first
+    running max and rebases every head's sums when one head's max outgrows it by 2^64.
+    Head 0 of each KV group sees key-outlier scores that climb 1.5 (log2) a token in
+    128-token saw teeth, so every warp's max outgrows its reference; heads 1-3 do not
+    see them (q[..., 0] = 0), so their sums are rescaled by factors that matter."""
+    Hq, Hkv, D, G, t_cap = 8, 2, 128, 64, 4096
+    kw = make_inputs(Hq=Hq, Hkv=Hkv, D=D, bits=bits, group=G, dtype=dtype, packed=[4000, 3000 + 17],
+                     resid=[5, 3], sinks=[2, 0], t_cap=t_cap)
+    B = 2
+    scale = sm_scale_of(kw) * 1.4426950408889634
+    q = kw["q"].float()
+    q[:, :, 0] = 0.0
+    q[:, ::Hq // Hkv, 0] = 1.0
+    kw["q"] = q.to(dtype)
+    tok = torch.arange(t_cap, dtype=torch.float32)
+    kw["k_outlier_idx"] = torch.zeros(B, Hkv, t_cap, 1, dtype=torch.uint8)
+    kw["k_outlier_res"] = (1.5 / scale * (tok % 128)).expand(B, Hkv, t_cap)[..., None].contiguous().to(dtype)
+    gen = torch.Generator().manual_seed(5)
+    kw["v_outlier_idx"] = torch.randint(0, D, (B, Hkv, t_cap, 1), generator=gen).to(torch.uint8)
+    kw["v_outlier_res"] = (3 * torch.randn(B, Hkv, t_cap, 1, generator=gen)).to(dtype)
+    poison_past_lengths(kw)
+    out, lse = kvcore.ops.decode_attention(**to_device(kw, "cuda"))
+    out, lse = out.cpu(), lse.cpu()
+    assert torch.isfinite(out.float()).all()
+    bound = check_against_reference(kw, out, lse)
+    cpu_out, _ = kvcore.ops.decode_attention(**kw)
+    assert (out.double() - cpu_out.double()).abs().max().item() <= bound
+    # heads 1-3 on their own yardstick (head 0's peaked softmax dominates the one above)
+    ref_out, _ = ref.decode_attention_f64(**kw)
+    others = torch.arange(Hq) % (Hq // Hkv) != 0
+    err = (out.double() - ref_out)[:, others].abs().max().item()
+    bound_others = 2 * lowp_error(kw, ref_out, others) + 1e-5
+    assert err <= bound_others, f"heads 1-3: out error {err:.3g} > {bound_others:.3g}"
 
 
 @pytest.mark.cuda

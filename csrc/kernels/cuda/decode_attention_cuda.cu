@@ -262,13 +262,21 @@ cudaError_t dispatch_dim(const DecodeArgs& a, const SplitParams& sp, cudaStream_
     default: return run_all<KIND, 256>(a, sp, st);
   }
 }
+
+// Floats of the H4 outlier kernel's value sums (SplitParams::ws_vo; 16-byte multiples).
+size_t value_outlier_floats(const DecodeArgs& a, const SplitParams& sp) {
+  if (!h4_outliers(a) || a.v_outliers == 0) return 0;
+  return (size_t)a.B * a.Hkv * sp.passes * sp.nsplit * kWarps * a.D * 4;
+}
 }  // namespace
 
+// Workspace: [value-outlier sums][partials o, m, l][logits]; the sums first, so that they
+// and the partials' float4 rows are 16-byte aligned.
 size_t decode_attention_cuda_workspace(const DecodeArgs& a, int num_sms) {
   const SplitParams sp = plan_splits(a, num_sms);
   const size_t slots = (size_t)a.B * a.Hq * sp.np;
   const size_t logits = a.attn_mass != nullptr ? (size_t)a.B * a.Hq * (size_t)a.mass_cols() : 0;
-  return (slots * ((size_t)a.D + 2) + logits) * sizeof(float);
+  return (value_outlier_floats(a, sp) + slots * ((size_t)a.D + 2) + logits) * sizeof(float);
 }
 
 cudaError_t decode_attention_cuda(const DecodeArgs& args, void* workspace, int num_sms, cudaStream_t stream) {
@@ -276,7 +284,8 @@ cudaError_t decode_attention_cuda(const DecodeArgs& args, void* workspace, int n
   DecodeArgs a = args;
   SplitParams sp = plan_splits(a, num_sms);
   const size_t slots = (size_t)a.B * a.Hq * sp.np;
-  sp.ws_o = static_cast<float*>(workspace);
+  sp.ws_vo = static_cast<float*>(workspace);
+  sp.ws_o = sp.ws_vo + value_outlier_floats(a, sp);
   sp.ws_m = sp.ws_o + slots * a.D;
   sp.ws_l = sp.ws_m + slots;
   a.logits = a.attn_mass != nullptr ? sp.ws_l + slots : nullptr;

@@ -34,7 +34,16 @@ struct SplitParams {
   float* ws_o;     // [B, Hq, np, D]
   float* ws_m;     // [B, Hq, np]   running max (base 2)
   float* ws_l;     // [B, Hq, np]   sum of exp2
+  float* ws_vo;    // h4_outliers with value outliers: [packed CTAs][kWarps][D][4] sums
 };
+
+// The corrections served by the H4 outlier kernel (decode_packed.cuh): sparse outliers
+// without low rank or attention mass, GQA groups of at most 4 heads, head_dim >= 128
+// (the H4 layout's shapes). The other corrections use the 8-column kernel.
+inline bool h4_outliers(const DecodeArgs& a) {
+  return (a.k_outliers > 0 || a.v_outliers > 0) && a.k_rank == 0 && a.v_rank == 0 && a.attn_mass == nullptr &&
+         a.Hq / a.Hkv <= 4 && a.D >= 128;
+}
 
 // Profiling build (KVCORE_DECODE_TIMELINE): record `rec` of a.timeline is 8 words:
 // 0 start, 1 query table built, 2-5 end of warp 0-3's stage loop, 6 end, 7 SM id.

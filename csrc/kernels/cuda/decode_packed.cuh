@@ -90,9 +90,9 @@ struct CorrLayout {
   int koi = 0, kor = 0, voi = 0, vor = 0, kla = 0, vla = 0, bytes = 0;
 };
 __host__ __device__ inline int round16(int x) { return (x + 15) & ~15; }
-template <int D, int BITS, int G, int VG>
+template <int D, int BITS, int G, int VG, int TT>
 __host__ __device__ inline CorrLayout corr_layout(const DecodeArgs& a) {
-  using L = StageLayout<D, BITS, G, VG>;
+  using L = StageLayout<D, BITS, G, VG, TT>;
   CorrLayout c;
   int at = L::BYTES;
   c.koi = at; at += round16(L::TT * a.k_outliers);
@@ -111,16 +111,26 @@ constexpr int kMaxRank = 8;
 // outliers or rank), the warps' q'.B of the current key block [kWarps][8][kMaxRank]
 // (key rank) and the lanes' value low-rank weights [kWarps][32][2][v_rank] (value rank;
 // in shared memory because in registers they made the kernel spill).
+// The H4 outlier kernel (h4 = true: outliers only) keeps q' by channel and the warps'
+// reference maxima [kWarps][4] of their value-outlier sums; the sums themselves live in
+// global memory (SplitParams::ws_vo): here they would cost the kernel its 4th CTA per SM.
 struct CorrCta {
-  int qo = 0, vo = 0, qb = 0, wl = 0, floats = 0;
+  int qo = 0, vo = 0, qb = 0, wl = 0, mref = 0, floats = 0;
 };
-__host__ __device__ inline CorrCta corr_cta(const DecodeArgs& a, int D) {
+__host__ __device__ inline CorrCta corr_cta(const DecodeArgs& a, int D, bool h4) {
   CorrCta c;
   int at = 0;
   c.qo = at; at += (a.k_outliers > 0 || a.k_rank > 0) ? 8 * D : 0;
+  if (h4) {
+    c.vo = c.qb = c.wl = c.mref = at;
+    at += kWarps * 4;
+    c.floats = at;
+    return c;
+  }
   c.vo = at; at += (a.v_outliers > 0 || a.v_rank > 0) ? kWarps * 8 * D : 0;
   c.qb = at; at += a.k_rank > 0 ? kWarps * 8 * kMaxRank : 0;
   c.wl = at; at += kWarps * 32 * 2 * a.v_rank;
+  c.mref = at;
   c.floats = at;
   return c;
 }
@@ -347,7 +357,7 @@ __device__ __forceinline__ void fp_partial(const DecodeArgs& a, const SplitParam
 // across lanes t and t ^ 2, which afterwards hold the same scores.
 template <int KIND, int BITS, int D, int G, int VG, bool CORR, bool H4>
 __global__ void __launch_bounds__(kWarps * 32, (D <= 64 || (H4 && D <= 128) ? 16 : D <= 128 ? 12 : 8) / kWarps) decode_packed_kernel(DecodeArgs a, SplitParams sp) {
-  static_assert(!(H4 && CORR), "the corrections use the 8-column layout");
+  // CORR && H4: sparse outliers only (no low rank, no attention mass; see h4_outliers).
   static_assert(!H4 || (D / 16) % KeyPos<BITS>::PW == 0, "H4 splits a lane's channel pairs at a word boundary");
   using L = StageLayout<D, BITS, G, VG, TileShape<D, BITS, H4>::TT>;
   constexpr int TT = L::TT, MT = TileShape<D, BITS, H4>::MT, RB = L::RB, NG = L::NG, KT = D / 16;
@@ -360,7 +370,7 @@ __global__ void __launch_bounds__(kWarps * 32, (D <= 64 || (H4 && D <= 128) ? 16
   float2* q_s = reinterpret_cast<float2*>(smem);
   uint8_t* stages = smem + kQBytes<D>;  // [kWarps][kStages][stage_bytes]
   CorrLayout cl;
-  if constexpr (CORR) cl = corr_layout<D, BITS, G, VG>(a);
+  if constexpr (CORR) cl = corr_layout<D, BITS, G, VG, L::TT>(a);
   const int stage_bytes = L::BYTES + cl.bytes;
 
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, g = lane >> 2, t = lane & 3;
@@ -450,6 +460,28 @@ __global__ void __launch_bounds__(kWarps * 32, (D <= 64 || (H4 && D <= 128) ? 16
       copy_part(st + cl.vla, reinterpret_cast<const uint8_t*>(a.v_lr_a + bh * a.t_cap * a.v_rank), t0, 2 * a.v_rank,
                 TT, rows);
   };
+  // H4: the outlier sections of a stage as one list of 16-byte chunks, a chunk per lane
+  // (koi, kor, voi, vor: TT x {c, 2c, c', 2c'} bytes, consecutive in the stage).
+  auto issue_outliers_h4 = [&](uint8_t* st, int64_t t0, int rows) {
+    const int kc = a.k_outliers, vc = a.v_outliers;
+    const int n1 = TT * kc / 16, n2 = n1 + 2 * n1, n3 = n2 + TT * vc / 16, n4 = n3 + 2 * (TT * vc / 16);
+#pragma unroll 1
+    for (int q = lane; q < n4; q += 32) {
+      const uint8_t* src;
+      int unit, off;
+      if (q < n1) {
+        src = a.k_out_idx + bh * a.t_cap * kc; unit = kc; off = q;
+      } else if (q < n2) {
+        src = static_cast<const uint8_t*>(a.k_out_res) + bh * a.t_cap * kc * 2; unit = 2 * kc; off = q - n1;
+      } else if (q < n3) {
+        src = a.v_out_idx + bh * a.t_cap * vc; unit = vc; off = q - n2;
+      } else {
+        src = static_cast<const uint8_t*>(a.v_out_res) + bh * a.t_cap * vc * 2; unit = 2 * vc; off = q - n3;
+      }
+      const bool ok = off * 16 < rows * unit;
+      dev::cp_async_16(st + cl.koi + q * 16, ok ? src + t0 * unit + off * 16 : src, ok);
+    }
+  };
   auto issue_tile = [&](int i) {
     if (i < ntiles) {
       uint8_t* st = my_stages + (i % kStages) * stage_bytes;
@@ -475,7 +507,8 @@ __global__ void __launch_bounds__(kWarps * 32, (D <= 64 || (H4 && D <= 128) ? 16
           dev::cp_async_16(sl + L::VS, vs_g + vb, true);
           dev::cp_async_16(sl + L::VM, vm_g + vb, true);
         }
-        if constexpr (CORR) issue_corrections(st, t0, TT);
+        if constexpr (CORR && H4) issue_outliers_h4(st, t0, TT);
+        else if constexpr (CORR) issue_corrections(st, t0, TT);
         dev::cp_async_commit();
         return;
       }
@@ -507,7 +540,8 @@ __global__ void __launch_bounds__(kWarps * 32, (D <= 64 || (H4 && D <= 128) ? 16
         dev::cp_async_16(st + L::VS + c * 16, ok ? vsb + c * 16 : vs_g, ok);
         dev::cp_async_16(st + L::VM + c * 16, ok ? vmb + c * 16 : vm_g, ok);
       }
-      if constexpr (CORR) issue_corrections(st, t0, rows);
+      if constexpr (CORR && H4) issue_outliers_h4(st, t0, rows);
+      else if constexpr (CORR) issue_corrections(st, t0, rows);
     }
     dev::cp_async_commit();  // always, so group counting stays uniform
   };
@@ -524,8 +558,10 @@ __global__ void __launch_bounds__(kWarps * 32, (D <= 64 || (H4 && D <= 128) ? 16
   float* qb_w = nullptr;
   float* wl_s = nullptr;  // this warp's [32 lanes][2 heads][kMaxRank] value low-rank weights
   bool write_qo = false;
+  float* mref_s = nullptr;  // H4: this warp's reference maxima of its value-outlier sums, by head
+  float* vo_g = nullptr;    // H4: this warp's value-outlier sums [D][4 heads] in global memory
   if constexpr (CORR) {
-    const CorrCta cc = corr_cta(a, D);
+    const CorrCta cc = corr_cta(a, D, H4);
     float* base = reinterpret_cast<float*>(smem + kQBytes<D> + std::max((size_t)kWarps * kStages * stage_bytes,
                                                                       (size_t)kWarps * kHeadsPerPass * (D + 2) * sizeof(float)));
     qo = base + cc.qo;
@@ -533,10 +569,21 @@ __global__ void __launch_bounds__(kWarps * 32, (D <= 64 || (H4 && D <= 128) ? 16
     qb_w = base + cc.qb + warp * kHeadsPerPass * kMaxRank;
     wl_s = base + cc.wl + warp * 64 * a.v_rank;
     write_qo = cc.vo > cc.qo;
+    if constexpr (H4) {
+      mref_s = base + cc.mref + warp * 4;
+      if (lane < 4) mref_s[lane] = -INFINITY;
+      if (a.v_outliers > 0) {  // zeroed here; the CTA barrier below orders it before the first red
+        vo_g = sp.ws_vo + ((int64_t)(blockIdx.x - units) * kWarps + warp) * D * 4;
+#pragma unroll
+        for (int k = 0; k < D / 32; ++k)
+          __stcg(reinterpret_cast<float4*>(vo_g) + lane + 32 * k, make_float4(0.0f, 0.0f, 0.0f, 0.0f));
+      }
+    } else {
 #pragma unroll 1
-    for (int i = lane; i < 64 * a.v_rank; i += 32) wl_s[i] = 0.0f;
+      for (int i = lane; i < 64 * a.v_rank; i += 32) wl_s[i] = 0.0f;
 #pragma unroll 4
-    for (int i = lane; i < (cc.qb - cc.vo) / kWarps; i += 32) vo_w[i] = 0.0f;
+      for (int i = lane; i < (cc.qb - cc.vo) / kWarps; i += 32) vo_w[i] = 0.0f;
+    }
   }
 
   // Scaled queries of this pass's heads (zeros pad the unused heads). A thread's loads
@@ -591,6 +638,7 @@ __global__ void __launch_bounds__(kWarps * 32, (D <= 64 || (H4 && D <= 128) ? 16
     cvm[gr][0] = cvm[gr][1] = 0.0f;
   }
   float m_run[2] = {-INFINITY, -INFINITY}, l_run[2] = {0.0f, 0.0f};
+  float vf[2] = {1.0f, 1.0f};  // CORR && H4: 2^(m_use - m_ref) of columns 2t, 2t+1 (value outliers)
   // B fragments of the scaled queries for head g: qsb[e] holds channels 2P, 2P+1 with
   // P = t * D/8 + e (this lane's quarter of the channels), times 2^(10 - pos).
   // (H4: lanes g < 4 hold the hi half of head g, lanes g >= 4 the lo half of head g - 4.)
@@ -713,6 +761,58 @@ __global__ void __launch_bounds__(kWarps * 32, (D <= 64 || (H4 && D <= 128) ? 16
     }
   };
 
+  // ---- H4 outliers (CORR && H4) -------------------------------------------------------
+  // Lanes t and t ^ 2 hold the same heads (2t) & 3, +1 once the hi and lo columns are
+  // summed; lane t < 2 takes stage row `row` = 16 m + g, lane t ^ 2 row 16 m + g + 8.
+  // Scores: q'[idx] x residual for both heads, added to the lane's accumulator of its row
+  // before the hi + lo sum (which then counts it once).
+  auto key_outliers_h4 = [&](const uint8_t* st, int row, float (&acc)[4]) {
+    const int c = a.k_outliers;
+    float s0 = 0.0f, s1 = 0.0f;
+    auto outlier = [&](int j) {
+      const int i = st[cl.koi + row * c + j];
+      float e = meta_at<KIND>(st + cl.kor, row * c + j);
+      e = i < D ? e : 0.0f;  // an index >= D is ignored
+      const float2 qv = *reinterpret_cast<const float2*>(qo + (i & (D - 1)) * kHeadsPerPass + ((2 * t) & 3));
+      s0 = fmaf(qv.x, e, s0);
+      s1 = fmaf(qv.y, e, s1);
+    };
+    if (c == 1) {
+      outlier(0);
+    } else {
+#pragma unroll 1
+      for (int j = 0; j < c; ++j) outlier(j);
+    }
+    if (t < 2) {
+      acc[0] += s0; acc[1] += s1;
+    } else {
+      acc[2] += s0; acc[3] += s1;
+    }
+  };
+  // Values: o[h][idx] += p x residual, by a fire-and-forget float2 reduction into the
+  // warp's [D][4] sums in global memory (L2): shared-memory float atomics are
+  // compare-and-swap loops, and the sums in shared memory would cost the 4th CTA per SM.
+  // The sums are kept relative to a per-head reference max m_ref (p x 2^(m_use - m_ref)),
+  // so that they need no rescaling when the running max grows, only a rare rebase when
+  // it outgrows m_ref by more than 2^64 (see the softmax).
+  auto value_outliers_h4 = [&](const uint8_t* st, int row, float pa, float pb) {
+    const int c = a.v_outliers;
+    pa *= vf[0];
+    pb *= vf[1];
+    auto outlier = [&](int j) {
+      const int i = st[cl.voi + row * c + j];
+      const float e = meta_at<KIND>(st + cl.vor, row * c + j);
+      if (i < D && (pa != 0.0f || pb != 0.0f))
+        atomicAdd(reinterpret_cast<float2*>(vo_g + i * 4 + ((2 * t) & 3)), make_float2(pa * e, pb * e));
+    };
+    if (c == 1) {
+      outlier(0);
+    } else {
+#pragma unroll 1
+      for (int j = 0; j < c; ++j) outlier(j);
+    }
+  };
+
   for (int i = 0; i < ntiles; ++i) {
     dev::cp_async_wait<kStages - 2>();
     __syncwarp();
@@ -790,7 +890,7 @@ __global__ void __launch_bounds__(kWarps * 32, (D <= 64 || (H4 && D <= 128) ? 16
           cst[0] = __shfl_sync(0xffffffffu, part, (2 * t) * 4) - ((sq[0][0] + sq[1][0]) + (sq[2][0] + sq[3][0]));
           cst[1] = __shfl_sync(0xffffffffu, part, (2 * t + 1) * 4) - ((sq[0][1] + sq[1][1]) + (sq[2][1] + sq[3][1]));
         }
-        if constexpr (CORR) {
+        if constexpr (CORR && !H4) {
           if (a.k_rank > 0) key_lowrank_query(a.k_lr_b + (bh * (a.t_cap / G) + tok / G) * D * a.k_rank);
         }
       }
@@ -817,7 +917,12 @@ __global__ void __launch_bounds__(kWarps * 32, (D <= 64 || (H4 && D <= 128) ? 16
 
         }
       }
-      if constexpr (CORR) {
+      if constexpr (CORR && H4) {
+        if (a.k_outliers > 0) {
+#pragma unroll
+          for (int m = 0; m < MG; ++m) key_outliers_h4(st, 16 * (mg + m) + g + (t >= 2 ? 8 : 0), acc[m]);
+        }
+      } else if constexpr (CORR) {
 #pragma unroll
         for (int m = 0; m < MG; ++m) key_corrections(st, 16 * (mg + m) + g, acc[m]);
       }
@@ -841,7 +946,7 @@ __global__ void __launch_bounds__(kWarps * 32, (D <= 64 || (H4 && D <= 128) ? 16
         s[mt][3] = ok1 ? acc[m][3] + cst[1] : -INFINITY;
       }
     }
-    if constexpr (CORR) {
+    if constexpr (CORR && !H4) {
       if (a.logits != nullptr) {  // H2O mass: this lane's tokens g, g+8 of each m-tile, heads 2t, 2t+1
         const int64_t cols = a.mass_cols();
         float* lg = a.logits + ((int64_t)b * a.Hq + h0) * cols + a.s_cap + t0;
@@ -895,7 +1000,48 @@ __global__ void __launch_bounds__(kWarps * 32, (D <= 64 || (H4 && D <= 128) ? 16
         sb[gr][2] *= alpha[0]; sb[gr][3] *= alpha[1];
         cvm[gr][0] *= alpha[0]; cvm[gr][1] *= alpha[1];
       }
-      if constexpr (CORR) {
+      if constexpr (CORR && H4) {
+        if (a.v_outliers > 0) {
+          // The value-outlier sums stay relative to m_ref (a head's first running max)
+          // until the running max outgrows it by 2^64; then every head is rebased to its
+          // running max (sums x 2^(m_ref - m_run) <= 1), in global memory: rare.
+          const int hb = (2 * t) & 3;
+          float mr[2] = {mref_s[hb], mref_s[hb + 1]};
+          bool rebase = false;
+#pragma unroll
+          for (int c = 0; c < 2; ++c) {
+            if (mr[c] == -INFINITY) mr[c] = m_run[c];  // the head's first tokens: its sums are zero
+            rebase |= m_run[c] - mr[c] > 64.0f;
+          }
+          if (__any_sync(0xffffffffu, rebase)) {
+            float fr[2];
+#pragma unroll
+            for (int c = 0; c < 2; ++c) fr[c] = mr[c] == -INFINITY ? 1.0f : exp2f(mr[c] - m_run[c]);
+            const float f0 = __shfl_sync(0xffffffffu, fr[0], 0), f1 = __shfl_sync(0xffffffffu, fr[1], 0);
+            const float f2 = __shfl_sync(0xffffffffu, fr[0], 1), f3 = __shfl_sync(0xffffffffu, fr[1], 1);
+            __threadfence();  // this lane's reductions are performed before any lane reads the sums
+            __syncwarp();
+#pragma unroll
+            for (int k = 0; k < D / 32; ++k) {
+              float4* pv = reinterpret_cast<float4*>(vo_g) + lane + 32 * k;
+              float4 x = __ldcg(pv);
+              x.x *= f0; x.y *= f1; x.z *= f2; x.w *= f3;
+              __stcg(pv, x);
+            }
+            __threadfence();
+            mr[0] = m_run[0];
+            mr[1] = m_run[1];
+          }
+          __syncwarp();  // every lane has read mref_s
+          if (g == 0 && t < 2) {
+            mref_s[hb] = mr[0];
+            mref_s[hb + 1] = mr[1];
+          }
+#pragma unroll
+          for (int c = 0; c < 2; ++c)  // (padding heads contribute nothing)
+            vf[c] = m_run[c] == -INFINITY || hb + c >= nh ? 0.0f : exp2f(m_run[c] - mr[c]);
+        }
+      } else if constexpr (CORR) {
 #pragma unroll 1
         for (int j = 0; j < a.v_rank; ++j) {
           wl_s[lane * 2 * a.v_rank + j] *= alpha[0];
@@ -926,7 +1072,11 @@ __global__ void __launch_bounds__(kWarps * 32, (D <= 64 || (H4 && D <= 128) ? 16
       l_run[1] += p[1] + p[3];
       const int r0 = 16 * mt + g, r1 = r0 + 8;  // stage rows of this lane's two tokens
       const bool ok0 = r0 < lim, ok1 = r1 < lim;
-      if constexpr (CORR) value_corrections(st, r0, ok0, ok1, p, t0 + 16 * mt, w_end);
+      if constexpr (CORR && H4) {
+        if (a.v_outliers > 0) value_outliers_h4(st, t < 2 ? r0 : r1, t < 2 ? p[0] : p[2], t < 2 ? p[1] : p[3]);
+      } else if constexpr (CORR) {
+        value_corrections(st, r0, ok0, ok1, p, t0 + 16 * mt, w_end);
+      }
       uint32_t bfr[NS][2];  // P' = SC p vs fragments (fp16), one per operand set
       const float sp0 = SC * p[0], sp1 = SC * p[1], sp2 = SC * p[2], sp3 = SC * p[3];
 #pragma unroll
@@ -1059,6 +1209,31 @@ __global__ void __launch_bounds__(kWarps * 32, (D <= 64 || (H4 && D <= 128) ? 16
     wl[warp * kHeadsPerPass + 2 * t] = l_run[0];
     wl[warp * kHeadsPerPass + 2 * t + 1] = l_run[1];
   }
+  if constexpr (CORR && H4) {
+    if (a.v_outliers > 0) {  // add the warp's value-outlier sums, from m_ref to its running max
+      const int hb = (2 * t) & 3;
+      float ef[2];
+#pragma unroll
+      for (int c = 0; c < 2; ++c) {
+        const float mr = mref_s[hb + c];
+        ef[c] = mr == -INFINITY ? 0.0f : exp2f(mr - m_run[c]);
+      }
+      const float f0 = __shfl_sync(0xffffffffu, ef[0], 0), f1 = __shfl_sync(0xffffffffu, ef[1], 0);
+      const float f2 = __shfl_sync(0xffffffffu, ef[0], 1), f3 = __shfl_sync(0xffffffffu, ef[1], 1);
+      __threadfence();  // this lane's reductions are performed before any lane reads the sums
+      __syncwarp();     // (and the warp's o columns are in wo)
+      float* wb = wo + warp * kHeadsPerPass * D;
+#pragma unroll
+      for (int k = 0; k < D / 32; ++k) {
+        const int d = lane + 32 * k;
+        const float4 x = __ldcg(reinterpret_cast<const float4*>(vo_g) + d);
+        wb[d] += f0 * x.x;
+        wb[D + d] += f1 * x.y;
+        wb[2 * D + d] += f2 * x.z;
+        wb[3 * D + d] += f3 * x.w;
+      }
+    }
+  }
   __syncthreads();
   for (int idx = threadIdx.x; idx < nh * D; idx += blockDim.x) {
     const int h = idx / D, d = idx % D;
@@ -1071,7 +1246,7 @@ __global__ void __launch_bounds__(kWarps * 32, (D <= 64 || (H4 && D <= 128) ? 16
       for (int w = 0; w < kWarps; ++w) {
         const float f = exp2f(wm[w * kHeadsPerPass + h] - m);
         float x = wo[(w * kHeadsPerPass + h) * D + d];
-        if constexpr (CORR) {  // the warp's vo_w
+        if constexpr (CORR && !H4) {  // the warp's vo_w
           if (a.v_outliers > 0 || a.v_rank > 0) x += vo_w[(w - warp) * kHeadsPerPass * D + d * kHeadsPerPass + h];
         }
         ov += f * x;
@@ -1095,14 +1270,14 @@ template <int KIND, int BITS, int D, int G, int VG, bool CORR, bool H4 = false>
 struct Packed {
   static constexpr int TT = TileShape<D, BITS, H4>::TT;
   static constexpr int kD = D;
-  using H4Variant = Packed<KIND, BITS, D, G, VG, false, true>;
+  using H4Variant = Packed<KIND, BITS, D, G, VG, CORR, true>;
   static size_t smem(const DecodeArgs& a) {
     using L = StageLayout<D, BITS, G, VG, TT>;
-    const size_t stage = (size_t)L::BYTES + (CORR ? corr_layout<D, BITS, G, VG>(a).bytes : 0);
+    const size_t stage = (size_t)L::BYTES + (CORR ? corr_layout<D, BITS, G, VG, TT>(a).bytes : 0);
     const size_t stage_bytes = (size_t)kWarps * kStages * stage;
     const size_t merge_bytes = (size_t)kWarps * kHeadsPerPass * (D + 2) * sizeof(float);
     return kQBytes<D> + std::max(stage_bytes, merge_bytes) +
-           (CORR ? (size_t)corr_cta(a, D).floats * sizeof(float) : 0);  // q_s + stages (+ corrections)
+           (CORR ? (size_t)corr_cta(a, D, H4).floats * sizeof(float) : 0);  // q_s + stages (+ corrections)
   }
   static int ctas_per_sm(const DecodeArgs& a) {
     auto query = [](size_t bytes) {
@@ -1151,8 +1326,15 @@ bool visit_packed(const DecodeArgs& a, F&& f) {
   auto by_corr = [&](auto p_plain, auto p_corr) {
     using P = decltype(p_plain);
     constexpr int PD = P::kD;
-    if (corr) f(p_corr);
-    else if constexpr (PD >= 128) {
+    if (corr) {
+      if constexpr (PD >= 128) {
+        if (h4_outliers(a)) {
+          f(typename decltype(p_corr)::H4Variant{});
+          return true;
+        }
+      }
+      f(p_corr);
+    } else if constexpr (PD >= 128) {
       if (h4) f(typename P::H4Variant{});
       else f(p_plain);
     } else {
