@@ -37,12 +37,14 @@ struct SplitParams {
   float* ws_vo;    // h4_outliers with value outliers: [packed CTAs][kWarps][D][4] sums
 };
 
-// The corrections served by the H4 outlier kernel (decode_packed.cuh): sparse outliers
-// without low rank or attention mass, GQA groups of at most 4 heads, head_dim >= 128
-// (the H4 layout's shapes). The other corrections use the 8-column kernel.
+// The corrections served by the H4 outlier kernel (decode_packed.cuh): at most one
+// sparse outlier a token in keys and in values (1% of head_dim 128 is 1.3), without low
+// rank or attention mass, GQA groups of at most 4 heads, head_dim >= 128 (the H4
+// layout's shapes). Its offsets are then constants. The other corrections use the
+// 8-column kernel.
 inline bool h4_outliers(const DecodeArgs& a) {
-  return (a.k_outliers > 0 || a.v_outliers > 0) && a.k_rank == 0 && a.v_rank == 0 && a.attn_mass == nullptr &&
-         a.Hq / a.Hkv <= 4 && a.D >= 128;
+  return (a.k_outliers > 0 || a.v_outliers > 0) && a.k_outliers <= 1 && a.v_outliers <= 1 && a.k_rank == 0 &&
+         a.v_rank == 0 && a.attn_mass == nullptr && a.Hq / a.Hkv <= 4 && a.D >= 128;
 }
 
 // Profiling build (KVCORE_DECODE_TIMELINE): record `rec` of a.timeline is 8 words:

@@ -90,10 +90,24 @@ struct CorrLayout {
   int koi = 0, kor = 0, voi = 0, vor = 0, kla = 0, vla = 0, bytes = 0;
 };
 __host__ __device__ inline int round16(int x) { return (x + 15) & ~15; }
+// The H4 outlier kernel (at most one outlier a token on each side) has fixed sections:
+// key indices [TT], key residuals [TT], value indices [TT], value residuals [TT], all
+// present (zero-filled when a side has none) so that every offset is a constant.
 template <int D, int BITS, int G, int VG, int TT>
-__host__ __device__ inline CorrLayout corr_layout(const DecodeArgs& a) {
+struct H4OutlierLayout {
+  static constexpr int KOI = StageLayout<D, BITS, G, VG, TT>::BYTES, KOR = KOI + TT, VOI = KOR + 2 * TT,
+                       VOR = VOI + TT, BYTES = 6 * TT;
+};
+template <int D, int BITS, int G, int VG, int TT>
+__host__ __device__ inline CorrLayout corr_layout(const DecodeArgs& a, bool h4) {
   using L = StageLayout<D, BITS, G, VG, TT>;
   CorrLayout c;
+  if (h4) {
+    using O = H4OutlierLayout<D, BITS, G, VG, TT>;
+    c.koi = O::KOI; c.kor = O::KOR; c.voi = O::VOI; c.vor = O::VOR; c.kla = c.vla = O::VOR + 2 * TT;
+    c.bytes = O::BYTES;
+    return c;
+  }
   int at = L::BYTES;
   c.koi = at; at += round16(L::TT * a.k_outliers);
   c.kor = at; at += round16(L::TT * a.k_outliers * 2);
@@ -121,7 +135,9 @@ __host__ __device__ inline CorrCta corr_cta(const DecodeArgs& a, int D, bool h4)
   CorrCta c;
   int at = 0;
   c.qo = at; at += (a.k_outliers > 0 || a.k_rank > 0) ? 8 * D : 0;
-  if (h4) {
+  if (h4) {  // (q' by channel even without key outliers: the outlier code runs branch-free)
+    c.qo = 0;
+    at = 8 * D;
     c.vo = c.qb = c.wl = c.mref = at;
     at += kWarps * 4;
     c.floats = at;
@@ -370,7 +386,8 @@ __global__ void __launch_bounds__(kWarps * 32, (D <= 64 || (H4 && D <= 128) ? 16
   float2* q_s = reinterpret_cast<float2*>(smem);
   uint8_t* stages = smem + kQBytes<D>;  // [kWarps][kStages][stage_bytes]
   CorrLayout cl;
-  if constexpr (CORR) cl = corr_layout<D, BITS, G, VG, L::TT>(a);
+  if constexpr (CORR) cl = corr_layout<D, BITS, G, VG, L::TT>(a, H4);
+  using OL = H4OutlierLayout<D, BITS, G, VG, L::TT>;  // (CORR && H4)
   const int stage_bytes = L::BYTES + cl.bytes;
 
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, g = lane >> 2, t = lane & 3;
@@ -460,26 +477,22 @@ __global__ void __launch_bounds__(kWarps * 32, (D <= 64 || (H4 && D <= 128) ? 16
       copy_part(st + cl.vla, reinterpret_cast<const uint8_t*>(a.v_lr_a + bh * a.t_cap * a.v_rank), t0, 2 * a.v_rank,
                 TT, rows);
   };
-  // H4: the outlier sections of a stage as one list of 16-byte chunks, a chunk per lane
-  // (koi, kor, voi, vor: TT x {c, 2c, c', 2c'} bytes, consecutive in the stage).
+  // H4: the four outlier sections of a stage (OL) as 6 TT / 16 chunks of 16 bytes, one
+  // per lane (TT <= 64); a side without outliers is zero-filled.
   auto issue_outliers_h4 = [&](uint8_t* st, int64_t t0, int rows) {
-    const int kc = a.k_outliers, vc = a.v_outliers;
-    const int n1 = TT * kc / 16, n2 = n1 + 2 * n1, n3 = n2 + TT * vc / 16, n4 = n3 + 2 * (TT * vc / 16);
-#pragma unroll 1
-    for (int q = lane; q < n4; q += 32) {
-      const uint8_t* src;
-      int unit, off;
-      if (q < n1) {
-        src = a.k_out_idx + bh * a.t_cap * kc; unit = kc; off = q;
-      } else if (q < n2) {
-        src = static_cast<const uint8_t*>(a.k_out_res) + bh * a.t_cap * kc * 2; unit = 2 * kc; off = q - n1;
-      } else if (q < n3) {
-        src = a.v_out_idx + bh * a.t_cap * vc; unit = vc; off = q - n2;
-      } else {
-        src = static_cast<const uint8_t*>(a.v_out_res) + bh * a.t_cap * vc * 2; unit = 2 * vc; off = q - n3;
-      }
-      const bool ok = off * 16 < rows * unit;
-      dev::cp_async_16(st + cl.koi + q * 16, ok ? src + t0 * unit + off * 16 : src, ok);
+    constexpr int N1 = TT / 16, N2 = 3 * TT / 16, N3 = 4 * TT / 16, N4 = 6 * TT / 16;
+    static_assert(N4 <= 32, "one chunk per lane");
+    if (lane < N4) {
+      const int q = lane;
+      const bool key = q < N2;
+      const bool res = key ? q >= N1 : q >= N3;
+      const int off = q - (q < N1 ? 0 : q < N2 ? N1 : q < N3 ? N2 : N3);  // chunk within its section
+      const uint8_t* src = key ? (res ? static_cast<const uint8_t*>(a.k_out_res) : a.k_out_idx)
+                               : (res ? static_cast<const uint8_t*>(a.v_out_res) : a.v_out_idx);
+      const int unit = res ? 2 : 1;  // bytes per token
+      const bool ok = (key ? a.k_outliers : a.v_outliers) > 0 && off * 16 < rows * unit;
+      src = ok ? src + (bh * a.t_cap + t0) * unit + off * 16 : a.k_codes;
+      dev::cp_async_16(st + OL::KOI + q * 16, src, ok);
     }
   };
   auto issue_tile = [&](int i) {
@@ -560,6 +573,7 @@ __global__ void __launch_bounds__(kWarps * 32, (D <= 64 || (H4 && D <= 128) ? 16
   bool write_qo = false;
   float* mref_s = nullptr;  // H4: this warp's reference maxima of its value-outlier sums, by head
   float* vo_g = nullptr;    // H4: this warp's value-outlier sums [D][4 heads] in global memory
+  bool v_red = false;       // H4: this lane adds value outliers (even t, value outliers given)
   if constexpr (CORR) {
     const CorrCta cc = corr_cta(a, D, H4);
     float* base = reinterpret_cast<float*>(smem + kQBytes<D> + std::max((size_t)kWarps * kStages * stage_bytes,
@@ -574,6 +588,7 @@ __global__ void __launch_bounds__(kWarps * 32, (D <= 64 || (H4 && D <= 128) ? 16
       if (lane < 4) mref_s[lane] = -INFINITY;
       if (a.v_outliers > 0) {  // zeroed here; the CTA barrier below orders it before the first red
         vo_g = sp.ws_vo + ((int64_t)(blockIdx.x - units) * kWarps + warp) * D * 4;
+        v_red = (t & 1) == 0;
 #pragma unroll
         for (int k = 0; k < D / 32; ++k)
           __stcg(reinterpret_cast<float4*>(vo_g) + lane + 32 * k, make_float4(0.0f, 0.0f, 0.0f, 0.0f));
@@ -766,51 +781,38 @@ __global__ void __launch_bounds__(kWarps * 32, (D <= 64 || (H4 && D <= 128) ? 16
   // summed; lane t < 2 takes stage row `row` = 16 m + g, lane t ^ 2 row 16 m + g + 8.
   // Scores: q'[idx] x residual for both heads, added to the lane's accumulator of its row
   // before the hi + lo sum (which then counts it once).
-  auto key_outliers_h4 = [&](const uint8_t* st, int row, float (&acc)[4]) {
-    const int c = a.k_outliers;
-    float s0 = 0.0f, s1 = 0.0f;
-    auto outlier = [&](int j) {
-      const int i = st[cl.koi + row * c + j];
-      float e = meta_at<KIND>(st + cl.kor, row * c + j);
-      e = i < D ? e : 0.0f;  // an index >= D is ignored
-      const float2 qv = *reinterpret_cast<const float2*>(qo + (i & (D - 1)) * kHeadsPerPass + ((2 * t) & 3));
-      s0 = fmaf(qv.x, e, s0);
-      s1 = fmaf(qv.y, e, s1);
-    };
-    if (c == 1) {
-      outlier(0);
-    } else {
-#pragma unroll 1
-      for (int j = 0; j < c; ++j) outlier(j);
-    }
+  // At most one outlier a token and side (h4_outliers); a side without any reads the
+  // zero-filled section (index 0, residual 0) and adds nothing.
+  // ob1 = stage + the lane's row in an m-tile (g, or g + 8 for t >= 2), ob2 = stage + twice
+  // that (residuals are 2 bytes): every access is then a constant offset from one of them.
+  auto key_outliers_h4 = [&](const uint8_t* ob1, const uint8_t* ob2, int m, float (&acc)[4]) {
+    const int i = ob1[OL::KOI + 16 * m];
+    float e = meta_at<KIND>(ob2 + OL::KOR + 32 * m, 0);
+    e = i < D ? e : 0.0f;  // an index >= D is ignored
+    const float2 qv = *reinterpret_cast<const float2*>(qo + (i & (D - 1)) * kHeadsPerPass + ((2 * t) & 3));
     if (t < 2) {
-      acc[0] += s0; acc[1] += s1;
+      acc[0] = fmaf(qv.x, e, acc[0]); acc[1] = fmaf(qv.y, e, acc[1]);
     } else {
-      acc[2] += s0; acc[3] += s1;
+      acc[2] = fmaf(qv.x, e, acc[2]); acc[3] = fmaf(qv.y, e, acc[3]);
     }
   };
-  // Values: o[h][idx] += p x residual, by a fire-and-forget float2 reduction into the
-  // warp's [D][4] sums in global memory (L2): shared-memory float atomics are
-  // compare-and-swap loops, and the sums in shared memory would cost the 4th CTA per SM.
-  // The sums are kept relative to a per-head reference max m_ref (p x 2^(m_use - m_ref)),
-  // so that they need no rescaling when the running max grows, only a rare rebase when
-  // it outgrows m_ref by more than 2^64 (see the softmax).
-  auto value_outliers_h4 = [&](const uint8_t* st, int row, float pa, float pb) {
-    const int c = a.v_outliers;
+  // Values: o[h][idx] += p x residual, by a fire-and-forget reduction into the warp's
+  // [D][4] sums in global memory (L2): shared-memory float atomics are compare-and-swap
+  // loops, and the sums in shared memory would cost the 4th CTA per SM. The sums are
+  // kept relative to a per-head reference max m_ref (p x 2^(m_use - m_ref)), so that they
+  // need no rescaling when the running max grows, only a rare rebase when it outgrows
+  // m_ref by more than 2^64 (see the softmax). Lanes t and t ^ 1 share a row (heads 0, 1
+  // and 2, 3): the even lane adds all four heads with one float4 reduction.
+  // Rows past the warp's tokens (row >= lim) have p = 0 and may hold NaN residuals, and
+  // an index >= D is ignored: both add 0 to a valid channel instead of branching.
+  auto value_outliers_h4 = [&](const uint8_t* ob1, const uint8_t* ob2, int m, bool row_ok, float pa, float pb) {
     pa *= vf[0];
     pb *= vf[1];
-    auto outlier = [&](int j) {
-      const int i = st[cl.voi + row * c + j];
-      const float e = meta_at<KIND>(st + cl.vor, row * c + j);
-      if (i < D && (pa != 0.0f || pb != 0.0f))
-        atomicAdd(reinterpret_cast<float2*>(vo_g + i * 4 + ((2 * t) & 3)), make_float2(pa * e, pb * e));
-    };
-    if (c == 1) {
-      outlier(0);
-    } else {
-#pragma unroll 1
-      for (int j = 0; j < c; ++j) outlier(j);
-    }
+    const float qa = __shfl_xor_sync(0xffffffffu, pa, 1), qb = __shfl_xor_sync(0xffffffffu, pb, 1);
+    const int i = ob1[OL::VOI + 16 * m];
+    float e = meta_at<KIND>(ob2 + OL::VOR + 32 * m, 0);
+    e = i < D && row_ok ? e : 0.0f;
+    dev::red_add_f32x4(vo_g + (i & (D - 1)) * 4, pa * e, pb * e, qa * e, qb * e, v_red);
   };
 
   for (int i = 0; i < ntiles; ++i) {
@@ -820,6 +822,9 @@ __global__ void __launch_bounds__(kWarps * 32, (D <= 64 || (H4 && D <= 128) ? 16
     const uint8_t* st = my_stages + (i % kStages) * stage_bytes;
     const int64_t t0 = w_begin + (int64_t)i * TT;
     const int lim = (int)min((int64_t)TT, w_end - t0);  // valid rows of this stage
+    const int orow = g + ((t >> 1) << 3);  // CORR && H4: the lane's outlier row in an m-tile
+    const uint8_t* ob1 = st + orow;
+    const uint8_t* ob2 = st + 2 * orow;
 
     // ---- scores S^T for the stage's MT m-tiles --------------------------------------
     // m-tiles of one key block share the qs fragments; for them the k loop is outer
@@ -918,10 +923,8 @@ __global__ void __launch_bounds__(kWarps * 32, (D <= 64 || (H4 && D <= 128) ? 16
         }
       }
       if constexpr (CORR && H4) {
-        if (a.k_outliers > 0) {
 #pragma unroll
-          for (int m = 0; m < MG; ++m) key_outliers_h4(st, 16 * (mg + m) + g + (t >= 2 ? 8 : 0), acc[m]);
-        }
+        for (int m = 0; m < MG; ++m) key_outliers_h4(ob1, ob2, mg + m, acc[m]);
       } else if constexpr (CORR) {
 #pragma unroll
         for (int m = 0; m < MG; ++m) key_corrections(st, 16 * (mg + m) + g, acc[m]);
@@ -1073,7 +1076,7 @@ __global__ void __launch_bounds__(kWarps * 32, (D <= 64 || (H4 && D <= 128) ? 16
       const int r0 = 16 * mt + g, r1 = r0 + 8;  // stage rows of this lane's two tokens
       const bool ok0 = r0 < lim, ok1 = r1 < lim;
       if constexpr (CORR && H4) {
-        if (a.v_outliers > 0) value_outliers_h4(st, t < 2 ? r0 : r1, t < 2 ? p[0] : p[2], t < 2 ? p[1] : p[3]);
+        value_outliers_h4(ob1, ob2, mt, 16 * mt + orow < lim, t < 2 ? p[0] : p[2], t < 2 ? p[1] : p[3]);
       } else if constexpr (CORR) {
         value_corrections(st, r0, ok0, ok1, p, t0 + 16 * mt, w_end);
       }
@@ -1273,7 +1276,7 @@ struct Packed {
   using H4Variant = Packed<KIND, BITS, D, G, VG, CORR, true>;
   static size_t smem(const DecodeArgs& a) {
     using L = StageLayout<D, BITS, G, VG, TT>;
-    const size_t stage = (size_t)L::BYTES + (CORR ? corr_layout<D, BITS, G, VG, TT>(a).bytes : 0);
+    const size_t stage = (size_t)L::BYTES + (CORR ? corr_layout<D, BITS, G, VG, TT>(a, H4).bytes : 0);
     const size_t stage_bytes = (size_t)kWarps * kStages * stage;
     const size_t merge_bytes = (size_t)kWarps * kHeadsPerPass * (D + 2) * sizeof(float);
     return kQBytes<D> + std::max(stage_bytes, merge_bytes) +

@@ -46,6 +46,15 @@ __device__ __forceinline__ void cp_async_wait() {
 // Programmatic dependent launch (sm_90): the primary grid's CTAs allow the dependent
 // grid to be scheduled; the dependent waits until the primary has completed and its
 // writes are visible. Both are no-ops for a kernel launched without the attribute.
+// addr[0..3] += (a, b, c, d) in global memory (16-byte aligned) when `pred`: one vector
+// reduction without a result, predicated rather than branched around (sm_90).
+__device__ __forceinline__ void red_add_f32x4(float* addr, float a, float b, float c, float d, bool pred) {
+  asm volatile(
+      "{\n .reg .pred p;\n setp.ne.b32 p, %5, 0;\n"
+      " @p red.relaxed.gpu.global.add.v4.f32 [%0], {%1, %2, %3, %4};\n}\n" ::"l"(addr),
+      "f"(a), "f"(b), "f"(c), "f"(d), "r"((int)pred)
+      : "memory");
+}
 __device__ __forceinline__ void launch_dependents() { asm volatile("griddepcontrol.launch_dependents;" ::: "memory"); }
 __device__ __forceinline__ void wait_primary() { asm volatile("griddepcontrol.wait;" ::: "memory"); }
 
