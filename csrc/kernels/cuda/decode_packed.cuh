@@ -129,7 +129,7 @@ constexpr int kMaxRank = 8;
 // reference maxima [kWarps][4] of their value-outlier sums; the sums themselves live in
 // global memory (SplitParams::ws_vo): here they would cost the kernel its 4th CTA per SM.
 struct CorrCta {
-  int qo = 0, vo = 0, qb = 0, wl = 0, mref = 0, floats = 0;
+  int qo = 0, vo = 0, qb = 0, wl = 0, mref = 0, osrc = 0, floats = 0;
 };
 __host__ __device__ inline CorrCta corr_cta(const DecodeArgs& a, int D, bool h4) {
   CorrCta c;
@@ -140,13 +140,15 @@ __host__ __device__ inline CorrCta corr_cta(const DecodeArgs& a, int D, bool h4)
     at = 8 * D;
     c.vo = c.qb = c.wl = c.mref = at;
     at += kWarps * 4;
+    c.osrc = at;  // the lanes' outlier-copy sources [kWarps][32] (uint64, 8-byte aligned)
+    at += kWarps * 32 * 2;
     c.floats = at;
     return c;
   }
   c.vo = at; at += (a.v_outliers > 0 || a.v_rank > 0) ? kWarps * 8 * D : 0;
   c.qb = at; at += a.k_rank > 0 ? kWarps * 8 * kMaxRank : 0;
   c.wl = at; at += kWarps * 32 * 2 * a.v_rank;
-  c.mref = at;
+  c.mref = c.osrc = at;
   c.floats = at;
   return c;
 }
@@ -177,7 +179,8 @@ __device__ __forceinline__ void atomic_add_pair(float* addr, float x, float y) {
   } while (old != assumed);
 }
 
-// 2^x for the softmax (x <= 0 or -inf): one MUFU.EX2; results below 2^-126 flush to 0.
+// 2^x for the softmax (x <= 0 or -inf) and the outlier sums' reference factors (|x| <= 64):
+// one MUFU.EX2 (relative error ~2^-22); results below 2^-126 flush to 0.
 __device__ __forceinline__ float fast_exp2(float x) {
   float y;
   asm("ex2.approx.ftz.f32 %0, %1;" : "=f"(y) : "f"(x));
@@ -478,11 +481,20 @@ __global__ void __launch_bounds__(kWarps * 32, (D <= 64 || (H4 && D <= 128) ? 16
                 TT, rows);
   };
   // H4: the four outlier sections of a stage (OL) as 6 TT / 16 chunks of 16 bytes, one
-  // per lane (TT <= 64); a side without outliers is zero-filled.
-  auto issue_outliers_h4 = [&](uint8_t* st, int64_t t0, int rows) {
-    constexpr int N1 = TT / 16, N2 = 3 * TT / 16, N3 = 4 * TT / 16, N4 = 6 * TT / 16;
-    static_assert(N4 <= 32, "one chunk per lane");
-    if (lane < N4) {
+  // per lane (TT <= 64); a side without outliers is zero-filled. Lane q's source at token
+  // 0 is worked out once (osrc_s: the 16-byte aligned address, its chunk index within its
+  // section in bits 1-3 and log2 of its bytes per token in bit 0; 0: no such side), so a
+  // stage costs a load, a shift and an add.
+  constexpr int kOutChunks = 6 * TT / 16;
+  static_assert(kOutChunks <= 32 && 2 * TT / 16 <= 8, "one chunk per lane, chunk index in 3 bits");
+  unsigned long long* osrc_s = nullptr;
+  uint8_t* corr_base = smem + kQBytes<D> + std::max((size_t)kWarps * kStages * stage_bytes,
+                                                   (size_t)kWarps * kHeadsPerPass * (D + 2) * sizeof(float));
+  if constexpr (CORR && H4) {
+    osrc_s = reinterpret_cast<unsigned long long*>(reinterpret_cast<float*>(corr_base) + corr_cta(a, D, true).osrc) +
+             warp * 32 + lane;
+    if (lane < kOutChunks) {
+      constexpr int N1 = TT / 16, N2 = 3 * TT / 16, N3 = 4 * TT / 16;
       const int q = lane;
       const bool key = q < N2;
       const bool res = key ? q >= N1 : q >= N3;
@@ -490,9 +502,19 @@ __global__ void __launch_bounds__(kWarps * 32, (D <= 64 || (H4 && D <= 128) ? 16
       const uint8_t* src = key ? (res ? static_cast<const uint8_t*>(a.k_out_res) : a.k_out_idx)
                                : (res ? static_cast<const uint8_t*>(a.v_out_res) : a.v_out_idx);
       const int unit = res ? 2 : 1;  // bytes per token
-      const bool ok = (key ? a.k_outliers : a.v_outliers) > 0 && off * 16 < rows * unit;
-      src = ok ? src + (bh * a.t_cap + t0) * unit + off * 16 : a.k_codes;
-      dev::cp_async_16(st + OL::KOI + q * 16, src, ok);
+      const bool present = (key ? a.k_outliers : a.v_outliers) > 0;
+      *osrc_s = present ? reinterpret_cast<unsigned long long>(src + bh * a.t_cap * unit + off * 16) | (off << 1) |
+                              (unsigned)res
+                        : 0ull;
+    }
+  }
+  auto issue_outliers_h4 = [&](uint8_t* st, int64_t t0, int rows) {
+    if (lane < kOutChunks) {
+      const unsigned long long w = *osrc_s;  // (written by this lane)
+      const int sh = (int)(w & 1ull), off = (int)((w >> 1) & 7ull);
+      const bool ok = w != 0ull && off * 16 < (rows << sh);
+      const uint8_t* src = ok ? reinterpret_cast<const uint8_t*>(w & ~15ull) + (t0 << sh) : a.k_codes;
+      dev::cp_async_16(st + OL::KOI + lane * 16, src, ok);
     }
   };
   auto issue_tile = [&](int i) {
@@ -573,11 +595,10 @@ __global__ void __launch_bounds__(kWarps * 32, (D <= 64 || (H4 && D <= 128) ? 16
   bool write_qo = false;
   float* mref_s = nullptr;  // H4: this warp's reference maxima of its value-outlier sums, by head
   float* vo_g = nullptr;    // H4: this warp's value-outlier sums [D][4 heads] in global memory
-  bool v_red = false;       // H4: this lane adds value outliers (even t, value outliers given)
+  bool v_red = false;       // H4: this lane adds value outliers (value outliers given)
   if constexpr (CORR) {
     const CorrCta cc = corr_cta(a, D, H4);
-    float* base = reinterpret_cast<float*>(smem + kQBytes<D> + std::max((size_t)kWarps * kStages * stage_bytes,
-                                                                      (size_t)kWarps * kHeadsPerPass * (D + 2) * sizeof(float)));
+    float* base = reinterpret_cast<float*>(corr_base);
     qo = base + cc.qo;
     vo_w = base + cc.vo + warp * kHeadsPerPass * D;
     qb_w = base + cc.qb + warp * kHeadsPerPass * kMaxRank;
@@ -588,7 +609,7 @@ __global__ void __launch_bounds__(kWarps * 32, (D <= 64 || (H4 && D <= 128) ? 16
       if (lane < 4) mref_s[lane] = -INFINITY;
       if (a.v_outliers > 0) {  // zeroed here; the CTA barrier below orders it before the first red
         vo_g = sp.ws_vo + ((int64_t)(blockIdx.x - units) * kWarps + warp) * D * 4;
-        v_red = (t & 1) == 0;
+        v_red = true;
 #pragma unroll
         for (int k = 0; k < D / 32; ++k)
           __stcg(reinterpret_cast<float4*>(vo_g) + lane + 32 * k, make_float4(0.0f, 0.0f, 0.0f, 0.0f));
@@ -801,18 +822,15 @@ __global__ void __launch_bounds__(kWarps * 32, (D <= 64 || (H4 && D <= 128) ? 16
   // loops, and the sums in shared memory would cost the 4th CTA per SM. The sums are
   // kept relative to a per-head reference max m_ref (p x 2^(m_use - m_ref)), so that they
   // need no rescaling when the running max grows, only a rare rebase when it outgrows
-  // m_ref by more than 2^64 (see the softmax). Lanes t and t ^ 1 share a row (heads 0, 1
-  // and 2, 3): the even lane adds all four heads with one float4 reduction.
+  // m_ref by more than 2^64 (see the softmax). Each lane adds its row's two heads with
+  // one float2 reduction (a float4 by one lane of each pair costs two shuffles more).
   // Rows past the warp's tokens (row >= lim) have p = 0 and may hold NaN residuals, and
   // an index >= D is ignored: both add 0 to a valid channel instead of branching.
   auto value_outliers_h4 = [&](const uint8_t* ob1, const uint8_t* ob2, int m, bool row_ok, float pa, float pb) {
-    pa *= vf[0];
-    pb *= vf[1];
-    const float qa = __shfl_xor_sync(0xffffffffu, pa, 1), qb = __shfl_xor_sync(0xffffffffu, pb, 1);
     const int i = ob1[OL::VOI + 16 * m];
     float e = meta_at<KIND>(ob2 + OL::VOR + 32 * m, 0);
     e = i < D && row_ok ? e : 0.0f;
-    dev::red_add_f32x4(vo_g + (i & (D - 1)) * 4, pa * e, pb * e, qa * e, qb * e, v_red);
+    dev::red_add_f32x2(vo_g + (i & (D - 1)) * 4 + ((2 * t) & 3), pa * (vf[0] * e), pb * (vf[1] * e), v_red);
   };
 
   for (int i = 0; i < ntiles; ++i) {
@@ -1042,7 +1060,7 @@ __global__ void __launch_bounds__(kWarps * 32, (D <= 64 || (H4 && D <= 128) ? 16
           }
 #pragma unroll
           for (int c = 0; c < 2; ++c)  // (padding heads contribute nothing)
-            vf[c] = m_run[c] == -INFINITY || hb + c >= nh ? 0.0f : exp2f(m_run[c] - mr[c]);
+            vf[c] = m_run[c] == -INFINITY || hb + c >= nh ? 0.0f : fast_exp2(m_run[c] - mr[c]);  // <= 2^64
         }
       } else if constexpr (CORR) {
 #pragma unroll 1
@@ -1219,17 +1237,18 @@ __global__ void __launch_bounds__(kWarps * 32, (D <= 64 || (H4 && D <= 128) ? 16
 #pragma unroll
       for (int c = 0; c < 2; ++c) {
         const float mr = mref_s[hb + c];
-        ef[c] = mr == -INFINITY ? 0.0f : exp2f(mr - m_run[c]);
+        ef[c] = mr == -INFINITY ? 0.0f : fast_exp2(mr - m_run[c]);
       }
       const float f0 = __shfl_sync(0xffffffffu, ef[0], 0), f1 = __shfl_sync(0xffffffffu, ef[1], 0);
       const float f2 = __shfl_sync(0xffffffffu, ef[0], 1), f3 = __shfl_sync(0xffffffffu, ef[1], 1);
-      __threadfence();  // this lane's reductions are performed before any lane reads the sums
-      __syncwarp();     // (and the warp's o columns are in wo)
+      // The barrier orders every lane's reductions before these relaxed gpu-scope loads
+      // (no fence: a fence would hold the CTA until the last reductions are acknowledged).
+      __syncwarp();  // (and the warp's o columns are in wo)
       float* wb = wo + warp * kHeadsPerPass * D;
 #pragma unroll
       for (int k = 0; k < D / 32; ++k) {
         const int d = lane + 32 * k;
-        const float4 x = __ldcg(reinterpret_cast<const float4*>(vo_g) + d);
+        const float4 x = dev::ld_relaxed_f32x4(vo_g + 4 * d);
         wb[d] += f0 * x.x;
         wb[D + d] += f1 * x.y;
         wb[2 * D + d] += f2 * x.z;

@@ -55,6 +55,24 @@ __device__ __forceinline__ void red_add_f32x4(float* addr, float a, float b, flo
       "f"(a), "f"(b), "f"(c), "f"(d), "r"((int)pred)
       : "memory");
 }
+// 16 bytes from global memory with a relaxed gpu-scope load (through L2: sees the
+// reductions that a barrier has ordered before it).
+// addr[0..1] += (a, b) in global memory (8-byte aligned) when `pred` (sm_90).
+__device__ __forceinline__ void red_add_f32x2(float* addr, float a, float b, bool pred) {
+  asm volatile(
+      "{\n .reg .pred p;\n setp.ne.b32 p, %3, 0;\n"
+      " @p red.relaxed.gpu.global.add.v2.f32 [%0], {%1, %2};\n}\n" ::"l"(addr),
+      "f"(a), "f"(b), "r"((int)pred)
+      : "memory");
+}
+__device__ __forceinline__ float4 ld_relaxed_f32x4(const float* addr) {
+  float4 v;
+  asm volatile("ld.relaxed.gpu.global.v4.f32 {%0, %1, %2, %3}, [%4];"
+               : "=f"(v.x), "=f"(v.y), "=f"(v.z), "=f"(v.w)
+               : "l"(addr)
+               : "memory");
+  return v;
+}
 __device__ __forceinline__ void launch_dependents() { asm volatile("griddepcontrol.launch_dependents;" ::: "memory"); }
 __device__ __forceinline__ void wait_primary() { asm volatile("griddepcontrol.wait;" ::: "memory"); }
 
