@@ -125,9 +125,10 @@ constexpr int kMaxRank = 8;
 // outliers or rank), the warps' q'.B of the current key block [kWarps][8][kMaxRank]
 // (key rank) and the lanes' value low-rank weights [kWarps][32][2][v_rank] (value rank;
 // in shared memory because in registers they made the kernel spill).
-// The H4 outlier kernel (h4 = true: outliers only) keeps q' by channel and the warps'
-// reference maxima [kWarps][4] of their value-outlier sums; the sums themselves live in
-// global memory (SplitParams::ws_vo): here they would cost the kernel its 4th CTA per SM.
+// The H4 outlier kernel (h4 = true: outliers only) keeps q' by channel, the warps'
+// reference maxima [kWarps][4] of their value-outlier sums and the lanes' outlier-copy
+// sources [kWarps][32] (uint64); the sums themselves live in global memory
+// (SplitParams::ws_vo): here they would cost the kernel its 4th CTA per SM.
 struct CorrCta {
   int qo = 0, vo = 0, qb = 0, wl = 0, mref = 0, osrc = 0, floats = 0;
 };
