@@ -43,21 +43,8 @@ __device__ __forceinline__ void cp_async_wait() {
   asm volatile("cp.async.wait_group %0;\n" ::"n"(N));
 }
 
-// Programmatic dependent launch (sm_90): the primary grid's CTAs allow the dependent
-// grid to be scheduled; the dependent waits until the primary has completed and its
-// writes are visible. Both are no-ops for a kernel launched without the attribute.
-// addr[0..3] += (a, b, c, d) in global memory (16-byte aligned) when `pred`: one vector
+// addr[0..1] += (a, b) in global memory (8-byte aligned) when `pred`: one vector
 // reduction without a result, predicated rather than branched around (sm_90).
-__device__ __forceinline__ void red_add_f32x4(float* addr, float a, float b, float c, float d, bool pred) {
-  asm volatile(
-      "{\n .reg .pred p;\n setp.ne.b32 p, %5, 0;\n"
-      " @p red.relaxed.gpu.global.add.v4.f32 [%0], {%1, %2, %3, %4};\n}\n" ::"l"(addr),
-      "f"(a), "f"(b), "f"(c), "f"(d), "r"((int)pred)
-      : "memory");
-}
-// 16 bytes from global memory with a relaxed gpu-scope load (through L2: sees the
-// reductions that a barrier has ordered before it).
-// addr[0..1] += (a, b) in global memory (8-byte aligned) when `pred` (sm_90).
 __device__ __forceinline__ void red_add_f32x2(float* addr, float a, float b, bool pred) {
   asm volatile(
       "{\n .reg .pred p;\n setp.ne.b32 p, %3, 0;\n"
@@ -65,6 +52,8 @@ __device__ __forceinline__ void red_add_f32x2(float* addr, float a, float b, boo
       "f"(a), "f"(b), "r"((int)pred)
       : "memory");
 }
+// 16 bytes from global memory with a relaxed gpu-scope load (through L2: sees the
+// reductions that a barrier has ordered before it).
 __device__ __forceinline__ float4 ld_relaxed_f32x4(const float* addr) {
   float4 v;
   asm volatile("ld.relaxed.gpu.global.v4.f32 {%0, %1, %2, %3}, [%4];"
@@ -73,6 +62,9 @@ __device__ __forceinline__ float4 ld_relaxed_f32x4(const float* addr) {
                : "memory");
   return v;
 }
+// Programmatic dependent launch (sm_90): the primary grid's CTAs allow the dependent
+// grid to be scheduled; the dependent waits until the primary has completed and its
+// writes are visible. Both are no-ops for a kernel launched without the attribute.
 __device__ __forceinline__ void launch_dependents() { asm volatile("griddepcontrol.launch_dependents;" ::: "memory"); }
 __device__ __forceinline__ void wait_primary() { asm volatile("griddepcontrol.wait;" ::: "memory"); }
 
