@@ -16,6 +16,7 @@ import argparse
 import datetime
 import json
 import os
+import statistics
 import sys
 
 import torch
@@ -58,12 +59,20 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--json", default=None)
     ap.add_argument("--lengths", type=int, nargs="+", default=[8192, 32768, 131072])
+    ap.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS),
+                    help="which corrections to time ('plain' always runs first)")
+    ap.add_argument("--rounds", type=int, default=3, help="median over this many rounds of every variant")
+    ap.add_argument("--no-mass", action="store_true", help="skip the attention-mass (H2O) row")
     args = ap.parse_args()
-    timer = Timer()
+    # The read flush, as bench_decode.py: a written flush leaves L2 full of dirty lines
+    # whose write-back competes with the timed call (and costs the variants that write
+    # to L2, the value-outlier sums, more). The written-flush time is kept beside it.
+    timer = Timer(clean_flush=True)
+    timer_wf = Timer()
     header = gpu_header()
     B, Hq, Hkv, D = 8, 32, 8, 128
     print(f"GPU: {header['gpu']}  torch {header['torch']}  B={B} Hq={Hq} Hkv={Hkv} D={D} group {GROUP}")
-    print(f"{'L':>7} {'bits':>4} {'variant':>24} {'us':>8} {'vs plain':>9} {'vs sdpa':>8}")
+    print(f"{'L':>7} {'bits':>4} {'variant':>24} {'us':>8} {'vs plain':>9} {'vs sdpa':>8} {'wflush us':>9} {'vs plain':>9}")
     rows = []
     torch.manual_seed(0)
     for L in args.lengths:
@@ -73,17 +82,34 @@ def main():
         t_sdpa = timer.median_ms(lambda: F.scaled_dot_product_attention(q4, k, v, enable_gqa=True))
         for bits in (2, 4):
             cache = packed_cache(k, v, bits)
-            t_plain = None
-            for name, counts in VARIANTS.items():
-                corr = corrections(k, v, cache, *counts)
-                out, _ = kvcore.ops.decode_attention(q, **cache, **corr)
+            names = ["plain"] + [n for n in args.variants if n != "plain"]
+            corrs = {name: corrections(k, v, cache, *VARIANTS[name]) for name in names}
+            for name in names:
+                out, _ = kvcore.ops.decode_attention(q, **cache, **corrs[name])
                 assert torch.isfinite(out).all(), f"{name}: non-finite output"
-                ms = timer.median_ms(lambda: kvcore.ops.decode_attention(q, **cache, **corr))
-                t_plain = ms if name == "plain" else t_plain
-                rows.append(dict(B=B, Hq=Hq, Hkv=Hkv, D=D, L=L, bits=bits, variant=name, counts=list(counts),
-                                 us=ms * 1e3, sdpa_us=t_sdpa * 1e3, vs_plain=t_plain / ms, vs_sdpa=t_sdpa / ms))
-                print(f"{L:7d} {bits:4d} {name:>24} {ms * 1e3:8.1f} {t_plain / ms:8.2f}x {t_sdpa / ms:7.2f}x")
-                del corr
+            # Rounds over all variants in turn: a slow spell of the GPU then hits every
+            # variant of a round, and the median over rounds drops it.
+            times = {name: [] for name in names}
+            times_wf = {name: [] for name in names}
+            for _ in range(args.rounds):
+                for name in names:
+                    call = lambda: kvcore.ops.decode_attention(q, **cache, **corrs[name])  # noqa: E731
+                    times[name].append(timer.median_ms(call))
+                    times_wf[name].append(timer_wf.median_ms(call))
+            t_plain = statistics.median(times["plain"])
+            t_plain_wf = statistics.median(times_wf["plain"])
+            for name in names:
+                ms, ms_wf = statistics.median(times[name]), statistics.median(times_wf[name])
+                rows.append(dict(B=B, Hq=Hq, Hkv=Hkv, D=D, L=L, bits=bits, variant=name, counts=list(VARIANTS[name]),
+                                 us=ms * 1e3, sdpa_us=t_sdpa * 1e3, vs_plain=t_plain / ms, vs_sdpa=t_sdpa / ms,
+                                 rounds_us=[t * 1e3 for t in times[name]], written_flush_us=ms_wf * 1e3,
+                                 written_flush_vs_plain=t_plain_wf / ms_wf))
+                print(f"{L:7d} {bits:4d} {name:>24} {ms * 1e3:8.1f} {t_plain / ms:8.2f}x {t_sdpa / ms:7.2f}x"
+                      f" {ms_wf * 1e3:9.1f} {t_plain_wf / ms_wf:8.2f}x")
+            del corrs
+            if args.no_mass:
+                del cache
+                continue
             # H2O: the per-token attention mass emitted by the same call (issue 5)
             mass = torch.zeros(B, Hkv, cache["k_codes"].shape[2] + cache["k_resid"].shape[2], device="cuda")
             ms = timer.median_ms(lambda: kvcore.ops.decode_attention(q, **cache, attn_mass=mass))

@@ -1,11 +1,11 @@
-"""One decode step (B=8, Hq=32, Hkv=8, D=128, L=32K) for Nsight Compute:
+"""One decode step (B=8, Hq=32, Hkv=8, D=128, L=32K or $NCU_L) for Nsight Compute:
     python bench/decode_step_for_ncu.py BITS [KC VC KR VR]   (outliers and ranks, default none)"""
-import sys, torch
+import os, sys, torch
 sys.path.insert(0, "bench")
 import bench_decode as BD
 import kvcore
 bits = int(sys.argv[1]) if len(sys.argv) > 1 else 2
-k, v = BD.random_cache(8, 8, 32768, 128)
+k, v = BD.random_cache(8, 8, int(os.environ.get("NCU_L", 32768)), 128)
 q = torch.randn(8, 32, 128, device="cuda", dtype=torch.bfloat16)
 c = BD.packed_cache(k, v, bits)
 if len(sys.argv) > 2:

@@ -266,7 +266,7 @@ cudaError_t dispatch_dim(const DecodeArgs& a, const SplitParams& sp, cudaStream_
 // Floats of the H4 outlier kernel's value sums (SplitParams::ws_vo; 16-byte multiples).
 size_t value_outlier_floats(const DecodeArgs& a, const SplitParams& sp) {
   if (!h4_outliers(a) || a.v_outliers == 0) return 0;
-  return (size_t)a.B * a.Hkv * sp.passes * sp.nsplit * kWarps * a.D * 4;
+  return (size_t)a.B * a.Hkv * sp.passes * sp.nsplit * kWarps * value_outlier_warp_floats(a.D);
 }
 }  // namespace
 

@@ -34,7 +34,7 @@ struct SplitParams {
   float* ws_o;     // [B, Hq, np, D]
   float* ws_m;     // [B, Hq, np]   running max (base 2)
   float* ws_l;     // [B, Hq, np]   sum of exp2
-  float* ws_vo;    // h4_outliers with value outliers: [packed CTAs][kWarps][D][4] sums
+  float* ws_vo;    // h4_outliers with value outliers: [packed CTAs][kWarps][value_outlier_warp_floats(D)] sums
 };
 
 // The corrections served by the H4 outlier kernel (decode_packed.cuh): at most one
@@ -42,6 +42,11 @@ struct SplitParams {
 // rank or attention mass, GQA groups of at most 4 heads, head_dim >= 128 (the H4
 // layout's shapes). Its offsets are then constants. The other corrections use the
 // 8-column kernel.
+// Floats of one warp's value-outlier sums in SplitParams::ws_vo: [D + 1][4] (row D: a
+// dump for indices >= D), rounded up to whole 128-byte lines, which the warp discards
+// from L2 once it has read them (no write-back; no line holds another warp's sums).
+__host__ __device__ constexpr int value_outlier_warp_floats(int D) { return ((D + 1) * 4 + 31) / 32 * 32; }
+
 inline bool h4_outliers(const DecodeArgs& a) {
   return (a.k_outliers > 0 || a.v_outliers > 0) && a.k_outliers <= 1 && a.v_outliers <= 1 && a.k_rank == 0 &&
          a.v_rank == 0 && a.attn_mass == nullptr && a.Hq / a.Hkv <= 4 && a.D >= 128;

@@ -137,7 +137,7 @@ __host__ __device__ inline CorrCta corr_cta(const DecodeArgs& a, int D, bool h4)
   int at = 0;
   c.qo = at; at += (a.k_outliers > 0 || a.k_rank > 0) ? 8 * D : 0;
   if (h4) {  // (q' by channel even without key outliers: the outlier code runs branch-free)
-    c.qo = 0;
+    c.qo = 0;  // [256][4]: every value of an index byte has a row (8 D >= 1024 at D >= 128)
     at = 8 * D;
     c.vo = c.qb = c.wl = c.mref = at;
     at += kWarps * 4;
@@ -483,11 +483,13 @@ __global__ void __launch_bounds__(kWarps * 32, (D <= 64 || (H4 && D <= 128) ? 16
   };
   // H4: the four outlier sections of a stage (OL) as 6 TT / 16 chunks of 16 bytes, one
   // per lane (TT <= 64); a side without outliers is zero-filled. Lane q's source at token
-  // 0 is worked out once (osrc_s: the 16-byte aligned address, its chunk index within its
-  // section in bits 1-3 and log2 of its bytes per token in bit 0; 0: no such side), so a
-  // stage costs a load, a shift and an add.
+  // 0 is worked out once (osrc_s: the 16-byte aligned address, log2 of its bytes per
+  // token in bit 0, bit 1 set if the side is present; an absent side's address is
+  // a.k_codes, never read), so a whole stage costs a load, a shift and an add.
   constexpr int kOutChunks = 6 * TT / 16;
-  static_assert(kOutChunks <= 32 && 2 * TT / 16 <= 8, "one chunk per lane, chunk index in 3 bits");
+  static_assert(kOutChunks <= 32, "one chunk per lane");
+  constexpr int N1 = TT / 16, N2 = 3 * TT / 16, N3 = 4 * TT / 16;  // chunks before KOR, VOI, VOR
+  auto out_chunk = [&]() { return lane - (lane < N1 ? 0 : lane < N2 ? N1 : lane < N3 ? N2 : N3); };  // within its section
   unsigned long long* osrc_s = nullptr;
   uint8_t* corr_base = smem + kQBytes<D> + std::max((size_t)kWarps * kStages * stage_bytes,
                                                    (size_t)kWarps * kHeadsPerPass * (D + 2) * sizeof(float));
@@ -495,25 +497,33 @@ __global__ void __launch_bounds__(kWarps * 32, (D <= 64 || (H4 && D <= 128) ? 16
     osrc_s = reinterpret_cast<unsigned long long*>(reinterpret_cast<float*>(corr_base) + corr_cta(a, D, true).osrc) +
              warp * 32 + lane;
     if (lane < kOutChunks) {
-      constexpr int N1 = TT / 16, N2 = 3 * TT / 16, N3 = 4 * TT / 16;
       const int q = lane;
       const bool key = q < N2;
       const bool res = key ? q >= N1 : q >= N3;
-      const int off = q - (q < N1 ? 0 : q < N2 ? N1 : q < N3 ? N2 : N3);  // chunk within its section
       const uint8_t* src = key ? (res ? static_cast<const uint8_t*>(a.k_out_res) : a.k_out_idx)
                                : (res ? static_cast<const uint8_t*>(a.v_out_res) : a.v_out_idx);
       const int unit = res ? 2 : 1;  // bytes per token
       const bool present = (key ? a.k_outliers : a.v_outliers) > 0;
-      *osrc_s = present ? reinterpret_cast<unsigned long long>(src + bh * a.t_cap * unit + off * 16) | (off << 1) |
+      *osrc_s = present ? reinterpret_cast<unsigned long long>(src + bh * a.t_cap * unit + out_chunk() * 16) | 2ull |
                               (unsigned)res
-                        : 0ull;
+                        : reinterpret_cast<unsigned long long>(a.k_codes);
     }
   }
-  auto issue_outliers_h4 = [&](uint8_t* st, int64_t t0, int rows) {
+  // A whole stage in memory (the common case): a present side copies, an absent one
+  // writes zeros (src-size 0).
+  auto issue_outliers_h4_full = [&](uint8_t* sl, int64_t t0) {
     if (lane < kOutChunks) {
       const unsigned long long w = *osrc_s;  // (written by this lane)
-      const int sh = (int)(w & 1ull), off = (int)((w >> 1) & 7ull);
-      const bool ok = w != 0ull && off * 16 < (rows << sh);
+      const uint32_t unit = 1u + ((uint32_t)w & 1u);  // bytes per token (t0 < 2^31)
+      dev::cp_async_16(sl + OL::KOI, reinterpret_cast<const uint8_t*>(dev::mad_wide_u32((uint32_t)t0, unit, w & ~15ull)),
+                       (w & 2ull) != 0ull);
+    }
+  };
+  auto issue_outliers_h4 = [&](uint8_t* st, int64_t t0, int rows) {
+    if (lane < kOutChunks) {
+      const unsigned long long w = *osrc_s;
+      const int sh = (int)(w & 1ull);
+      const bool ok = (w & 2ull) != 0ull && out_chunk() * 16 < (rows << sh);
       const uint8_t* src = ok ? reinterpret_cast<const uint8_t*>(w & ~15ull) + (t0 << sh) : a.k_codes;
       dev::cp_async_16(st + OL::KOI + lane * 16, src, ok);
     }
@@ -543,7 +553,7 @@ __global__ void __launch_bounds__(kWarps * 32, (D <= 64 || (H4 && D <= 128) ? 16
           dev::cp_async_16(sl + L::VS, vs_g + vb, true);
           dev::cp_async_16(sl + L::VM, vm_g + vb, true);
         }
-        if constexpr (CORR && H4) issue_outliers_h4(st, t0, TT);
+        if constexpr (CORR && H4) issue_outliers_h4_full(sl, t0);
         else if constexpr (CORR) issue_corrections(st, t0, TT);
         dev::cp_async_commit();
         return;
@@ -595,7 +605,8 @@ __global__ void __launch_bounds__(kWarps * 32, (D <= 64 || (H4 && D <= 128) ? 16
   float* wl_s = nullptr;  // this warp's [32 lanes][2 heads][kMaxRank] value low-rank weights
   bool write_qo = false;
   float* mref_s = nullptr;  // H4: this warp's reference maxima of its value-outlier sums, by head
-  float* vo_g = nullptr;    // H4: this warp's value-outlier sums [D][4 heads] in global memory
+  float* vo_l = nullptr;    // H4: this warp's value-outlier sums [D + 1][4 heads] in global memory (row D: a dump
+                            // for indices >= D, never read), from this lane's first head (2t) & 3
   bool v_red = false;       // H4: this lane adds value outliers (value outliers given)
   if constexpr (CORR) {
     const CorrCta cc = corr_cta(a, D, H4);
@@ -608,8 +619,11 @@ __global__ void __launch_bounds__(kWarps * 32, (D <= 64 || (H4 && D <= 128) ? 16
     if constexpr (H4) {
       mref_s = base + cc.mref + warp * 4;
       if (lane < 4) mref_s[lane] = -INFINITY;
+      if constexpr (D < 256)  // q' rows D..255 (the index bytes' range) are zero
+        for (int k = threadIdx.x; k < (256 - D) * 4; k += kWarps * 32) qo[D * 4 + k] = 0.0f;
       if (a.v_outliers > 0) {  // zeroed here; the CTA barrier below orders it before the first red
-        vo_g = sp.ws_vo + ((int64_t)(blockIdx.x - units) * kWarps + warp) * D * 4;
+        float* vo_g = sp.ws_vo + ((int64_t)(blockIdx.x - units) * kWarps + warp) * value_outlier_warp_floats(D);
+        vo_l = vo_g + ((2 * t) & 3);
         v_red = true;
 #pragma unroll
         for (int k = 0; k < D / 32; ++k)
@@ -648,7 +662,12 @@ __global__ void __launch_bounds__(kWarps * 32, (D <= 64 || (H4 && D <= 128) ? 16
       const float f = (float)(1 << (10 - KeyPos<BITS>::pos(pr % KeyPos<BITS>::PW)));
       q_s[q_index<D>(pr, h)] = make_float2(f * qscale * x.x, f * qscale * x.y);
       if constexpr (CORR) {
-        if (write_qo) {
+        if constexpr (H4) {  // [256][4]: heads 0-3 (rows >= D are zeroed below)
+          if (h < 4) {
+            qo[(2 * pr) * 4 + h] = qscale * x.x;
+            qo[(2 * pr + 1) * 4 + h] = qscale * x.y;
+          }
+        } else if (write_qo) {
           qo[(2 * pr) * kHeadsPerPass + h] = qscale * x.x;
           qo[(2 * pr + 1) * kHeadsPerPass + h] = qscale * x.y;
         }
@@ -807,11 +826,13 @@ __global__ void __launch_bounds__(kWarps * 32, (D <= 64 || (H4 && D <= 128) ? 16
   // zero-filled section (index 0, residual 0) and adds nothing.
   // ob1 = stage + the lane's row in an m-tile (g, or g + 8 for t >= 2), ob2 = stage + twice
   // that (residuals are 2 bytes): every access is then a constant offset from one of them.
+  // (qo_l: the shared-memory address of q'[0][(2t) & 3], so that a row costs one LEA)
+  const uint32_t qo_l = CORR && H4 ? (uint32_t)__cvta_generic_to_shared(qo + ((2 * t) & 3)) : 0u;
   auto key_outliers_h4 = [&](const uint8_t* ob1, const uint8_t* ob2, int m, float (&acc)[4]) {
     const int i = ob1[OL::KOI + 16 * m];
-    float e = meta_at<KIND>(ob2 + OL::KOR + 32 * m, 0);
-    e = i < D ? e : 0.0f;  // an index >= D is ignored
-    const float2 qv = *reinterpret_cast<const float2*>(qo + (i & (D - 1)) * kHeadsPerPass + ((2 * t) & 3));
+    const float e = meta_at<KIND>(ob2 + OL::KOR + 32 * m, 0);
+    // q' by channel has 256 rows, those >= D zero: an index >= D adds 0 without a test
+    const float2 qv = dev::ld_shared_f32x2(qo_l + i * 16);
     if (t < 2) {
       acc[0] = fmaf(qv.x, e, acc[0]); acc[1] = fmaf(qv.y, e, acc[1]);
     } else {
@@ -828,10 +849,20 @@ __global__ void __launch_bounds__(kWarps * 32, (D <= 64 || (H4 && D <= 128) ? 16
   // Rows past the warp's tokens (row >= lim) have p = 0 and may hold NaN residuals, and
   // an index >= D is ignored: both add 0 to a valid channel instead of branching.
   auto value_outliers_h4 = [&](const uint8_t* ob1, const uint8_t* ob2, int m, bool row_ok, float pa, float pb) {
-    const int i = ob1[OL::VOI + 16 * m];
+    const int i = min((int)ob1[OL::VOI + 16 * m], D);  // an index >= D goes to the dump row D
     float e = meta_at<KIND>(ob2 + OL::VOR + 32 * m, 0);
-    e = i < D && row_ok ? e : 0.0f;
-    dev::red_add_f32x2(vo_g + (i & (D - 1)) * 4 + ((2 * t) & 3), pa * (vf[0] * e), pb * (vf[1] * e), v_red);
+    e = row_ok ? e : 0.0f;
+    float* row = reinterpret_cast<float*>(dev::mad_wide_u32(i, 16, reinterpret_cast<unsigned long long>(vo_l)));
+    const float va = pa * (vf[0] * e), vb = pb * (vf[1] * e);
+    if constexpr (BITS == 4) {
+      // Memory-bound (4 bits): one float4 a token by the even lane of each row (heads 0-3;
+      // lane t ^ 1 holds heads 2-3 of the same token) halves the L2's atomic requests,
+      // for two shuffles. At 2 bits the kernel is issue-bound and each lane adds its pair.
+      const float vc = __shfl_xor_sync(0xffffffffu, va, 1), vd = __shfl_xor_sync(0xffffffffu, vb, 1);
+      dev::red_add_f32x4(row, va, vb, vc, vd, v_red && (t & 1) == 0);
+    } else {
+      dev::red_add_f32x2(row, va, vb, v_red);
+    }
   };
 
   for (int i = 0; i < ntiles; ++i) {
@@ -1045,7 +1076,7 @@ __global__ void __launch_bounds__(kWarps * 32, (D <= 64 || (H4 && D <= 128) ? 16
             __syncwarp();
 #pragma unroll
             for (int k = 0; k < D / 32; ++k) {
-              float4* pv = reinterpret_cast<float4*>(vo_g) + lane + 32 * k;
+              float4* pv = reinterpret_cast<float4*>(vo_l - hb) + lane + 32 * k;
               float4 x = __ldcg(pv);
               x.x *= f0; x.y *= f1; x.z *= f2; x.w *= f3;
               __stcg(pv, x);
@@ -1249,12 +1280,16 @@ __global__ void __launch_bounds__(kWarps * 32, (D <= 64 || (H4 && D <= 128) ? 16
 #pragma unroll
       for (int k = 0; k < D / 32; ++k) {
         const int d = lane + 32 * k;
-        const float4 x = dev::ld_relaxed_f32x4(vo_g + 4 * d);
+        const float4 x = dev::ld_relaxed_f32x4(vo_l - hb + 4 * d);
         wb[d] += f0 * x.x;
         wb[D + d] += f1 * x.y;
         wb[2 * D + d] += f2 * x.z;
         wb[3 * D + d] += f3 * x.w;
       }
+      // Every lane has its sums: drop the warp's lines from L2 without a write-back (the
+      // next user zeroes them first).
+      __syncwarp();
+      for (int l = lane; l < value_outlier_warp_floats(D) / 32; l += 32) dev::discard_l2_line(vo_l - hb + 32 * l);
     }
   }
   __syncthreads();

@@ -37,6 +37,22 @@ __device__ __forceinline__ void cp_async_16(void* smem, const void* gmem, bool p
   const int bytes = pred ? 16 : 0;
   asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(s), "l"(gmem), "r"(bytes));
 }
+// Invalidates the 128-byte L2 line at `addr` (128-byte aligned) without writing it back.
+__device__ __forceinline__ void discard_l2_line(const void* addr) {
+  asm volatile("discard.global.L2 [%0], 128;" ::"l"(addr) : "memory");
+}
+// 8 bytes from a 32-bit shared-memory address.
+__device__ __forceinline__ float2 ld_shared_f32x2(uint32_t addr) {
+  float2 v;
+  asm volatile("ld.shared.v2.f32 {%0, %1}, [%2];" : "=f"(v.x), "=f"(v.y) : "r"(addr));
+  return v;
+}
+// a * b + c with a 64-bit product of 32-bit unsigned factors (one IMAD.WIDE.U32).
+__device__ __forceinline__ unsigned long long mad_wide_u32(uint32_t a, uint32_t b, unsigned long long c) {
+  unsigned long long r;
+  asm("mad.wide.u32 %0, %1, %2, %3;" : "=l"(r) : "r"(a), "r"(b), "l"(c));
+  return r;
+}
 __device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::); }
 template <int N>
 __device__ __forceinline__ void cp_async_wait() {
@@ -50,6 +66,14 @@ __device__ __forceinline__ void red_add_f32x2(float* addr, float a, float b, boo
       "{\n .reg .pred p;\n setp.ne.b32 p, %3, 0;\n"
       " @p red.relaxed.gpu.global.add.v2.f32 [%0], {%1, %2};\n}\n" ::"l"(addr),
       "f"(a), "f"(b), "r"((int)pred)
+      : "memory");
+}
+// addr[0..3] += (a, b, c, d) in global memory (16-byte aligned) when `pred`.
+__device__ __forceinline__ void red_add_f32x4(float* addr, float a, float b, float c, float d, bool pred) {
+  asm volatile(
+      "{\n .reg .pred p;\n setp.ne.b32 p, %5, 0;\n"
+      " @p red.relaxed.gpu.global.add.v4.f32 [%0], {%1, %2, %3, %4};\n}\n" ::"l"(addr),
+      "f"(a), "f"(b), "f"(c), "f"(d), "r"((int)pred)
       : "memory");
 }
 // 16 bytes from global memory with a relaxed gpu-scope load (through L2: sees the
