@@ -831,7 +831,8 @@ __global__ void __launch_bounds__(kWarps * 32, (D <= 64 || (H4 && D <= 128) ? 16
   auto key_outliers_h4 = [&](const uint8_t* ob1, const uint8_t* ob2, int m, float (&acc)[4]) {
     const int i = ob1[OL::KOI + 16 * m];
     const float e = meta_at<KIND>(ob2 + OL::KOR + 32 * m, 0);
-    // q' by channel has 256 rows, those >= D zero: an index >= D adds 0 without a test
+    // q' by channel has 256 rows, those >= D zero: an index >= D adds 0 (its residual
+    // finite) without a test
     const float2 qv = dev::ld_shared_f32x2(qo_l + i * 16);
     if (t < 2) {
       acc[0] = fmaf(qv.x, e, acc[0]); acc[1] = fmaf(qv.y, e, acc[1]);
