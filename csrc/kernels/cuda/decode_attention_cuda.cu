@@ -284,7 +284,7 @@ cudaError_t decode_attention_cuda(const DecodeArgs& args, void* workspace, int n
   DecodeArgs a = args;
   SplitParams sp = plan_splits(a, num_sms);
   const size_t slots = (size_t)a.B * a.Hq * sp.np;
-  sp.ws_vo = static_cast<float*>(workspace);
+  sp.ws_vo = static_cast<float*>(workspace);  // 128-byte aligned (cudaMalloc, torch's allocator): lines are discarded
   sp.ws_o = sp.ws_vo + value_outlier_floats(a, sp);
   sp.ws_m = sp.ws_o + slots * a.D;
   sp.ws_l = sp.ws_m + slots;

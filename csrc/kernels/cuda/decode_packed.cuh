@@ -485,7 +485,7 @@ __global__ void __launch_bounds__(kWarps * 32, (D <= 64 || (H4 && D <= 128) ? 16
   // per lane (TT <= 64); a side without outliers is zero-filled. Lane q's source at token
   // 0 is worked out once (osrc_s: the 16-byte aligned address, log2 of its bytes per
   // token in bit 0, bit 1 set if the side is present; an absent side's address is
-  // a.k_codes, never read), so a whole stage costs a load, a shift and an add.
+  // a.k_codes, never read), so a whole stage costs a load, a multiply-add and the copy.
   constexpr int kOutChunks = 6 * TT / 16;
   static_assert(kOutChunks <= 32, "one chunk per lane");
   constexpr int N1 = TT / 16, N2 = 3 * TT / 16, N3 = 4 * TT / 16;  // chunks before KOR, VOI, VOR
@@ -841,14 +841,14 @@ __global__ void __launch_bounds__(kWarps * 32, (D <= 64 || (H4 && D <= 128) ? 16
     }
   };
   // Values: o[h][idx] += p x residual, by a fire-and-forget reduction into the warp's
-  // [D][4] sums in global memory (L2): shared-memory float atomics are compare-and-swap
+  // [D + 1][4] sums in global memory (L2): shared-memory float atomics are compare-and-swap
   // loops, and the sums in shared memory would cost the 4th CTA per SM. The sums are
   // kept relative to a per-head reference max m_ref (p x 2^(m_use - m_ref)), so that they
   // need no rescaling when the running max grows, only a rare rebase when it outgrows
-  // m_ref by more than 2^64 (see the softmax). Each lane adds its row's two heads with
-  // one float2 reduction (a float4 by one lane of each pair costs two shuffles more).
-  // Rows past the warp's tokens (row >= lim) have p = 0 and may hold NaN residuals, and
-  // an index >= D is ignored: both add 0 to a valid channel instead of branching.
+  // m_ref by more than 2^64 (see the softmax). At 2 bits each lane adds its row's two
+  // heads with one float2 reduction; at 4 bits the even lane adds all four (below).
+  // Rows past the warp's tokens (row >= lim) have p = 0 and may hold NaN residuals: they
+  // add 0 instead of branching. An index >= D adds to the dump row D (never read).
   auto value_outliers_h4 = [&](const uint8_t* ob1, const uint8_t* ob2, int m, bool row_ok, float pa, float pb) {
     const int i = min((int)ob1[OL::VOI + 16 * m], D);  // an index >= D goes to the dump row D
     float e = meta_at<KIND>(ob2 + OL::VOR + 32 * m, 0);
