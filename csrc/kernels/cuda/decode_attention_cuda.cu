@@ -263,15 +263,15 @@ cudaError_t dispatch_dim(const DecodeArgs& a, const SplitParams& sp, cudaStream_
   }
 }
 
-// Floats of the H4 outlier kernel's value sums (SplitParams::ws_vo; 16-byte multiples).
+// Floats of the H4 outlier kernel's value sums (SplitParams::ws_vo; whole 128-byte lines a warp).
 size_t value_outlier_floats(const DecodeArgs& a, const SplitParams& sp) {
   if (!h4_outliers(a) || a.v_outliers == 0) return 0;
   return (size_t)a.B * a.Hkv * sp.passes * sp.nsplit * kWarps * value_outlier_warp_floats(a.D);
 }
 }  // namespace
 
-// Workspace: [value-outlier sums][partials o, m, l][logits]; the sums first, so that they
-// and the partials' float4 rows are 16-byte aligned.
+// Workspace: [value-outlier sums][partials o, m, l][logits]; the sums first, so that their
+// lines are 128-byte aligned and the partials' float4 rows 16-byte aligned.
 size_t decode_attention_cuda_workspace(const DecodeArgs& a, int num_sms) {
   const SplitParams sp = plan_splits(a, num_sms);
   const size_t slots = (size_t)a.B * a.Hq * sp.np;

@@ -42,15 +42,15 @@ struct SplitParams {
 // rank or attention mass, GQA groups of at most 4 heads, head_dim >= 128 (the H4
 // layout's shapes). Its offsets are then constants. The other corrections use the
 // 8-column kernel.
-// Floats of one warp's value-outlier sums in SplitParams::ws_vo: [D + 1][4] (row D: a
-// dump for indices >= D), rounded up to whole 128-byte lines, which the warp discards
-// from L2 once it has read them (no write-back; no line holds another warp's sums).
-__host__ __device__ constexpr int value_outlier_warp_floats(int D) { return ((D + 1) * 4 + 31) / 32 * 32; }
-
 inline bool h4_outliers(const DecodeArgs& a) {
   return (a.k_outliers > 0 || a.v_outliers > 0) && a.k_outliers <= 1 && a.v_outliers <= 1 && a.k_rank == 0 &&
          a.v_rank == 0 && a.attn_mass == nullptr && a.Hq / a.Hkv <= 4 && a.D >= 128;
 }
+
+// Floats of one warp's value-outlier sums in SplitParams::ws_vo: [D + 1][4] (row D: a
+// dump for indices >= D), rounded up to whole 128-byte lines, which the warp discards
+// from L2 once it has read them (no write-back; no line holds another warp's sums).
+__host__ __device__ constexpr int value_outlier_warp_floats(int D) { return ((D + 1) * 4 + 31) / 32 * 32; }
 
 // Profiling build (KVCORE_DECODE_TIMELINE): record `rec` of a.timeline is 8 words:
 // 0 start, 1 query table built, 2-5 end of warp 0-3's stage loop, 6 end, 7 SM id.
