@@ -418,6 +418,23 @@ def test_cuda_precision_grid(bits, dtype, D, G):
 
 
 @pytest.mark.cuda
+@pytest.mark.parametrize("Hq, Hkv", [(8, 2), (24, 2)])  # the H4 kernel and the 8-column kernel
+def test_cuda_query_at_an_odd_address(Hq, Hkv):
+    """A contiguous query 2 bytes past a 4-byte boundary (a view into a flat buffer)
+    takes the kernels' 16-bit query loads and gives bit-for-bit the aligned result."""
+    kw = to_device(make_inputs(Hq=Hq, Hkv=Hkv, D=128, bits=2, group=64, dtype=torch.bfloat16, packed=[700, 64],
+                               resid=[3, 0], sinks=[0, 0], t_cap=768), "cuda")
+    q = kw["q"]
+    flat = torch.zeros(q.numel() + 1, dtype=q.dtype, device="cuda")
+    odd = flat[1:].view(q.shape)
+    odd.copy_(q)
+    assert odd.data_ptr() % 4 == 2
+    out, lse = run(kw)
+    out_odd, lse_odd = run({**kw, "q": odd})
+    assert bitwise_equal(out, out_odd) and bitwise_equal(lse, lse_odd)
+
+
+@pytest.mark.cuda
 def test_cuda_rejects_larger_key_blocks_than_value_groups():
     kw = to_device(make_inputs(D=128, bits=2, group=128, v_group=64, dtype=torch.float16), "cuda")
     with pytest.raises(RuntimeError, match="the CUDA kernel needs group_size <= v_group_size, got 128 and 64"):

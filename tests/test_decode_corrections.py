@@ -230,6 +230,35 @@ def test_cuda_value_outlier_sums_rebase(dtype, bits):
 
 
 @pytest.mark.cuda
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("bits", [2, 4])
+@pytest.mark.parametrize("channels", [1, 3])
+def test_cuda_value_outliers_on_few_channels(dtype, bits, channels):
+    """Value outliers concentrated on 1 or 3 channels (as real caches have them), so that
+    most tokens of an m-tile add to the same rows of the H4 kernel's value sums: the 4-bit
+    kernel's shared-memory adds must then go in rounds, none lost."""
+    Hq, Hkv, D, G, t_cap = 8, 2, 128, 64, 1536
+    kw = make_inputs(Hq=Hq, Hkv=Hkv, D=D, bits=bits, group=G, dtype=dtype, packed=[1400 + 9, 600],
+                     resid=[4, 0], sinks=[2, 0], t_cap=t_cap)
+    gen = torch.Generator().manual_seed(11 + bits + channels)
+    tok = torch.arange(t_cap)
+    idx = (7 + 41 * (tok % channels)).expand(2, Hkv, t_cap)[..., None]
+    kw["v_outlier_idx"] = idx.contiguous().to(torch.uint8)
+    kw["v_outlier_res"] = (3 * torch.randn(2, Hkv, t_cap, 1, generator=gen)).to(dtype)
+    poison_past_lengths(kw)
+    out, lse = kvcore.ops.decode_attention(**to_device(kw, "cuda"))
+    out, lse = out.cpu(), lse.cpu()
+    bound = check_against_reference(kw, out, lse)
+    cpu_out, _ = kvcore.ops.decode_attention(**kw)
+    assert (out.double() - cpu_out.double()).abs().max().item() <= bound
+    # the outlier channels carry a sum of ~100s of terms: compare them on their own scale
+    ref_out, _ = ref.decode_attention_f64(**kw)
+    chans = sorted({7 + 41 * c for c in range(channels)})
+    err = (out.double() - ref_out)[..., chans].abs().max().item()
+    assert err <= bound, f"outlier channels: error {err:.3g} > {bound:.3g}"
+
+
+@pytest.mark.cuda
 def test_cuda_graph_replay_with_corrections():
     kw = to_device(add_corrections(make_inputs(Hq=8, Hkv=2, D=128, bits=2, group=64, dtype=torch.bfloat16,
                                                packed=[900, 300], resid=[5, 0], sinks=[2, 0],

@@ -263,9 +263,10 @@ cudaError_t dispatch_dim(const DecodeArgs& a, const SplitParams& sp, cudaStream_
   }
 }
 
-// Floats of the H4 outlier kernel's value sums (SplitParams::ws_vo; whole 128-byte lines a warp).
+// Floats of the H4 outlier kernel's value sums (SplitParams::ws_vo; whole 128-byte lines a
+// warp). 2 bits only: the 4-bit kernel keeps them in shared memory.
 size_t value_outlier_floats(const DecodeArgs& a, const SplitParams& sp) {
-  if (!h4_outliers(a) || a.v_outliers == 0) return 0;
+  if (!h4_outliers(a) || a.v_outliers == 0 || a.bits == 4) return 0;
   return (size_t)a.B * a.Hkv * sp.passes * sp.nsplit * kWarps * value_outlier_warp_floats(a.D);
 }
 }  // namespace

@@ -34,7 +34,7 @@ struct SplitParams {
   float* ws_o;     // [B, Hq, np, D]
   float* ws_m;     // [B, Hq, np]   running max (base 2)
   float* ws_l;     // [B, Hq, np]   sum of exp2
-  float* ws_vo;    // h4_outliers with value outliers: [packed CTAs][kWarps][value_outlier_warp_floats(D)] sums
+  float* ws_vo;    // h4_outliers with value outliers, 2 bits: [packed CTAs][kWarps][value_outlier_warp_floats(D)] sums
 };
 
 // The corrections served by the H4 outlier kernel (decode_packed.cuh): at most one

@@ -125,21 +125,29 @@ constexpr int kMaxRank = 8;
 // outliers or rank), the warps' q'.B of the current key block [kWarps][8][kMaxRank]
 // (key rank) and the lanes' value low-rank weights [kWarps][32][2][v_rank] (value rank;
 // in shared memory because in registers they made the kernel spill).
-// The H4 outlier kernel (h4 = true: outliers only) keeps q' by channel, the warps'
-// reference maxima [kWarps][4] of their value-outlier sums and the lanes' outlier-copy
-// sources [kWarps][32] (uint64); the sums themselves live in global memory
-// (SplitParams::ws_vo): here they would cost the kernel its 4th CTA per SM.
+// The H4 outlier kernel (h4 = true: outliers only) keeps q' by channel [qo_rows][4]
+// (h4_qo_rows), at 4 bits the warps' value-outlier sums [kWarps][D + 1][4] (row D: a
+// dump for indices >= D), the warps' reference maxima [kWarps][4] of those sums and the
+// lanes' outlier-copy sources [kWarps][32] (uint64). At 2 bits the sums live in global
+// memory (SplitParams::ws_vo): the 2-bit kernel's 64-token stages leave no room for them
+// at 4 CTAs per SM (the 4-bit kernel's 32-token stages do).
 struct CorrCta {
   int qo = 0, vo = 0, qb = 0, wl = 0, mref = 0, osrc = 0, floats = 0;
 };
+// Rows of the H4 kernel's q' by channel, rows >= D zero. 2 bits: 256, so that any index
+// byte has a row and a key index needs no clamp (the kernel is issue-bound); 4 bits:
+// D + 1 (shared memory is short) and indices are clamped to the zero row D.
+__host__ __device__ constexpr int h4_qo_rows(int D, int bits) { return bits == 4 && D < 256 ? D + 1 : 256; }
 __host__ __device__ inline CorrCta corr_cta(const DecodeArgs& a, int D, bool h4) {
   CorrCta c;
   int at = 0;
   c.qo = at; at += (a.k_outliers > 0 || a.k_rank > 0) ? 8 * D : 0;
   if (h4) {  // (q' by channel even without key outliers: the outlier code runs branch-free)
-    c.qo = 0;  // [256][4]: every value of an index byte has a row (8 D >= 1024 at D >= 128)
-    at = 8 * D;
-    c.vo = c.qb = c.wl = c.mref = at;
+    c.qo = 0;
+    at = h4_qo_rows(D, a.bits) * 4;  // a multiple of 4 floats: the sums stay 16-byte aligned
+    c.vo = at;
+    if (a.bits == 4) at += kWarps * (D + 1) * 4;
+    c.qb = c.wl = c.mref = at;
     at += kWarps * 4;
     c.osrc = at;  // the lanes' outlier-copy sources [kWarps][32] (uint64, 8-byte aligned)
     at += kWarps * 32 * 2;
@@ -384,6 +392,7 @@ __global__ void __launch_bounds__(kWarps * 32, (D <= 64 || (H4 && D <= 128) ? 16
   constexpr int KW = D * BITS / 128;  // key words per row and lane (a quarter of the row)
   constexpr int VPL = VG / 16;        // value codes per lane, group and half-word parity
   constexpr float SC = (float)(1 << BITS);
+  constexpr bool VO_SMEM = CORR && H4 && BITS == 4;  // value-outlier sums in shared memory (see corr_cta)
   extern __shared__ __align__(16) uint8_t smem[];
   // q' of this pass's heads as float2 [D/2 channel pairs][8 heads] (index q_index):
   // the lanes of a warp read 8 heads of 4 pairs a quarter of the channels apart at once.
@@ -605,8 +614,9 @@ __global__ void __launch_bounds__(kWarps * 32, (D <= 64 || (H4 && D <= 128) ? 16
   float* wl_s = nullptr;  // this warp's [32 lanes][2 heads][kMaxRank] value low-rank weights
   bool write_qo = false;
   float* mref_s = nullptr;  // H4: this warp's reference maxima of its value-outlier sums, by head
-  float* vo_l = nullptr;    // H4: this warp's value-outlier sums [D + 1][4 heads] in global memory (row D: a dump
-                            // for indices >= D, never read), from this lane's first head (2t) & 3
+  float* vo_l = nullptr;    // H4, 2 bits: this warp's value-outlier sums [D + 1][4 heads] in global memory (row D: a
+                            // dump for indices >= D, never read), from this lane's first head (2t) & 3
+  uint32_t vo_sl = 0u;      // H4, 4 bits: the same sums in shared memory (a 32-bit shared address)
   bool v_red = false;       // H4: this lane adds value outliers (value outliers given)
   if constexpr (CORR) {
     const CorrCta cc = corr_cta(a, D, H4);
@@ -619,9 +629,17 @@ __global__ void __launch_bounds__(kWarps * 32, (D <= 64 || (H4 && D <= 128) ? 16
     if constexpr (H4) {
       mref_s = base + cc.mref + warp * 4;
       if (lane < 4) mref_s[lane] = -INFINITY;
-      if constexpr (D < 256)  // q' rows D..255 (the index bytes' range) are zero
-        for (int k = threadIdx.x; k < (256 - D) * 4; k += kWarps * 32) qo[D * 4 + k] = 0.0f;
-      if (a.v_outliers > 0) {  // zeroed here; the CTA barrier below orders it before the first red
+      constexpr int QR = h4_qo_rows(D, BITS);
+      if constexpr (QR > D)  // q' rows D.. are zero
+        for (int k = threadIdx.x; k < (QR - D) * 4; k += kWarps * 32) qo[D * 4 + k] = 0.0f;
+      if constexpr (VO_SMEM) {
+        if (a.v_outliers > 0) {  // zeroed here; the CTA barrier below orders it before the first add
+          float4* vs = reinterpret_cast<float4*>(base + cc.vo) + warp * (D + 1);
+          for (int k = lane; k < D + 1; k += 32) vs[k] = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+          vo_sl = (uint32_t)__cvta_generic_to_shared(reinterpret_cast<float*>(vs) + ((2 * t) & 3));
+          v_red = true;
+        }
+      } else if (a.v_outliers > 0) {  // zeroed here; the CTA barrier below orders it before the first red
         float* vo_g = sp.ws_vo + ((int64_t)(blockIdx.x - units) * kWarps + warp) * value_outlier_warp_floats(D);
         vo_l = vo_g + ((2 * t) & 3);
         v_red = true;
@@ -644,15 +662,26 @@ __global__ void __launch_bounds__(kWarps * 32, (D <= 64 || (H4 && D <= 128) ? 16
   {
     constexpr int QPT = kHeadsPerPass * D / 2 / (kWarps * 32);  // channel pairs per thread
     static_assert(QPT * kWarps * 32 == kHeadsPerPass * D / 2, "q table split");
+    // A thread's head is the same for every u (kWarps * 32 is a multiple of 8); a padding
+    // head (h >= nh) loads head 0's pairs and zeroes them, so that no load sits in its
+    // own branch: with per-load branches ptxas serialised the round trips (ncu, session 10).
+    static_assert(kWarps * 32 % kHeadsPerPass == 0, "one head per thread");
     const bool q_words = (reinterpret_cast<uintptr_t>(a.q) & 3) == 0;  // else two 16-bit loads a pair
-    const Bits<KIND>* qb = static_cast<const Bits<KIND>*>(a.q) + ((int64_t)b * a.Hq + h0) * D;
+    const int hq = (int)threadIdx.x % kHeadsPerPass;
+    const Bits<KIND>* qh = static_cast<const Bits<KIND>*>(a.q) + ((int64_t)b * a.Hq + h0 + (hq < nh ? hq : 0)) * D +
+                           2 * ((int)threadIdx.x / kHeadsPerPass);
+    constexpr int QSTEP = kWarps * 32 / kHeadsPerPass * 2;  // elements between a thread's pairs
     uint32_t qw[QPT];
+    if (q_words) {
 #pragma unroll
-    for (int u = 0; u < QPT; ++u) {
-      const int i = threadIdx.x + u * kWarps * 32, h = i % kHeadsPerPass, pr = i / kHeadsPerPass;
-      const Bits<KIND>* qh = qb + h * D + 2 * pr;
-      qw[u] = 0u;
-      if (h < nh) qw[u] = q_words ? __ldg(reinterpret_cast<const uint32_t*>(qh)) : (uint32_t)__ldg(qh) | ((uint32_t)__ldg(qh + 1) << 16);
+      for (int u = 0; u < QPT; ++u) qw[u] = __ldg(reinterpret_cast<const uint32_t*>(qh + u * QSTEP));
+    } else {
+#pragma unroll
+      for (int u = 0; u < QPT; ++u) qw[u] = (uint32_t)__ldg(qh + u * QSTEP) | ((uint32_t)__ldg(qh + u * QSTEP + 1) << 16);
+    }
+    if (hq >= nh) {
+#pragma unroll
+      for (int u = 0; u < QPT; ++u) qw[u] = 0u;
     }
 #pragma unroll
     for (int u = 0; u < QPT; ++u) {
@@ -829,10 +858,11 @@ __global__ void __launch_bounds__(kWarps * 32, (D <= 64 || (H4 && D <= 128) ? 16
   // (qo_l: the shared-memory address of q'[0][(2t) & 3], so that a row costs one LEA)
   const uint32_t qo_l = CORR && H4 ? (uint32_t)__cvta_generic_to_shared(qo + ((2 * t) & 3)) : 0u;
   auto key_outliers_h4 = [&](const uint8_t* ob1, const uint8_t* ob2, int m, float (&acc)[4]) {
-    const int i = ob1[OL::KOI + 16 * m];
+    // q' by channel has rows >= D that are zero: an index >= D adds 0 (its residual
+    // finite); with 256 rows (2 bits, D = 256) without a test, else clamped to row D
+    constexpr int QR = h4_qo_rows(D, BITS);
+    const int i = QR == 256 ? (int)ob1[OL::KOI + 16 * m] : min((int)ob1[OL::KOI + 16 * m], D);
     const float e = meta_at<KIND>(ob2 + OL::KOR + 32 * m, 0);
-    // q' by channel has 256 rows, those >= D zero: an index >= D adds 0 (its residual
-    // finite) without a test
     const float2 qv = dev::ld_shared_f32x2(qo_l + i * 16);
     if (t < 2) {
       acc[0] = fmaf(qv.x, e, acc[0]); acc[1] = fmaf(qv.y, e, acc[1]);
@@ -840,28 +870,52 @@ __global__ void __launch_bounds__(kWarps * 32, (D <= 64 || (H4 && D <= 128) ? 16
       acc[2] = fmaf(qv.x, e, acc[2]); acc[3] = fmaf(qv.y, e, acc[3]);
     }
   };
-  // Values: o[h][idx] += p x residual, by a fire-and-forget reduction into the warp's
-  // [D + 1][4] sums in global memory (L2): shared-memory float atomics are compare-and-swap
-  // loops, and the sums in shared memory would cost the 4th CTA per SM. The sums are
-  // kept relative to a per-head reference max m_ref (p x 2^(m_use - m_ref)), so that they
-  // need no rescaling when the running max grows, only a rare rebase when it outgrows
-  // m_ref by more than 2^64 (see the softmax). At 2 bits each lane adds its row's two
-  // heads with one float2 reduction; at 4 bits the even lane adds all four (below).
-  // Rows past the warp's tokens (row >= lim) have p = 0 and may hold NaN residuals: they
-  // add 0 instead of branching. An index >= D adds to the dump row D (never read).
-  auto value_outliers_h4 = [&](const uint8_t* ob1, const uint8_t* ob2, int m, bool row_ok, float pa, float pb) {
+  // Values: o[h][idx] += p x residual into the warp's [D + 1][4] sums (row D: a dump for
+  // indices >= D, never read), each lane its row's two heads. The sums are kept relative
+  // to a per-head reference max m_ref (p x 2^(m_use - m_ref)), so that they need no
+  // rescaling when the running max grows, only a rare rebase when it outgrows m_ref by
+  // more than 2^64 (see the softmax). Rows past the warp's tokens (row >= lim) have p = 0
+  // and may hold NaN residuals: they add 0 instead of branching.
+  // 2 bits: a fire-and-forget float2 reduction into the sums in global memory (L2);
+  // the kernel is issue-bound, and this is one instruction.
+  // 4 bits: the sums are in shared memory (the 4-bit kernel is memory-bound, and at long
+  // contexts one L2 atomic a token cost ~13%: ncu, session 9). Shared-memory float atomics
+  // are compare-and-swap loops, so a plain load-add-store, which is exact as long as no two
+  // lanes of the instruction hit the same address: lanes t and t ^ 1 of a row write
+  // different halves of it (keyed apart by t & 1), and rows of an m-tile with the same
+  // channel are found by a match at the start of the stage (value_peers; its latency then
+  // hides behind the scores) and, if any, go in rounds by their rank among their peers.
+  auto value_peers = [&](const uint8_t* ob1, int m) {
+    const int i = min((int)ob1[OL::VOI + 16 * m], D);
+    return __match_any_sync(0xffffffffu, 2 * i + (t & 1));
+  };
+  auto value_outliers_h4 = [&](const uint8_t* ob1, const uint8_t* ob2, int m, bool row_ok, float pa, float pb,
+                               unsigned peers, bool clash) {
     const int i = min((int)ob1[OL::VOI + 16 * m], D);  // an index >= D goes to the dump row D
     float e = meta_at<KIND>(ob2 + OL::VOR + 32 * m, 0);
     e = row_ok ? e : 0.0f;
-    float* row = reinterpret_cast<float*>(dev::mad_wide_u32(i, 16, reinterpret_cast<unsigned long long>(vo_l)));
     const float va = pa * (vf[0] * e), vb = pb * (vf[1] * e);
-    if constexpr (BITS == 4) {
-      // Memory-bound (4 bits): one float4 a token by the even lane of each row (heads 0-3;
-      // lane t ^ 1 holds heads 2-3 of the same token) halves the L2's atomic requests,
-      // for two shuffles. At 2 bits the kernel is issue-bound and each lane adds its pair.
-      const float vc = __shfl_xor_sync(0xffffffffu, va, 1), vd = __shfl_xor_sync(0xffffffffu, vb, 1);
-      dev::red_add_f32x4(row, va, vb, vc, vd, v_red && (t & 1) == 0);
+    if constexpr (VO_SMEM) {
+      if (!v_red) return;  // (warp-uniform: value outliers given or not)
+      const uint32_t addr = vo_sl + (uint32_t)i * 16u;
+      auto add = [&]() {
+        const float2 x = dev::ld_shared_f32x2_ordered(addr);
+        dev::st_shared_f32x2(addr, make_float2(x.x + va, x.y + vb));
+      };
+      if (!clash) {
+        add();
+      } else {
+        const int rank = __popc(peers & ((1u << lane) - 1u));
+        const int rounds = (int)__reduce_max_sync(0xffffffffu, (unsigned)__popc(peers));
+#pragma unroll 1
+        for (int r = 0; r < rounds; ++r) {
+          if (rank == r) add();
+          __syncwarp();
+        }
+      }
+      __syncwarp();  // the next m-tile's adds (other lanes) see these
     } else {
+      float* row = reinterpret_cast<float*>(dev::mad_wide_u32(i, 16, reinterpret_cast<unsigned long long>(vo_l)));
       dev::red_add_f32x2(row, va, vb, v_red);
     }
   };
@@ -876,6 +930,19 @@ __global__ void __launch_bounds__(kWarps * 32, (D <= 64 || (H4 && D <= 128) ? 16
     const int orow = g + ((t >> 1) << 3);  // CORR && H4: the lane's outlier row in an m-tile
     const uint8_t* ob1 = st + orow;
     const uint8_t* ob2 = st + 2 * orow;
+    unsigned vpeers[VO_SMEM ? MT : 1];  // VO_SMEM: per m-tile, the lanes adding to this lane's address
+    bool vclash = false;                // VO_SMEM: two lanes of an m-tile add to one address
+    if constexpr (VO_SMEM) {
+      if (v_red) {
+        unsigned others = 0u;
+#pragma unroll
+        for (int m = 0; m < MT; ++m) {
+          vpeers[m] = value_peers(ob1, m);
+          others |= vpeers[m] & ~(1u << lane);
+        }
+        vclash = __any_sync(0xffffffffu, others != 0u);
+      }
+    }
 
     // ---- scores S^T for the stage's MT m-tiles --------------------------------------
     // m-tiles of one key block share the qs fragments; for them the k loop is outer
@@ -1073,16 +1140,28 @@ __global__ void __launch_bounds__(kWarps * 32, (D <= 64 || (H4 && D <= 128) ? 16
             for (int c = 0; c < 2; ++c) fr[c] = mr[c] == -INFINITY ? 1.0f : exp2f(mr[c] - m_run[c]);
             const float f0 = __shfl_sync(0xffffffffu, fr[0], 0), f1 = __shfl_sync(0xffffffffu, fr[1], 0);
             const float f2 = __shfl_sync(0xffffffffu, fr[0], 1), f3 = __shfl_sync(0xffffffffu, fr[1], 1);
-            __threadfence();  // this lane's reductions are performed before any lane reads the sums
-            __syncwarp();
+            if constexpr (VO_SMEM) {
+              __syncwarp();  // every lane's adds are done
 #pragma unroll
-            for (int k = 0; k < D / 32; ++k) {
-              float4* pv = reinterpret_cast<float4*>(vo_l - hb) + lane + 32 * k;
-              float4 x = __ldcg(pv);
-              x.x *= f0; x.y *= f1; x.z *= f2; x.w *= f3;
-              __stcg(pv, x);
+              for (int k = 0; k < D / 32; ++k) {
+                const uint32_t pv = vo_sl - 4u * hb + 16u * (lane + 32 * k);
+                float4 x = dev::ld_shared_f32x4(pv);
+                x.x *= f0; x.y *= f1; x.z *= f2; x.w *= f3;
+                dev::st_shared_f32x4(pv, x);
+              }
+              __syncwarp();
+            } else {
+              __threadfence();  // this lane's reductions are performed before any lane reads the sums
+              __syncwarp();
+#pragma unroll
+              for (int k = 0; k < D / 32; ++k) {
+                float4* pv = reinterpret_cast<float4*>(vo_l - hb) + lane + 32 * k;
+                float4 x = __ldcg(pv);
+                x.x *= f0; x.y *= f1; x.z *= f2; x.w *= f3;
+                __stcg(pv, x);
+              }
+              __threadfence();
             }
-            __threadfence();
             mr[0] = m_run[0];
             mr[1] = m_run[1];
           }
@@ -1127,7 +1206,8 @@ __global__ void __launch_bounds__(kWarps * 32, (D <= 64 || (H4 && D <= 128) ? 16
       const int r0 = 16 * mt + g, r1 = r0 + 8;  // stage rows of this lane's two tokens
       const bool ok0 = r0 < lim, ok1 = r1 < lim;
       if constexpr (CORR && H4) {
-        value_outliers_h4(ob1, ob2, mt, 16 * mt + orow < lim, t < 2 ? p[0] : p[2], t < 2 ? p[1] : p[3]);
+        value_outliers_h4(ob1, ob2, mt, 16 * mt + orow < lim, t < 2 ? p[0] : p[2], t < 2 ? p[1] : p[3],
+                          VO_SMEM ? vpeers[VO_SMEM ? mt : 0] : 0u, vclash);
       } else if constexpr (CORR) {
         value_corrections(st, r0, ok0, ok1, p, t0 + 16 * mt, w_end);
       }
@@ -1216,6 +1296,22 @@ __global__ void __launch_bounds__(kWarps * 32, (D <= 64 || (H4 && D <= 128) ? 16
   }
   dev::cp_async_wait<0>();
   if (lane == 0) timeline_stamp(a.timeline, tl_rec, 2 + warp);
+  // CORR && H4: the warp's value-outlier sums (rows lane + 32 k, 4 heads), loaded now so
+  // that their round trip (behind the warp's last reductions) overlaps the CTA barrier
+  // below instead of following it (ncu, session 10: ~1% of the 2-bit 32K step).
+  float4 vo_x[CORR && H4 ? D / 32 : 1];
+  if constexpr (CORR && H4) {
+    if (a.v_outliers > 0) {
+      // The barrier orders every lane's reductions before these relaxed gpu-scope loads
+      // (no fence: a fence would hold the warp until the last reductions are acknowledged).
+      __syncwarp();
+#pragma unroll
+      for (int k = 0; k < D / 32; ++k) {
+        if constexpr (VO_SMEM) vo_x[k] = dev::ld_shared_f32x4(vo_sl - 4u * ((2 * t) & 3) + 16u * (lane + 32 * k));
+        else vo_x[k] = dev::ld_relaxed_f32x4(vo_l - ((2 * t) & 3) + 4 * (lane + 32 * k));
+      }
+    }
+  }
 
   // ---- finish the warp: reduce over the 8 token lanes ----------------------------------
 #pragma unroll
@@ -1274,14 +1370,12 @@ __global__ void __launch_bounds__(kWarps * 32, (D <= 64 || (H4 && D <= 128) ? 16
       }
       const float f0 = __shfl_sync(0xffffffffu, ef[0], 0), f1 = __shfl_sync(0xffffffffu, ef[1], 0);
       const float f2 = __shfl_sync(0xffffffffu, ef[0], 1), f3 = __shfl_sync(0xffffffffu, ef[1], 1);
-      // The barrier orders every lane's reductions before these relaxed gpu-scope loads
-      // (no fence: a fence would hold the CTA until the last reductions are acknowledged).
-      __syncwarp();  // (and the warp's o columns are in wo)
+      __syncwarp();  // the warp's o columns are in wo
       float* wb = wo + warp * kHeadsPerPass * D;
 #pragma unroll
       for (int k = 0; k < D / 32; ++k) {
         const int d = lane + 32 * k;
-        const float4 x = dev::ld_relaxed_f32x4(vo_l - hb + 4 * d);
+        const float4 x = vo_x[k];
         wb[d] += f0 * x.x;
         wb[D + d] += f1 * x.y;
         wb[2 * D + d] += f2 * x.z;
@@ -1289,8 +1383,10 @@ __global__ void __launch_bounds__(kWarps * 32, (D <= 64 || (H4 && D <= 128) ? 16
       }
       // Every lane has its sums: drop the warp's lines from L2 without a write-back (the
       // next user zeroes them first).
-      __syncwarp();
-      for (int l = lane; l < value_outlier_warp_floats(D) / 32; l += 32) dev::discard_l2_line(vo_l - hb + 32 * l);
+      if constexpr (!VO_SMEM) {
+        __syncwarp();
+        for (int l = lane; l < value_outlier_warp_floats(D) / 32; l += 32) dev::discard_l2_line(vo_l - hb + 32 * l);
+      }
     }
   }
   __syncthreads();
