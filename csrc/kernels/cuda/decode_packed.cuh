@@ -881,16 +881,17 @@ __global__ void __launch_bounds__(kWarps * 32, (D <= 64 || (H4 && D <= 128) ? 16
   // 4 bits: the sums are in shared memory (the 4-bit kernel is memory-bound, and at long
   // contexts one L2 atomic a token cost ~13%: ncu, session 9). Shared-memory float atomics
   // are compare-and-swap loops, so a plain load-add-store, which is exact as long as no two
-  // lanes of the instruction hit the same address: lanes t and t ^ 1 of a row write
-  // different halves of it (keyed apart by t & 1), and rows of an m-tile with the same
-  // channel are found by a match at the start of the stage (value_peers; its latency then
-  // hides behind the scores) and, if any, go in rounds by their rank among their peers.
+  // lanes add to the same address at once: lanes t and t ^ 1 of a row write different
+  // halves of it (keyed apart by t & 1), and rows of an m-tile with the same channel are
+  // found by a match, issued at the start of the stage (value_peers) so that its latency
+  // hides behind the scores, and take turns by their rank among their peers. The adds
+  // come after the m-tile's P V, so that its loads and mmas do not wait behind them.
+  // (Tags in shared memory instead of the match: 1-2% slower, and racecheck flags them.)
   auto value_peers = [&](const uint8_t* ob1, int m) {
-    const int i = min((int)ob1[OL::VOI + 16 * m], D);
-    return __match_any_sync(0xffffffffu, 2 * i + (t & 1));
+    return __match_any_sync(0xffffffffu, 2 * min((int)ob1[OL::VOI + 16 * m], D) + (t & 1));
   };
   auto value_outliers_h4 = [&](const uint8_t* ob1, const uint8_t* ob2, int m, bool row_ok, float pa, float pb,
-                               unsigned peers, bool clash) {
+                               unsigned peers) {
     const int i = min((int)ob1[OL::VOI + 16 * m], D);  // an index >= D goes to the dump row D
     float e = meta_at<KIND>(ob2 + OL::VOR + 32 * m, 0);
     e = row_ok ? e : 0.0f;
@@ -902,11 +903,12 @@ __global__ void __launch_bounds__(kWarps * 32, (D <= 64 || (H4 && D <= 128) ? 16
         const float2 x = dev::ld_shared_f32x2_ordered(addr);
         dev::st_shared_f32x2(addr, make_float2(x.x + va, x.y + vb));
       };
-      if (!clash) {
+      const int n = __popc(peers);
+      if (__all_sync(0xffffffffu, n == 1)) {
         add();
       } else {
         const int rank = __popc(peers & ((1u << lane) - 1u));
-        const int rounds = (int)__reduce_max_sync(0xffffffffu, (unsigned)__popc(peers));
+        const int rounds = (int)__reduce_max_sync(0xffffffffu, (unsigned)n);
 #pragma unroll 1
         for (int r = 0; r < rounds; ++r) {
           if (rank == r) add();
@@ -931,16 +933,10 @@ __global__ void __launch_bounds__(kWarps * 32, (D <= 64 || (H4 && D <= 128) ? 16
     const uint8_t* ob1 = st + orow;
     const uint8_t* ob2 = st + 2 * orow;
     unsigned vpeers[VO_SMEM ? MT : 1];  // VO_SMEM: per m-tile, the lanes adding to this lane's address
-    bool vclash = false;                // VO_SMEM: two lanes of an m-tile add to one address
     if constexpr (VO_SMEM) {
       if (v_red) {
-        unsigned others = 0u;
 #pragma unroll
-        for (int m = 0; m < MT; ++m) {
-          vpeers[m] = value_peers(ob1, m);
-          others |= vpeers[m] & ~(1u << lane);
-        }
-        vclash = __any_sync(0xffffffffu, others != 0u);
+        for (int m = 0; m < MT; ++m) vpeers[m] = value_peers(ob1, m);
       }
     }
 
@@ -1205,10 +1201,9 @@ __global__ void __launch_bounds__(kWarps * 32, (D <= 64 || (H4 && D <= 128) ? 16
       l_run[1] += p[1] + p[3];
       const int r0 = 16 * mt + g, r1 = r0 + 8;  // stage rows of this lane's two tokens
       const bool ok0 = r0 < lim, ok1 = r1 < lim;
-      if constexpr (CORR && H4) {
-        value_outliers_h4(ob1, ob2, mt, 16 * mt + orow < lim, t < 2 ? p[0] : p[2], t < 2 ? p[1] : p[3],
-                          VO_SMEM ? vpeers[VO_SMEM ? mt : 0] : 0u, vclash);
-      } else if constexpr (CORR) {
+      if constexpr (CORR && H4 && !VO_SMEM) {
+        value_outliers_h4(ob1, ob2, mt, 16 * mt + orow < lim, t < 2 ? p[0] : p[2], t < 2 ? p[1] : p[3], 0u);
+      } else if constexpr (CORR && !H4) {
         value_corrections(st, r0, ok0, ok1, p, t0 + 16 * mt, w_end);
       }
       uint32_t bfr[NS][2];  // P' = SC p vs fragments (fp16), one per operand set
@@ -1291,6 +1286,8 @@ __global__ void __launch_bounds__(kWarps * 32, (D <= 64 || (H4 && D <= 128) ? 16
           }
         }
       }
+      if constexpr (VO_SMEM)
+        value_outliers_h4(ob1, ob2, mt, 16 * mt + orow < lim, t < 2 ? p[0] : p[2], t < 2 ? p[1] : p[3], vpeers[mt]);
     }
     __syncwarp();  // the stage is overwritten by a later issue
   }
