@@ -932,7 +932,7 @@ __global__ void __launch_bounds__(kWarps * 32, (D <= 64 || (H4 && D <= 128) ? 16
     const int orow = g + ((t >> 1) << 3);  // CORR && H4: the lane's outlier row in an m-tile
     const uint8_t* ob1 = st + orow;
     const uint8_t* ob2 = st + 2 * orow;
-    unsigned vpeers[VO_SMEM ? MT : 1];  // VO_SMEM: per m-tile, the lanes adding to this lane's address
+    unsigned vpeers[VO_SMEM ? MT : 1];  // VO_SMEM: per m-tile, the lanes adding to this lane's address (used only when set)
     if constexpr (VO_SMEM) {
       if (v_red) {
 #pragma unroll
@@ -1299,8 +1299,9 @@ __global__ void __launch_bounds__(kWarps * 32, (D <= 64 || (H4 && D <= 128) ? 16
   float4 vo_x[CORR && H4 ? D / 32 : 1];
   if constexpr (CORR && H4) {
     if (a.v_outliers > 0) {
-      // The barrier orders every lane's reductions before these relaxed gpu-scope loads
-      // (no fence: a fence would hold the warp until the last reductions are acknowledged).
+      // The barrier orders every lane's adds (4 bits) or reductions (2 bits) before these
+      // loads; at 2 bits relaxed gpu-scope ones, with no fence (a fence would hold the warp
+      // until the last reductions are acknowledged).
       __syncwarp();
 #pragma unroll
       for (int k = 0; k < D / 32; ++k) {
