@@ -41,7 +41,8 @@ VARIANTS = {  # name: (k outliers, v outliers, k rank, v rank)
     # The same counts with real-like channels: random values spread their outliers over
     # all channels, real ones do not. On SmolLM2's values (Paul Graham essays, 2K tokens,
     # every layer) the most repeated outlier channel of a 16-token m-tile covers 5.5 rows
-    # on average (2.6 after a Hadamard rotation; ~1.4 for the random cache). Channels drawn
+    # on average (2.6 after a Hadamard rotation; ~1.4 for the random cache; measured by
+    # scripts/outlier_channel_repeats.py). Channels drawn
     # from a Zipf law of exponent 1.35 over a random order of the channels per (b, head)
     # repeat as often (5.5). Timing only: the residuals stay those of other channels.
     "outliers 1, skewed channels": (1, 1, 0, 0, 1.35),
