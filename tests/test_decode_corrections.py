@@ -167,6 +167,7 @@ CUDA_SHAPES = [  # Hq, Hkv, bits, D, G, packed lengths, t_cap
     (4, 4, 2, 256, 64, [20 * 64 + 3, 64], 24 * 64),              # head_dim 256: blocks over two stages
     (12, 1, 2, 256, 32, [9 * 32, 0], 12 * 32),                   # 2 head passes
     (8, 2, 4, 128, 64, [22 * 64 + 9, 64 + 3], 24 * 64),          # 4-bit H4 outliers (32-token stages)
+    (8, 2, 4, 256, 64, [14 * 64 + 5, 64], 16 * 64),              # 4-bit H4 outliers at head_dim 256
 ]
 
 
