@@ -168,6 +168,8 @@ CUDA_SHAPES = [  # Hq, Hkv, bits, D, G, packed lengths, t_cap
     (12, 1, 2, 256, 32, [9 * 32, 0], 12 * 32),                   # 2 head passes
     (8, 2, 4, 128, 64, [22 * 64 + 9, 64 + 3], 24 * 64),          # 4-bit H4 outliers (32-token stages)
     (8, 2, 4, 256, 64, [14 * 64 + 5, 64], 16 * 64),              # 4-bit H4 outliers at head_dim 256
+    (8, 2, 4, 128, 128, [9 * 128 + 50, 128], 10 * 128),          # 4-bit H4 outliers, blocks over 4 stages
+    (4, 2, 4, 128, 32, [40 * 32 + 3, 5 * 32], 48 * 32),          # 4-bit H4 outliers, GQA 2 (2 padding heads)
 ]
 
 
