@@ -90,14 +90,6 @@ __device__ __forceinline__ void red_add_f32x2(float* addr, float a, float b, boo
       "f"(a), "f"(b), "r"((int)pred)
       : "memory");
 }
-// addr[0..3] += (a, b, c, d) in global memory (16-byte aligned) when `pred`.
-__device__ __forceinline__ void red_add_f32x4(float* addr, float a, float b, float c, float d, bool pred) {
-  asm volatile(
-      "{\n .reg .pred p;\n setp.ne.b32 p, %5, 0;\n"
-      " @p red.relaxed.gpu.global.add.v4.f32 [%0], {%1, %2, %3, %4};\n}\n" ::"l"(addr),
-      "f"(a), "f"(b), "f"(c), "f"(d), "r"((int)pred)
-      : "memory");
-}
 // 16 bytes from global memory with a relaxed gpu-scope load (through L2: sees the
 // reductions that a barrier has ordered before it).
 __device__ __forceinline__ float4 ld_relaxed_f32x4(const float* addr) {
