@@ -15,6 +15,9 @@ namespace decode_detail {
 constexpr int kWarps = 4;         // warps per split CTA
 constexpr int kHeadsPerPass = 8;  // query heads per CTA (the mma N dimension)
 constexpr int kStages = 2;        // cp.async pipeline depth per warp (2 keeps 4+ CTAs per SM)
+// The packed kernel's running softmax reference sits this far (base 2) above the max it
+// grew to, so that a stage whose max creeps up a little does not rescale (see the kernel).
+constexpr float kMaxSlack = 2.0f;
 constexpr float kLog2e = 1.4426950408889634f;
 constexpr float kLn2 = 0.6931471805599453f;
 
