@@ -4,8 +4,9 @@ in one run on the GPU (plus bf16 SDPA for scale).
 
     python bench/bench_decode_corrections.py [--json out.json]
 
-Shape: B=8, Hq=32, Hkv=8, D=128, group 64, a 64-token residual window, L in {8K, 32K,
-128K}, 2 and 4 bits. Variants: plain; c outliers per token in keys and values (c=1 is
+Shape: B=8, Hq=32, Hkv=8, D=128, group 64 (--key-group 32: key blocks of 32 tokens,
+value groups of 64 channels, as the best-2 preset), a 64-token residual window, L in
+{8K, 32K, 128K}, 2 and 4 bits. Variants: plain; c outliers per token in keys and values (c=1 is
 0.8% of the 128 channels, c=2 1.6%); rank-r low-rank terms on keys and values; both.
 The outliers and low-rank factors are real: extract_outliers / lowrank_error of the
 random cache ("skewed channels": the same outliers on channels as concentrated as real
@@ -35,6 +36,7 @@ VARIANTS = {  # name: (k outliers, v outliers, k rank, v rank)
     "key outliers 1": (1, 0, 0, 0),
     "value outliers 1": (0, 1, 0, 0),
     "outliers 2": (2, 2, 0, 0),
+    "outliers K2 V1": (2, 1, 0, 0),  # the best-2 preset's counts (1.6% of keys' channels, 0.8% of values')
     "low-rank 1": (0, 0, 1, 1),
     "low-rank 2": (0, 0, 2, 2),
     "outliers 1 + low-rank 1": (1, 1, 1, 1),
@@ -66,14 +68,15 @@ def corrections(k, v, cache, kc, vc, kr, vr, skew=0.0):
     (skew > 0: outlier channels as skewed_channels gives them)."""
     bits, out = cache["bits"], {}
     for side, x, axis, count, rank in (("k", k, "channel", kc, kr), ("v", v, "token", vc, vr)):
+        grp = cache["group_size"] if side == "k" else GROUP  # (keys may have their own block size)
         if count:
-            idx, val, _ = kvcore.ops.extract_outliers(x, count, GROUP, axis)
+            idx, val, _ = kvcore.ops.extract_outliers(x, count, grp, axis)
             out[f"{side}_outlier_idx"] = skewed_channels(idx, skew, seed=len(side) + count) if skew else idx
             out[f"{side}_outlier_res"] = val  # a stand-in residual of realistic size
         if rank:
             codes = cache[f"{side}_codes"], cache[f"{side}_scale"], cache[f"{side}_mn"]
-            xh = kvcore.ops.dequantize_kv(*codes, bits, GROUP, axis)
-            a, b = kvcore.ops.lowrank_error(x - xh, rank, GROUP, 2)
+            xh = kvcore.ops.dequantize_kv(*codes, bits, grp, axis)
+            a, b = kvcore.ops.lowrank_error(x - xh, rank, grp, 2)
             out[f"{side}_lowrank_a"], out[f"{side}_lowrank_b"] = a, b
     return out
 
@@ -86,6 +89,8 @@ def main():
                     help="which corrections to time ('plain' always runs first)")
     ap.add_argument("--rounds", type=int, default=3, help="median over this many rounds of every variant")
     ap.add_argument("--no-mass", action="store_true", help="skip the attention-mass (H2O) row")
+    ap.add_argument("--key-group", type=int, default=None,
+                    help="tokens per key block (default: the value group, %d); 32 is the best-2 preset's" % GROUP)
     args = ap.parse_args()
     # The read flush, as bench_decode.py: a written flush leaves L2 full of dirty lines
     # whose write-back competes with the timed call (and costs the variants that write
@@ -94,7 +99,9 @@ def main():
     timer_wf = Timer()
     header = gpu_header()
     B, Hq, Hkv, D = 8, 32, 8, 128
-    print(f"GPU: {header['gpu']}  torch {header['torch']}  B={B} Hq={Hq} Hkv={Hkv} D={D} group {GROUP}")
+    kg = args.key_group or GROUP
+    print(f"GPU: {header['gpu']}  torch {header['torch']}  B={B} Hq={Hq} Hkv={Hkv} D={D} key group {kg},"
+          f" value group {GROUP}")
     print(f"{'L':>7} {'bits':>4} {'variant':>24} {'us':>8} {'vs plain':>9} {'vs sdpa':>8} {'wflush us':>9} {'vs plain':>9}")
     rows = []
     torch.manual_seed(0)
@@ -105,6 +112,9 @@ def main():
         t_sdpa = timer.median_ms(lambda: F.scaled_dot_product_attention(q4, k, v, enable_gqa=True))
         for bits in (2, 4):
             cache = packed_cache(k, v, bits)
+            if args.key_group and args.key_group != GROUP:  # keys in blocks of their own size
+                kq = kvcore.ops.quantize_kv(k, bits, args.key_group, "channel")
+                cache.update(k_codes=kq[0], k_scale=kq[1], k_mn=kq[2], group_size=args.key_group, v_group_size=GROUP)
             names = ["plain"] + [n for n in args.variants if n != "plain"]
             corrs = {name: corrections(k, v, cache, *VARIANTS[name]) for name in names}
             for name in names:
@@ -123,7 +133,8 @@ def main():
             t_plain_wf = statistics.median(times_wf["plain"])
             for name in names:
                 ms, ms_wf = statistics.median(times[name]), statistics.median(times_wf[name])
-                rows.append(dict(B=B, Hq=Hq, Hkv=Hkv, D=D, L=L, bits=bits, variant=name, counts=list(VARIANTS[name][:4]),
+                rows.append(dict(B=B, Hq=Hq, Hkv=Hkv, D=D, L=L, bits=bits, key_group=kg, value_group=GROUP,
+                                 variant=name, counts=list(VARIANTS[name][:4]),
                                  channel_skew=(VARIANTS[name][4:] or (0.0,))[0],
                                  us=ms * 1e3, sdpa_us=t_sdpa * 1e3, vs_plain=t_plain / ms, vs_sdpa=t_sdpa / ms,
                                  rounds_us=[t * 1e3 for t in times[name]], written_flush_us=ms_wf * 1e3,
@@ -146,8 +157,9 @@ def main():
         del k, v
     if args.json:
         with open(args.json, "w") as f:
-            json.dump(dict(header, date=str(datetime.date.today()), command="python bench/bench_decode_corrections.py",
-                           rows=rows), f, indent=1)
+            json.dump(dict(header, date=str(datetime.date.today()),
+                           command="python " + " ".join([os.path.relpath(sys.argv[0])] + sys.argv[1:]), rows=rows), f,
+                      indent=1)
 
 
 if __name__ == "__main__":

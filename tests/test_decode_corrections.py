@@ -170,18 +170,20 @@ CUDA_SHAPES = [  # Hq, Hkv, bits, D, G, packed lengths, t_cap
     (8, 2, 4, 256, 64, [14 * 64 + 5, 64], 16 * 64),              # 4-bit H4 outliers at head_dim 256
     (8, 2, 4, 128, 128, [9 * 128 + 50, 128], 10 * 128),          # 4-bit H4 outliers, blocks over 4 stages
     (4, 2, 4, 128, 32, [40 * 32 + 3, 5 * 32], 48 * 32),          # 4-bit H4 outliers, GQA 2 (2 padding heads)
+    (8, 2, 2, 128, 32, [33 * 32, 2 * 32 + 5, 0], 33 * 32),       # 2-bit H4 outliers, blocks of 32 (best-2's), part stage
 ]
 
 
 @pytest.mark.cuda
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
 @pytest.mark.parametrize("shape", CUDA_SHAPES, ids=lambda s: f"{s[0]}-{s[1]}-b{s[2]}-d{s[3]}-g{s[4]}")
-@pytest.mark.parametrize("counts", [(1, 0, 0, 0), (0, 1, 0, 0), (1, 1, 0, 0), (0, 3, 0, 0), (16, 16, 0, 0), (0, 0, 2, 0),
-                                    (0, 0, 0, 4), (2, 1, 1, 2), (16, 16, 8, 8)])
+@pytest.mark.parametrize("counts", [(1, 0, 0, 0), (0, 1, 0, 0), (1, 1, 0, 0), (2, 0, 0, 0), (2, 1, 0, 0), (0, 3, 0, 0),
+                                    (16, 16, 0, 0), (0, 0, 2, 0), (0, 0, 0, 4), (2, 1, 1, 2), (16, 16, 8, 8)])
 def test_cuda_matches_reference(dtype, shape, counts):
-    """At most one outlier a token on each side, alone, at GQA groups <= 4 and head_dim
-    >= 128 runs the H4 outlier kernel (value sums in global memory); every other
-    combination the 8-column kernel."""
+    """Up to two key outliers and one value outlier a token, alone, at GQA groups <= 4 and
+    head_dim >= 128 run the H4 outlier kernel (two key outliers: its CK = 2 instantiation,
+    whose stage copy takes two chunks in some lanes at 2 bits); every other combination
+    the 8-column kernel."""
     Hq, Hkv, bits, D, G, packed, t_cap = shape
     kw = make_inputs(Hq=Hq, Hkv=Hkv, D=D, bits=bits, group=G, dtype=dtype, packed=packed, t_cap=t_cap,
                      resid=[5] * len(packed), sinks=[2] * len(packed))

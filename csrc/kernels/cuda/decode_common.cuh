@@ -40,13 +40,13 @@ struct SplitParams {
   float* ws_vo;    // h4_outliers with value outliers, 2 bits: [packed CTAs][kWarps][value_outlier_warp_floats(D)] sums
 };
 
-// The corrections served by the H4 outlier kernel (decode_packed.cuh): at most one
-// sparse outlier a token in keys and in values (1% of head_dim 128 is 1.3), without low
-// rank or attention mass, GQA groups of at most 4 heads, head_dim >= 128 (the H4
-// layout's shapes). Its offsets are then constants. The other corrections use the
-// 8-column kernel.
+// The corrections served by the H4 outlier kernel (decode_packed.cuh): at most two
+// sparse outliers a token in keys (1% of head_dim 128 is 1.3; the best-2 preset stores
+// 2) and one in values, without low rank or attention mass, GQA groups of at most 4
+// heads, head_dim >= 128 (the H4 layout's shapes). Its offsets are then constants. The
+// other corrections use the 8-column kernel.
 inline bool h4_outliers(const DecodeArgs& a) {
-  return (a.k_outliers > 0 || a.v_outliers > 0) && a.k_outliers <= 1 && a.v_outliers <= 1 && a.k_rank == 0 &&
+  return (a.k_outliers > 0 || a.v_outliers > 0) && a.k_outliers <= 2 && a.v_outliers <= 1 && a.k_rank == 0 &&
          a.v_rank == 0 && a.attn_mass == nullptr && a.Hq / a.Hkv <= 4 && a.D >= 128;
 }
 

@@ -90,22 +90,27 @@ struct CorrLayout {
   int koi = 0, kor = 0, voi = 0, vor = 0, kla = 0, vla = 0, bytes = 0;
 };
 __host__ __device__ inline int round16(int x) { return (x + 15) & ~15; }
-// The H4 outlier kernel (at most one outlier a token on each side) has fixed sections:
-// key indices [TT], key residuals [TT], value indices [TT], value residuals [TT], all
-// present (zero-filled when a side has none) so that every offset is a constant.
-template <int D, int BITS, int G, int VG, int TT>
+// The H4 outlier kernel (CK = 1 or 2 outliers a token in keys, at most one in values)
+// has fixed sections: key indices [TT][CK], key residuals [TT][CK], value indices [TT],
+// value residuals [TT], all present (zero-filled when a side has none) so that every
+// offset is a constant.
+template <int D, int BITS, int G, int VG, int TT, int CK = 1>
 struct H4OutlierLayout {
-  static constexpr int KOI = StageLayout<D, BITS, G, VG, TT>::BYTES, KOR = KOI + TT, VOI = KOR + 2 * TT,
-                       VOR = VOI + TT, BYTES = 6 * TT;
+  static constexpr int KOI = StageLayout<D, BITS, G, VG, TT>::BYTES, KOR = KOI + CK * TT, VOI = KOR + 2 * CK * TT,
+                       VOR = VOI + TT, BYTES = (3 * CK + 3) * TT;
 };
 template <int D, int BITS, int G, int VG, int TT>
 __host__ __device__ inline CorrLayout corr_layout(const DecodeArgs& a, bool h4) {
   using L = StageLayout<D, BITS, G, VG, TT>;
   CorrLayout c;
-  if (h4) {
-    using O = H4OutlierLayout<D, BITS, G, VG, TT>;
-    c.koi = O::KOI; c.kor = O::KOR; c.voi = O::VOI; c.vor = O::VOR; c.kla = c.vla = O::VOR + 2 * TT;
-    c.bytes = O::BYTES;
+  if (h4) {  // (CK = 2 for two key outliers a token, else 1)
+    using O1 = H4OutlierLayout<D, BITS, G, VG, TT, 1>;
+    using O2 = H4OutlierLayout<D, BITS, G, VG, TT, 2>;
+    const bool two = a.k_outliers == 2;
+    c.koi = two ? O2::KOI : O1::KOI; c.kor = two ? O2::KOR : O1::KOR;
+    c.voi = two ? O2::VOI : O1::VOI; c.vor = two ? O2::VOR : O1::VOR;
+    c.kla = c.vla = c.vor + 2 * TT;
+    c.bytes = two ? O2::BYTES : O1::BYTES;
     return c;
   }
   int at = L::BYTES;
@@ -135,25 +140,32 @@ struct CorrCta {
   int qo = 0, vo = 0, qb = 0, wl = 0, mref = 0, osrc = 0, floats = 0;
 };
 // Rows of the H4 kernel's q' by channel, rows >= D zero. 2 bits: 256, so that any index
-// byte has a row and a key index needs no clamp (the kernel is issue-bound); 4 bits:
-// D + 1 (shared memory is short) and indices are clamped to the zero row D.
-__host__ __device__ constexpr int h4_qo_rows(int D, int bits) { return bits == 4 && D < 256 ? D + 1 : 256; }
+// byte has a row and a key index needs no clamp (the kernel is issue-bound); 4 bits and
+// 2-bit key blocks of 32 tokens (whose stages carry two blocks of key scales): D + 1, so
+// that 4 CTAs fit in an SM's shared memory, and indices are clamped to the zero row D.
+__host__ __device__ constexpr int h4_qo_rows(int D, int bits, int G) {
+  return (bits == 4 || G == 32) && D < 256 ? D + 1 : 256;
+}
+// The H4 outlier kernel's: a function of the shape only, so that the kernel's offsets are
+// compile-time constants (q' by channel even without key outliers: the outlier code runs
+// branch-free).
+__host__ __device__ constexpr CorrCta corr_cta_h4(int D, int bits, int G) {
+  CorrCta c;
+  int at = h4_qo_rows(D, bits, G) * 4;  // a multiple of 4 floats: the sums stay 16-byte aligned
+  c.vo = at;
+  if (bits == 4) at += kWarps * (D + 1) * 4;
+  c.qb = c.wl = c.mref = at;
+  at += kWarps * 4;
+  c.osrc = at;  // the lanes' outlier-copy sources [kWarps][32] (uint64, 8-byte aligned)
+  at += kWarps * 32 * 2;
+  c.floats = at;
+  return c;
+}
 __host__ __device__ inline CorrCta corr_cta(const DecodeArgs& a, int D, bool h4) {
+  if (h4) return corr_cta_h4(D, a.bits, a.group);
   CorrCta c;
   int at = 0;
   c.qo = at; at += (a.k_outliers > 0 || a.k_rank > 0) ? 8 * D : 0;
-  if (h4) {  // (q' by channel even without key outliers: the outlier code runs branch-free)
-    c.qo = 0;
-    at = h4_qo_rows(D, a.bits) * 4;  // a multiple of 4 floats: the sums stay 16-byte aligned
-    c.vo = at;
-    if (a.bits == 4) at += kWarps * (D + 1) * 4;
-    c.qb = c.wl = c.mref = at;
-    at += kWarps * 4;
-    c.osrc = at;  // the lanes' outlier-copy sources [kWarps][32] (uint64, 8-byte aligned)
-    at += kWarps * 32 * 2;
-    c.floats = at;
-    return c;
-  }
   c.vo = at; at += (a.v_outliers > 0 || a.v_rank > 0) ? kWarps * 8 * D : 0;
   c.qb = at; at += a.k_rank > 0 ? kWarps * 8 * kMaxRank : 0;
   c.wl = at; at += kWarps * 32 * 2 * a.v_rank;
@@ -383,7 +395,7 @@ __device__ __forceinline__ void fp_partial(const DecodeArgs& a, const SplitParam
 // the probabilities of the odd value groups (so one P' operand serves two groups).
 // Column c of a lane then belongs to head c & 3; the hi and lo score columns are summed
 // across lanes t and t ^ 2, which afterwards hold the same scores.
-template <int KIND, int BITS, int D, int G, int VG, bool CORR, bool H4>
+template <int KIND, int BITS, int D, int G, int VG, bool CORR, bool H4, int CK = 1>
 __global__ void __launch_bounds__(kWarps * 32, (D <= 64 || (H4 && D <= 128) ? 16 : D <= 128 ? 12 : 8) / kWarps) decode_packed_kernel(DecodeArgs a, SplitParams sp) {
   // CORR && H4: sparse outliers only (no low rank, no attention mass; see h4_outliers).
   static_assert(!H4 || (D / 16) % KeyPos<BITS>::PW == 0, "H4 splits a lane's channel pairs at a word boundary");
@@ -400,8 +412,9 @@ __global__ void __launch_bounds__(kWarps * 32, (D <= 64 || (H4 && D <= 128) ? 16
   uint8_t* stages = smem + kQBytes<D>;  // [kWarps][kStages][stage_bytes]
   CorrLayout cl;
   if constexpr (CORR) cl = corr_layout<D, BITS, G, VG, L::TT>(a, H4);
-  using OL = H4OutlierLayout<D, BITS, G, VG, L::TT>;  // (CORR && H4)
-  const int stage_bytes = L::BYTES + cl.bytes;
+  using OL = H4OutlierLayout<D, BITS, G, VG, L::TT, CK>;  // (CORR && H4; CK key outliers a token)
+  static_assert(CK == 1 || (CK == 2 && CORR && H4), "two key outliers: the H4 outlier kernel only");
+  const int stage_bytes = L::BYTES + (CORR && H4 ? OL::BYTES : cl.bytes);  // (H4: a constant, as the offsets)
 
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, g = lane >> 2, t = lane & 3;
   // The CTA's unit and split from the three-phase 1-D grid (see SplitParams).
@@ -490,20 +503,25 @@ __global__ void __launch_bounds__(kWarps * 32, (D <= 64 || (H4 && D <= 128) ? 16
       copy_part(st + cl.vla, reinterpret_cast<const uint8_t*>(a.v_lr_a + bh * a.t_cap * a.v_rank), t0, 2 * a.v_rank,
                 TT, rows);
   };
-  // H4: the four outlier sections of a stage (OL) as 6 TT / 16 chunks of 16 bytes, one
-  // per lane (TT <= 64); a side without outliers is zero-filled. Lane q's source at token
-  // 0 is worked out once (osrc_s: the 16-byte aligned address, log2 of its bytes per
-  // token in bit 0, bit 1 set if the side is present; an absent side's address is
-  // a.k_codes, never read), so a whole stage costs a load, a multiply-add and the copy.
-  constexpr int kOutChunks = 6 * TT / 16;
-  static_assert(kOutChunks <= 32, "one chunk per lane");
-  constexpr int N1 = TT / 16, N2 = 3 * TT / 16, N3 = 4 * TT / 16;  // chunks before KOR, VOI, VOR
+  // H4: the four outlier sections of a stage (OL) as (3 CK + 3) TT / 16 chunks of 16
+  // bytes, one per lane (TT <= 64); a side without outliers is zero-filled. Lane q's
+  // source at token 0 is worked out once (osrc_s: the 16-byte aligned address, log2 of its
+  // bytes per token in bits 0-1, bit 3 (kOutPresent) set if the side is present; an absent side's
+  // address is a.k_codes, never read), so a whole stage costs a load, a multiply-add and
+  // the copy. Past 32 chunks (CK = 2 at TT = 64: 36), lane l < kOut2 also copies chunk
+  // 32 + l, the value residuals' chunk kOut2 after lane 32 - kOut2 + l's (whose source
+  // it reads and advances).
+  constexpr int kOutChunks = (3 * CK + 3) * TT / 16;
+  constexpr int N1 = CK * TT / 16, N2 = 3 * CK * TT / 16, N3 = N2 + TT / 16;  // chunks before KOR, VOI, VOR
+  constexpr int kOut2 = kOutChunks > 32 ? kOutChunks - 32 : 0;
+  constexpr unsigned long long kOutShift = 3ull, kOutPresent = 8ull;
+  static_assert(kOut2 <= 32 && 32 - kOut2 >= N3, "second chunks come from value-residual lanes");
   auto out_chunk = [&]() { return lane - (lane < N1 ? 0 : lane < N2 ? N1 : lane < N3 ? N2 : N3); };  // within its section
   unsigned long long* osrc_s = nullptr;
   uint8_t* corr_base = smem + kQBytes<D> + std::max((size_t)kWarps * kStages * stage_bytes,
                                                    (size_t)kWarps * kHeadsPerPass * (D + 2) * sizeof(float));
   if constexpr (CORR && H4) {
-    osrc_s = reinterpret_cast<unsigned long long*>(reinterpret_cast<float*>(corr_base) + corr_cta(a, D, true).osrc) +
+    osrc_s = reinterpret_cast<unsigned long long*>(reinterpret_cast<float*>(corr_base) + corr_cta_h4(D, BITS, G).osrc) +
              warp * 32 + lane;
     if (lane < kOutChunks) {
       const int q = lane;
@@ -511,30 +529,38 @@ __global__ void __launch_bounds__(kWarps * 32, (D <= 64 || (H4 && D <= 128) ? 16
       const bool res = key ? q >= N1 : q >= N3;
       const uint8_t* src = key ? (res ? static_cast<const uint8_t*>(a.k_out_res) : a.k_out_idx)
                                : (res ? static_cast<const uint8_t*>(a.v_out_res) : a.v_out_idx);
-      const int unit = res ? 2 : 1;  // bytes per token
       const bool present = (key ? a.k_outliers : a.v_outliers) > 0;
-      *osrc_s = present ? reinterpret_cast<unsigned long long>(src + bh * a.t_cap * unit + out_chunk() * 16) | 2ull |
-                              (unsigned)res
+      const int sh = (res ? 1 : 0) + (key && CK == 2 ? 1 : 0);  // log2 of the bytes per token
+      *osrc_s = present ? reinterpret_cast<unsigned long long>(src + (bh * a.t_cap << sh) + out_chunk() * 16) |
+                              kOutPresent | (unsigned)sh
                         : reinterpret_cast<unsigned long long>(a.k_codes);
     }
+    if constexpr (kOut2 > 0) __syncwarp();  // lanes l < kOut2 read lane 32 - kOut2 + l's source
   }
   // A whole stage in memory (the common case): a present side copies, an absent one
   // writes zeros (src-size 0).
   auto issue_outliers_h4_full = [&](uint8_t* sl, int64_t t0) {
-    if (lane < kOutChunks) {
-      const unsigned long long w = *osrc_s;  // (written by this lane)
-      const uint32_t unit = 1u + ((uint32_t)w & 1u);  // bytes per token (t0 < 2^31)
-      dev::cp_async_16(sl + OL::KOI, reinterpret_cast<const uint8_t*>(dev::mad_wide_u32((uint32_t)t0, unit, w & ~15ull)),
-                       (w & 2ull) != 0ull);
+    auto copy = [&](uint8_t* dst, unsigned long long w, unsigned long long advance) {
+      const uint32_t unit = 1u << ((uint32_t)w & kOutShift);  // bytes per token (t0 < 2^31)
+      dev::cp_async_16(dst,
+                       reinterpret_cast<const uint8_t*>(dev::mad_wide_u32((uint32_t)t0, unit, (w & ~15ull) + advance)),
+                       (w & kOutPresent) != 0ull);
+    };
+    if (lane < kOutChunks) copy(sl + OL::KOI, *osrc_s, 0ull);  // (written by this lane)
+    if constexpr (kOut2 > 0) {
+      if (lane < kOut2) copy(sl + OL::KOI + 32 * 16, osrc_s[32 - kOut2], kOut2 * 16ull);
     }
   };
   auto issue_outliers_h4 = [&](uint8_t* st, int64_t t0, int rows) {
-    if (lane < kOutChunks) {
-      const unsigned long long w = *osrc_s;
-      const int sh = (int)(w & 1ull);
-      const bool ok = (w & 2ull) != 0ull && out_chunk() * 16 < (rows << sh);
+    auto copy = [&](int chunk, unsigned long long w, int in_section) {
+      const int sh = (int)(w & kOutShift);
+      const bool ok = (w & kOutPresent) != 0ull && in_section * 16 < (rows << sh);
       const uint8_t* src = ok ? reinterpret_cast<const uint8_t*>(w & ~15ull) + (t0 << sh) : a.k_codes;
-      dev::cp_async_16(st + OL::KOI + lane * 16, src, ok);
+      dev::cp_async_16(st + OL::KOI + chunk * 16, src, ok);
+    };
+    if (lane < kOutChunks) copy(lane, *osrc_s, out_chunk());
+    if constexpr (kOut2 > 0) {
+      if (lane < kOut2) copy(32 + lane, osrc_s[32 - kOut2] + kOut2 * 16ull, 32 + lane - N3);
     }
   };
   auto issue_tile = [&](int i) {
@@ -619,7 +645,7 @@ __global__ void __launch_bounds__(kWarps * 32, (D <= 64 || (H4 && D <= 128) ? 16
   uint32_t vo_sl = 0u;      // H4, 4 bits: the same sums in shared memory (a 32-bit shared address)
   bool v_red = false;       // H4: this lane adds value outliers (value outliers given)
   if constexpr (CORR) {
-    const CorrCta cc = corr_cta(a, D, H4);
+    const CorrCta cc = H4 ? corr_cta_h4(D, BITS, G) : corr_cta(a, D, false);
     float* base = reinterpret_cast<float*>(corr_base);
     qo = base + cc.qo;
     vo_w = base + cc.vo + warp * kHeadsPerPass * D;
@@ -629,7 +655,7 @@ __global__ void __launch_bounds__(kWarps * 32, (D <= 64 || (H4 && D <= 128) ? 16
     if constexpr (H4) {
       mref_s = base + cc.mref + warp * 4;
       if (lane < 4) mref_s[lane] = -INFINITY;
-      constexpr int QR = h4_qo_rows(D, BITS);
+      constexpr int QR = h4_qo_rows(D, BITS, G);
       if constexpr (QR > D)  // q' rows D.. are zero
         for (int k = threadIdx.x; k < (QR - D) * 4; k += kWarps * 32) qo[D * 4 + k] = 0.0f;
       if constexpr (VO_SMEM) {
@@ -851,23 +877,34 @@ __global__ void __launch_bounds__(kWarps * 32, (D <= 64 || (H4 && D <= 128) ? 16
   // summed; lane t < 2 takes stage row `row` = 16 m + g, lane t ^ 2 row 16 m + g + 8.
   // Scores: q'[idx] x residual for both heads, added to the lane's accumulator of its row
   // before the hi + lo sum (which then counts it once).
-  // At most one outlier a token and side (h4_outliers); a side without any reads the
-  // zero-filled section (index 0, residual 0) and adds nothing.
+  // At most CK outliers a token in keys and one in values (h4_outliers); a side without
+  // any reads the zero-filled section (index 0, residual 0) and adds nothing.
   // ob1 = stage + the lane's row in an m-tile (g, or g + 8 for t >= 2), ob2 = stage + twice
   // that (residuals are 2 bytes): every access is then a constant offset from one of them.
   // (qo_l: the shared-memory address of q'[0][(2t) & 3], so that a row costs one LEA)
   const uint32_t qo_l = CORR && H4 ? (uint32_t)__cvta_generic_to_shared(qo + ((2 * t) & 3)) : 0u;
-  auto key_outliers_h4 = [&](const uint8_t* ob1, const uint8_t* ob2, int m, float (&acc)[4]) {
+  // CK = 2: the row's two indices are one 16-bit load (from ob2) and its two residuals one
+  // 32-bit load (from ob4 = stage + 4 x the row).
+  auto key_outliers_h4 = [&](const uint8_t* ob1, const uint8_t* ob2, const uint8_t* ob4, int m, float (&acc)[4]) {
     // q' by channel has rows >= D that are zero: an index >= D adds 0 (its residual
     // finite); with 256 rows (2 bits, D = 256) without a test, else clamped to row D
-    constexpr int QR = h4_qo_rows(D, BITS);
-    const int i = QR == 256 ? (int)ob1[OL::KOI + 16 * m] : min((int)ob1[OL::KOI + 16 * m], D);
-    const float e = meta_at<KIND>(ob2 + OL::KOR + 32 * m, 0);
-    const float2 qv = dev::ld_shared_f32x2(qo_l + i * 16);
-    if (t < 2) {
-      acc[0] = fmaf(qv.x, e, acc[0]); acc[1] = fmaf(qv.y, e, acc[1]);
+    constexpr int QR = h4_qo_rows(D, BITS, G);
+    auto row_of = [](int i) { return QR == 256 ? i : min(i, D); };
+    auto add = [&](int i, float e) {
+      const float2 qv = dev::ld_shared_f32x2(qo_l + row_of(i) * 16);
+      if (t < 2) {
+        acc[0] = fmaf(qv.x, e, acc[0]); acc[1] = fmaf(qv.y, e, acc[1]);
+      } else {
+        acc[2] = fmaf(qv.x, e, acc[2]); acc[3] = fmaf(qv.y, e, acc[3]);
+      }
+    };
+    if constexpr (CK == 1) {
+      add((int)ob1[OL::KOI + 16 * m], meta_at<KIND>(ob2 + OL::KOR + 32 * m, 0));
     } else {
-      acc[2] = fmaf(qv.x, e, acc[2]); acc[3] = fmaf(qv.y, e, acc[3]);
+      const uint32_t iw = *reinterpret_cast<const uint16_t*>(ob2 + OL::KOI + 32 * m);
+      const float2 e = bits_pair<KIND>(*reinterpret_cast<const uint32_t*>(ob4 + OL::KOR + 64 * m));
+      add((int)(iw & 0xFFu), e.x);
+      add((int)(iw >> 8), e.y);
     }
   };
   // Values: o[h][idx] += p x residual into the warp's [D + 1][4] sums (row D: a dump for
@@ -932,6 +969,7 @@ __global__ void __launch_bounds__(kWarps * 32, (D <= 64 || (H4 && D <= 128) ? 16
     const int orow = g + ((t >> 1) << 3);  // CORR && H4: the lane's outlier row in an m-tile
     const uint8_t* ob1 = st + orow;
     const uint8_t* ob2 = st + 2 * orow;
+    const uint8_t* ob4 = st + 4 * orow;  // (CK = 2 only)
     unsigned vpeers[VO_SMEM ? MT : 1];  // VO_SMEM: per m-tile, the lanes adding to this lane's address (used only when set)
     if constexpr (VO_SMEM) {
       if (v_red) {
@@ -1038,7 +1076,7 @@ __global__ void __launch_bounds__(kWarps * 32, (D <= 64 || (H4 && D <= 128) ? 16
       }
       if constexpr (CORR && H4) {
 #pragma unroll
-        for (int m = 0; m < MG; ++m) key_outliers_h4(ob1, ob2, mg + m, acc[m]);
+        for (int m = 0; m < MG; ++m) key_outliers_h4(ob1, ob2, ob4, mg + m, acc[m]);
       } else if constexpr (CORR) {
 #pragma unroll
         for (int m = 0; m < MG; ++m) key_corrections(st, 16 * (mg + m) + g, acc[m]);
@@ -1424,11 +1462,12 @@ __global__ void __launch_bounds__(kWarps * 32, (D <= 64 || (H4 && D <= 128) ? 16
 // ------------------------------------------------------------------------------------
 // One instantiation of the packed kernel: its shared memory, how many of its CTAs fit
 // on an SM (asked of the runtime once), and its launch.
-template <int KIND, int BITS, int D, int G, int VG, bool CORR, bool H4 = false>
+template <int KIND, int BITS, int D, int G, int VG, bool CORR, bool H4 = false, int CK = 1>
 struct Packed {
   static constexpr int TT = TileShape<D, BITS, H4>::TT;
   static constexpr int kD = D;
   using H4Variant = Packed<KIND, BITS, D, G, VG, CORR, true>;
+  using H4Variant2 = Packed<KIND, BITS, D, G, VG, CORR, true, 2>;  // (CORR: two key outliers a token)
   static size_t smem(const DecodeArgs& a) {
     using L = StageLayout<D, BITS, G, VG, TT>;
     const size_t stage = (size_t)L::BYTES + (CORR ? corr_layout<D, BITS, G, VG, TT>(a, H4).bytes : 0);
@@ -1440,7 +1479,7 @@ struct Packed {
   static int ctas_per_sm(const DecodeArgs& a) {
     auto query = [](size_t bytes) {
       int blocks = 1;
-      auto kernel = decode_packed_kernel<KIND, BITS, D, G, VG, CORR, H4>;
+      auto kernel = decode_packed_kernel<KIND, BITS, D, G, VG, CORR, H4, CK>;
       if (cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)bytes) == cudaSuccess)
         cudaOccupancyMaxActiveBlocksPerMultiprocessor(&blocks, kernel, kWarps * 32, bytes);
       cudaGetLastError();  // a failed query leaves the estimate at 1, never an error for the caller
@@ -1462,7 +1501,7 @@ struct Packed {
     }
   }
   static cudaError_t launch(const DecodeArgs& a, const SplitParams& sp, cudaStream_t st) {
-    auto kernel = decode_packed_kernel<KIND, BITS, D, G, VG, CORR, H4>;
+    auto kernel = decode_packed_kernel<KIND, BITS, D, G, VG, CORR, H4, CK>;
     const size_t bytes = smem(a);
     const cudaError_t e = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)bytes);
     if (e != cudaSuccess) return e;
@@ -1487,7 +1526,8 @@ bool visit_packed(const DecodeArgs& a, F&& f) {
     if (corr) {
       if constexpr (PD >= 128) {
         if (h4_outliers(a)) {
-          f(typename decltype(p_corr)::H4Variant{});
+          if (a.k_outliers == 2) f(typename decltype(p_corr)::H4Variant2{});
+          else f(typename decltype(p_corr)::H4Variant{});
           return true;
         }
       }
