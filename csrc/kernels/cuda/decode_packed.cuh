@@ -514,14 +514,15 @@ __global__ void __launch_bounds__(kWarps * 32, (D <= 64 || (H4 && D <= 128) ? 16
   constexpr int kOutChunks = (3 * CK + 3) * TT / 16;
   constexpr int N1 = CK * TT / 16, N2 = 3 * CK * TT / 16, N3 = N2 + TT / 16;  // chunks before KOR, VOI, VOR
   constexpr int kOut2 = kOutChunks > 32 ? kOutChunks - 32 : 0;
-  constexpr unsigned long long kOutShift = 3ull, kOutPresent = 8ull;
+  // (CK = 1 keeps the encoding it was measured with: bit 0 for the size, bit 1 present)
+  constexpr unsigned long long kOutShift = CK == 1 ? 1ull : 3ull, kOutPresent = CK == 1 ? 2ull : 8ull;
   static_assert(kOut2 <= 32 && 32 - kOut2 >= N3, "second chunks come from value-residual lanes");
   auto out_chunk = [&]() { return lane - (lane < N1 ? 0 : lane < N2 ? N1 : lane < N3 ? N2 : N3); };  // within its section
   unsigned long long* osrc_s = nullptr;
   uint8_t* corr_base = smem + kQBytes<D> + std::max((size_t)kWarps * kStages * stage_bytes,
                                                    (size_t)kWarps * kHeadsPerPass * (D + 2) * sizeof(float));
   if constexpr (CORR && H4) {
-    osrc_s = reinterpret_cast<unsigned long long*>(reinterpret_cast<float*>(corr_base) + corr_cta_h4(D, BITS, G).osrc) +
+    osrc_s = reinterpret_cast<unsigned long long*>(reinterpret_cast<float*>(corr_base) + corr_cta_h4(D, a.bits, G).osrc) +
              warp * 32 + lane;
     if (lane < kOutChunks) {
       const int q = lane;
@@ -531,7 +532,7 @@ __global__ void __launch_bounds__(kWarps * 32, (D <= 64 || (H4 && D <= 128) ? 16
                                : (res ? static_cast<const uint8_t*>(a.v_out_res) : a.v_out_idx);
       const bool present = (key ? a.k_outliers : a.v_outliers) > 0;
       const int sh = (res ? 1 : 0) + (key && CK == 2 ? 1 : 0);  // log2 of the bytes per token
-      *osrc_s = present ? reinterpret_cast<unsigned long long>(src + (bh * a.t_cap << sh) + out_chunk() * 16) |
+      *osrc_s = present ? reinterpret_cast<unsigned long long>(src + bh * a.t_cap * (1 << sh) + out_chunk() * 16) |
                               kOutPresent | (unsigned)sh
                         : reinterpret_cast<unsigned long long>(a.k_codes);
     }
@@ -541,7 +542,7 @@ __global__ void __launch_bounds__(kWarps * 32, (D <= 64 || (H4 && D <= 128) ? 16
   // writes zeros (src-size 0).
   auto issue_outliers_h4_full = [&](uint8_t* sl, int64_t t0) {
     auto copy = [&](uint8_t* dst, unsigned long long w, unsigned long long advance) {
-      const uint32_t unit = 1u << ((uint32_t)w & kOutShift);  // bytes per token (t0 < 2^31)
+      const uint32_t unit = CK == 1 ? 1u + ((uint32_t)w & 1u) : 1u << ((uint32_t)w & 3u);  // bytes per token (t0 < 2^31)
       dev::cp_async_16(dst,
                        reinterpret_cast<const uint8_t*>(dev::mad_wide_u32((uint32_t)t0, unit, (w & ~15ull) + advance)),
                        (w & kOutPresent) != 0ull);
@@ -645,7 +646,7 @@ __global__ void __launch_bounds__(kWarps * 32, (D <= 64 || (H4 && D <= 128) ? 16
   uint32_t vo_sl = 0u;      // H4, 4 bits: the same sums in shared memory (a 32-bit shared address)
   bool v_red = false;       // H4: this lane adds value outliers (value outliers given)
   if constexpr (CORR) {
-    const CorrCta cc = H4 ? corr_cta_h4(D, BITS, G) : corr_cta(a, D, false);
+    const CorrCta cc = H4 ? corr_cta_h4(D, a.bits, G) : corr_cta(a, D, false);
     float* base = reinterpret_cast<float*>(corr_base);
     qo = base + cc.qo;
     vo_w = base + cc.vo + warp * kHeadsPerPass * D;
