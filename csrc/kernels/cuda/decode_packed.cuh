@@ -522,6 +522,8 @@ __global__ void __launch_bounds__(kWarps * 32, (D <= 64 || (H4 && D <= 128) ? 16
   uint8_t* corr_base = smem + kQBytes<D> + std::max((size_t)kWarps * kStages * stage_bytes,
                                                    (size_t)kWarps * kHeadsPerPass * (D + 2) * sizeof(float));
   if constexpr (CORR && H4) {
+    // (corr_cta_h4 with a.bits, equal to BITS: the form whose SASS was measured; with BITS
+    // ptxas allocates the one-key-outlier kernel differently)
     osrc_s = reinterpret_cast<unsigned long long*>(reinterpret_cast<float*>(corr_base) + corr_cta_h4(D, a.bits, G).osrc) +
              warp * 32 + lane;
     if (lane < kOutChunks) {
