@@ -221,6 +221,8 @@ def parse_args(argv=None):
     ap.add_argument("--max-gb", type=float, default=60.0, help="skip configurations whose bf16 cache exceeds this")
     ap.add_argument("--json", default=None, metavar="PATH", help="write the results as JSON")
     ap.add_argument("--batches", type=int, nargs="+", default=None, help="only these batch sizes")
+    ap.add_argument("--lengths", type=int, nargs="+", default=None, help="only these context lengths")
+    ap.add_argument("--bar-shape", action="store_true", help="only (Hq, Hkv) = (32, 8) and D = 128 (issue 3's bar)")
     return ap.parse_args(argv)
 
 
@@ -236,6 +238,10 @@ def main(argv=None):
     rows, skipped = [], []
     for B, Hq, Hkv, D, L in configs(QUICK if args.quick else FULL):
         if args.batches is not None and B not in args.batches:
+            continue
+        if args.lengths is not None and L not in args.lengths:
+            continue
+        if args.bar_shape and (Hq, Hkv, D) != (32, 8, 128):
             continue
         name = f"B={B} Hq={Hq} Hkv={Hkv} D={D} L={L}"
         reason = skip_reason(B, Hkv, D, L, args.max_gb)

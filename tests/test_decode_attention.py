@@ -492,3 +492,42 @@ def test_cuda_graph_replay():
         # same inputs, same kernels: the same bits (decode_attention is deterministic)
         assert bitwise_equal(out, e_out) and bitwise_equal(lse, e_lse)
         check_result(static, out, lse, lse_bound="lowp")
+
+
+@pytest.mark.cuda
+def test_cuda_concurrent_streams():
+    """Calls interleaved on two streams, never synchronised with each other, give the
+    bits of the same calls made one after another: nothing a launch uses (workspace,
+    split plan, cached occupancy) is shared between launches that may overlap."""
+    shapes = [dict(Hq=32, Hkv=8, D=128, bits=2, group=64, dtype=torch.bfloat16, packed=[4096, 3000, 64, 4001],
+                   resid=[64, 3, 0, 17], sinks=[4, 0, 2, 1], t_cap=4096, r_cap=64, s_cap=4),
+              dict(Hq=16, Hkv=4, D=64, bits=4, group=32, dtype=torch.float16, packed=[2048, 32, 1500],
+                   resid=[5, 64, 0], sinks=[0, 3, 4], t_cap=2048, r_cap=64, s_cap=4)]
+    inputs = [make_inputs(device="cuda", garbage_seed=i + 3, **s) for i, s in enumerate(shapes)]
+    expected = [run(kw) for kw in inputs]
+    torch.cuda.synchronize()
+    streams = [torch.cuda.Stream(), torch.cuda.Stream()]
+    for s in streams:
+        s.wait_stream(torch.cuda.current_stream())
+    results = [[], []]
+    for _ in range(6):
+        for i, (s, kw) in enumerate(zip(streams, inputs)):
+            with torch.cuda.stream(s):
+                results[i].append(run(kw))
+    torch.cuda.synchronize()
+    for i in range(2):
+        for out, lse in results[i]:
+            assert bitwise_equal(out, expected[i][0]) and bitwise_equal(lse, expected[i][1])
+    check_result(inputs[0], *expected[0], lse_bound="lowp")
+
+
+@pytest.mark.cuda
+def test_cuda_many_units():
+    """4224 (sequence, KV head) units, between small calls: the split plan's equal-chunk
+    branch with many units, and as many merge CTAs (one per query head)."""
+    big = make_inputs(Hq=128, Hkv=128, D=64, bits=2, group=32, dtype=torch.bfloat16, packed=[96, 0, 64] * 11,
+                      resid=[3, 7, 0] * 11, sinks=[1, 0, 2] * 11, t_cap=128, r_cap=8, s_cap=2, device="cuda")
+    small = make_inputs(Hq=8, Hkv=2, D=128, bits=4, group=64, dtype=torch.float16, device="cuda")
+    for kw in (small, big, small, big):
+        out, lse = run(kw)
+        check_result(kw, out, lse, lse_bound="lowp")
