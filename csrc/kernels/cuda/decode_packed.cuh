@@ -13,23 +13,23 @@
 // kernel combines the splits by log-sum-exp. Nothing reads lengths on the host.
 //
 // Math (per query head; q' = q * sm_scale * log2(e), SC = 2^bits):
-//   Codes enter the tensor cores as fp16 values 1 + c 2^(pos-10): the BITS-bit field at
-//   bit `pos` of both 16-bit halves of a word, ORed with the exponent of 1.0 (one LOP3,
-//   after at most one shift or rotation shared by several fields).
+//   Codes enter the tensor cores as fp16 subnormals c 2^(pos-24): the BITS-bit field at
+//   bit `pos` (pos + BITS <= 10) of both 16-bit halves of a word, everything else masked
+//   off (one LOP3, after at most one shift or rotation shared by several fields). The
+//   tensor cores multiply fp16 subnormals exactly (checked on the H100), so there is no
+//   offset to cancel and a field may sit anywhere in the mantissa.
 //   S^T = K x Q'^T (M = 16 tokens, K = channels, N = 8 heads). Keys are grouped per
 //     channel, so the channel scale folds into the B operand:
-//     qs_d = q'_d ks_d 2^(10-pos_d), q'.k = sum_d qs_d x_d + [sum_d q'_d km_d - sum_d qs_d].
+//     qs_d = q'_d ks_d 2^(KF-pos_d), q'.k = 2^(24-KF) sum_d qs_d x_d + sum_d q'_d km_d.
 //     The k dimension is permuted (lane t takes its own quarter of the channels) so
 //     that every field position is a compile-time constant. qs goes to the tensor
 //     cores as fp16 hi + lo (two mmas on the same A fragments): one fp16 rounding of
-//     q' ks would cost as much as the whole error budget of an fp16 attention. The
-//     block constant's sum_d qs_d is an mma with an all-ones A, so the 1.0 offsets
-//     cancel against the very values the scores were computed with.
+//     q' ks would cost as much as the whole error budget of an fp16 attention.
 //   O^T = V^T x P^T (M = 16 channels of one value group, K = 16 tokens, N = 8 heads).
 //     Values are grouped per token, so the token scale folds into P: b_t = SC p_t vs_t
-//     (fp16), o = sum_t p_t vm_t + 2^(10-BITS-pos) (sum_t b_t x_t - sum_t b_t). A PRMT
-//     pairs two tokens' half-words; the m dimension is permuted so that each lane's
-//     codes of a value group sit in one word. sum_t b_t is again an all-ones mma.
+//     (fp16), o = sum_t p_t vm_t + 2^(24-BITS-pos) sum_t b_t x_t. A PRMT pairs two
+//     tokens' half-words; the m dimension is permuted so that each lane's codes of a
+//     value group sit in one word.
 //   The P^T operand comes from the S^T accumulators with one movmatrix transpose.
 #pragma once
 #include <cuda_bf16.h>
@@ -175,16 +175,16 @@ __host__ __device__ inline CorrCta corr_cta(const DecodeArgs& a, int D, bool h4)
 }
 
 // ---- codes -> fp16 tensor-core operands ---------------------------------------------
-// A BITS-bit field at bit `pos` (pos + BITS <= 10) of both halves of a word, with the
-// exponent of 1.0 ORed in, is the fp16 pair (1 + c_lo 2^(pos-10), 1 + c_hi 2^(pos-10)):
-// one LOP3, no int->float conversion. The 1.0 offsets and the 2^(pos-10) factors are
-// undone outside the inner loop (per key block for keys, once per warp for values).
-// `ones` = 0x3C003C00 in a register the compiler cannot see through (see the kernel):
-// with both constants as immediates ptxas splits the AND-OR into two LOP3s.
+// A BITS-bit field at bit `pos` (pos + BITS <= 10) of both halves of a word, the rest
+// masked off, is the fp16 subnormal pair (c_lo 2^(pos-24), c_hi 2^(pos-24)): one LOP3,
+// no int->float conversion. The 2^(pos-24) factors are undone outside the inner loop
+// (in the query operand for keys, once per warp for values). (Until session 13 the
+// fields carried the exponent of 1.0, whose offsets had to be summed by extra mmas and
+// cancelled, and which kept fields high in the mantissa for precision.)
 template <int BITS>
-__device__ __forceinline__ uint32_t fields_h2(uint32_t w, int pos, uint32_t ones) {
+__device__ __forceinline__ uint32_t fields_h2(uint32_t w, int pos) {
   const uint32_t mask = (((1u << BITS) - 1u) << pos) * 0x00010001u;
-  return (w & mask) | ones;
+  return w & mask;
 }
 
 // *addr += x, addr[1] += y atomically (addr 8-byte aligned, in shared memory): one
@@ -212,21 +212,30 @@ __device__ __forceinline__ float fast_exp2(float x) {
 // half). The mma's k dimension may be permuted freely as long as A and B agree, so
 // lane t takes the channel pairs of its own quarter of each row (words t*KW ..) and
 // k-tile j uses pairs 2j and 2j+1 of that list. The pair index i inside a word is then
-// known at compile time: the field is brought into the mantissa by a fixed shift
-// shared by several pairs (2 bits: <<4, none, >>6; 4 bits: <<6, <<2, >>2, >>6), and
-// its 2^(10-pos) goes into the query operand.
+// known at compile time: the fields in bits 0-9 of the halves are used where they are,
+// the others after one right shift a word (2 bits: pairs 5-7 >> 6 to bits 4-8; 4 bits:
+// pairs 2, 3 >> 8 to bits 0, 4), and the field's 2^(KF-pos) goes into the query operand.
+// KF = 6 keeps the largest factor at 64, where the fp16 range of q' ks x 2^(KF-pos) was
+// before (the smallest, 2^-2, costs nothing that matters: see round_query_pair).
 template <int BITS>
 struct KeyPos {
   static constexpr int PW = 16 / BITS;  // channel pairs per word
-  __host__ __device__ static constexpr int shift(int i) {  // < 0: left
-    return BITS == 2 ? (i < 2 ? -4 : i < 5 ? 0 : 6) : (i == 0 ? -6 : i == 1 ? -2 : i == 2 ? 2 : 6);
-  }
+  static constexpr int KF = 6;
+  __host__ __device__ static constexpr int shift(int i) { return BITS == 2 ? (i < 5 ? 0 : 6) : (i < 2 ? 0 : 8); }
   __host__ __device__ static constexpr int pos(int i) { return i * BITS - shift(i); }
+  // 2^(KF - pos) as a float (pos may be a runtime value here)
+  __device__ static float factor(int i) { return __int_as_float((127 + KF - pos(i)) << 23); }
+  __host__ __device__ static constexpr bool class_used(int c) {  // a field sits at bit 2c
+    for (int i = 0; i < PW; ++i)
+      if (pos(i) == 2 * c) return true;
+    return false;
+  }
 };
+// q'.k = kScoreScale x (the score mma's accumulator) + the block constant
+constexpr float kScoreScale = 262144.0f;  // 2^(24 - KeyPos::KF)
 template <int BITS>
-__device__ __forceinline__ uint32_t key_pair_h2(uint32_t w, int i, uint32_t ones) {
-  const int sh = KeyPos<BITS>::shift(i);
-  return fields_h2<BITS>(sh < 0 ? w << (-sh) : w >> sh, KeyPos<BITS>::pos(i), ones);
+__device__ __forceinline__ uint32_t key_pair_h2(uint32_t w, int i) {
+  return fields_h2<BITS>(w >> KeyPos<BITS>::shift(i), KeyPos<BITS>::pos(i));
 }
 
 // Values. O^T = V^T P^T needs, per register, one channel at two tokens: a PRMT of two
@@ -234,8 +243,7 @@ __device__ __forceinline__ uint32_t key_pair_h2(uint32_t w, int i, uint32_t ones
 // side by side. The mma's m dimension (channels) is free, so lane g takes VPL
 // consecutive even codes of each value group (and the odd ones beside them): m-tile
 // gr*VPL + k, rows g / g+8 = channels gr*VG + 2(g*VPL + k) and +1. One rotation brings
-// a code (2 bits: two neighbouring codes) to bit kVPos (and kVPos + 2). Value fields
-// stay high in the mantissa because their 1.0 offsets accumulate over all tokens.
+// a code (2 bits: two neighbouring codes) to bit kVPos (and kVPos + 2).
 constexpr int kVPos = 6;
 template <int BITS, int VPL>
 __device__ __forceinline__ int value_rotation(int g, int k) {
@@ -288,22 +296,33 @@ __device__ __forceinline__ float2 meta_pair(const uint8_t* base, int idx) {
 // One channel pair P of the per-block query operand: q' x ks rounded to an fp16 hi
 // pair and its fp16 remainder lo (the key scale folds into the query; one rounding of it
 // would cost the whole fp16 error budget), and q'.km added to dk by the pair's field
-// position class (the q table holds q' x 2^(10 - pos); the caller scales dk back).
+// position class pos / 2 (the q table holds q' x 2^(KF - pos); the caller scales dk
+// back). Where q' ks 2^(KF-pos) is so small that lo is an fp16 subnormal, hi + lo is
+// still within 2^-25 of it, i.e. within 2^(pos-KF-25) <= 2^-23 of q' ks: far below the
+// score error of an fp16 attention.
 template <int KIND, int BITS>
 __device__ __forceinline__ void round_query_pair(float2 qv, const uint8_t* ks, const uint8_t* km, int P, int e,
-                                                 uint32_t& hi, uint32_t& lo, float (&dk)[3]) {
+                                                 uint32_t& hi, uint32_t& lo, float (&dk)[5]) {
   const float2 sv = meta_pair<KIND>(ks, 2 * P), mv = meta_pair<KIND>(km, 2 * P);
   const float px = qv.x * sv.x, py = qv.y * sv.y;
   hi = dev::pack_half2(px, py);
   const float2 pr = __half22float2(*reinterpret_cast<const __half2*>(&hi));
   lo = dev::pack_half2(px - pr.x, py - pr.y);
-  const int cls = (KeyPos<BITS>::pos(e % KeyPos<BITS>::PW) - 4) / 2;  // pos 4, 6, 8
+  const int cls = KeyPos<BITS>::pos(e % KeyPos<BITS>::PW) / 2;  // 2 bits: 0-4; 4 bits: 0, 2
   dk[cls] = fmaf(qv.x, mv.x, fmaf(qv.y, mv.y, dk[cls]));
 }
 
-// q'.km from its per-field-position sums (positions 4, 6, 8: the q table's 2^(10 - pos)).
-__device__ __forceinline__ float field_scaled_sum(const float (&dk)[3]) {
-  return dk[0] * (1.0f / 64.0f) + dk[1] * (1.0f / 16.0f) + dk[2] * (1.0f / 4.0f);
+// q'.km from its per-field-position sums (class c: the q table's 2^(KF - 2c)); only
+// the classes a width uses, so that no sum of zeros is left to the compiler.
+template <int BITS>
+__device__ __forceinline__ float field_scaled_sum(const float (&dk)[5]) {
+  constexpr int KF = KeyPos<BITS>::KF;
+  float sum = 0.0f;
+#pragma unroll
+  for (int c = 0; c < 5; ++c) {
+    if (KeyPos<BITS>::class_used(c)) sum = fmaf(dk[c], __int_as_float((127 + 2 * c - KF) << 23), sum);
+  }
+  return sum;
 }
 
 // Sinks and residual window: full-precision tokens of one (sequence, query head) unit,
@@ -716,14 +735,15 @@ __global__ void __launch_bounds__(kWarps * 32, (D <= 64 || (H4 && D <= 128) ? 16
     for (int u = 0; u < QPT; ++u) {
       const int i = threadIdx.x + u * kWarps * 32, h = i % kHeadsPerPass, pr = i / kHeadsPerPass;
       const float2 x = bits_pair<KIND>(qw[u]);  // zero bits: 0.0 in both types
-      // times 2^(10 - pos) of the channel pair's key field (pair index within a word)
-      const float f = (float)(1 << (10 - KeyPos<BITS>::pos(pr % KeyPos<BITS>::PW)));
+      // times 2^(KF - pos) of the channel pair's key field (pair index within a word)
+      const float f = KeyPos<BITS>::factor(pr % KeyPos<BITS>::PW);
       q_s[q_index<D>(pr, h)] = make_float2(f * qscale * x.x, f * qscale * x.y);
       if constexpr (CORR) {
-        if constexpr (H4) {  // [256][4]: heads 0-3 (rows >= D are zeroed below)
+        if constexpr (H4) {  // [256][4]: heads 0-3 (rows >= D are zeroed below), in the
+                             // units of the score accumulator (1 / kScoreScale)
           if (h < 4) {
-            qo[(2 * pr) * 4 + h] = qscale * x.x;
-            qo[(2 * pr + 1) * 4 + h] = qscale * x.y;
+            qo[(2 * pr) * 4 + h] = (qscale / kScoreScale) * x.x;
+            qo[(2 * pr + 1) * 4 + h] = (qscale / kScoreScale) * x.y;
           }
         } else if (write_qo) {
           qo[(2 * pr) * kHeadsPerPass + h] = qscale * x.x;
@@ -737,33 +757,27 @@ __global__ void __launch_bounds__(kWarps * 32, (D <= 64 || (H4 && D <= 128) ? 16
 
   // Per-thread state. Heads of this lane's S/O columns: 2t and 2t+1.
   // o[mc] (mc = gr * VPL + k): rows g / g+8 hold channels gr*VG + 2(g*VPL + k) and +1 (see the value
-  // mapping below), accumulated as sum_t b_t (1 + c 2^(P-10)) with b_t = SC p_t vs_t.
+  // mapping below), accumulated as sum_t b_t c 2^(P-24) with b_t = SC p_t vs_t.
   float o[KT][4];
 #pragma unroll
   for (int mc = 0; mc < KT; ++mc) o[mc][0] = o[mc][1] = o[mc][2] = o[mc][3] = 0.0f;
   // P' operand sets: one per value group, or (H4) one per pair of groups, whose even
   // group takes columns 0-3 and odd group columns 4-7.
   constexpr int NS = H4 ? (NG >= 2 ? NG / 2 : 1) : NG;
-  float sb[NS][4];   // sum_t b_t per operand set (an mma against ones: every row equal)
   float cvm[NS][2];  // sum_t p_t vm_t per operand set, columns 2t and 2t+1 (this lane's tokens)
 #pragma unroll
   for (int gr = 0; gr < NS; ++gr) {
-    sb[gr][0] = sb[gr][1] = sb[gr][2] = sb[gr][3] = 0.0f;
     cvm[gr][0] = cvm[gr][1] = 0.0f;
   }
   float m_run[2] = {-INFINITY, -INFINITY}, l_run[2] = {0.0f, 0.0f};
   float vf[2] = {1.0f, 1.0f};  // CORR && H4: 2^(m_use - m_ref) of columns 2t, 2t+1 (value outliers)
   // B fragments of the scaled queries for head g: qsb[e] holds channels 2P, 2P+1 with
-  // P = t * D/8 + e (this lane's quarter of the channels), times 2^(10 - pos).
+  // P = t * D/8 + e (this lane's quarter of the channels), times 2^(KF - pos).
   // (H4: lanes g < 4 hold the hi half of head g, lanes g >= 4 the lo half of head g - 4.)
   uint32_t qsb[D / 8];
   uint32_t qsl[H4 ? 1 : D / 8];
 
   float cst[2] = {0.0f, 0.0f};  // per-block constant for heads 2t, 2t+1
-  // fp16 (1.0, 1.0), built from a kernel argument so that ptxas keeps it in a register
-  // (B >= 0, so the OR adds nothing): fields_h2 then costs one LOP3.
-  const uint32_t ones = 0x3C003C00u | ((uint32_t)a.B >> 31);
-  const uint32_t kOnes[4] = {ones, ones, ones, ones};
   // PRMT selector of the value byte path when a lane's codes are one byte of a half:
   // byte (code index * BITS / 8) of both tokens' low halves (+ 0x2222: high halves).
   const uint32_t vsel_e = 0x4400u + 0x1111u * (((g * VPL) % (16 / BITS)) * BITS / 8);
@@ -814,7 +828,9 @@ __global__ void __launch_bounds__(kWarps * 32, (D <= 64 || (H4 && D <= 128) ? 16
       s0 = fmaf(a0, qb0, s0); s1 = fmaf(a0, qb1, s1);
       s2 = fmaf(a1, qb0, s2); s3 = fmaf(a1, qb1, s3);
     }
-    acc[0] += s0; acc[1] += s1; acc[2] += s2; acc[3] += s3;
+    // (the accumulator is in units of 1 / kScoreScale)
+    acc[0] = fmaf(s0, 1.0f / kScoreScale, acc[0]); acc[1] = fmaf(s1, 1.0f / kScoreScale, acc[1]);
+    acc[2] = fmaf(s2, 1.0f / kScoreScale, acc[2]); acc[3] = fmaf(s3, 1.0f / kScoreScale, acc[3]);
   };
   // Value low-rank weights w[head][j] = sum_t p_t A[t][j] of the current block (this
   // lane's tokens, heads 2t and 2t+1) live in wl_s; folded into vo_w as w B^T at the
@@ -990,15 +1006,14 @@ __global__ void __launch_bounds__(kWarps * 32, (D <= 64 || (H4 && D <= 128) ? 16
     for (int mg = 0; mg < MT; mg += MG) {
       const int64_t tok = t0 + 16 * mg;
       if ((i == 0 && mg == 0) || tok % G == 0) {
-        // New key block: B fragments qs = q' * ks * 2^(10-pos) (rounded to fp16) and
-        // the block constant sum_d q'_d km_d - sum_d qs_d, taken over the rounded qs so
-        // that the 1.0 offsets of the A operand cancel exactly.
+        // New key block: B fragments qs = q' * ks * 2^(KF-pos) (rounded to fp16 hi + lo)
+        // and the block constant sum_d q'_d km_d.
         const int lb = TT >= G ? (16 * mg) / G : 0;
         const uint8_t* ks = st + L::KS + lb * D * 2;
         const uint8_t* km = st + L::KM + lb * D * 2;
-        // The q table holds q' * 2^(10-pos); dot_km is summed per field position (dk)
+        // The q table holds q' * 2^(KF-pos); dot_km is summed per field position (dk)
         // and scaled back once.
-        float dk[3] = {0.0f, 0.0f, 0.0f};
+        float dk[5] = {0.0f, 0.0f, 0.0f, 0.0f, 0.0f};
         if constexpr (H4) {
           // Lanes g and g ^ 4 share head g & 3 and quarter t: each rounds half of the
           // quarter's channel pairs to hi + lo, then they swap what the other keeps.
@@ -1017,38 +1032,26 @@ __global__ void __launch_bounds__(kWarps * 32, (D <= 64 || (H4 && D <= 128) ? 16
             qsb[e] = half ? got : mh[e];
             qsb[e + HE] = half ? ml[e] : got;
           }
-          float part = field_scaled_sum(dk);
+          float part = field_scaled_sum<BITS>(dk);
           part += __shfl_xor_sync(0xffffffffu, part, 1);
           part += __shfl_xor_sync(0xffffffffu, part, 2);
           part += __shfl_xor_sync(0xffffffffu, part, 16);  // sum q'.km of head hh, in all 8 of its lanes
-          // Column c = 2t + u: head c & 3; hi columns (t < 2) take the q'.km term, and
-          // each column subtracts the sum of its own rounded half.
-          float sq[4][4] = {};
-#pragma unroll
-          for (int j = 0; j < KT; ++j) dev::mma_f16_16816(sq[j & 3], kOnes, qsb[2 * j], qsb[2 * j + 1]);
+          // Column c = 2t + u: head c & 3; the hi columns (t < 2) take the q'.km term.
           const float pc0 = __shfl_sync(0xffffffffu, part, ((2 * t) & 3) * 4);
           const float pc1 = __shfl_sync(0xffffffffu, part, ((2 * t + 1) & 3) * 4);
-          cst[0] = (t < 2 ? pc0 : 0.0f) - ((sq[0][0] + sq[1][0]) + (sq[2][0] + sq[3][0]));
-          cst[1] = (t < 2 ? pc1 : 0.0f) - ((sq[0][1] + sq[1][1]) + (sq[2][1] + sq[3][1]));
+          cst[0] = t < 2 ? pc0 : 0.0f;
+          cst[1] = t < 2 ? pc1 : 0.0f;
         } else {
           const float2* q_lane = q_s + q_index<D>(t * (D / 8), g);  // + e * 8: pair P = t * D/8 + e
 #pragma unroll
           for (int e = 0; e < D / 8; ++e) {
             round_query_pair<KIND, BITS>(q_lane[e * kHeadsPerPass], ks, km, t * (D / 8) + e, e, qsb[e], qsl[e], dk);
           }
-          float part = field_scaled_sum(dk);
+          float part = field_scaled_sum<BITS>(dk);
           part += __shfl_xor_sync(0xffffffffu, part, 1);
           part += __shfl_xor_sync(0xffffffffu, part, 2);  // sum q'.km of head g, in every lane of the quad
-          // sum of the rounded qs (hi + lo) of heads 2t, 2t+1: an all-ones A operand
-          // (4 independent accumulators: one chain of 2*KT dependent mmas would stall)
-          float sq[4][4] = {};
-#pragma unroll
-          for (int j = 0; j < KT; ++j) {
-            dev::mma_f16_16816(sq[j & 1], kOnes, qsb[2 * j], qsb[2 * j + 1]);
-            dev::mma_f16_16816(sq[2 + (j & 1)], kOnes, qsl[2 * j], qsl[2 * j + 1]);
-          }
-          cst[0] = __shfl_sync(0xffffffffu, part, (2 * t) * 4) - ((sq[0][0] + sq[1][0]) + (sq[2][0] + sq[3][0]));
-          cst[1] = __shfl_sync(0xffffffffu, part, (2 * t + 1) * 4) - ((sq[0][1] + sq[1][1]) + (sq[2][1] + sq[3][1]));
+          cst[0] = __shfl_sync(0xffffffffu, part, (2 * t) * 4);
+          cst[1] = __shfl_sync(0xffffffffu, part, (2 * t + 1) * 4);
         }
         if constexpr (CORR && !H4) {
           if (a.k_rank > 0) key_lowrank_query(a.k_lr_b + (bh * (a.t_cap / G) + tok / G) * D * a.k_rank);
@@ -1069,9 +1072,8 @@ __global__ void __launch_bounds__(kWarps * 32, (D <= 64 || (H4 && D <= 128) ? 16
         const int e0 = 2 * j, wl = e0 / PW, i0 = e0 % PW;
 #pragma unroll
         for (int m = 0; m < MG; ++m) {
-          const uint32_t af[4] = {key_pair_h2<BITS>(kw0[m][wl], i0, ones), key_pair_h2<BITS>(kw1[m][wl], i0, ones),
-                                  key_pair_h2<BITS>(kw0[m][wl], i0 + 1, ones),
-                                  key_pair_h2<BITS>(kw1[m][wl], i0 + 1, ones)};
+          const uint32_t af[4] = {key_pair_h2<BITS>(kw0[m][wl], i0), key_pair_h2<BITS>(kw1[m][wl], i0),
+                                  key_pair_h2<BITS>(kw0[m][wl], i0 + 1), key_pair_h2<BITS>(kw1[m][wl], i0 + 1)};
           dev::mma_f16_16816(acc[m], af, qsb[e0], qsb[e0 + 1]);
           if constexpr (!H4) dev::mma_f16_16816(acc[m], af, qsl[e0], qsl[e0 + 1]);
 
@@ -1089,7 +1091,8 @@ __global__ void __launch_bounds__(kWarps * 32, (D <= 64 || (H4 && D <= 128) ? 16
         const int mt = mg + m;
         const bool ok0 = 16 * mt + g < lim, ok1 = 16 * mt + g + 8 < lim;
         if constexpr (H4) {  // hi + lo: columns c and c ^ 4 live in lanes t and t ^ 2
-          float v[4] = {acc[m][0] + cst[0], acc[m][1] + cst[1], acc[m][2] + cst[0], acc[m][3] + cst[1]};
+          float v[4] = {fmaf(acc[m][0], kScoreScale, cst[0]), fmaf(acc[m][1], kScoreScale, cst[1]),
+                        fmaf(acc[m][2], kScoreScale, cst[0]), fmaf(acc[m][3], kScoreScale, cst[1])};
 #pragma unroll
           for (int c = 0; c < 4; ++c) v[c] += __shfl_xor_sync(0xffffffffu, v[c], 2);
           s[mt][0] = ok0 ? v[0] : -INFINITY;
@@ -1098,10 +1101,10 @@ __global__ void __launch_bounds__(kWarps * 32, (D <= 64 || (H4 && D <= 128) ? 16
           s[mt][3] = ok1 ? v[3] : -INFINITY;
           continue;
         }
-        s[mt][0] = ok0 ? acc[m][0] + cst[0] : -INFINITY;
-        s[mt][1] = ok0 ? acc[m][1] + cst[1] : -INFINITY;
-        s[mt][2] = ok1 ? acc[m][2] + cst[0] : -INFINITY;
-        s[mt][3] = ok1 ? acc[m][3] + cst[1] : -INFINITY;
+        s[mt][0] = ok0 ? fmaf(acc[m][0], kScoreScale, cst[0]) : -INFINITY;
+        s[mt][1] = ok0 ? fmaf(acc[m][1], kScoreScale, cst[1]) : -INFINITY;
+        s[mt][2] = ok1 ? fmaf(acc[m][2], kScoreScale, cst[0]) : -INFINITY;
+        s[mt][3] = ok1 ? fmaf(acc[m][3], kScoreScale, cst[1]) : -INFINITY;
       }
     }
     if constexpr (CORR && !H4) {
@@ -1159,8 +1162,6 @@ __global__ void __launch_bounds__(kWarps * 32, (D <= 64 || (H4 && D <= 128) ? 16
       }
 #pragma unroll
       for (int gr = 0; gr < NS; ++gr) {
-        sb[gr][0] *= alpha[0]; sb[gr][1] *= alpha[1];
-        sb[gr][2] *= alpha[0]; sb[gr][3] *= alpha[1];
         cvm[gr][0] *= alpha[0]; cvm[gr][1] *= alpha[1];
       }
       if constexpr (CORR && H4) {
@@ -1268,7 +1269,6 @@ __global__ void __launch_bounds__(kWarps * 32, (D <= 64 || (H4 && D <= 128) ? 16
         const uint32_t top = dev::pack_half2(b0, b1), bot = dev::pack_half2(b2, b3);
         bfr[ps][0] = dev::movmatrix_trans(top);  // tokens 2t, 2t+1, column g
         bfr[ps][1] = dev::movmatrix_trans(bot);  // tokens 2t+8, 2t+9
-        dev::mma_f16_16816(sb[ps], kOnes, bfr[ps][0], bfr[ps][1]);
       }
       // Value codes: lane g takes CPL consecutive even codes (and the odd ones beside
       // them) of each value group, for its tokens 2t, 2t+1 (A) and 2t+8, 2t+9 (C).
@@ -1285,23 +1285,21 @@ __global__ void __launch_bounds__(kWarps * 32, (D <= 64 || (H4 && D <= 128) ? 16
         constexpr int KPW = CPL < CH ? CPL : CH;  // codes of this lane in each half of a word
         if constexpr (KPW * BITS % 8 == 0) {
           // The lane's codes fill whole bytes of each half: one PRMT per byte puts that
-          // byte of two tokens at the bottom of both halves, x4 (an IMAD, not an ALU
-          // shift) lifts its fields to bits 2, 4, ... <= 8, and each field is one LOP3.
-          // (Fields low in the mantissa: their 1.0 offsets still cancel in fp32 to well
-          // below the fp16 error budget, 2^-16 of the signal at bit 2.)
+          // byte of two tokens at the bottom of both halves (bits 0-7), and each field
+          // is one LOP3.
           constexpr int NB = KPW * BITS / 8, CPB = 8 / BITS;
 #pragma unroll
           for (int u = 0; u < NW; ++u) {
 #pragma unroll
             for (int j = 0; j < NB; ++j) {
               const uint32_t se = NB == 1 ? vsel_e : 0x4400u + 0x1111u * j, so = se + 0x2222u;
-              const uint32_t e0 = dev::prmt(wa[u], wb[u], se) * 4u, o0 = dev::prmt(wa[u], wb[u], so) * 4u;
-              const uint32_t e1 = dev::prmt(wc[u], wd[u], se) * 4u, o1 = dev::prmt(wc[u], wd[u], so) * 4u;
+              const uint32_t e0 = dev::prmt(wa[u], wb[u], se), o0 = dev::prmt(wa[u], wb[u], so);
+              const uint32_t e1 = dev::prmt(wc[u], wd[u], se), o1 = dev::prmt(wc[u], wd[u], so);
 #pragma unroll
               for (int k = 0; k < CPB; ++k) {
-                const int pos = 2 + BITS * k;
-                const uint32_t af[4] = {fields_h2<BITS>(e0, pos, ones), fields_h2<BITS>(o0, pos, ones),
-                                        fields_h2<BITS>(e1, pos, ones), fields_h2<BITS>(o1, pos, ones)};
+                const int pos = BITS * k;
+                const uint32_t af[4] = {fields_h2<BITS>(e0, pos), fields_h2<BITS>(o0, pos),
+                                        fields_h2<BITS>(e1, pos), fields_h2<BITS>(o1, pos)};
                 const int mc = gr * CPL + u * CH + j * CPB + k;
                 const int ps = H4 ? gr / 2 : gr;
                 dev::mma_f16_16816(o[mc], af, bfr[ps][0], bfr[ps][1]);
@@ -1323,8 +1321,8 @@ __global__ void __launch_bounds__(kWarps * 32, (D <= 64 || (H4 && D <= 128) ? 16
 #pragma unroll
             for (int kk = 0; kk < STEP; ++kk) {
               const int pos = kVPos + 2 * kk;  // 2 bits: codes k0, k0+1 at bits 6, 8; 4 bits: bit 6
-              const uint32_t af[4] = {fields_h2<BITS>(e0, pos, ones), fields_h2<BITS>(o0, pos, ones),
-                                      fields_h2<BITS>(e1, pos, ones), fields_h2<BITS>(o1, pos, ones)};
+              const uint32_t af[4] = {fields_h2<BITS>(e0, pos), fields_h2<BITS>(o0, pos),
+                                      fields_h2<BITS>(e1, pos), fields_h2<BITS>(o1, pos)};
               const int mc = gr * CPL + u * CH + k0 + kk;
               const int ps = H4 ? gr / 2 : gr;
               dev::mma_f16_16816(o[mc], af, bfr[ps][0], bfr[ps][1]);
@@ -1374,17 +1372,17 @@ __global__ void __launch_bounds__(kWarps * 32, (D <= 64 || (H4 && D <= 128) ? 16
   float* wo = reinterpret_cast<float*>(stages);                 // [kWarps][8][D]
   float* wm = wo + kWarps * kHeadsPerPass * D;                  // [kWarps][8]
   float* wl = wm + kWarps * kHeadsPerPass;                      // [kWarps][8]
-  // o = sum_t p vm + (acc - sum_t b) * 2^(10 - BITS - pos): the value-min term plus the
-  // codes' term with the 1.0 offsets removed and the field position undone.
+  // o = sum_t p vm + acc * 2^(24 - BITS - pos): the value-min term plus the codes' term
+  // with SC and the field position undone.
 #pragma unroll
   for (int mc = 0; mc < KT; ++mc) {
     constexpr int CPL = VPL;
     const int gr = mc / CPL, k = mc % CPL;
     const int ch = gr * VG + 2 * (g * CPL + k);
     constexpr int KPW = CPL < 16 / BITS ? CPL : 16 / BITS;
-    const int pos = KPW * BITS % 8 == 0 ? 2 + BITS * (k % (8 / BITS))  // byte path (see P V)
+    const int pos = KPW * BITS % 8 == 0 ? BITS * (k % (8 / BITS))  // byte path (see P V)
                                         : kVPos + (BITS == 2 ? 2 * (k & 1) : 0);
-    const float f = (float)(1 << (10 - BITS - pos));
+    const float f = (float)(1 << (24 - BITS - pos));
     float* base = wo + warp * kHeadsPerPass * D;
     int ps = gr, h0c = 2 * t;  // operand set and head of column 2t
     if constexpr (H4) {  // only the columns of this channel's group (the others hold another group's P')
@@ -1392,10 +1390,10 @@ __global__ void __launch_bounds__(kWarps * 32, (D <= 64 || (H4 && D <= 128) ? 16
       ps = gr / 2;
       h0c = (2 * t) & 3;
     }
-    base[h0c * D + ch] = cvm[ps][0] + f * (o[mc][0] - sb[ps][0]);
-    base[(h0c + 1) * D + ch] = cvm[ps][1] + f * (o[mc][1] - sb[ps][1]);
-    base[h0c * D + ch + 1] = cvm[ps][0] + f * (o[mc][2] - sb[ps][2]);
-    base[(h0c + 1) * D + ch + 1] = cvm[ps][1] + f * (o[mc][3] - sb[ps][3]);
+    base[h0c * D + ch] = fmaf(f, o[mc][0], cvm[ps][0]);
+    base[(h0c + 1) * D + ch] = fmaf(f, o[mc][1], cvm[ps][1]);
+    base[h0c * D + ch + 1] = fmaf(f, o[mc][2], cvm[ps][0]);
+    base[(h0c + 1) * D + ch + 1] = fmaf(f, o[mc][3], cvm[ps][1]);
   }
   if (g == 0 && (!H4 || t < 2)) {  // (H4: lanes t >= 2 hold the same heads)
     wm[warp * kHeadsPerPass + 2 * t] = m_run[0];
