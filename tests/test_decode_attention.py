@@ -467,6 +467,30 @@ def test_cuda_big_and_small_splits(bits, t_cap, packed):
 
 
 @pytest.mark.cuda
+@pytest.mark.parametrize("Hq, Hkv, D, bits", [(16, 2, 256, 2), (16, 4, 128, 4), (32, 2, 64, 2)])
+def test_cuda_long_full_precision_window(Hq, Hkv, D, bits):
+    """Sinks and residual windows longer than the full-precision split's shared-memory
+    chunk (40 rows at D = 256, ~70-90 at D = 128): chunk boundaries inside the sinks and
+    inside the window, GQA 8 and 16 (a warp's second and later heads read the chunks
+    again), and a sequence with no full-precision tokens."""
+    kw = make_inputs(Hq=Hq, Hkv=Hkv, D=D, bits=bits, group=64, dtype=torch.float16, packed=[128, 0, 64, 192],
+                     resid=[200, 150, 0, 37], sinks=[45, 3, 0, 9], t_cap=192, r_cap=200, s_cap=45, device="cuda")
+    out, lse = run(kw)
+    check_result(kw, out, lse, lse_bound="lowp")
+
+
+@pytest.mark.cuda
+def test_cuda_rejects_unaligned_residual_window():
+    kw = to_device(make_inputs(D=128, bits=2, group=64, dtype=torch.float16), "cuda")
+    r = kw["k_resid"]
+    flat = torch.zeros(r.numel() + 1, dtype=r.dtype, device="cuda")
+    odd = flat[1:].view(r.shape)
+    odd.copy_(r)
+    with pytest.raises(RuntimeError, match="k_resid must be 16-byte aligned on CUDA"):
+        run({**kw, "k_resid": odd})
+
+
+@pytest.mark.cuda
 def test_cuda_graph_replay():
     """Capture one call on static inputs, then change the lengths and the data in
     place: the replay must see them (lengths are read on the device at run time)."""

@@ -52,6 +52,11 @@ std::tuple<at::Tensor, at::Tensor> decode_attention_cuda_op(
   check_aligned16(k_mn, "k_mn");
   check_aligned16(v_scale, "v_scale");
   check_aligned16(v_mn, "v_mn");
+  // So are the full-precision rows (the residual window and sinks, into shared memory).
+  check_aligned16(k_resid, "k_resid");
+  check_aligned16(v_resid, "v_resid");
+  if (k_sink.has_value()) check_aligned16(*k_sink, "k_sink");
+  if (v_sink.has_value()) check_aligned16(*v_sink, "v_sink");
   const c10::cuda::CUDAGuard guard(q.device());
   auto outs = alloc_decode_outputs(q, a);
   const int sms = sm_count(q.get_device(), "kvcore.decode_attention");

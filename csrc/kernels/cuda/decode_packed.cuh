@@ -325,85 +325,124 @@ __device__ __forceinline__ float field_scaled_sum(const float (&dk)[5]) {
   return sum;
 }
 
-// Sinks and residual window: full-precision tokens of one (sequence, query head) unit,
-// done by one warp whose lanes split the channels. Tokens go in batches of 8 whose
-// loads are all issued before any use, so the warp waits for memory once per batch.
-// Writes the unit's last partial slot. Run by the extra split of the packed kernel.
+// Sinks and residual window (the extra split of each (sequence, KV head, pass)): the
+// CTA's 128 threads copy a chunk of up to `buf_tokens` full-precision K and V rows into
+// shared memory with one round of 16-byte asynchronous copies (the rows are shared by the
+// unit's query heads), then each warp attends its query heads over the chunk, a head at a
+// time, lanes splitting the channels, tokens in batches of 8. (Until session 13 every warp
+// read its head's rows from global memory, 8 rows a round trip: ~29 us for 66 rows at
+// 32K tokens under the packed splits' load, on the critical path at 1K-4K.) A window that
+// fits one chunk (66 rows at D = 128 need 33 KB) is read once for all heads; a longer one
+// is read again for a warp's second head (GQA groups over 4). Writes each head's last
+// partial slot.
 template <int KIND, int D>
-__device__ __forceinline__ void fp_partial(const DecodeArgs& a, const SplitParams& sp, int64_t unit, int lane) {
+__device__ __forceinline__ void fp_split(const DecodeArgs& a, const SplitParams& sp, int b, int kvh, int h0, int nh,
+                                         uint8_t* buf, int buf_tokens, int warp, int lane) {
   constexpr int CPL = D / 32;  // channels per lane (consecutive)
   constexpr int NB = 8;        // tokens per batch
-  const int b = (int)(unit / a.Hq), h = (int)(unit % a.Hq);
-  const int kvh = h / (a.Hq / a.Hkv);
+  constexpr int CHUNKS = D * 2 / 16;  // 16-byte copies per row (2-byte elements)
   const float qscale = a.sm_scale * kLog2e;
-  float q[CPL], o[CPL];
-#pragma unroll
-  for (int j = 0; j < CPL; ++j) {
-    q[j] = Storage<KIND>::load(static_cast<const Bits<KIND>*>(a.q)[unit * D + lane * CPL + j]) * qscale;
-    o[j] = 0.0f;
-  }
-  float m = -INFINITY, l = 0.0f;
-  float* lg_unit = a.logits != nullptr ? a.logits + unit * a.mass_cols() : nullptr;  // H2O mass
-  auto segment = [&](const void* kp, const void* vp, int64_t cap, int64_t len, int64_t col0) {
-    len = len < 0 ? 0 : min(len, cap);
-    const Bits<KIND>* k = static_cast<const Bits<KIND>*>(kp) + ((int64_t)b * a.Hkv + kvh) * cap * D + lane * CPL;
-    const Bits<KIND>* v = static_cast<const Bits<KIND>*>(vp) + ((int64_t)b * a.Hkv + kvh) * cap * D + lane * CPL;
-    for (int64_t t0 = 0; t0 < len; t0 += NB) {
-      float kx[NB][CPL], vx[NB][CPL];
-#pragma unroll
-      for (int u = 0; u < NB; ++u) {
-        const int64_t tk = min(t0 + u, len - 1);  // a valid row; surplus tokens are masked below
-#pragma unroll
-        for (int j = 0; j < CPL; ++j) {
-          kx[u][j] = Storage<KIND>::load(k[tk * D + j]);
-          vx[u][j] = Storage<KIND>::load(v[tk * D + j]);
-        }
-      }
-      float sc[NB];
-#pragma unroll
-      for (int u = 0; u < NB; ++u) {
-        float dot = 0.0f;
-#pragma unroll
-        for (int j = 0; j < CPL; ++j) dot += q[j] * kx[u][j];
-        sc[u] = dot;
-      }
-#pragma unroll
-      for (int off = 16; off > 0; off >>= 1)
-#pragma unroll
-        for (int u = 0; u < NB; ++u) sc[u] += __shfl_xor_sync(0xffffffffu, sc[u], off);
-      if (lg_unit != nullptr) {
-#pragma unroll
-        for (int u = 0; u < NB; ++u)
-          if (lane == u && t0 + u < len) lg_unit[col0 + t0 + u] = sc[u];
-      }
-      float m_new = m;
-#pragma unroll
-      for (int u = 0; u < NB; ++u) {
-        if (t0 + u >= len) sc[u] = -INFINITY;
-        m_new = fmaxf(m_new, sc[u]);
-      }
-      const float alpha = exp2f(m - m_new);  // m_new is finite: the batch holds a real token
-      l *= alpha;
-#pragma unroll
-      for (int j = 0; j < CPL; ++j) o[j] *= alpha;
-#pragma unroll
-      for (int u = 0; u < NB; ++u) {
-        const float p = exp2f(sc[u] - m_new);
-        l += p;
-#pragma unroll
-        for (int j = 0; j < CPL; ++j) o[j] += p * vx[u][j];
-      }
-      m = m_new;
+  const int64_t bh = (int64_t)b * a.Hkv + kvh;
+  const int64_t slen = a.sink_len != nullptr && a.s_cap > 0 ? max((int64_t)0, min((int64_t)a.sink_len[b], a.s_cap)) : 0;
+  const int64_t rlen = a.r_cap > 0 ? max((int64_t)0, min((int64_t)a.resid_len[b], a.r_cap)) : 0;
+  const int64_t total = slen + rlen;  // fp token f: sink row f, then residual row f - slen
+  const int nchunks = (int)((total + buf_tokens - 1) / buf_tokens);
+  const Bits<KIND>* ks = reinterpret_cast<const Bits<KIND>*>(buf);
+  const Bits<KIND>* vs = ks + (int64_t)buf_tokens * D;
+  auto load_chunk = [&](int c) {
+    __syncthreads();  // every warp is done with the previous chunk
+    const int64_t f0 = (int64_t)c * buf_tokens;
+    const int n = (int)min((int64_t)buf_tokens, total - f0);
+    for (int i = threadIdx.x; i < n * CHUNKS; i += kWarps * 32) {
+      const int64_t f = f0 + i / CHUNKS;
+      const int part = i % CHUNKS;
+      const bool sink = f < slen;
+      const int64_t row = sink ? bh * a.s_cap + f : bh * a.r_cap + (f - slen);
+      const uint8_t* kp = static_cast<const uint8_t*>(sink ? a.k_sink : a.k_resid) + (row * D * 2 + part * 16);
+      const uint8_t* vp = static_cast<const uint8_t*>(sink ? a.v_sink : a.v_resid) + (row * D * 2 + part * 16);
+      dev::cp_async_16(buf + (int64_t)i * 16, kp, true);
+      dev::cp_async_16(buf + ((int64_t)buf_tokens * D * 2 + (int64_t)i * 16), vp, true);
     }
+    dev::cp_async_commit();
+    dev::cp_async_wait<0>();
+    __syncthreads();
   };
-  if (a.sink_len != nullptr && a.s_cap > 0) segment(a.k_sink, a.v_sink, a.s_cap, a.sink_len[b], 0);
-  if (a.r_cap > 0) segment(a.k_resid, a.v_resid, a.r_cap, a.resid_len[b], a.s_cap + a.t_cap);
-  const int64_t slot = unit * sp.np + sp.np - 1;
+  const int hpw = (nh + kWarps - 1) / kWarps;  // the same count in every warp: barriers stay matched
+  for (int hh = 0; hh < hpw; ++hh) {
+    const int h = warp + kWarps * hh;
+    const bool active = h < nh;
+    const int64_t unit = (int64_t)b * a.Hq + h0 + (active ? h : 0);
+    float q[CPL], o[CPL];
 #pragma unroll
-  for (int j = 0; j < CPL; ++j) sp.ws_o[slot * D + lane * CPL + j] = o[j];
-  if (lane == 0) {
-    sp.ws_m[slot] = m;
-    sp.ws_l[slot] = l;
+    for (int j = 0; j < CPL; ++j) {
+      q[j] = Storage<KIND>::load(static_cast<const Bits<KIND>*>(a.q)[unit * D + lane * CPL + j]) * qscale;
+      o[j] = 0.0f;
+    }
+    float m = -INFINITY, l = 0.0f;
+    float* lg_unit = a.logits != nullptr ? a.logits + unit * a.mass_cols() : nullptr;  // H2O mass
+    for (int c = 0; c < nchunks; ++c) {
+      if (hh == 0 || nchunks > 1) load_chunk(c);
+      if (!active) continue;
+      const int64_t f0 = (int64_t)c * buf_tokens;
+      const int n = (int)min((int64_t)buf_tokens, total - f0);
+      for (int t0 = 0; t0 < n; t0 += NB) {
+        float kx[NB][CPL], vx[NB][CPL];
+#pragma unroll
+        for (int u = 0; u < NB; ++u) {
+          const int tk = min(t0 + u, n - 1);  // a valid row; surplus tokens are masked below
+#pragma unroll
+          for (int j = 0; j < CPL; ++j) {
+            kx[u][j] = Storage<KIND>::load(ks[tk * D + lane * CPL + j]);
+            vx[u][j] = Storage<KIND>::load(vs[tk * D + lane * CPL + j]);
+          }
+        }
+        float sc[NB];
+#pragma unroll
+        for (int u = 0; u < NB; ++u) {
+          float dot = 0.0f;
+#pragma unroll
+          for (int j = 0; j < CPL; ++j) dot += q[j] * kx[u][j];
+          sc[u] = dot;
+        }
+#pragma unroll
+        for (int off = 16; off > 0; off >>= 1)
+#pragma unroll
+          for (int u = 0; u < NB; ++u) sc[u] += __shfl_xor_sync(0xffffffffu, sc[u], off);
+        if (lg_unit != nullptr) {
+#pragma unroll
+          for (int u = 0; u < NB; ++u) {
+            const int64_t f = f0 + t0 + u;
+            if (lane == u && t0 + u < n) lg_unit[f < slen ? f : a.s_cap + a.t_cap + (f - slen)] = sc[u];
+          }
+        }
+        float m_new = m;
+#pragma unroll
+        for (int u = 0; u < NB; ++u) {
+          if (t0 + u >= n) sc[u] = -INFINITY;
+          m_new = fmaxf(m_new, sc[u]);
+        }
+        const float alpha = exp2f(m - m_new);  // m_new is finite: the batch holds a real token
+        l *= alpha;
+#pragma unroll
+        for (int j = 0; j < CPL; ++j) o[j] *= alpha;
+#pragma unroll
+        for (int u = 0; u < NB; ++u) {
+          const float p = exp2f(sc[u] - m_new);
+          l += p;
+#pragma unroll
+          for (int j = 0; j < CPL; ++j) o[j] += p * vx[u][j];
+        }
+        m = m_new;
+      }
+    }
+    if (!active) continue;
+    const int64_t slot = unit * sp.np + sp.np - 1;
+#pragma unroll
+    for (int j = 0; j < CPL; ++j) sp.ws_o[slot * D + lane * CPL + j] = o[j];
+    if (lane == 0) {
+      sp.ws_m[slot] = m;
+      sp.ws_l[slot] = l;
+    }
   }
 }
 
@@ -462,8 +501,10 @@ __global__ void __launch_bounds__(kWarps * 32, (D <= 64 || (H4 && D <= 128) ? 16
   // Every CTA has started: the merge kernel (launched as a programmatic dependent) may
   // now be scheduled; it waits for this grid's completion before reading anything.
   dev::launch_dependents();
-  if (split == sp.nsplit) {  // the last split: sinks and residual window, a warp per head
-    for (int h = warp; h < nh; h += kWarps) fp_partial<KIND, D>(a, sp, (int64_t)b * a.Hq + h0 + h, lane);
+  if (split == sp.nsplit) {  // the last split: sinks and residual window
+    // (the stage area: at least the merge's kWarps * 8 * (D + 2) floats, i.e. >= 32 rows)
+    const int buf_bytes = (int)max((size_t)kWarps * kStages * stage_bytes, (size_t)kWarps * kHeadsPerPass * (D + 2) * sizeof(float));
+    fp_split<KIND, D>(a, sp, b, kvh, h0, nh, stages, buf_bytes / (4 * D) / 8 * 8, warp, lane);
     if (threadIdx.x == 0) timeline_stamp(a.timeline, tl_rec, 6);
     return;
   }
