@@ -125,6 +125,8 @@ def decode_attention(
         v_scale, v_mn: ``[B, Hkv, T_cap, D/v_group_size]`` (value groups: v_group_size
             channels of one token).
         k_resid, v_resid: ``[B, Hkv, R_cap, D]``; R_cap may be 0.
+            On CUDA every cache tensor (packed, residual, sinks, corrections) must
+            start at a 16-byte aligned address, as fresh tensors do.
         packed_len, resid_len: ``[B]`` int32, on the device.
         bits: 2 or 4 (8-bit caches are not supported by this op).
         group_size: 32, 64 or 128: tokens per key block (and per low-rank block).
