@@ -217,10 +217,11 @@ __device__ __forceinline__ float fast_exp2(float x) {
 // pairs 2, 3 >> 8 to bits 0, 4), and the field's 2^(KF-pos) goes into the query operand.
 // KF = 6 keeps the largest factor at 64, where the fp16 range of q' ks x 2^(KF-pos) was
 // before (the smallest, 2^-2, costs nothing that matters: see round_query_pair).
+constexpr int kKeyFactorExp = 6;  // KeyPos::KF
 template <int BITS>
 struct KeyPos {
   static constexpr int PW = 16 / BITS;  // channel pairs per word
-  static constexpr int KF = 6;
+  static constexpr int KF = kKeyFactorExp;
   __host__ __device__ static constexpr int shift(int i) { return BITS == 2 ? (i < 5 ? 0 : 6) : (i < 2 ? 0 : 8); }
   __host__ __device__ static constexpr int pos(int i) { return i * BITS - shift(i); }
   // 2^(KF - pos) as a float (pos may be a runtime value here)
@@ -232,7 +233,7 @@ struct KeyPos {
   }
 };
 // q'.k = kScoreScale x (the score mma's accumulator) + the block constant
-constexpr float kScoreScale = 262144.0f;  // 2^(24 - KeyPos::KF)
+constexpr float kScoreScale = (float)(1 << (24 - kKeyFactorExp));
 template <int BITS>
 __device__ __forceinline__ uint32_t key_pair_h2(uint32_t w, int i) {
   return fields_h2<BITS>(w >> KeyPos<BITS>::shift(i), KeyPos<BITS>::pos(i));
@@ -258,6 +259,12 @@ template <int D>
 __host__ __device__ constexpr int q_index(int P, int h) { return P * kHeadsPerPass + h + 4 * (P / (D / 8)); }
 template <int D>
 constexpr size_t kQBytes = (size_t)(kHeadsPerPass * D / 2 + 16) * sizeof(float2);
+// The stage area after the q table: the warps' pipeline stages (`stage` bytes each),
+// reused after the loop by the CTA merge (kWarps x 8 x (D + 2) floats) and by the
+// full-precision split (its row chunks).
+__host__ __device__ constexpr size_t stage_area_bytes(int D, size_t stage) {
+  return std::max((size_t)kWarps * kStages * stage, (size_t)kWarps * kHeadsPerPass * (D + 2) * sizeof(float));
+}
 
 // N consecutive 32-bit words from shared memory (N * 4 bytes aligned).
 template <int N>
@@ -502,8 +509,8 @@ __global__ void __launch_bounds__(kWarps * 32, (D <= 64 || (H4 && D <= 128) ? 16
   // now be scheduled; it waits for this grid's completion before reading anything.
   dev::launch_dependents();
   if (split == sp.nsplit) {  // the last split: sinks and residual window
-    // (the stage area: at least the merge's kWarps * 8 * (D + 2) floats, i.e. >= 32 rows)
-    const int buf_bytes = (int)max((size_t)kWarps * kStages * stage_bytes, (size_t)kWarps * kHeadsPerPass * (D + 2) * sizeof(float));
+    // (rows of 4 * D bytes, K and V; the merge's share alone holds >= 32)
+    const int buf_bytes = (int)stage_area_bytes(D, stage_bytes);
     fp_split<KIND, D>(a, sp, b, kvh, h0, nh, stages, buf_bytes / (4 * D) / 8 * 8, warp, lane);
     if (threadIdx.x == 0) timeline_stamp(a.timeline, tl_rec, 6);
     return;
@@ -579,8 +586,7 @@ __global__ void __launch_bounds__(kWarps * 32, (D <= 64 || (H4 && D <= 128) ? 16
   static_assert(kOut2 <= 32 && 32 - kOut2 >= N3, "second chunks come from value-residual lanes");
   auto out_chunk = [&]() { return lane - (lane < N1 ? 0 : lane < N2 ? N1 : lane < N3 ? N2 : N3); };  // within its section
   unsigned long long* osrc_s = nullptr;
-  uint8_t* corr_base = smem + kQBytes<D> + std::max((size_t)kWarps * kStages * stage_bytes,
-                                                   (size_t)kWarps * kHeadsPerPass * (D + 2) * sizeof(float));
+  uint8_t* corr_base = smem + kQBytes<D> + stage_area_bytes(D, stage_bytes);
   if constexpr (CORR && H4) {
     // (corr_cta_h4 with a.bits, equal to BITS: the form whose SASS was measured; with BITS
     // ptxas allocates the one-key-outlier kernel differently)
@@ -1513,9 +1519,7 @@ struct Packed {
   static size_t smem(const DecodeArgs& a) {
     using L = StageLayout<D, BITS, G, VG, TT>;
     const size_t stage = (size_t)L::BYTES + (CORR ? corr_layout<D, BITS, G, VG, TT>(a, H4).bytes : 0);
-    const size_t stage_bytes = (size_t)kWarps * kStages * stage;
-    const size_t merge_bytes = (size_t)kWarps * kHeadsPerPass * (D + 2) * sizeof(float);
-    return kQBytes<D> + std::max(stage_bytes, merge_bytes) +
+    return kQBytes<D> + stage_area_bytes(D, stage) +
            (CORR ? (size_t)corr_cta(a, D, H4).floats * sizeof(float) : 0);  // q_s + stages (+ corrections)
   }
   static int ctas_per_sm(const DecodeArgs& a) {
