@@ -536,6 +536,11 @@ __global__ void __launch_bounds__(kWarps * 32, (D <= 64 || (H4 && D <= 128) ? 16
   const int64_t w_begin = cta_begin + warp * wchunk;
   const int64_t w_end = min(w_begin + wchunk, cta_end);
   const int ntiles = w_end > w_begin ? (int)((w_end - w_begin + TT - 1) / TT) : 0;
+  // The corrections kernels step through their tokens with 32-bit positions instead (n <
+  // 2^31: packed_len is int32): with the 64-bit ones ptxas spilled in their loops (2-bit
+  // K2 V1 at 32K: 95.4 -> 92.2 us without). The plain kernels keep the 64-bit form: the
+  // 32-bit one made their loop no shorter and 2-bit 32K ~1% slower (H100, session 14).
+  const uint32_t w_begin32 = (uint32_t)min(w_begin, n), w_end32 = (uint32_t)max(w_end, (int64_t)0);
 
   constexpr int KVC = TT * RB / 16;             // 16-byte chunks of codes per stage (a multiple of 32)
   constexpr int KSC = L::NKB * D * 2 / 16;      // of key scales (<= 32)
@@ -633,9 +638,9 @@ __global__ void __launch_bounds__(kWarps * 32, (D <= 64 || (H4 && D <= 128) ? 16
     }
   };
   auto issue_tile = [&](int i) {
-    if (i < ntiles) {
+    if (CORR ? w_begin32 + (uint32_t)i * TT < w_end32 : i < ntiles) {
       uint8_t* st = my_stages + (i % kStages) * stage_bytes;
-      const int64_t t0 = w_begin + (int64_t)i * TT;
+      const int64_t t0 = CORR ? (int64_t)(w_begin32 + (uint32_t)i * TT) : w_begin + (int64_t)i * TT;
       if (t0 + TT <= a.t_cap) {
         // Common case, the whole stage exists in memory: lane-relative addresses with
         // constant offsets, no predicates.
@@ -1025,13 +1030,15 @@ __global__ void __launch_bounds__(kWarps * 32, (D <= 64 || (H4 && D <= 128) ? 16
     }
   };
 
-  for (int i = 0; i < ntiles; ++i) {
+  uint32_t t_cur = w_begin32;  // CORR: this stage's first token
+  for (int i = 0; CORR ? t_cur < w_end32 : i < ntiles; ++i) {
     dev::cp_async_wait<kStages - 2>();
     __syncwarp();
     issue_tile(i + kStages - 1);
     const uint8_t* st = my_stages + (i % kStages) * stage_bytes;
-    const int64_t t0 = w_begin + (int64_t)i * TT;
-    const int lim = (int)min((int64_t)TT, w_end - t0);  // valid rows of this stage
+    const int64_t t0 = CORR ? (int64_t)t_cur : w_begin + (int64_t)i * TT;
+    const int lim = CORR ? (int)min((uint32_t)TT, w_end32 - t_cur)
+                         : (int)min((int64_t)TT, w_end - t0);  // valid rows of this stage
     const int orow = g + ((t >> 1) << 3);  // CORR && H4: the lane's outlier row in an m-tile
     const uint8_t* ob1 = st + orow;
     const uint8_t* ob2 = st + 2 * orow;
@@ -1381,6 +1388,7 @@ __global__ void __launch_bounds__(kWarps * 32, (D <= 64 || (H4 && D <= 128) ? 16
         value_outliers_h4(ob1, ob2, mt, 16 * mt + orow < lim, t < 2 ? p[0] : p[2], t < 2 ? p[1] : p[3], vpeers[mt]);
     }
     __syncwarp();  // the stage is overwritten by a later issue
+    t_cur += TT;
   }
   dev::cp_async_wait<0>();
   if (lane == 0) timeline_stamp(a.timeline, tl_rec, 2 + warp);
