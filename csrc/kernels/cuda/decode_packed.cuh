@@ -537,9 +537,10 @@ __global__ void __launch_bounds__(kWarps * 32, (D <= 64 || (H4 && D <= 128) ? 16
   const int64_t w_end = min(w_begin + wchunk, cta_end);
   const int ntiles = w_end > w_begin ? (int)((w_end - w_begin + TT - 1) / TT) : 0;
   // The corrections kernels step through their tokens with 32-bit positions instead (n <
-  // 2^31: packed_len is int32): with the 64-bit ones ptxas spilled in their loops (2-bit
-  // K2 V1 at 32K: 95.4 -> 92.2 us without). The plain kernels keep the 64-bit form: the
-  // 32-bit one made their loop no shorter and 2-bit 32K ~1% slower (H100, session 14).
+  // 2^31: packed_len is int32), the next tile's passed to issue_at: with the 64-bit index
+  // form ptxas spilled in their loops (H100, 2-bit 32K: K2 V1 96 -> 92-93 us, one outlier
+  // a side 89.5 -> 88.4-88.9). The plain kernels keep the index form: 32-bit positions
+  // there made 2-bit 32K ~1% slower (bench/PERF-NOTES.md, session 14).
   const uint32_t w_begin32 = (uint32_t)min(w_begin, n), w_end32 = (uint32_t)max(w_end, (int64_t)0);
 
   constexpr int KVC = TT * RB / 16;             // 16-byte chunks of codes per stage (a multiple of 32)
@@ -637,10 +638,9 @@ __global__ void __launch_bounds__(kWarps * 32, (D <= 64 || (H4 && D <= 128) ? 16
       if (lane < kOut2) copy(32 + lane, osrc_s[32 - kOut2] + kOut2 * 16ull, 32 + lane - N3);
     }
   };
-  auto issue_tile = [&](int i) {
-    if (CORR ? w_begin32 + (uint32_t)i * TT < w_end32 : i < ntiles) {
-      uint8_t* st = my_stages + (i % kStages) * stage_bytes;
-      const int64_t t0 = CORR ? (int64_t)(w_begin32 + (uint32_t)i * TT) : w_begin + (int64_t)i * TT;
+  // The copies of the tile at t0 into stage `st` (none if !valid).
+  auto issue_at = [&](uint8_t* st, int64_t t0, bool valid) {
+    if (valid) {
       if (t0 + TT <= a.t_cap) {
         // Common case, the whole stage exists in memory: lane-relative addresses with
         // constant offsets, no predicates.
@@ -700,12 +700,20 @@ __global__ void __launch_bounds__(kWarps * 32, (D <= 64 || (H4 && D <= 128) ? 16
     }
     dev::cp_async_commit();  // always, so group counting stays uniform
   };
+  // Tile i of the warp's tokens (the plain kernels; see w_begin32 for the corrections').
+  auto issue_tile = [&](int i) {
+    issue_at(my_stages + (i % kStages) * stage_bytes, w_begin + (int64_t)i * TT, i < ntiles);
+  };
 
   // The first stages' copies go out before the query table is built, so that their
   // memory latency and the query loads' overlap (a CTA's start is on the critical path
   // once per CTA: ~4 CTAs per slot at 32K tokens).
+  if constexpr (CORR) {
+    issue_at(my_stages, w_begin32, w_begin32 < w_end32);
+  } else {
 #pragma unroll
-  for (int s = 0; s < kStages - 1; ++s) issue_tile(s);
+    for (int s = 0; s < kStages - 1; ++s) issue_tile(s);
+  }
 
   // Corrections: q' by channel (no field factor) for the outliers and the low-rank term.
   float* qo = nullptr;
@@ -1034,7 +1042,12 @@ __global__ void __launch_bounds__(kWarps * 32, (D <= 64 || (H4 && D <= 128) ? 16
   for (int i = 0; CORR ? t_cur < w_end32 : i < ntiles; ++i) {
     dev::cp_async_wait<kStages - 2>();
     __syncwarp();
-    issue_tile(i + kStages - 1);
+    if constexpr (CORR) {
+      static_assert(kStages == 2, "one tile ahead");
+      issue_at(my_stages + ((i + 1) % kStages) * stage_bytes, t_cur + TT, t_cur + TT < w_end32);
+    } else {
+      issue_tile(i + kStages - 1);
+    }
     const uint8_t* st = my_stages + (i % kStages) * stage_bytes;
     const int64_t t0 = CORR ? (int64_t)t_cur : w_begin + (int64_t)i * TT;
     const int lim = CORR ? (int)min((uint32_t)TT, w_end32 - t_cur)
