@@ -5,8 +5,9 @@ built with -DKVCORE_DECODE_TIMELINE=ON): where the time of one decode step goes.
 
 Per case: the split kernel's span, the gap to the merge kernel and its span; the split
 CTAs' median prologue (start -> query table built), stage loop and epilogue (loop end ->
-partial written); how many CTAs were resident over time; and the tail, the time from
-when residency fell below 90% of its peak to the last CTA's end.
+partial written); how many CTAs were resident over time; the tail, the time from
+when residency fell below 90% of its peak to the last CTA's end; and when the first
+wave's packed CTAs ended by their launch rank on their SM.
 """
 import statistics
 import sys
@@ -77,6 +78,21 @@ def summarise(case):
         first, last = iv[0][0], max(e for _, e in iv)
         idle.append(us(first - t0) + us(end_split - last))
     out.append(f"  per SM: {len(sms)} SMs; idle at start+end median {med(idle):.1f} us, max {max(idle):.1f} us")
+    # First-wave CTAs by launch rank on their SM (k-th of the SM's CTAs in launch order):
+    # the warp scheduler favours older CTAs, so equal work ends later at higher ranks.
+    first = {}
+    for r in split:
+        if us(r[1] - t0) < 1.0:
+            first.setdefault(r[8], []).append(r)
+    by_rank = {}
+    for rs in first.values():
+        for k, r in enumerate(sorted(rs, key=lambda r: r[0])):
+            if r[2] != 0:
+                by_rank.setdefault(k, []).append(r)
+    ranks = "; ".join(f"{k}: {len(rs)} end {med([us(r[7] - t0) for r in rs]):.1f} "
+                      f"({min(us(r[7] - t0) for r in rs):.1f}-{max(us(r[7] - t0) for r in rs):.1f})"
+                      for k, rs in sorted(by_rank.items()))
+    out.append(f"  first-wave packed CTAs by launch rank on their SM, end us median (range): {ranks}")
     prof = " ".join(f"{active[k]}" for k in range(0, nb, max(1, nb // 24)))
     out.append(f"  residency every {0.5 * max(1, nb // 24):.1f} us: {prof}")
     return "\n".join(out)
