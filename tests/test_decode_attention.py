@@ -452,15 +452,17 @@ def test_cuda_large():
 
 
 @pytest.mark.cuda
-@pytest.mark.parametrize("bits, t_cap, packed", [
-    (4, 2560, [2560, 2500, 1900, 0, 2560, 640, 2433, 1280]),
-    (2, 4608, [4608, 4500, 3900, 100, 4608, 1280, 4433, 2400]),
+@pytest.mark.parametrize("Hkv, bits, t_cap, packed", [
+    (16, 4, 2560, [2560, 2500, 1900, 0, 2560, 640, 2433, 1280]),
+    (16, 2, 6144, [6144, 6000, 5200, 100, 6144, 1280, 5433, 2400]),
+    (8, 2, 10240, [10240, 9990, 8000, 0, 10240, 7700, 5130, 2048]),
 ])
-def test_cuda_big_and_small_splits(bits, t_cap, packed):
-    """Shapes whose split plan (on an H100: 132 SMs x 4 CTAs) is one wave of big CTAs
-    with 85% of each unit's tokens and then small CTAs for the rest, the last one partial
-    (plan_splits in decode_attention_cuda.cu); lengths mixed, one empty."""
-    kw = make_inputs(Hq=32, Hkv=16, D=128, bits=bits, group=64, dtype=torch.bfloat16, packed=packed,
+def test_cuda_big_and_small_splits(Hkv, bits, t_cap, packed):
+    """Shapes whose split plan (on an H100 or H200: 132 SMs x 4 CTAs) is one wave of big
+    CTAs with 85% of each unit's tokens and then small CTAs for the rest, the last one
+    partial (plan_splits in decode_attention_cuda.cu); lengths mixed, one empty: 128
+    units of 4 big CTAs, and 64 units of 8 (the bar's shape)."""
+    kw = make_inputs(Hq=32, Hkv=Hkv, D=128, bits=bits, group=64, dtype=torch.bfloat16, packed=packed,
                      resid=[64, 3, 0, 17, 64, 1, 40, 64], sinks=[4] * 8, t_cap=t_cap, r_cap=64, s_cap=4, device="cuda")
     out, lse = run(kw)
     check_result(kw, out, lse, lse_bound="lowp")

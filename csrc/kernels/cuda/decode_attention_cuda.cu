@@ -74,11 +74,20 @@ __global__ void __launch_bounds__(kMergeThreads) decode_merge_kernel(DecodeArgs 
     const int p = pg + u * PG;
     x[u] = p < np ? wo[(int64_t)p * C4 + c] : make_float4(0.0f, 0.0f, 0.0f, 0.0f);
   }
-  float mx = -INFINITY;
-  for (int p = threadIdx.x; p < np; p += kMergeThreads) mx = fmaxf(mx, m[p]);
+  // Partial threadIdx.x's max and sum, loaded with the rest (their own round trip after
+  // the max's reduction cost ~0.5 us); partials past kMergeThreads in loops.
+  const bool own = (int)threadIdx.x < np;
+  const float m_own = own ? m[threadIdx.x] : -INFINITY, l_own = own ? l[threadIdx.x] : 0.0f;
+  float mx = m_own;
+  for (int p = threadIdx.x + kMergeThreads; p < np; p += kMergeThreads) mx = fmaxf(mx, m[p]);
   mx = block_reduce(mx, true, red);
   float lsum = 0.0f;
-  for (int p = threadIdx.x; p < np; p += kMergeThreads) {
+  if (own) {
+    const float w = mx == -INFINITY ? 0.0f : exp2f(m_own - mx);
+    w_s[threadIdx.x] = w;
+    lsum = w * l_own;
+  }
+  for (int p = threadIdx.x + kMergeThreads; p < np; p += kMergeThreads) {
     const float w = mx == -INFINITY ? 0.0f : exp2f(m[p] - mx);
     w_s[p] = w;
     lsum += w * l[p];
@@ -125,11 +134,11 @@ int64_t packed_token_bytes(const DecodeArgs& a) {
 }
 
 // Chooses the split sizes (SplitParams).
-// * When a wave (SMs x CTAs per SM) holds the full-precision split and at least one
-//   packed CTA of every unit: one wave of big CTAs takes 85% of the tokens, and small
-//   CTAs of ~16 KB of cache per warp take the rest as slots free up. CTAs with the same
-//   work end up to ~40% apart (the SM's warp scheduler favours older CTAs, and some SMs
-//   get less bandwidth: bench/PERF-NOTES.md, the timeline); the small ones fill that in.
+// * When a wave (SMs x CTAs per SM) holds at least one big packed CTA of every unit: one
+//   wave of big CTAs takes 85% of the tokens, and small CTAs of ~16 KB of cache per warp
+//   take the rest as slots free up. CTAs with the same work end up to ~40% apart (the
+//   SM's warp scheduler favours older CTAs: bench/PERF-NOTES.md, the timeline); the small
+//   ones fill that in.
 // * Otherwise (many units, or too few tokens for big CTAs of 4+ tiles a warp): chunks of
 //   one size; among 1..8 waves' worth take the count that fills its waves best (a last
 //   wave that is mostly empty wastes the GPU), keeping at least two tiles per warp.
@@ -147,7 +156,7 @@ SplitParams plan_splits(const DecodeArgs& a, int num_sms) {
   const int64_t units = (int64_t)a.B * a.Hkv * sp.passes;
   const int64_t slots = (int64_t)num_sms * per_sm;
 
-  const int64_t nbig = (slots - units) / units;  // big CTAs per unit beside the fp split in one wave
+  const int64_t nbig = slots / units;  // big CTAs per unit: one wave (the full-precision splits come after)
   if (nbig >= 1) {
     const int64_t big_tokens = a.t_cap * 85 / 100 / (nbig * align) * (nbig * align);
     const int64_t big = big_tokens / nbig;

@@ -22,11 +22,15 @@ constexpr float kLog2e = 1.4426950408889634f;
 constexpr float kLn2 = 0.6931471805599453f;
 
 // The split CTAs form a 1-D grid in three phases, launched (and so, as slots free up,
-// started) in this order: the full-precision split of every unit (sinks and residual
-// window), then `nbig` chunks of `chunk` tokens per unit, then `nsmall` chunks of
-// `small_chunk` tokens per unit covering the rest. The small chunks at the end are there
-// for the tail: CTAs of the last wave start staggered, and while they finish the GPU
-// empties; smaller last CTAs empty it sooner. A unit is (sequence, KV head, head pass).
+// started) in this order, each split-major (CTA k of unit u is the phase's block
+// k * units + u): `nbig` chunks of `chunk` tokens per unit, one wave; the full-precision
+// split of every unit (sinks and residual window); `nsmall` chunks of `small_chunk`
+// tokens per unit covering the rest. A unit is (sequence, KV head, head pass).
+// * The small chunks at the end are there for the tail: CTAs of the last wave start
+//   staggered, and while they finish the GPU empties; smaller last CTAs empty it sooner.
+// * The full-precision splits come after the big chunks, so that the first wave is all
+//   big chunks, one more per unit (H100, 2 bits, B=8 Hkv=8: 128K 257 -> 244 us, 8K 33.4 ->
+//   31.9 against the order fp, big, small; 16K 45.5 -> 47.0: bench/PERF-NOTES.md).
 struct SplitParams {
   int64_t chunk;        // packed tokens per big CTA (multiple of kWarps * TT and of the group)
   int64_t small_chunk;  // packed tokens per small CTA (same alignment)

@@ -487,16 +487,16 @@ __global__ void __launch_bounds__(kWarps * 32, (D <= 64 || (H4 && D <= 128) ? 16
   const unsigned units = (unsigned)(a.B * a.Hkv * sp.passes);
   unsigned unit, idx = blockIdx.x;
   int split;
-  if (idx < units) {
+  if (idx < units * (unsigned)sp.nbig) {
+    unit = idx % units;
+    split = (int)(idx / units);
+  } else if ((idx -= units * (unsigned)sp.nbig) < units) {
     unit = idx;
     split = sp.nsplit;
-  } else if ((idx -= units) < units * (unsigned)sp.nbig) {
-    unit = idx / (unsigned)sp.nbig;
-    split = (int)(idx % (unsigned)sp.nbig);
   } else {
-    idx -= units * (unsigned)sp.nbig;
-    unit = idx / (unsigned)sp.nsmall;
-    split = sp.nbig + (int)(idx % (unsigned)sp.nsmall);
+    idx -= units;
+    unit = idx % units;
+    split = sp.nbig + (int)(idx / units);
   }
   const int pass = (int)(unit % (unsigned)sp.passes), kvh = (int)(unit / (unsigned)sp.passes % (unsigned)a.Hkv);
   const int b = (int)(unit / (unsigned)sp.passes / (unsigned)a.Hkv);
@@ -514,6 +514,36 @@ __global__ void __launch_bounds__(kWarps * 32, (D <= 64 || (H4 && D <= 128) ? 16
     fp_split<KIND, D>(a, sp, b, kvh, h0, nh, stages, buf_bytes / (4 * D) / 8 * 8, warp, lane);
     if (threadIdx.x == 0) timeline_stamp(a.timeline, tl_rec, 6);
     return;
+  }
+
+  // This pass's query words (zeros pad the unused heads), loaded before anything else
+  // reads memory, so that their latency overlaps the length's and the first stages' (a
+  // CTA's start is on the critical path in the last wave; a loop with one load per
+  // iteration made this ~4 round trips, 3-5 us under load). Scaled into the table below.
+  constexpr int QPT = kHeadsPerPass * D / 2 / (kWarps * 32);  // channel pairs per thread
+  static_assert(QPT * kWarps * 32 == kHeadsPerPass * D / 2, "q table split");
+  uint32_t qw[QPT];
+  {
+    // A thread's head is the same for every u (kWarps * 32 is a multiple of 8); a padding
+    // head (h >= nh) loads head 0's pairs and zeroes them, so that no load sits in its
+    // own branch: with per-load branches ptxas serialised the round trips (ncu, session 10).
+    static_assert(kWarps * 32 % kHeadsPerPass == 0, "one head per thread");
+    const bool q_words = (reinterpret_cast<uintptr_t>(a.q) & 3) == 0;  // else two 16-bit loads a pair
+    const int hq = (int)threadIdx.x % kHeadsPerPass;
+    const Bits<KIND>* qh = static_cast<const Bits<KIND>*>(a.q) + ((int64_t)b * a.Hq + h0 + (hq < nh ? hq : 0)) * D +
+                           2 * ((int)threadIdx.x / kHeadsPerPass);
+    constexpr int QSTEP = kWarps * 32 / kHeadsPerPass * 2;  // elements between a thread's pairs
+    if (q_words) {
+#pragma unroll
+      for (int u = 0; u < QPT; ++u) qw[u] = __ldg(reinterpret_cast<const uint32_t*>(qh + u * QSTEP));
+    } else {
+#pragma unroll
+      for (int u = 0; u < QPT; ++u) qw[u] = (uint32_t)__ldg(qh + u * QSTEP) | ((uint32_t)__ldg(qh + u * QSTEP + 1) << 16);
+    }
+    if (hq >= nh) {
+#pragma unroll
+      for (int u = 0; u < QPT; ++u) qw[u] = 0u;
+    }
   }
 
   int64_t n = min((int64_t)a.packed_len[b], a.t_cap);
@@ -748,7 +778,7 @@ __global__ void __launch_bounds__(kWarps * 32, (D <= 64 || (H4 && D <= 128) ? 16
           v_red = true;
         }
       } else if (a.v_outliers > 0) {  // zeroed here; the CTA barrier below orders it before the first red
-        float* vo_g = sp.ws_vo + ((int64_t)(blockIdx.x - units) * kWarps + warp) * value_outlier_warp_floats(D);
+        float* vo_g = sp.ws_vo + (((int64_t)unit * sp.nsplit + split) * kWarps + warp) * value_outlier_warp_floats(D);
         vo_l = vo_g + ((2 * t) & 3);
         v_red = true;
 #pragma unroll
@@ -763,34 +793,9 @@ __global__ void __launch_bounds__(kWarps * 32, (D <= 64 || (H4 && D <= 128) ? 16
     }
   }
 
-  // Scaled queries of this pass's heads (zeros pad the unused heads). A thread's loads
-  // all go out before any use: one memory latency (a CTA's start is on its critical
-  // path; a loop with one load per iteration made this ~4 round trips, 3-5 us under load).
+  // Scaled queries of this pass's heads.
   const float qscale = a.sm_scale * kLog2e;
   {
-    constexpr int QPT = kHeadsPerPass * D / 2 / (kWarps * 32);  // channel pairs per thread
-    static_assert(QPT * kWarps * 32 == kHeadsPerPass * D / 2, "q table split");
-    // A thread's head is the same for every u (kWarps * 32 is a multiple of 8); a padding
-    // head (h >= nh) loads head 0's pairs and zeroes them, so that no load sits in its
-    // own branch: with per-load branches ptxas serialised the round trips (ncu, session 10).
-    static_assert(kWarps * 32 % kHeadsPerPass == 0, "one head per thread");
-    const bool q_words = (reinterpret_cast<uintptr_t>(a.q) & 3) == 0;  // else two 16-bit loads a pair
-    const int hq = (int)threadIdx.x % kHeadsPerPass;
-    const Bits<KIND>* qh = static_cast<const Bits<KIND>*>(a.q) + ((int64_t)b * a.Hq + h0 + (hq < nh ? hq : 0)) * D +
-                           2 * ((int)threadIdx.x / kHeadsPerPass);
-    constexpr int QSTEP = kWarps * 32 / kHeadsPerPass * 2;  // elements between a thread's pairs
-    uint32_t qw[QPT];
-    if (q_words) {
-#pragma unroll
-      for (int u = 0; u < QPT; ++u) qw[u] = __ldg(reinterpret_cast<const uint32_t*>(qh + u * QSTEP));
-    } else {
-#pragma unroll
-      for (int u = 0; u < QPT; ++u) qw[u] = (uint32_t)__ldg(qh + u * QSTEP) | ((uint32_t)__ldg(qh + u * QSTEP + 1) << 16);
-    }
-    if (hq >= nh) {
-#pragma unroll
-      for (int u = 0; u < QPT; ++u) qw[u] = 0u;
-    }
 #pragma unroll
     for (int u = 0; u < QPT; ++u) {
       const int i = threadIdx.x + u * kWarps * 32, h = i % kHeadsPerPass, pr = i / kHeadsPerPass;
