@@ -350,12 +350,34 @@ __device__ __forceinline__ void fp_split(const DecodeArgs& a, const SplitParams&
   constexpr int CHUNKS = D * 2 / 16;  // 16-byte copies per row (2-byte elements)
   const float qscale = a.sm_scale * kLog2e;
   const int64_t bh = (int64_t)b * a.Hkv + kvh;
+  // Every sink and window row fits (the common case: a 64-token window): all of them are
+  // copied in one round, sinks at rows [0, s_cap), the window at [s_cap, s_cap + r_cap),
+  // valid or not (the tensors hold them all), before the lengths are read, so that the
+  // CTA waits for one memory round trip instead of two (11-14 us a CTA under the packed
+  // CTAs' load before session 15; its start is on the step's critical path at short L).
+  const bool one_round = a.s_cap + a.r_cap <= buf_tokens;
+  if (one_round) {
+    const int rows = (int)(a.s_cap + a.r_cap);
+    for (int i = threadIdx.x; i < rows * CHUNKS; i += kWarps * 32) {
+      const int r = i / CHUNKS, part = i % CHUNKS;
+      const bool sink = r < a.s_cap;
+      const int64_t row = sink ? bh * a.s_cap + r : bh * a.r_cap + (r - a.s_cap);
+      const uint8_t* kp = static_cast<const uint8_t*>(sink ? a.k_sink : a.k_resid) + (row * D * 2 + part * 16);
+      const uint8_t* vp = static_cast<const uint8_t*>(sink ? a.v_sink : a.v_resid) + (row * D * 2 + part * 16);
+      dev::cp_async_16(buf + (int64_t)i * 16, kp, true);
+      dev::cp_async_16(buf + ((int64_t)buf_tokens * D * 2 + (int64_t)i * 16), vp, true);
+    }
+    dev::cp_async_commit();
+  }
   const int64_t slen = a.sink_len != nullptr && a.s_cap > 0 ? max((int64_t)0, min((int64_t)a.sink_len[b], a.s_cap)) : 0;
   const int64_t rlen = a.r_cap > 0 ? max((int64_t)0, min((int64_t)a.resid_len[b], a.r_cap)) : 0;
   const int64_t total = slen + rlen;  // fp token f: sink row f, then residual row f - slen
   const int nchunks = (int)((total + buf_tokens - 1) / buf_tokens);
   const Bits<KIND>* ks = reinterpret_cast<const Bits<KIND>*>(buf);
   const Bits<KIND>* vs = ks + (int64_t)buf_tokens * D;
+  // Shared-memory row of token tk of the chunk (one round: the chunk is every token).
+  const int gap = (int)a.s_cap - (int)slen;  // one round: empty sink rows between the sinks and the window
+  auto srow = [&](int tk) { return one_round && tk >= slen ? tk + gap : tk; };
   auto load_chunk = [&](int c) {
     __syncthreads();  // every warp is done with the previous chunk
     const int64_t f0 = (int64_t)c * buf_tokens;
@@ -380,15 +402,22 @@ __device__ __forceinline__ void fp_split(const DecodeArgs& a, const SplitParams&
     const bool active = h < nh;
     const int64_t unit = (int64_t)b * a.Hq + h0 + (active ? h : 0);
     float q[CPL], o[CPL];
+    Bits<KIND> qb[CPL];
+#pragma unroll
+    for (int j = 0; j < CPL; ++j) qb[j] = static_cast<const Bits<KIND>*>(a.q)[unit * D + lane * CPL + j];
+    if (one_round && hh == 0) {  // (after the query loads and before their use: they overlap the copies)
+      dev::cp_async_wait<0>();
+      __syncthreads();
+    }
 #pragma unroll
     for (int j = 0; j < CPL; ++j) {
-      q[j] = Storage<KIND>::load(static_cast<const Bits<KIND>*>(a.q)[unit * D + lane * CPL + j]) * qscale;
+      q[j] = Storage<KIND>::load(qb[j]) * qscale;
       o[j] = 0.0f;
     }
     float m = -INFINITY, l = 0.0f;
     float* lg_unit = a.logits != nullptr ? a.logits + unit * a.mass_cols() : nullptr;  // H2O mass
     for (int c = 0; c < nchunks; ++c) {
-      if (hh == 0 || nchunks > 1) load_chunk(c);
+      if (!one_round && (hh == 0 || nchunks > 1)) load_chunk(c);
       if (!active) continue;
       const int64_t f0 = (int64_t)c * buf_tokens;
       const int n = (int)min((int64_t)buf_tokens, total - f0);
@@ -396,7 +425,7 @@ __device__ __forceinline__ void fp_split(const DecodeArgs& a, const SplitParams&
         float kx[NB][CPL], vx[NB][CPL];
 #pragma unroll
         for (int u = 0; u < NB; ++u) {
-          const int tk = min(t0 + u, n - 1);  // a valid row; surplus tokens are masked below
+          const int tk = srow(min(t0 + u, n - 1));  // a valid row; surplus tokens are masked below
 #pragma unroll
           for (int j = 0; j < CPL; ++j) {
             kx[u][j] = Storage<KIND>::load(ks[tk * D + lane * CPL + j]);
