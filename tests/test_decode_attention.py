@@ -456,12 +456,15 @@ def test_cuda_large():
     (16, 4, 2560, [2560, 2500, 1900, 0, 2560, 640, 2433, 1280]),
     (16, 2, 6144, [6144, 6000, 5200, 100, 6144, 1280, 5433, 2400]),
     (8, 2, 10240, [10240, 9990, 8000, 0, 10240, 7700, 5130, 2048]),
+    (8, 2, 24576, [24576, 24000, 20000, 0, 24576, 7700, 5130, 12288]),
+    (8, 4, 16384, [16384, 16000, 9000, 0, 16384, 7700, 5130, 12288]),
 ])
 def test_cuda_big_and_small_splits(Hkv, bits, t_cap, packed):
     """Shapes whose split plan (on an H100 or H200: 132 SMs x 4 CTAs) is one wave of big
     CTAs with 85% of each unit's tokens and then small CTAs for the rest, the last one
-    partial (plan_splits in decode_attention_cuda.cu); lengths mixed, one empty: 128
-    units of 4 big CTAs, and 64 units of 8 (the bar's shape)."""
+    partial (plan_splits in decode_attention_cuda.cu); lengths mixed, one empty. The
+    first three have short big CTAs, so the full-precision splits launch first; the last
+    two (64 units of 8 big CTAs of >= 48 KB a warp) launch them after the big CTAs."""
     kw = make_inputs(Hq=32, Hkv=Hkv, D=128, bits=bits, group=64, dtype=torch.bfloat16, packed=packed,
                      resid=[64, 3, 0, 17, 64, 1, 40, 64], sinks=[4] * 8, t_cap=t_cap, r_cap=64, s_cap=4, device="cuda")
     out, lse = run(kw)

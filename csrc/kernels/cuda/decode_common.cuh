@@ -30,7 +30,9 @@ constexpr float kLn2 = 0.6931471805599453f;
 //   staggered, and while they finish the GPU empties; smaller last CTAs empty it sooner.
 // * The full-precision splits come after the big chunks, so that the first wave is all
 //   big chunks, one more per unit (H100, 2 bits, B=8 Hkv=8: 128K 257 -> 244 us, 8K 33.4 ->
-//   31.9 against the order fp, big, small; 16K 45.5 -> 47.0: bench/PERF-NOTES.md).
+//   31.9 against the order fp, big, small), unless `fp_first`: where the big chunks are
+//   short, a full-precision CTA (10-14 us under load) started after them ends in the
+//   step's tail (16K: 45.5 -> 47.0 us; bench/PERF-NOTES.md, session 15).
 struct SplitParams {
   int64_t chunk;        // packed tokens per big CTA (multiple of kWarps * TT and of the group)
   int64_t small_chunk;  // packed tokens per small CTA (same alignment)
@@ -38,6 +40,7 @@ struct SplitParams {
   int nsplit;           // packed CTAs per unit: nbig + nsmall
   int passes;           // head passes per KV head: ceil(Gq / 8)
   int np;               // partials per query head: nsplit + 1 (the full-precision split, last)
+  int fp_first;         // the full-precision splits launch first, then the big chunks
   float* ws_o;     // [B, Hq, np, D]
   float* ws_m;     // [B, Hq, np]   running max (base 2)
   float* ws_l;     // [B, Hq, np]   sum of exp2

@@ -516,16 +516,20 @@ __global__ void __launch_bounds__(kWarps * 32, (D <= 64 || (H4 && D <= 128) ? 16
   const unsigned units = (unsigned)(a.B * a.Hkv * sp.passes);
   unsigned unit, idx = blockIdx.x;
   int split;
-  if (idx < units * (unsigned)sp.nbig) {
-    unit = idx % units;
-    split = (int)(idx / units);
-  } else if ((idx -= units * (unsigned)sp.nbig) < units) {
-    unit = idx;
+  const unsigned nbig_ctas = units * (unsigned)sp.nbig, fp_at = sp.fp_first ? 0u : nbig_ctas;
+  if (idx >= fp_at && idx < fp_at + units) {
+    unit = idx - fp_at;
     split = sp.nsplit;
   } else {
-    idx -= units;
-    unit = idx % units;
-    split = sp.nbig + (int)(idx / units);
+    if (idx >= fp_at + units) idx -= units;  // (past the full-precision phase)
+    if (idx < nbig_ctas) {
+      unit = idx % units;
+      split = (int)(idx / units);
+    } else {
+      idx -= nbig_ctas;
+      unit = idx % units;
+      split = sp.nbig + (int)(idx / units);
+    }
   }
   const int pass = (int)(unit % (unsigned)sp.passes), kvh = (int)(unit / (unsigned)sp.passes % (unsigned)a.Hkv);
   const int b = (int)(unit / (unsigned)sp.passes / (unsigned)a.Hkv);
