@@ -9,7 +9,7 @@
 // (2 stages of TT tokens), runs online softmax in base 2 (rescaling only when the
 // running max grows), and the CTA merges its warps into one partial (O, max, sum) per
 // split. The last split of each (batch, KV head, pass) does the full-precision sinks
-// and residual window on CUDA cores, concurrently with the packed splits; a merge
+// and residual window (also on tensor cores), concurrently with the packed splits; a merge
 // kernel combines the splits by log-sum-exp. Nothing reads lengths on the host.
 //
 // Math (per query head; q' = q * sm_scale * log2(e), SC = 2^bits):
@@ -332,152 +332,240 @@ __device__ __forceinline__ float field_scaled_sum(const float (&dk)[5]) {
   return sum;
 }
 
-// Sinks and residual window (the extra split of each (sequence, KV head, pass)): the
-// CTA's 128 threads copy a chunk of up to `buf_tokens` full-precision K and V rows into
-// shared memory with one round of 16-byte asynchronous copies (the rows are shared by the
-// unit's query heads), then each warp attends its query heads over the chunk, a head at a
-// time, lanes splitting the channels, tokens in batches of 8. (Until session 13 every warp
-// read its head's rows from global memory, 8 rows a round trip: ~29 us for 66 rows at
-// 32K tokens under the packed splits' load, on the critical path at 1K-4K.) A window that
-// fits one chunk (66 rows at D = 128 need 33 KB) is read once for all heads; a longer one
-// is read again for a warp's second head (GQA groups over 4). Writes each head's last
-// partial slot.
+// mma.m16n8k16 with fp32 accumulation on the cache's 16-bit type.
+template <int KIND>
+__device__ __forceinline__ void mma_16816(float (&d)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1) {
+  if constexpr (KIND == 1) dev::mma_f16_16816(d, a, b0, b1);
+  else dev::mma_bf16_16816(d, a, b0, b1);
+}
+
+// Sinks and residual window (the extra split of each (sequence, KV head, pass)) on the
+// tensor cores. The CTA's 128 threads copy up to `buf_tokens` full-precision K and V rows
+// into shared memory with one round of 16-byte asynchronous copies (16-byte pieces
+// swizzled by the row's low 3 bits, so that ldmatrix reads 8 rows without bank
+// conflicts). Then every warp computes the scores of all the pass's heads over all the
+// rows, S^T = K x Q^T (16 rows x 8 heads a tile, q's raw 16-bit values as the B operand,
+// the softmax scale applied to the fp32 scores), and the output for its quarter of the
+// channels, O^T = V^T x P^T, with P as a 16-bit hi + lo pair (two mmas: P's rounding to
+// 16 bits would cost as much as the whole error budget of a bf16 attention). The scores
+// are recomputed by each warp rather than shared: 8 mmas a 16-row tile at D = 128, no
+// barrier. Until session 16 this split ran on CUDA cores, a warp per head in 8-row
+// batches with 5 shuffle rounds each (10-14 us a CTA under the packed CTAs' load); on the
+// H100 the tensor-core version made the bar shape's step 6-10% faster at 1K-4K (B=8).
+// Writes each head's last partial slot.
 template <int KIND, int D>
 __device__ __forceinline__ void fp_split(const DecodeArgs& a, const SplitParams& sp, int b, int kvh, int h0, int nh,
                                          uint8_t* buf, int buf_tokens, int warp, int lane) {
-  constexpr int CPL = D / 32;  // channels per lane (consecutive)
-  constexpr int NB = 8;        // tokens per batch
-  constexpr int CHUNKS = D * 2 / 16;  // 16-byte copies per row (2-byte elements)
+  constexpr int CHUNKS = D * 2 / 16;    // 16-byte pieces of a row (2-byte elements)
+  constexpr int KS = D / 16;            // k steps of a score tile
+  constexpr int MTW = D / 16 / kWarps;  // 16-channel tiles of the output per warp
+  constexpr int TG = 2;                 // 16-row tiles per online-softmax step (4 perturbed the
+                                        // packed loops' registers: a spill in the outlier kernel)
+  static_assert(CHUNKS >= 8 && MTW >= 1, "the swizzle and the channel split need D >= 64");
+  const int g = lane >> 2, t = lane & 3;
   const float qscale = a.sm_scale * kLog2e;
   const int64_t bh = (int64_t)b * a.Hkv + kvh;
+  const int v_off = buf_tokens * D * 2;  // V rows after the K rows
+  const uint32_t k_s = static_cast<uint32_t>(__cvta_generic_to_shared(buf)), v_s = k_s + v_off;
+  // Rows [0, rows) from global memory; row r's source is (sink row, window row) = src(r).
+  auto copy_rows = [&](int rows, auto&& src) {
+    for (int i = threadIdx.x; i < rows * CHUNKS; i += kWarps * 32) {
+      const int r = i / CHUNKS, part = i % CHUNKS;
+      int64_t row;
+      const bool sink = src(r, row);
+      const int64_t off = row * D * 2 + part * 16;
+      const int dst = (r * CHUNKS + (part ^ (r & 7))) * 16;
+      dev::cp_async_16(buf + dst, static_cast<const uint8_t*>(sink ? a.k_sink : a.k_resid) + off, true);
+      dev::cp_async_16(buf + v_off + dst, static_cast<const uint8_t*>(sink ? a.v_sink : a.v_resid) + off, true);
+    }
+    dev::cp_async_commit();
+  };
+  // V rows [r0, r1) set to zero (rows that are not tokens: a zero probability times
+  // whatever they hold could be NaN in the mma).
+  auto zero_v_rows = [&](int r0, int r1) {
+    for (int i = threadIdx.x; i < (r1 - r0) * CHUNKS; i += kWarps * 32)
+      *reinterpret_cast<uint4*>(buf + v_off + ((int64_t)r0 * CHUNKS + i) * 16) = make_uint4(0u, 0u, 0u, 0u);
+  };
   // Every sink and window row fits (the common case: a 64-token window): all of them are
   // copied in one round, sinks at rows [0, s_cap), the window at [s_cap, s_cap + r_cap),
   // valid or not (the tensors hold them all), before the lengths are read, so that the
-  // CTA waits for one memory round trip instead of two (11-14 us a CTA under the packed
-  // CTAs' load before session 15; its start is on the step's critical path at short L).
+  // CTA waits for one memory round trip instead of two (its start is on the step's
+  // critical path at short L).
   const bool one_round = a.s_cap + a.r_cap <= buf_tokens;
-  if (one_round) {
-    const int rows = (int)(a.s_cap + a.r_cap);
-    for (int i = threadIdx.x; i < rows * CHUNKS; i += kWarps * 32) {
-      const int r = i / CHUNKS, part = i % CHUNKS;
+  if (one_round)
+    copy_rows((int)(a.s_cap + a.r_cap), [&](int r, int64_t& row) {
       const bool sink = r < a.s_cap;
-      const int64_t row = sink ? bh * a.s_cap + r : bh * a.r_cap + (r - a.s_cap);
-      const uint8_t* kp = static_cast<const uint8_t*>(sink ? a.k_sink : a.k_resid) + (row * D * 2 + part * 16);
-      const uint8_t* vp = static_cast<const uint8_t*>(sink ? a.v_sink : a.v_resid) + (row * D * 2 + part * 16);
-      dev::cp_async_16(buf + (int64_t)i * 16, kp, true);
-      dev::cp_async_16(buf + ((int64_t)buf_tokens * D * 2 + (int64_t)i * 16), vp, true);
+      row = sink ? bh * a.s_cap + r : bh * a.r_cap + (r - a.s_cap);
+      return sink;
+    });
+
+  // The B operand of the scores: q of head g (the lane's mma column; zero past nh) at
+  // channels 16 ks + 2t, +1 and 16 ks + 8 + 2t, +1, raw (the scale goes on the fp32
+  // scores). Loaded while the rows are in flight.
+  uint32_t qf[KS][2];
+  {
+    const bool q_words = (reinterpret_cast<uintptr_t>(a.q) & 3) == 0;  // else two 16-bit loads a pair
+    const Bits<KIND>* qh = static_cast<const Bits<KIND>*>(a.q) + ((int64_t)b * a.Hq + h0 + (g < nh ? g : 0)) * D + 2 * t;
+#pragma unroll
+    for (int ks = 0; ks < KS; ++ks)
+#pragma unroll
+      for (int j = 0; j < 2; ++j) {
+        const Bits<KIND>* p = qh + 16 * ks + 8 * j;
+        qf[ks][j] = q_words ? __ldg(reinterpret_cast<const uint32_t*>(p))
+                            : (uint32_t)__ldg(p) | ((uint32_t)__ldg(p + 1) << 16);
+      }
+    if (g >= nh) {
+#pragma unroll
+      for (int ks = 0; ks < KS; ++ks) qf[ks][0] = qf[ks][1] = 0u;
     }
-    dev::cp_async_commit();
   }
   const int64_t slen = a.sink_len != nullptr && a.s_cap > 0 ? max((int64_t)0, min((int64_t)a.sink_len[b], a.s_cap)) : 0;
   const int64_t rlen = a.r_cap > 0 ? max((int64_t)0, min((int64_t)a.resid_len[b], a.r_cap)) : 0;
   const int64_t total = slen + rlen;  // fp token f: sink row f, then residual row f - slen
-  const int nchunks = (int)((total + buf_tokens - 1) / buf_tokens);
-  const Bits<KIND>* ks = reinterpret_cast<const Bits<KIND>*>(buf);
-  const Bits<KIND>* vs = ks + (int64_t)buf_tokens * D;
-  // Shared-memory row of token tk of the chunk (one round: the chunk is every token).
-  const int gap = (int)a.s_cap - (int)slen;  // one round: empty sink rows between the sinks and the window
-  auto srow = [&](int tk) { return one_round && tk >= slen ? tk + gap : tk; };
-  auto load_chunk = [&](int c) {
-    __syncthreads();  // every warp is done with the previous chunk
-    const int64_t f0 = (int64_t)c * buf_tokens;
-    const int n = (int)min((int64_t)buf_tokens, total - f0);
-    for (int i = threadIdx.x; i < n * CHUNKS; i += kWarps * 32) {
-      const int64_t f = f0 + i / CHUNKS;
-      const int part = i % CHUNKS;
-      const bool sink = f < slen;
-      const int64_t row = sink ? bh * a.s_cap + f : bh * a.r_cap + (f - slen);
-      const uint8_t* kp = static_cast<const uint8_t*>(sink ? a.k_sink : a.k_resid) + (row * D * 2 + part * 16);
-      const uint8_t* vp = static_cast<const uint8_t*>(sink ? a.v_sink : a.v_resid) + (row * D * 2 + part * 16);
-      dev::cp_async_16(buf + (int64_t)i * 16, kp, true);
-      dev::cp_async_16(buf + ((int64_t)buf_tokens * D * 2 + (int64_t)i * 16), vp, true);
-    }
-    dev::cp_async_commit();
-    dev::cp_async_wait<0>();
-    __syncthreads();
-  };
-  const int hpw = (nh + kWarps - 1) / kWarps;  // the same count in every warp: barriers stay matched
-  for (int hh = 0; hh < hpw; ++hh) {
-    const int h = warp + kWarps * hh;
-    const bool active = h < nh;
-    const int64_t unit = (int64_t)b * a.Hq + h0 + (active ? h : 0);
-    float q[CPL], o[CPL];
-    Bits<KIND> qb[CPL];
+  const int64_t cols = a.mass_cols();
+  float* lg = a.logits != nullptr ? a.logits + ((int64_t)b * a.Hq + h0) * cols : nullptr;  // H2O mass
+
+  // Running state of the lane's two head columns 2t, 2t + 1 (the same in every warp) and
+  // its output fragments: o[ct] = (channel 16 c + g, heads 2t, 2t + 1), (channel + 8, ...)
+  // with c = warp * MTW + ct.
+  float m_run[2] = {-INFINITY, -INFINITY}, l_part[2] = {0.0f, 0.0f};
+  float o[MTW][4];
 #pragma unroll
-    for (int j = 0; j < CPL; ++j) qb[j] = static_cast<const Bits<KIND>*>(a.q)[unit * D + lane * CPL + j];
-    if (one_round && hh == 0) {  // (after the query loads and before their use: they overlap the copies)
-      dev::cp_async_wait<0>();
-      __syncthreads();
-    }
+  for (int ct = 0; ct < MTW; ++ct) o[ct][0] = o[ct][1] = o[ct][2] = o[ct][3] = 0.0f;
+
+  // Attends rows [0, rows) of the buffer: row r is a token if r < va or vb0 <= r < vb1;
+  // its mass column is r + (r < ca ? cb1 : cb2). The V rows from `rows` up to the next
+  // multiple of 16 and those of non-tokens are zero.
+  auto attend = [&](int rows, int va, int vb0, int vb1, int64_t ca, int64_t cb1, int64_t cb2) {
+    const int ntiles = (rows + 15) >> 4;
+    for (int t0 = 0; t0 < ntiles; t0 += TG) {
+      float s[TG][4];
 #pragma unroll
-    for (int j = 0; j < CPL; ++j) {
-      q[j] = Storage<KIND>::load(qb[j]) * qscale;
-      o[j] = 0.0f;
-    }
-    float m = -INFINITY, l = 0.0f;
-    float* lg_unit = a.logits != nullptr ? a.logits + unit * a.mass_cols() : nullptr;  // H2O mass
-    for (int c = 0; c < nchunks; ++c) {
-      if (!one_round && (hh == 0 || nchunks > 1)) load_chunk(c);
-      if (!active) continue;
-      const int64_t f0 = (int64_t)c * buf_tokens;
-      const int n = (int)min((int64_t)buf_tokens, total - f0);
-      for (int t0 = 0; t0 < n; t0 += NB) {
-        float kx[NB][CPL], vx[NB][CPL];
+      for (int i = 0; i < TG; ++i) {
+        s[i][0] = s[i][1] = s[i][2] = s[i][3] = 0.0f;
+        if (t0 + i < ntiles) {
+          const int r = (t0 + i) * 16 + (lane & 7) + (lane & 8);  // matrices: rows 0-7, 8-15 x channels +0, +8
 #pragma unroll
-        for (int u = 0; u < NB; ++u) {
-          const int tk = srow(min(t0 + u, n - 1));  // a valid row; surplus tokens are masked below
-#pragma unroll
-          for (int j = 0; j < CPL; ++j) {
-            kx[u][j] = Storage<KIND>::load(ks[tk * D + lane * CPL + j]);
-            vx[u][j] = Storage<KIND>::load(vs[tk * D + lane * CPL + j]);
+          for (int ks = 0; ks < KS; ++ks) {
+            uint32_t kf[4];
+            dev::ldmatrix_x4(kf, k_s + (r * CHUNKS + ((2 * ks + (lane >> 4)) ^ (r & 7))) * 16);
+            mma_16816<KIND>(s[i], kf, qf[ks][0], qf[ks][1]);
           }
         }
-        float sc[NB];
+      }
+      float mx[2] = {-INFINITY, -INFINITY};
 #pragma unroll
-        for (int u = 0; u < NB; ++u) {
-          float dot = 0.0f;
+      for (int i = 0; i < TG; ++i)
 #pragma unroll
-          for (int j = 0; j < CPL; ++j) dot += q[j] * kx[u][j];
-          sc[u] = dot;
+        for (int e = 0; e < 4; ++e) {
+          const int r = (t0 + i) * 16 + g + 8 * (e >> 1);
+          const bool tok = t0 + i < ntiles && (r < va || (r >= vb0 && r < vb1));
+          s[i][e] = tok ? s[i][e] * qscale : -INFINITY;
+          const int h = 2 * t + (e & 1);
+          if (lg != nullptr && tok && h < nh) lg[h * cols + r + (r < ca ? cb1 : cb2)] = s[i][e];
+          mx[e & 1] = fmaxf(mx[e & 1], s[i][e]);
         }
+      float m_use[2];
 #pragma unroll
-        for (int off = 16; off > 0; off >>= 1)
+      for (int c = 0; c < 2; ++c) {
 #pragma unroll
-          for (int u = 0; u < NB; ++u) sc[u] += __shfl_xor_sync(0xffffffffu, sc[u], off);
-        if (lg_unit != nullptr) {
+        for (int off = 4; off < 32; off <<= 1) mx[c] = fmaxf(mx[c], __shfl_xor_sync(0xffffffffu, mx[c], off));
+        const float m_new = fmaxf(m_run[c], mx[c]);
+        m_use[c] = m_new == -INFINITY ? 0.0f : m_new;  // no token yet: everything stays 0
+        const float alpha = exp2f(m_run[c] - m_use[c]);
+        m_run[c] = m_new;
+        l_part[c] *= alpha;
 #pragma unroll
-          for (int u = 0; u < NB; ++u) {
-            const int64_t f = f0 + t0 + u;
-            if (lane == u && t0 + u < n) lg_unit[f < slen ? f : a.s_cap + a.t_cap + (f - slen)] = sc[u];
-          }
+        for (int ct = 0; ct < MTW; ++ct) {
+          o[ct][c] *= alpha;
+          o[ct][2 + c] *= alpha;
         }
-        float m_new = m;
+      }
 #pragma unroll
-        for (int u = 0; u < NB; ++u) {
-          if (t0 + u >= n) sc[u] = -INFINITY;
-          m_new = fmaxf(m_new, sc[u]);
+      for (int i = 0; i < TG; ++i) {
+        if (t0 + i >= ntiles) continue;
+        float p[4];
+#pragma unroll
+        for (int e = 0; e < 4; ++e) {
+          p[e] = exp2f(s[i][e] - m_use[e & 1]);
+          l_part[e & 1] += p[e];
         }
-        const float alpha = exp2f(m - m_new);  // m_new is finite: the batch holds a real token
-        l *= alpha;
+        // P^T fragments (rows = tokens g, g + 8; columns = heads 2t, 2t + 1) transposed
+        // into the B operand (tokens 2t, 2t + 1 (+ 8); head g), as hi and lo parts.
+        uint32_t hi[2], lo[2];
 #pragma unroll
-        for (int j = 0; j < CPL; ++j) o[j] *= alpha;
-#pragma unroll
-        for (int u = 0; u < NB; ++u) {
-          const float p = exp2f(sc[u] - m_new);
-          l += p;
-#pragma unroll
-          for (int j = 0; j < CPL; ++j) o[j] += p * vx[u][j];
+        for (int j = 0; j < 2; ++j) {
+          const uint32_t h = dev::pack2<KIND>(p[2 * j], p[2 * j + 1]);
+          const float2 hv = bits_pair<KIND>(h);
+          hi[j] = dev::movmatrix_trans(h);
+          lo[j] = dev::movmatrix_trans(dev::pack2<KIND>(p[2 * j] - hv.x, p[2 * j + 1] - hv.y));
         }
-        m = m_new;
+        const int r = (t0 + i) * 16 + (lane & 7) + ((lane >> 1) & 8);  // rows 0-7, 8-15 (lanes 16-31)
+#pragma unroll
+        for (int ct = 0; ct < MTW; ++ct) {
+          uint32_t vf[4];  // V^T: channels 16 c + (0-7, 8-15: lanes 8-15, 24-31) x the tile's rows
+          dev::ldmatrix_x4_trans(vf, v_s + (r * CHUNKS + ((2 * (warp * MTW + ct) + ((lane >> 3) & 1)) ^ (r & 7))) * 16);
+          mma_16816<KIND>(o[ct], vf, hi[0], hi[1]);
+          mma_16816<KIND>(o[ct], vf, lo[0], lo[1]);
+        }
       }
     }
-    if (!active) continue;
-    const int64_t slot = unit * sp.np + sp.np - 1;
+  };
+
+  // One pass over the rows when they all fit (copied above), else rounds of buf_tokens
+  // fp tokens (one inlined copy of `attend` either way).
+  const int64_t rounds = one_round ? 1 : (total + buf_tokens - 1) / buf_tokens;
+  for (int64_t c = 0; c < rounds; ++c) {
+    const int64_t f0 = c * buf_tokens;
+    int rows, va, vb0, vb1;
+    int64_t ca, cb1, cb2;
+    if (one_round) {
+      rows = (int)(a.s_cap + a.r_cap);
+      dev::cp_async_wait<0>();
+      __syncthreads();
+      zero_v_rows((int)slen, (int)a.s_cap);
+      zero_v_rows((int)(a.s_cap + rlen), (rows + 15) & ~15);
+      va = (int)slen, vb0 = (int)a.s_cap, vb1 = (int)(a.s_cap + rlen);
+      ca = a.s_cap, cb1 = 0, cb2 = a.t_cap;
+    } else {
+      rows = (int)min((int64_t)buf_tokens, total - f0);
+      __syncthreads();  // every warp is done with the previous rows
+      copy_rows(rows, [&](int r, int64_t& row) {
+        const int64_t f = f0 + r;
+        const bool sink = f < slen;
+        row = sink ? bh * a.s_cap + f : bh * a.r_cap + (f - slen);
+        return sink;
+      });
+      dev::cp_async_wait<0>();
+      zero_v_rows(rows, (rows + 15) & ~15);
+      va = rows, vb0 = vb1 = 0;
+      ca = slen - f0, cb1 = f0, cb2 = f0 + a.s_cap + a.t_cap - slen;
+    }
+    __syncthreads();
+    attend(rows, va, vb0, vb1, ca, cb1, cb2);
+  }
+
+  float l_sum[2];
 #pragma unroll
-    for (int j = 0; j < CPL; ++j) sp.ws_o[slot * D + lane * CPL + j] = o[j];
-    if (lane == 0) {
-      sp.ws_m[slot] = m;
-      sp.ws_l[slot] = l;
+  for (int c = 0; c < 2; ++c) {
+    l_sum[c] = l_part[c];
+#pragma unroll
+    for (int off = 4; off < 32; off <<= 1) l_sum[c] += __shfl_xor_sync(0xffffffffu, l_sum[c], off);
+  }
+#pragma unroll
+  for (int c = 0; c < 2; ++c) {
+    const int h = 2 * t + c;
+    if (h >= nh) continue;
+    const int64_t slot = ((int64_t)b * a.Hq + h0 + h) * sp.np + sp.np - 1;
+    float* op = sp.ws_o + slot * D + 16 * warp * MTW + g;
+#pragma unroll
+    for (int ct = 0; ct < MTW; ++ct) {
+      op[16 * ct] = o[ct][c];
+      op[16 * ct + 8] = o[ct][2 + c];
+    }
+    if (warp == 0 && g == 0) {
+      sp.ws_m[slot] = m_run[c];
+      sp.ws_l[slot] = l_sum[c];
     }
   }
 }
@@ -544,7 +632,7 @@ __global__ void __launch_bounds__(kWarps * 32, (D <= 64 || (H4 && D <= 128) ? 16
   if (split == sp.nsplit) {  // the last split: sinks and residual window
     // (rows of 4 * D bytes, K and V; the merge's share alone holds >= 32)
     const int buf_bytes = (int)stage_area_bytes(D, stage_bytes);
-    fp_split<KIND, D>(a, sp, b, kvh, h0, nh, stages, buf_bytes / (4 * D) / 8 * 8, warp, lane);
+    fp_split<KIND, D>(a, sp, b, kvh, h0, nh, stages, buf_bytes / (4 * D) / 16 * 16, warp, lane);
     if (threadIdx.x == 0) timeline_stamp(a.timeline, tl_rec, 6);
     return;
   }

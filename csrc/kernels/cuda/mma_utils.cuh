@@ -1,6 +1,6 @@
 // Thin wrappers over the PTX instructions the decode kernel uses: tensor-core
-// mma (m16n8k16, fp16 in, fp32 accumulate), an 8x8 register transpose, and
-// asynchronous global->shared copies.
+// mma (m16n8k16, fp16 or bf16 in, fp32 accumulate), matrix loads from shared memory, an
+// 8x8 register transpose, and asynchronous global->shared copies.
 //
 // Fragment layouts of mma.m16n8k16 (g = lane / 4, t = lane % 4), each register a pair:
 //   A (16x16, row-major): a0 (row g,   cols 2t..2t+1)   a1 (row g+8, cols 2t..2t+1)
@@ -21,6 +21,33 @@ __device__ __forceinline__ void mma_f16_16816(float (&d)[4], const uint32_t (&a)
       "{%0,%1,%2,%3};\n"
       : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
       : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+}
+
+// The same with bf16 operands.
+__device__ __forceinline__ void mma_bf16_16816(float (&d)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1) {
+  asm volatile(
+      "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
+      "{%0,%1,%2,%3};\n"
+      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+}
+
+// Four 8x8 matrices of 16-bit values from shared memory: lanes 8i..8i+7 give the row
+// addresses (16 bytes each) of matrix i; r[i] is matrix i in the lane layout of an mma
+// fragment (row g, cols 2t..2t+1), or with `_trans` of its transpose (rows 2t..2t+1,
+// col g, as a pair). The "memory" clobber keeps them after the barriers that publish
+// the rows.
+__device__ __forceinline__ void ldmatrix_x4(uint32_t (&r)[4], uint32_t saddr) {
+  asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];\n"
+               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+               : "r"(saddr)
+               : "memory");
+}
+__device__ __forceinline__ void ldmatrix_x4_trans(uint32_t (&r)[4], uint32_t saddr) {
+  asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0,%1,%2,%3}, [%4];\n"
+               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+               : "r"(saddr)
+               : "memory");
 }
 
 // Transposes an 8x8 matrix of 16-bit values held one pair per lane
