@@ -461,10 +461,11 @@ def test_cuda_large():
 ])
 def test_cuda_big_and_small_splits(Hkv, bits, t_cap, packed):
     """Shapes whose split plan (on an H100 or H200: 132 SMs x 4 CTAs) is one wave of big
-    CTAs with 85% of each unit's tokens and then small CTAs for the rest, the last one
+    CTAs with 85-90% of each unit's tokens and then small CTAs for the rest, the last one
     partial (plan_splits in decode_attention_cuda.cu); lengths mixed, one empty. The
     first three have short big CTAs, so the full-precision splits launch first; the last
-    two (64 units of 8 big CTAs of >= 48 KB a warp) launch them after the big CTAs."""
+    two (64 units of 8 big CTAs of >= 48 KB a warp) launch them last, after the small
+    CTAs."""
     kw = make_inputs(Hq=32, Hkv=Hkv, D=128, bits=bits, group=64, dtype=torch.bfloat16, packed=packed,
                      resid=[64, 3, 0, 17, 64, 1, 40, 64], sinks=[4] * 8, t_cap=t_cap, r_cap=64, s_cap=4, device="cuda")
     out, lse = run(kw)

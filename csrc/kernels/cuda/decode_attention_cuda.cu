@@ -156,25 +156,36 @@ SplitParams plan_splits(const DecodeArgs& a, int num_sms) {
   const int64_t units = (int64_t)a.B * a.Hkv * sp.passes;
   const int64_t slots = (int64_t)num_sms * per_sm;
 
-  // Big CTAs of at least 48 KB of cache a warp (3x a small one) run long enough that the
-  // full-precision CTAs can start after them; shorter ones leave the first wave's slots to
-  // the full-precision CTAs (fp_first; H100: B=8 Hkv=8 2-bit 16K, 30 KB a warp, 45.5 us
-  // with fp first, 47.0 after; 32K, 66 KB, 74.5 and 75.0; 128K 256 and 244).
-  const int64_t small = std::max(align, kWarps * 16384 / packed_token_bytes(a) / align * align);
+  // Two layouts of the grid (SplitParams): where the big CTAs hold at least 48 KB of cache
+  // a warp, they take 90% of the tokens and the full-precision CTAs launch last, after the
+  // small and tiny ones (they then start in the tail, where slots free up); shorter big
+  // CTAs take 85% and leave the first wave's slots to the full-precision CTAs. The last
+  // 5% of the tokens go to tiny CTAs (12 KB a warp) so that the last CTAs to start are
+  // short. H100, B=8 Hq=32 Hkv=8 D=128 2-bit (bench/PERF-NOTES.md, session 16): 32K 74.7
+  // -> 71.0-71.4 us against the session-15 plan (full-precision CTAs after the big ones,
+  // 85%, no tiny CTAs).
+  const int64_t ptb = packed_token_bytes(a);
+  auto chunk_of = [&](int64_t warp_bytes) { return std::max<int64_t>(align, kWarps * warp_bytes / ptb / align * align); };
+  const int64_t small = chunk_of(16384), tiny = chunk_of(12288);
   for (int fp_first = 0; fp_first <= 1; ++fp_first) {
     const int64_t nbig = (slots - (fp_first ? units : 0)) / units;  // big CTAs per unit in one wave
     if (nbig < 1) continue;
-    const int64_t big_tokens = a.t_cap * 85 / 100 / (nbig * align) * (nbig * align);
+    const int64_t big_tokens = a.t_cap * (fp_first ? 85 : 90) / 100 / (nbig * align) * (nbig * align);
     const int64_t big = big_tokens / nbig;
     if (big < 4LL * kWarps * tt || small >= big) continue;
-    if (!fp_first && big * packed_token_bytes(a) < kWarps * 49152LL) continue;
+    if (!fp_first && big * ptb < kWarps * 49152LL) continue;
     sp.chunk = big;
     sp.small_chunk = small;
+    sp.tiny_chunk = tiny;
     sp.nbig = (int)nbig;
-    sp.nsmall = (int)((a.t_cap - nbig * big + small - 1) / small);
-    sp.nsplit = sp.nbig + sp.nsmall;
+    const int64_t rest = a.t_cap - nbig * big;
+    const int64_t tiny_tokens = std::min(rest, a.t_cap * 5 / 100 / tiny * tiny);
+    sp.nsmall = (int)((rest - tiny_tokens + small - 1) / small);
+    sp.tiny_at = nbig * big + sp.nsmall * small;
+    sp.ntiny = (int)((std::max<int64_t>(0, a.t_cap - sp.tiny_at) + tiny - 1) / tiny);
+    sp.nsplit = sp.nbig + sp.nsmall + sp.ntiny;
     sp.np = sp.nsplit + 1;
-    sp.fp_first = fp_first;
+    sp.fp_at = fp_first ? 0 : (int)(units * sp.nsplit);
     return sp;
   }
 
@@ -192,11 +203,13 @@ SplitParams plan_splits(const DecodeArgs& a, int num_sms) {
       best_chunk = chunk;
     }
   }
-  sp.chunk = sp.small_chunk = best_chunk;
+  sp.chunk = sp.small_chunk = sp.tiny_chunk = best_chunk;
   sp.nbig = a.t_cap > 0 ? (int)((a.t_cap + best_chunk - 1) / best_chunk) : 0;
-  sp.nsmall = 0;
+  sp.nsmall = sp.ntiny = 0;
+  sp.tiny_at = a.t_cap;
   sp.nsplit = sp.nbig;
   sp.np = sp.nsplit + 1;
+  sp.fp_at = (int)(units * sp.nsplit);  // (after the packed CTAs)
   return sp;
 }
 

@@ -21,26 +21,31 @@ constexpr float kMaxSlack = 2.0f;
 constexpr float kLog2e = 1.4426950408889634f;
 constexpr float kLn2 = 0.6931471805599453f;
 
-// The split CTAs form a 1-D grid in three phases, launched (and so, as slots free up,
-// started) in this order, each split-major (CTA k of unit u is the phase's block
-// k * units + u): `nbig` chunks of `chunk` tokens per unit, one wave; the full-precision
-// split of every unit (sinks and residual window); `nsmall` chunks of `small_chunk`
-// tokens per unit covering the rest. A unit is (sequence, KV head, head pass).
-// * The small chunks at the end are there for the tail: CTAs of the last wave start
+// The split CTAs form a 1-D grid of phases, launched (and so, as slots free up, started)
+// in this order, each split-major (CTA k of unit u is the phase's block k * units + u):
+// `nbig` chunks of `chunk` tokens per unit, one wave; `nsmall` chunks of `small_chunk`
+// tokens; `ntiny` chunks of `tiny_chunk` tokens covering the rest; and the full-precision
+// split of every unit (sinks and residual window) at block `fp_at`: last, or first where
+// the big chunks are short. A unit is (sequence, KV head, head pass).
+// * The small and tiny chunks are there for the tail: CTAs of the last wave start
 //   staggered, and while they finish the GPU empties; smaller last CTAs empty it sooner.
-// * The full-precision splits come after the big chunks, so that the first wave is all
-//   big chunks, one more per unit (H100, 2 bits, B=8 Hkv=8: 128K 257 -> 244 us, 8K 33.4 ->
-//   31.9 against the order fp, big, small), unless `fp_first`: where the big chunks are
-//   short, a full-precision CTA (10-14 us under load) started after them ends in the
-//   step's tail (16K: 45.5 -> 47.0 us; bench/PERF-NOTES.md, session 15).
+// * The first wave is all big chunks, one more per unit than with the full-precision
+//   splits first (H100, 2 bits, B=8 Hkv=8: 128K 257 -> 244 us, session 15). Launched last,
+//   the full-precision CTAs (tensor cores since session 16, ~7 us under load) start in
+//   the tail, where slots free up (32K: 73.6 -> 72.9 us in the torch-free binary against
+//   launching them after the big chunks). Where the big chunks are short they go first
+//   (`fp_at` = 0): started after them they end in the step's tail (16K: 45.5 -> 47.0 us;
+//   bench/PERF-NOTES.md, session 15).
 struct SplitParams {
   int64_t chunk;        // packed tokens per big CTA (multiple of kWarps * TT and of the group)
   int64_t small_chunk;  // packed tokens per small CTA (same alignment)
-  int nbig, nsmall;     // CTAs of each size per unit
-  int nsplit;           // packed CTAs per unit: nbig + nsmall
+  int64_t tiny_chunk;   // packed tokens per tiny CTA (same alignment)
+  int64_t tiny_at;      // first token of the tiny CTAs: nbig * chunk + nsmall * small_chunk
+  int nbig, nsmall, ntiny;  // CTAs of each size per unit
+  int nsplit;           // packed CTAs per unit: nbig + nsmall + ntiny
   int passes;           // head passes per KV head: ceil(Gq / 8)
   int np;               // partials per query head: nsplit + 1 (the full-precision split, last)
-  int fp_first;         // the full-precision splits launch first, then the big chunks
+  int fp_at;            // block index of the first full-precision split: 0 or units * nsplit
   float* ws_o;     // [B, Hq, np, D]
   float* ws_m;     // [B, Hq, np]   running max (base 2)
   float* ws_l;     // [B, Hq, np]   sum of exp2

@@ -604,7 +604,7 @@ __global__ void __launch_bounds__(kWarps * 32, (D <= 64 || (H4 && D <= 128) ? 16
   const unsigned units = (unsigned)(a.B * a.Hkv * sp.passes);
   unsigned unit, idx = blockIdx.x;
   int split;
-  const unsigned nbig_ctas = units * (unsigned)sp.nbig, fp_at = sp.fp_first ? 0u : nbig_ctas;
+  const unsigned nbig_ctas = units * (unsigned)sp.nbig, fp_at = (unsigned)sp.fp_at;
   if (idx >= fp_at && idx < fp_at + units) {
     unit = idx - fp_at;
     split = sp.nsplit;
@@ -670,8 +670,11 @@ __global__ void __launch_bounds__(kWarps * 32, (D <= 64 || (H4 && D <= 128) ? 16
   int64_t n = min((int64_t)a.packed_len[b], a.t_cap);
   n = n < 0 ? 0 : n - n % G;
   const bool big = split < sp.nbig;
-  const int64_t cta_size = big ? sp.chunk : sp.small_chunk;
-  const int64_t cta_begin = big ? (int64_t)split * sp.chunk : sp.nbig * sp.chunk + (int64_t)(split - sp.nbig) * sp.small_chunk;
+  const int tiny_k = split - sp.nbig - sp.nsmall;  // >= 0: a tiny CTA
+  const int64_t cta_size = big ? sp.chunk : tiny_k >= 0 ? sp.tiny_chunk : sp.small_chunk;
+  const int64_t cta_begin = big ? (int64_t)split * sp.chunk
+                            : tiny_k >= 0 ? sp.tiny_at + (int64_t)tiny_k * sp.tiny_chunk
+                                          : sp.nbig * sp.chunk + (int64_t)(split - sp.nbig) * sp.small_chunk;
   const int64_t cta_end = min(cta_begin + cta_size, n);
 
   const int64_t bh = (int64_t)b * a.Hkv + kvh;
