@@ -135,10 +135,10 @@ int64_t packed_token_bytes(const DecodeArgs& a) {
 
 // Chooses the split sizes (SplitParams).
 // * When a wave (SMs x CTAs per SM) holds at least one big packed CTA of every unit: one
-//   wave of big CTAs takes 85% of the tokens, and small CTAs of ~16 KB of cache per warp
-//   take the rest as slots free up. CTAs with the same work end up to ~40% apart (the
-//   SM's warp scheduler favours older CTAs: bench/PERF-NOTES.md, the timeline); the small
-//   ones fill that in.
+//   wave of big CTAs takes 85-90% of the tokens, and small CTAs of ~16 KB of cache per
+//   warp, then tiny ones of ~12 KB, take the rest as slots free up. CTAs with the same
+//   work end up to ~40% apart (the SM's warp scheduler favours older CTAs:
+//   bench/PERF-NOTES.md, the timeline); the small and tiny ones fill that in.
 // * Otherwise (many units, or too few tokens for big CTAs of 4+ tiles a warp): chunks of
 //   one size; among 1..8 waves' worth take the count that fills its waves best (a last
 //   wave that is mostly empty wastes the GPU), keeping at least two tiles per warp.
