@@ -293,6 +293,12 @@ __device__ __forceinline__ float2 bits_pair(uint32_t w) {
   if constexpr (KIND == 1) return __half22float2(*reinterpret_cast<const __half2*>(&w));
   else return make_float2(__uint_as_float(w << 16), __uint_as_float(w & 0xFFFF0000u));
 }
+// Two consecutive 16-bit query values as a word: one 32-bit load where `aligned` (p
+// 4-byte aligned), else two 16-bit loads (a query view at an odd 2-byte offset).
+template <int KIND>
+__device__ __forceinline__ uint32_t query_pair(const Bits<KIND>* p, bool aligned) {
+  return aligned ? __ldg(reinterpret_cast<const uint32_t*>(p)) : (uint32_t)__ldg(p) | ((uint32_t)__ldg(p + 1) << 16);
+}
 // Two consecutive 16-bit metadata values (idx even) as floats, one 32-bit load.
 template <int KIND>
 __device__ __forceinline__ float2 meta_pair(const uint8_t* base, int idx) {
@@ -410,9 +416,7 @@ __device__ __forceinline__ void fp_split(const DecodeArgs& a, const SplitParams&
     for (int ks = 0; ks < KS; ++ks)
 #pragma unroll
       for (int j = 0; j < 2; ++j) {
-        const Bits<KIND>* p = qh + 16 * ks + 8 * j;
-        qf[ks][j] = q_words ? __ldg(reinterpret_cast<const uint32_t*>(p))
-                            : (uint32_t)__ldg(p) | ((uint32_t)__ldg(p + 1) << 16);
+        qf[ks][j] = query_pair<KIND>(qh + 16 * ks + 8 * j, q_words);
       }
     if (g >= nh) {
 #pragma unroll
@@ -654,12 +658,12 @@ __global__ void __launch_bounds__(kWarps * 32, (D <= 64 || (H4 && D <= 128) ? 16
     const Bits<KIND>* qh = static_cast<const Bits<KIND>*>(a.q) + ((int64_t)b * a.Hq + h0 + (hq < nh ? hq : 0)) * D +
                            2 * ((int)threadIdx.x / kHeadsPerPass);
     constexpr int QSTEP = kWarps * 32 / kHeadsPerPass * 2;  // elements between a thread's pairs
-    if (q_words) {
+    if (q_words) {  // (two loops: the branch stays out of the loads)
 #pragma unroll
-      for (int u = 0; u < QPT; ++u) qw[u] = __ldg(reinterpret_cast<const uint32_t*>(qh + u * QSTEP));
+      for (int u = 0; u < QPT; ++u) qw[u] = query_pair<KIND>(qh + u * QSTEP, true);
     } else {
 #pragma unroll
-      for (int u = 0; u < QPT; ++u) qw[u] = (uint32_t)__ldg(qh + u * QSTEP) | ((uint32_t)__ldg(qh + u * QSTEP + 1) << 16);
+      for (int u = 0; u < QPT; ++u) qw[u] = query_pair<KIND>(qh + u * QSTEP, false);
     }
     if (hq >= nh) {
 #pragma unroll
