@@ -152,7 +152,10 @@ SplitParams plan_splits(const DecodeArgs& a, int num_sms) {
   const int tt = for_kind_bits(a, [&](auto k, auto b) {
     return packed_tile_tokens<decltype(k)::value, decltype(b)::value>(a);
   });
-  const int64_t align = std::max<int64_t>((int64_t)kWarps * tt, a.group);  // chunk granularity
+  // Chunk granularity. Every chunk below is a multiple of it, so a warp's range is whole
+  // stages and whole key blocks: the kernel then skips its row masks where G % TT == 0
+  // (row_valid in decode_packed.cuh).
+  const int64_t align = std::max<int64_t>((int64_t)kWarps * tt, a.group);
   const int64_t units = (int64_t)a.B * a.Hkv * sp.passes;
   const int64_t slots = (int64_t)num_sms * per_sm;
 

@@ -1185,6 +1185,13 @@ __global__ void __launch_bounds__(kWarps * 32, (D <= 64 || (H4 && D <= 128) ? 16
     const int64_t t0 = CORR ? (int64_t)t_cur : w_begin + (int64_t)i * TT;
     const int lim = CORR ? (int)min((uint32_t)TT, w_end32 - t_cur)
                          : (int)min((int64_t)TT, w_end - t0);  // valid rows of this stage
+    // Whether stage row r holds a token of this warp. Where a key block spans whole stages
+    // (G % TT == 0) every row does: n is cut to whole key blocks and the plan's chunks are
+    // multiples of max(kWarps TT, G), so a warp's range is whole stages, and the masks (an
+    // ISETP and the FSELs of scores, value scales and outliers) fold away: 2-bit D = 128
+    // G = 64 stage loop 1235 -> 1159 instructions, one outlier a side 1514 -> 1452. (Not in
+    // the general corrections kernel: without the masks ptxas spilled in three of its forms.)
+    auto row_valid = [&](int r) { return (G % TT == 0 && (H4 || !CORR)) || r < lim; };
     const int orow = g + ((t >> 1) << 3);  // CORR && H4: the lane's outlier row in an m-tile
     const uint8_t* ob1 = st + orow;
     const uint8_t* ob2 = st + 2 * orow;
@@ -1289,7 +1296,7 @@ __global__ void __launch_bounds__(kWarps * 32, (D <= 64 || (H4 && D <= 128) ? 16
 #pragma unroll
       for (int m = 0; m < MG; ++m) {
         const int mt = mg + m;
-        const bool ok0 = 16 * mt + g < lim, ok1 = 16 * mt + g + 8 < lim;
+        const bool ok0 = row_valid(16 * mt + g), ok1 = row_valid(16 * mt + g + 8);
         if constexpr (H4) {  // hi + lo: columns c and c ^ 4 live in lanes t and t ^ 2
           float v[4] = {fmaf(acc[m][0], kScoreScale, cst[0]), fmaf(acc[m][1], kScoreScale, cst[1]),
                         fmaf(acc[m][2], kScoreScale, cst[0]), fmaf(acc[m][3], kScoreScale, cst[1])};
@@ -1317,7 +1324,7 @@ __global__ void __launch_bounds__(kWarps * 32, (D <= 64 || (H4 && D <= 128) ? 16
 #pragma unroll
           for (int c = 0; c < 4; ++c) {
             const int head = 2 * t + (c & 1), r = c < 2 ? r0 : r1;
-            if (head < nh && r < lim) lg[head * cols + r] = s[mt][c];
+            if (head < nh && row_valid(r)) lg[head * cols + r] = s[mt][c];
           }
         }
       }
@@ -1447,9 +1454,9 @@ __global__ void __launch_bounds__(kWarps * 32, (D <= 64 || (H4 && D <= 128) ? 16
       l_run[0] += p[0] + p[2];
       l_run[1] += p[1] + p[3];
       const int r0 = 16 * mt + g, r1 = r0 + 8;  // stage rows of this lane's two tokens
-      const bool ok0 = r0 < lim, ok1 = r1 < lim;
+      const bool ok0 = row_valid(r0), ok1 = row_valid(r1);
       if constexpr (CORR && H4 && !VO_SMEM) {
-        value_outliers_h4(ob1, ob2, mt, 16 * mt + orow < lim, t < 2 ? p[0] : p[2], t < 2 ? p[1] : p[3], 0u);
+        value_outliers_h4(ob1, ob2, mt, row_valid(16 * mt + orow), t < 2 ? p[0] : p[2], t < 2 ? p[1] : p[3], 0u);
       } else if constexpr (CORR && !H4) {
         value_corrections(st, r0, ok0, ok1, p, t0 + 16 * mt, w_end);
       }
@@ -1531,7 +1538,7 @@ __global__ void __launch_bounds__(kWarps * 32, (D <= 64 || (H4 && D <= 128) ? 16
         }
       }
       if constexpr (VO_SMEM)
-        value_outliers_h4(ob1, ob2, mt, 16 * mt + orow < lim, t < 2 ? p[0] : p[2], t < 2 ? p[1] : p[3], vpeers[mt]);
+        value_outliers_h4(ob1, ob2, mt, row_valid(16 * mt + orow), t < 2 ? p[0] : p[2], t < 2 ? p[1] : p[3], vpeers[mt]);
     }
     __syncwarp();  // the stage is overwritten by a later issue
     t_cur += TT;
