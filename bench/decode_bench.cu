@@ -5,7 +5,9 @@
 // bandwidth measured in the same run, and the time an ideal fp16 cache would need
 // (its K+V bytes at copy bandwidth): the bytes-moved roofline of the fp16 baseline.
 //   kvcore_bench_decode [--json out.json] [--shape B Hq Hkv D L]  (default: a sweep)
-//                       [--timeline out.txt]
+//                       [--timeline out.txt] [--outliers KC VC]
+// --outliers: KC key and VC value outliers a token (random channels below D, residuals
+// in [-1, 1]), as extract_outliers stores them: issue 4's sparse corrections.
 // --timeline: after timing, one more flushed launch per case with DecodeArgs::timeline
 // set; writes every CTA's %globaltimer stamps (needs the kernels built with
 // -DKVCORE_DECODE_TIMELINE=ON; scripts/decode_timeline.py summarises the file).
@@ -25,6 +27,14 @@ __global__ void fill_bytes(uint8_t* p, int64_t n, uint32_t seed) {
     uint32_t h = (uint32_t)i * 2654435761u ^ seed;
     h ^= h >> 15; h *= 2246822519u; h ^= h >> 13;
     p[i] = (uint8_t)h;
+  }
+}
+
+__global__ void fill_index(uint8_t* p, int64_t n, int below, uint32_t seed) {
+  for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (int64_t)gridDim.x * blockDim.x) {
+    uint32_t h = (uint32_t)i * 2654435761u ^ seed;
+    h ^= h >> 15; h *= 2246822519u; h ^= h >> 13;
+    p[i] = (uint8_t)(h % (uint32_t)below);
   }
 }
 
@@ -54,9 +64,14 @@ int main(int argc, char** argv) {
   const char* json_path = nullptr;
   const char* timeline_path = nullptr;
   std::vector<Case> cases;
+  int kc_out = 0, vc_out = 0;  // outliers a token in keys and values
   for (int i = 1; i < argc; ++i) {
     if (!std::strcmp(argv[i], "--json") && i + 1 < argc) json_path = argv[++i];
     else if (!std::strcmp(argv[i], "--timeline") && i + 1 < argc) timeline_path = argv[++i];
+    else if (!std::strcmp(argv[i], "--outliers") && i + 2 < argc) {
+      kc_out = std::atoi(argv[++i]);
+      vc_out = std::atoi(argv[++i]);
+    }
     else if (!std::strcmp(argv[i], "--shape") && i + 5 < argc) {
       Case c;
       c.B = std::atoi(argv[++i]); c.Hq = std::atoi(argv[++i]); c.Hkv = std::atoi(argv[++i]);
@@ -72,7 +87,8 @@ int main(int argc, char** argv) {
   BENCH_CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev));
   const std::string gpu = bench::gpu_name();
   const double copy_gbs = bench::copy_bandwidth_gbs(timer, (size_t)1 << 30);
-  std::printf("GPU: %s, %d SMs, copy %.0f GB/s (read+write)\n", gpu.c_str(), sms, copy_gbs);
+  std::printf("GPU: %s, %d SMs, copy %.0f GB/s (read+write), outliers a token: %d in keys, %d in values\n", gpu.c_str(),
+              sms, copy_gbs, kc_out, vc_out);
   std::printf("%3s %3s %3s %4s %7s %4s %9s %9s %8s %10s %9s\n", "B", "Hq", "Hkv", "D", "L", "bits", "time_us",
               "GB/s", "vs_copy", "fp16_ideal", "x_ideal");
   FILE* js = json_path ? std::fopen(json_path, "w") : nullptr;
@@ -114,6 +130,20 @@ int main(int argc, char** argv) {
       BENCH_CHECK(cudaMemcpy(rlen, hr.data(), c.B * 4, cudaMemcpyHostToDevice));
       a.q = q; a.k_codes = kc; a.k_scale = ks; a.k_mn = km; a.v_codes = vc; a.v_scale = vs; a.v_mn = vm;
       a.k_resid = kr; a.v_resid = vr; a.packed_len = plen; a.resid_len = rlen; a.out = out; a.lse = lse;
+      uint8_t* koi = dev_alloc<uint8_t>(bh * t_cap * kc_out);
+      uint8_t* voi = dev_alloc<uint8_t>(bh * t_cap * vc_out);
+      __half* kor = dev_alloc<__half>(bh * t_cap * kc_out);
+      __half* vor = dev_alloc<__half>(bh * t_cap * vc_out);
+      if (kc_out > 0) {
+        fill_index<<<1024, 256>>>(koi, bh * t_cap * kc_out, c.D, 10u);
+        fill_half<<<1024, 256>>>(kor, bh * t_cap * kc_out, -1.0f, 1.0f, 11u);
+        a.k_outliers = kc_out; a.k_out_idx = koi; a.k_out_res = kor;
+      }
+      if (vc_out > 0) {
+        fill_index<<<1024, 256>>>(voi, bh * t_cap * vc_out, c.D, 12u);
+        fill_half<<<1024, 256>>>(vor, bh * t_cap * vc_out, -1.0f, 1.0f, 13u);
+        a.v_outliers = vc_out; a.v_out_idx = voi; a.v_out_res = vor;
+      }
       void* ws = dev_alloc<uint8_t>((int64_t)kvcore::decode_attention_cuda_workspace(a, sms));
       const double ms = timer.median_ms([&] { BENCH_CHECK(kvcore::decode_attention_cuda(a, ws, sms, 0)); });
       if (tl) {  // one more launch, stamped
@@ -132,8 +162,8 @@ int main(int argc, char** argv) {
         std::vector<unsigned long long> h(nrec * 8);
         BENCH_CHECK(cudaMemcpy(h.data(), d_tl, nrec * 64, cudaMemcpyDeviceToHost));
         BENCH_CHECK(cudaFree(d_tl));
-        std::fprintf(tl, "# B %d Hq %d Hkv %d D %d L %lld bits %d time_us %.2f merge_records %d\n", c.B, c.Hq, c.Hkv,
-                     c.D, (long long)c.L, bits, ms * 1e3, c.B * c.Hq);
+        std::fprintf(tl, "# B %d Hq %d Hkv %d D %d L %lld bits %d kc %d vc %d time_us %.2f merge_records %d\n", c.B, c.Hq,
+                     c.Hkv, c.D, (long long)c.L, bits, kc_out, vc_out, ms * 1e3, c.B * c.Hq);
         int64_t written = 0;
         for (int64_t r = 0; r < nrec; ++r) {
           if (h[r * 8] == 0) continue;
@@ -148,7 +178,7 @@ int main(int argc, char** argv) {
       BENCH_CHECK(cudaMemcpy(hl.data(), lse, hl.size() * 4, cudaMemcpyDeviceToHost));
       for (float v : hl)
         if (!std::isfinite(v)) { std::fprintf(stderr, "non-finite lse: broken kernel\n"); return 1; }
-      const double bytes = 2.0 * bh * t_cap * rb + 2.0 * bh * (t_cap / group) * c.D * 2 +
+      const double bytes = 3.0 * bh * t_cap * (kc_out + vc_out) + 2.0 * bh * t_cap * rb + 2.0 * bh * (t_cap / group) * c.D * 2 +
                            2.0 * bh * t_cap * (c.D / group) * 2 + 2.0 * bh * resid * c.D * 2 +
                            2.0 * c.B * c.Hq * c.D * 2;
       const double fp16_bytes = 2.0 * bh * c.L * c.D * 2;
@@ -156,12 +186,13 @@ int main(int argc, char** argv) {
       const double ideal_us = fp16_bytes / (copy_gbs * 1e9) * 1e6;
       std::printf("%3d %3d %3d %4d %7lld %4d %9.1f %9.0f %7.1f%% %10.1f %8.2fx\n", c.B, c.Hq, c.Hkv, c.D,
                   (long long)c.L, bits, ms * 1e3, gbs, 100 * gbs / copy_gbs, ideal_us, ideal_us / (ms * 1e3));
-      if (js) std::fprintf(js, "%s  {\"B\": %d, \"Hq\": %d, \"Hkv\": %d, \"D\": %d, \"L\": %lld, \"bits\": %d, \"group\": %d, \"time_us\": %.2f, \"gbs\": %.1f, \"ratio_to_copy\": %.4f, \"fp16_ideal_us\": %.2f}",
-                           first ? "" : ",\n", c.B, c.Hq, c.Hkv, c.D, (long long)c.L, bits, group, ms * 1e3, gbs,
-                           gbs / copy_gbs, ideal_us);
+      if (js) std::fprintf(js, "%s  {\"B\": %d, \"Hq\": %d, \"Hkv\": %d, \"D\": %d, \"L\": %lld, \"bits\": %d, \"group\": %d, \"k_outliers\": %d, \"v_outliers\": %d, \"time_us\": %.2f, \"gbs\": %.1f, \"ratio_to_copy\": %.4f, \"fp16_ideal_us\": %.2f}",
+                           first ? "" : ",\n", c.B, c.Hq, c.Hkv, c.D, (long long)c.L, bits, group, kc_out, vc_out,
+                           ms * 1e3, gbs, gbs / copy_gbs, ideal_us);
       first = false;
       for (void* p : {(void*)kc, (void*)vc, (void*)ks, (void*)km, (void*)vs, (void*)vm, (void*)kr, (void*)vr,
-                      (void*)q, (void*)out, (void*)lse, (void*)plen, (void*)rlen, ws})
+                      (void*)q, (void*)out, (void*)lse, (void*)plen, (void*)rlen, ws, (void*)koi, (void*)voi,
+                      (void*)kor, (void*)vor})
         BENCH_CHECK(cudaFree(p));
     }
   }
