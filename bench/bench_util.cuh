@@ -21,6 +21,13 @@
 
 namespace bench {
 
+// A per-element hash for the benches' deterministic fill kernels (element i, stream seed).
+__host__ __device__ inline uint32_t mix_hash(int64_t i, uint32_t seed) {
+  uint32_t h = (uint32_t)i * 2654435761u ^ seed;
+  h ^= h >> 15; h *= 2246822519u; h ^= h >> 13;
+  return h;
+}
+
 // Reads every 16 bytes of p (n16 chunks) and writes one word only if the impossible
 // happens, so the loads cannot be dropped: evicts L2 without leaving dirty lines behind.
 __global__ void read_flush_kernel(const uint4* p, int64_t n16, unsigned* sink) {

@@ -24,24 +24,21 @@ namespace {
 
 __global__ void fill_bytes(uint8_t* p, int64_t n, uint32_t seed) {
   for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (int64_t)gridDim.x * blockDim.x) {
-    uint32_t h = (uint32_t)i * 2654435761u ^ seed;
-    h ^= h >> 15; h *= 2246822519u; h ^= h >> 13;
+    const uint32_t h = bench::mix_hash(i, seed);
     p[i] = (uint8_t)h;
   }
 }
 
 __global__ void fill_index(uint8_t* p, int64_t n, int below, uint32_t seed) {
   for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (int64_t)gridDim.x * blockDim.x) {
-    uint32_t h = (uint32_t)i * 2654435761u ^ seed;
-    h ^= h >> 15; h *= 2246822519u; h ^= h >> 13;
+    const uint32_t h = bench::mix_hash(i, seed);
     p[i] = (uint8_t)(h % (uint32_t)below);
   }
 }
 
 __global__ void fill_half(__half* p, int64_t n, float lo, float hi, uint32_t seed) {
   for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (int64_t)gridDim.x * blockDim.x) {
-    uint32_t h = (uint32_t)i * 2654435761u ^ seed;
-    h ^= h >> 15; h *= 2246822519u; h ^= h >> 13;
+    const uint32_t h = bench::mix_hash(i, seed);
     p[i] = __float2half(lo + (hi - lo) * (float)(h & 0xFFFFFF) / 16777216.0f);
   }
 }

@@ -16,8 +16,7 @@ namespace {
 __global__ void fill_random_bf16(uint16_t* p, int64_t n, uint32_t seed) {
   int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
   for (; i < n; i += (int64_t)gridDim.x * blockDim.x) {
-    uint32_t h = (uint32_t)i * 2654435761u ^ seed;
-    h ^= h >> 15; h *= 2246822519u; h ^= h >> 13;
+    const uint32_t h = bench::mix_hash(i, seed);
     const float u = (float)(h & 0xFFFFFF) / 16777216.0f;  // [0,1)
     const float v = (u - 0.5f) * 8.0f;
     p[i] = kvcore::float_to_bf16_bits(v);
