@@ -5,7 +5,7 @@
 // bandwidth measured in the same run, and the time an ideal fp16 cache would need
 // (its K+V bytes at copy bandwidth): the bytes-moved roofline of the fp16 baseline.
 //   kvcore_bench_decode [--json out.json] [--shape B Hq Hkv D L]  (default: a sweep)
-//                       [--timeline out.txt] [--outliers KC VC]
+//                       [--timeline out.txt] [--outliers KC VC] [--bits 2|4]
 // --outliers: KC key and VC value outliers a token (random channels below D, residuals
 // in [-1, 1]), as extract_outliers stores them: issue 4's sparse corrections.
 // --timeline: after timing, one more flushed launch per case with DecodeArgs::timeline
@@ -62,9 +62,11 @@ int main(int argc, char** argv) {
   const char* timeline_path = nullptr;
   std::vector<Case> cases;
   int kc_out = 0, vc_out = 0;  // outliers a token in keys and values
+  int only_bits = 0;           // --bits: 2 or 4 only (0: both)
   for (int i = 1; i < argc; ++i) {
     if (!std::strcmp(argv[i], "--json") && i + 1 < argc) json_path = argv[++i];
     else if (!std::strcmp(argv[i], "--timeline") && i + 1 < argc) timeline_path = argv[++i];
+    else if (!std::strcmp(argv[i], "--bits") && i + 1 < argc) only_bits = std::atoi(argv[++i]);
     else if (!std::strcmp(argv[i], "--outliers") && i + 2 < argc) {
       kc_out = std::atoi(argv[++i]);
       vc_out = std::atoi(argv[++i]);
@@ -95,6 +97,7 @@ int main(int argc, char** argv) {
   const int group = 64, resid = 64;
   for (const Case& c : cases) {
     for (int bits : {2, 4}) {
+      if (only_bits != 0 && bits != only_bits) continue;
       const int64_t t_cap = (c.L - resid) / group * group;
       const int64_t rb = c.D * bits / 8, bh = (int64_t)c.B * c.Hkv;
       kvcore::DecodeArgs a;

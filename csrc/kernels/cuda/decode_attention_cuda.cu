@@ -5,6 +5,10 @@
 #include <cuda_fp16.h>
 
 #include <algorithm>
+#ifdef KVCORE_DECODE_PLAN_KNOBS
+#include <cstdio>
+#include <cstdlib>
+#endif
 #include <type_traits>
 
 #include "../decode_attention.h"
@@ -133,6 +137,24 @@ int64_t packed_token_bytes(const DecodeArgs& a) {
   return 2LL * a.D * a.bits / 8 + 4LL * a.D / a.group + 4LL * a.D / a.v_group;
 }
 
+#ifdef KVCORE_DECODE_PLAN_KNOBS
+// Profiling build: prints a plan to stderr (KVCORE_PLAN_PRINT set) when it differs from the last.
+void print_plan(const SplitParams& sp, int per_sm) {
+  static SplitParams last{};
+  if (std::getenv("KVCORE_PLAN_PRINT") == nullptr ||
+      (last.chunk == sp.chunk && last.nbig == sp.nbig && last.nsmall == sp.nsmall && last.ntiny == sp.ntiny &&
+       last.small_chunk == sp.small_chunk && last.tiny_chunk == sp.tiny_chunk && last.fp_at == sp.fp_at))
+    return;
+  last = sp;
+  std::fprintf(stderr, "plan: per_sm %d big %lld x %d small %lld x %d tiny %lld x %d fp_at %d\n", per_sm,
+               (long long)sp.chunk, sp.nbig, (long long)sp.small_chunk, sp.nsmall, (long long)sp.tiny_chunk, sp.ntiny,
+               sp.fp_at);
+}
+#define KVCORE_NOTE_PLAN(sp, per_sm) print_plan(sp, per_sm)
+#else
+#define KVCORE_NOTE_PLAN(sp, per_sm)
+#endif
+
 // Chooses the split sizes (SplitParams).
 // * When a wave (SMs x CTAs per SM) holds at least one big packed CTA of every unit: one
 //   wave of big CTAs takes 85-90% of the tokens, and small CTAs of ~16 KB of cache per
@@ -168,34 +190,44 @@ SplitParams plan_splits(const DecodeArgs& a, int num_sms) {
   // -> 71.0-71.4 us against the session-15 plan (full-precision CTAs after the big ones,
   // 85%, no tiny CTAs).
   const int64_t ptb = packed_token_bytes(a);
+  int big_pct[2] = {90, 85}, small_kb = 16, tiny_kb = 12, tiny_pct = 5, big_kb_min = 48, max_waves = 8;
+#ifdef KVCORE_DECODE_PLAN_KNOBS
+  // Profiling build only (-DKVCORE_DECODE_PLAN_KNOBS=ON, scripts/plan_sweep.sh): the
+  // constants below from KVCORE_PLAN="big_fp_last big_fp_first small_kb tiny_kb tiny_pct
+  // big_kb_min max_waves", so that one GPU call can sweep them.
+  if (const char* knobs = std::getenv("KVCORE_PLAN"))
+    std::sscanf(knobs, "%d %d %d %d %d %d %d", &big_pct[0], &big_pct[1], &small_kb, &tiny_kb, &tiny_pct, &big_kb_min,
+                &max_waves);
+#endif
   auto chunk_of = [&](int64_t warp_bytes) { return std::max<int64_t>(align, kWarps * warp_bytes / ptb / align * align); };
-  const int64_t small = chunk_of(16384), tiny = chunk_of(12288);
+  const int64_t small = chunk_of(1024LL * small_kb), tiny = chunk_of(1024LL * tiny_kb);
   for (int fp_first = 0; fp_first <= 1; ++fp_first) {
     const int64_t nbig = (slots - (fp_first ? units : 0)) / units;  // big CTAs per unit in one wave
     if (nbig < 1) continue;
-    const int64_t big_tokens = a.t_cap * (fp_first ? 85 : 90) / 100 / (nbig * align) * (nbig * align);
+    const int64_t big_tokens = a.t_cap * big_pct[fp_first] / 100 / (nbig * align) * (nbig * align);
     const int64_t big = big_tokens / nbig;
     if (big < 4LL * kWarps * tt || small >= big) continue;
-    if (!fp_first && big * ptb < kWarps * 49152LL) continue;
+    if (!fp_first && big * ptb < kWarps * 1024LL * big_kb_min) continue;
     sp.chunk = big;
     sp.small_chunk = small;
     sp.tiny_chunk = tiny;
     sp.nbig = (int)nbig;
     const int64_t rest = a.t_cap - nbig * big;
-    const int64_t tiny_tokens = std::min(rest, a.t_cap * 5 / 100 / tiny * tiny);
+    const int64_t tiny_tokens = std::min(rest, a.t_cap * tiny_pct / 100 / tiny * tiny);
     sp.nsmall = (int)((rest - tiny_tokens + small - 1) / small);
     sp.tiny_at = nbig * big + sp.nsmall * small;
     sp.ntiny = (int)((std::max<int64_t>(0, a.t_cap - sp.tiny_at) + tiny - 1) / tiny);
     sp.nsplit = sp.nbig + sp.nsmall + sp.ntiny;
     sp.np = sp.nsplit + 1;
     sp.fp_at = fp_first ? 0 : (int)(units * sp.nsplit);
+    KVCORE_NOTE_PLAN(sp, per_sm);
     return sp;
   }
 
   const int64_t min_chunk = std::max<int64_t>(align, 2LL * kWarps * tt);
   int64_t best_chunk = 0;
   double best_eff = -1.0;
-  for (int waves = 1; waves <= 8; ++waves) {
+  for (int waves = 1; waves <= max_waves; ++waves) {
     const int64_t target = std::max<int64_t>(1, (waves * slots + units - 1) / units);
     int64_t chunk = (a.t_cap + target - 1) / target;
     chunk = std::max(min_chunk, (chunk + align - 1) / align * align);
@@ -213,6 +245,7 @@ SplitParams plan_splits(const DecodeArgs& a, int num_sms) {
   sp.nsplit = sp.nbig;
   sp.np = sp.nsplit + 1;
   sp.fp_at = (int)(units * sp.nsplit);  // (after the packed CTAs)
+  KVCORE_NOTE_PLAN(sp, per_sm);
   return sp;
 }
 

@@ -1,0 +1,96 @@
+#!/usr/bin/env python3
+"""Sweeps the decode split plan's constants on a GPU (a profiling aid, not a test).
+
+Needs kvcore_bench_decode built with -DKVCORE_DECODE_PLAN_KNOBS=ON, which makes
+plan_splits read its constants from $KVCORE_PLAN:
+    "big_fp_last big_fp_first small_kb tiny_kb tiny_pct big_kb_min max_waves"
+(defaults "90 85 16 12 5 48 8"; see plan_splits in decode_attention_cuda.cu).
+For each grid point it times the 2-bit decode step with the given outliers a token
+(B=8 Hq=32 Hkv=8 D=128, group 64, L2 flushed) and prints the time and the ratio to the
+plain kernel under the default plan, which is re-timed every few points (drift check).
+
+    python3 scripts/plan_sweep.py --bench BUILD/bench/kvcore_bench_decode [--json out.json]
+"""
+import argparse
+import itertools
+import json
+import os
+import re
+import subprocess
+import sys
+
+DEFAULT = (90, 85, 16, 12, 5, 48, 8)
+ROW = re.compile(r"^\s*(\d+)\s+(\d+)\s+(\d+)\s+(\d+)\s+(\d+)\s+(\d)\s+([\d.]+)")
+
+
+def run(bench, lengths, outliers, knobs):
+    env = dict(os.environ, KVCORE_PLAN_PRINT="1")
+    if knobs is not None:
+        env["KVCORE_PLAN"] = " ".join(map(str, knobs))
+    cmd = [bench, "--bits", "2", "--outliers", str(outliers[0]), str(outliers[1])]
+    for L in lengths:
+        cmd += ["--shape", "8", "32", "8", "128", str(L + 64)]  # + the residual window
+    p = subprocess.run(cmd, env=env, capture_output=True, text=True, check=True)
+    times = {}
+    for line in p.stdout.splitlines():
+        m = ROW.match(line)
+        if m:
+            times[int(m.group(5)) - 64] = float(m.group(7))
+    plans = [l for l in p.stderr.splitlines() if l.startswith("plan:")]
+    return times, plans
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--bench", required=True)
+    ap.add_argument("--json")
+    ap.add_argument("--repeats", type=int, default=2, help="re-runs of the best points")
+    ap.add_argument("--groups", nargs="+", default=["long", "short"])
+    args = ap.parse_args()
+    results = []
+
+    def point(group, lengths, outliers, knobs, plain):
+        times, plans = run(args.bench, lengths, outliers, knobs)
+        r = {"group": group, "outliers": outliers, "knobs": knobs or DEFAULT, "times": times,
+             "ratio": {L: plain[L] / t for L, t in times.items()}, "plans": plans}
+        results.append(r)
+        print(group, outliers, r["knobs"], " ".join(f"{L}:{t:.1f}us {r['ratio'][L]:.3f}x" for L, t in times.items()),
+              "|", "; ".join(p[6:] for p in plans), flush=True)
+        return r
+
+    grids = {
+        # the one-wave-of-big-CTAs layout (32K, 128K)
+        "long": ([32768, 131072], [(b, 85, s, t, p, 48, 8) for b, s, t, p in
+                                   itertools.product((80, 85, 90), (16, 24, 32), (8, 12, 16), (0, 5, 10))]),
+        # 8K: the uniform layout (max_waves) and the big layout allowed down to 8 KB a warp
+        "short": ([8192], [(90, 85, 16, 12, 5, 48, w) for w in range(1, 9)] +
+                  [(b, b, s, t, p, 8, 8) for b, s, t, p in
+                   itertools.product((80, 85, 90), (6, 8, 12), (4, 6), (0, 5, 10))]),
+    }
+    for group in args.groups:
+        lengths, knob_list = grids[group]
+        plain, _ = run(args.bench, lengths, (0, 0), None)
+        print(group, "plain (default plan)", plain, flush=True)
+        point(group, lengths, (1, 1), None, plain)
+        for i, knobs in enumerate(knob_list):
+            if i and i % 16 == 0:
+                plain2, _ = run(args.bench, lengths, (0, 0), None)
+                print(group, "plain again", plain2, flush=True)
+                plain = {L: min(plain[L], plain2[L]) for L in lengths}
+            point(group, lengths, (1, 1), knobs, plain)
+        mine = [r for r in results if r["group"] == group and r["outliers"] == (1, 1)]
+        best = sorted(mine, key=lambda r: -sum(r["ratio"].values()))[:5]
+        candidates = [None] + [r["knobs"] for r in best if tuple(r["knobs"]) != DEFAULT]
+        print(group, "re-runs of the default and the best points", flush=True)
+        for _ in range(args.repeats):
+            plain, _ = run(args.bench, lengths, (0, 0), None)
+            for knobs in candidates:
+                for outl in ((1, 1), (2, 1), (0, 1)):
+                    point(group + "-rerun", lengths, outl, knobs, plain)
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(results, f, indent=1)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
