@@ -60,8 +60,9 @@ def main():
 
     grids = {
         # the one-wave-of-big-CTAs layout (32K, 128K)
-        "long": ([32768, 131072], [(b, 85, s, t, p, 48, 8) for b, s, t, p in
-                                   itertools.product((80, 85, 90), (16, 24, 32), (8, 12, 16), (0, 5, 10))]),
+        "long": ([16384, 32768, 65536, 131072],
+                 [(b, f, s, t, p, 48, 8) for b, f, s, t, p in
+                  itertools.product((60, 65, 70, 75, 80), (75, 85), (24, 32, 48), (12, 16, 24), (5, 10))]),
         # 8K: the uniform layout (max_waves) and the big layout allowed down to 8 KB a warp
         "short": ([8192], [(90, 85, 16, 12, 5, 48, w) for w in range(1, 9)] +
                   [(b, b, s, t, p, 8, 8) for b, s, t, p in
