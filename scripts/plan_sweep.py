@@ -3,8 +3,10 @@
 
 Needs kvcore_bench_decode built with -DKVCORE_DECODE_PLAN_KNOBS=ON, which makes
 plan_splits read its constants from $KVCORE_PLAN:
-    "big_fp_last big_fp_first small_kb tiny_kb tiny_pct big_kb_min max_waves"
-(defaults "90 85 16 12 5 48 8"; see plan_splits in decode_attention_cuda.cu).
+    "big_fp_last big_fp_first small_kb tiny_kb tiny_pct big_kb_min max_waves fp_counts"
+(defaults "90 85 16 12 5 48 8 1"; see plan_splits in decode_attention_cuda.cu).
+Group "rule" instead compares, over batch sizes and short lengths, the uniform layout's
+wave count with and without the full-precision CTAs counted (fp_counts 1 / 0).
 For each grid point it times the 2-bit decode step with the given outliers a token
 (B=8 Hq=32 Hkv=8 D=128, group 64, L2 flushed) and prints the time and the ratio to the
 plain kernel under the default plan, which is re-timed every few points (drift check).
@@ -19,17 +21,17 @@ import re
 import subprocess
 import sys
 
-DEFAULT = (90, 85, 16, 12, 5, 48, 8)
+DEFAULT = (90, 85, 16, 12, 5, 48, 8, 1)
 ROW = re.compile(r"^\s*(\d+)\s+(\d+)\s+(\d+)\s+(\d+)\s+(\d+)\s+(\d)\s+([\d.]+)")
 
 
-def run(bench, lengths, outliers, knobs):
+def run(bench, lengths, outliers, knobs, batch=8):
     env = dict(os.environ, KVCORE_PLAN_PRINT="1")
     if knobs is not None:
         env["KVCORE_PLAN"] = " ".join(map(str, knobs))
     cmd = [bench, "--bits", "2", "--outliers", str(outliers[0]), str(outliers[1])]
     for L in lengths:
-        cmd += ["--shape", "8", "32", "8", "128", str(L + 64)]  # + the residual window
+        cmd += ["--shape", str(batch), "32", "8", "128", str(L + 64)]  # + the residual window
     p = subprocess.run(cmd, env=env, capture_output=True, text=True, check=True)
     times = {}
     for line in p.stdout.splitlines():
@@ -46,6 +48,7 @@ def main():
     ap.add_argument("--json")
     ap.add_argument("--repeats", type=int, default=2, help="re-runs of the best points")
     ap.add_argument("--groups", nargs="+", default=["long", "short"])
+    ap.add_argument("--knobs", nargs="+", default=["90 85 16 12 5 48 8 0"], help="group rule: the plans to compare")
     args = ap.parse_args()
     results = []
 
@@ -68,7 +71,23 @@ def main():
                   [(b, b, s, t, p, 8, 8) for b, s, t, p in
                    itertools.product((80, 85, 90), (6, 8, 12), (4, 6), (0, 5, 10))]),
     }
+    if "rule" in args.groups:
+        lengths = [1024, 2048, 4096, 8192, 16384]
+        for rep in range(args.repeats):
+            for batch in (1, 4, 8, 32):
+                for outl in ((0, 0), (1, 1)):
+                    base, plans = run(args.bench, lengths, outl, None, batch)
+                    print("rule", batch, outl, "default", base, "|", "; ".join(p[6:] for p in plans), flush=True)
+                    for k in args.knobs:
+                        knobs = tuple(int(x) for x in k.split())
+                        t, plans = run(args.bench, lengths, outl, knobs, batch)
+                        results.append({"group": "rule", "batch": batch, "outliers": outl, "knobs": knobs, "times": t,
+                                        "base": base, "plans": plans})
+                        print("rule", batch, outl, knobs, " ".join(f"{L}:{t[L]:.1f}us {base[L] / t[L]:.3f}x" for L in t),
+                              "|", "; ".join(p[6:] for p in plans), flush=True)
     for group in args.groups:
+        if group == "rule":
+            continue
         lengths, knob_list = grids[group]
         plain, _ = run(args.bench, lengths, (0, 0), None)
         print(group, "plain (default plan)", plain, flush=True)

@@ -190,14 +190,14 @@ SplitParams plan_splits(const DecodeArgs& a, int num_sms) {
   // -> 71.0-71.4 us against the session-15 plan (full-precision CTAs after the big ones,
   // 85%, no tiny CTAs).
   const int64_t ptb = packed_token_bytes(a);
-  int big_pct[2] = {90, 85}, small_kb = 16, tiny_kb = 12, tiny_pct = 5, big_kb_min = 48, max_waves = 8;
+  int big_pct[2] = {90, 85}, small_kb = 16, tiny_kb = 12, tiny_pct = 5, big_kb_min = 48, max_waves = 8, fp_counts = 1;
 #ifdef KVCORE_DECODE_PLAN_KNOBS
   // Profiling build only (-DKVCORE_DECODE_PLAN_KNOBS=ON, scripts/plan_sweep.sh): the
   // constants below from KVCORE_PLAN="big_fp_last big_fp_first small_kb tiny_kb tiny_pct
-  // big_kb_min max_waves", so that one GPU call can sweep them.
+  // big_kb_min max_waves fp_counts", so that one GPU call can sweep them.
   if (const char* knobs = std::getenv("KVCORE_PLAN"))
-    std::sscanf(knobs, "%d %d %d %d %d %d %d", &big_pct[0], &big_pct[1], &small_kb, &tiny_kb, &tiny_pct, &big_kb_min,
-                &max_waves);
+    std::sscanf(knobs, "%d %d %d %d %d %d %d %d", &big_pct[0], &big_pct[1], &small_kb, &tiny_kb, &tiny_pct, &big_kb_min,
+                &max_waves, &fp_counts);
 #endif
   auto chunk_of = [&](int64_t warp_bytes) { return std::max<int64_t>(align, kWarps * warp_bytes / ptb / align * align); };
   const int64_t small = chunk_of(1024LL * small_kb), tiny = chunk_of(1024LL * tiny_kb);
@@ -231,7 +231,7 @@ SplitParams plan_splits(const DecodeArgs& a, int num_sms) {
     const int64_t target = std::max<int64_t>(1, (waves * slots + units - 1) / units);
     int64_t chunk = (a.t_cap + target - 1) / target;
     chunk = std::max(min_chunk, (chunk + align - 1) / align * align);
-    const int64_t ctas = ((a.t_cap + chunk - 1) / chunk + 1) * units;  // + the fp split
+    const int64_t ctas = ((a.t_cap + chunk - 1) / chunk + fp_counts) * units;  // + the fp split
     const double eff = (double)ctas / (double)(((ctas + slots - 1) / slots) * slots);
     if (eff > best_eff + 0.02) {  // prefer fewer, larger splits unless clearly better
       best_eff = eff;
