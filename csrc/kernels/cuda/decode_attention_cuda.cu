@@ -155,6 +155,10 @@ void print_plan(const SplitParams& sp, int per_sm) {
 #define KVCORE_NOTE_PLAN(sp, per_sm)
 #endif
 
+// The H4 outlier kernel at 2 bits with value outliers: its value sums live in global
+// memory (SplitParams::ws_vo).
+bool value_sums_in_global(const DecodeArgs& a) { return h4_outliers(a) && a.v_outliers > 0 && a.bits == 2; }
+
 // Chooses the split sizes (SplitParams).
 // * When a wave (SMs x CTAs per SM) holds at least one big packed CTA of every unit: one
 //   wave of big CTAs takes 85-90% of the tokens, and small CTAs of ~16 KB of cache per
@@ -190,7 +194,17 @@ SplitParams plan_splits(const DecodeArgs& a, int num_sms) {
   // -> 71.0-71.4 us against the session-15 plan (full-precision CTAs after the big ones,
   // 85%, no tiny CTAs).
   const int64_t ptb = packed_token_bytes(a);
-  int big_pct[2] = {90, 85}, small_kb = 16, tiny_kb = 12, tiny_pct = 5, big_kb_min = 48, max_waves = 8, fp_counts = 1;
+  int big_pct[2] = {90, 85}, small_kb = 16, tiny_kb = 12, tiny_pct = 5, big_kb_min = 48, max_waves = 8, fp_counts = 0;
+  if (value_sums_in_global(a)) {
+    // The 2-bit kernel with value outliers (sums in global memory) starts its CTAs ~2-3 us
+    // slower (bench/PERF-NOTES.md, session 17 timelines): fewer, larger small and tiny CTAs
+    // and a larger share for them. H100, B=8 Hq=32 Hkv=8 D=128, one outlier a side against
+    // the plain kernel (scripts/plan_sweep.py, session 18): 128K 0.83 -> 0.86x, 32K and
+    // 64K +1 point, 16K and 8K unchanged.
+    big_pct[0] = 75;
+    small_kb = 24;
+    tiny_kb = 16;
+  }
 #ifdef KVCORE_DECODE_PLAN_KNOBS
   // Profiling build only (-DKVCORE_DECODE_PLAN_KNOBS=ON, scripts/plan_sweep.sh): the
   // constants below from KVCORE_PLAN="big_fp_last big_fp_first small_kb tiny_kb tiny_pct
@@ -231,7 +245,10 @@ SplitParams plan_splits(const DecodeArgs& a, int num_sms) {
     const int64_t target = std::max<int64_t>(1, (waves * slots + units - 1) / units);
     int64_t chunk = (a.t_cap + target - 1) / target;
     chunk = std::max(min_chunk, (chunk + align - 1) / align * align);
-    const int64_t ctas = ((a.t_cap + chunk - 1) / chunk + fp_counts) * units;  // + the fp split
+    // The full-precision CTAs (a few residual rows each) are not counted: short, they do not
+    // hold a slot for a wave (H100, B=8 8K and B=4 16K: 10-13% faster than counting them,
+    // which chose twice the CTAs; no shape lost: scripts/plan_sweep.py --groups rule).
+    const int64_t ctas = ((a.t_cap + chunk - 1) / chunk + fp_counts) * units;
     const double eff = (double)ctas / (double)(((ctas + slots - 1) / slots) * slots);
     if (eff > best_eff + 0.02) {  // prefer fewer, larger splits unless clearly better
       best_eff = eff;
@@ -330,7 +347,7 @@ cudaError_t dispatch_dim(const DecodeArgs& a, const SplitParams& sp, cudaStream_
 // Floats of the H4 outlier kernel's value sums (SplitParams::ws_vo; whole 128-byte lines a
 // warp). 2 bits only: the 4-bit kernel keeps them in shared memory.
 size_t value_outlier_floats(const DecodeArgs& a, const SplitParams& sp) {
-  if (!h4_outliers(a) || a.v_outliers == 0 || a.bits == 4) return 0;
+  if (!value_sums_in_global(a)) return 0;
   return (size_t)a.B * a.Hkv * sp.passes * sp.nsplit * kWarps * value_outlier_warp_floats(a.D);
 }
 }  // namespace

@@ -690,7 +690,10 @@ __global__ void __launch_bounds__(kWarps * 32, (D <= 64 || (H4 && D <= 128) ? 16
   const uint8_t* vm_g = static_cast<const uint8_t*>(a.v_mn) + bh * a.t_cap * NG * 2;
   uint8_t* my_stages = stages + (size_t)warp * kStages * stage_bytes;
 
-  const int64_t wchunk = cta_size / kWarps;
+  // The warps split the CTA's tokens below n evenly, in whole stages: a CTA that n cuts
+  // short (its unit's last) would otherwise leave its last warps idle.
+  const int64_t cta_tokens = cta_end > cta_begin ? cta_end - cta_begin : 0;
+  const int64_t wchunk = (cta_tokens + kWarps * TT - 1) / (kWarps * TT) * TT;
   const int64_t w_begin = cta_begin + warp * wchunk;
   const int64_t w_end = min(w_begin + wchunk, cta_end);
   const int ntiles = w_end > w_begin ? (int)((w_end - w_begin + TT - 1) / TT) : 0;
