@@ -166,8 +166,11 @@ bool value_sums_in_global(const DecodeArgs& a) { return h4_outliers(a) && a.v_ou
 //   work end up to ~40% apart (the SM's warp scheduler favours older CTAs:
 //   bench/PERF-NOTES.md, the timeline); the small and tiny ones fill that in.
 // * Otherwise (many units, or too few tokens for big CTAs of 4+ tiles a warp): chunks of
-//   one size; among 1..8 waves' worth take the count that fills its waves best (a last
-//   wave that is mostly empty wastes the GPU), keeping at least two tiles per warp.
+//   one size; among 1..8 waves' worth take the count that fills its waves of packed CTAs
+//   best (a last wave that is mostly empty wastes the GPU), keeping at least two tiles
+//   per warp.
+// The 2-bit kernel with value outliers takes other sizes (below); a profiling build
+// (KVCORE_DECODE_PLAN_KNOBS) takes them all from $KVCORE_PLAN.
 SplitParams plan_splits(const DecodeArgs& a, int num_sms) {
   SplitParams sp{};
   const int gq = a.Hq / a.Hkv;
@@ -206,7 +209,7 @@ SplitParams plan_splits(const DecodeArgs& a, int num_sms) {
     tiny_kb = 16;
   }
 #ifdef KVCORE_DECODE_PLAN_KNOBS
-  // Profiling build only (-DKVCORE_DECODE_PLAN_KNOBS=ON, scripts/plan_sweep.sh): the
+  // Profiling build only (-DKVCORE_DECODE_PLAN_KNOBS=ON, scripts/plan_sweep.py): the
   // constants below from KVCORE_PLAN="big_fp_last big_fp_first small_kb tiny_kb tiny_pct
   // big_kb_min max_waves fp_counts", so that one GPU call can sweep them.
   if (const char* knobs = std::getenv("KVCORE_PLAN"))
