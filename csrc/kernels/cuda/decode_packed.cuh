@@ -697,6 +697,11 @@ __global__ void __launch_bounds__(kWarps * 32, (D <= 64 || (H4 && D <= 128) ? 16
   const int64_t w_begin = cta_begin + warp * wchunk;
   const int64_t w_end = min(w_begin + wchunk, cta_end);
   const int ntiles = w_end > w_begin ? (int)((w_end - w_begin + TT - 1) / TT) : 0;
+  // Stage copies: the cache is read once a step, so its lines go first from L2, before
+  // the partials, the value-outlier sums and whatever the caller reads next (H100, B=8 2-bit:
+  // plain 32K 71.3 -> 70.0 us, 128K 236.5 -> 234.8; one outlier a side 128K 275.9 -> 270.2).
+  const unsigned long long stage_policy = dev::l2_evict_first_policy();
+  auto cp_stage = [&](void* dst, const void* src, bool pred) { dev::cp_async_16_hint(dst, src, pred, stage_policy); };
   // The corrections kernels step through their tokens with 32-bit positions instead (n <
   // 2^31: packed_len is int32), the next tile's passed to issue_at: with the 64-bit index
   // form ptxas spilled in their loops (H100, 2-bit 32K: K2 V1 96 -> 92-93 us, one outlier
@@ -716,7 +721,7 @@ __global__ void __launch_bounds__(kWarps * 32, (D <= 64 || (H4 && D <= 128) ? 16
 #pragma unroll 1
     for (int c = lane; c < n; c += 32) {
       const bool ok = c * 16 < n_ok;
-      dev::cp_async_16(dst + c * 16, ok ? src + first * unit_bytes + c * 16 : src, ok);
+      cp_stage(dst + c * 16, ok ? src + first * unit_bytes + c * 16 : src, ok);
     }
   };
   auto issue_corrections = [&](uint8_t* st, int64_t t0, int rows) {
@@ -778,7 +783,7 @@ __global__ void __launch_bounds__(kWarps * 32, (D <= 64 || (H4 && D <= 128) ? 16
   auto issue_outliers_h4_full = [&](uint8_t* sl, int64_t t0) {
     auto copy = [&](uint8_t* dst, unsigned long long w, unsigned long long advance) {
       const uint32_t unit = CK == 1 ? 1u + ((uint32_t)w & 1u) : 1u << ((uint32_t)w & 3u);  // bytes per token (t0 < 2^31)
-      dev::cp_async_16(dst,
+      cp_stage(dst,
                        reinterpret_cast<const uint8_t*>(dev::mad_wide_u32((uint32_t)t0, unit, (w & ~15ull) + advance)),
                        (w & kOutPresent) != 0ull);
     };
@@ -792,7 +797,7 @@ __global__ void __launch_bounds__(kWarps * 32, (D <= 64 || (H4 && D <= 128) ? 16
       const int sh = (int)(w & kOutShift);
       const bool ok = (w & kOutPresent) != 0ull && in_section * 16 < (rows << sh);
       const uint8_t* src = ok ? reinterpret_cast<const uint8_t*>(w & ~15ull) + (t0 << sh) : a.k_codes;
-      dev::cp_async_16(st + OL::KOI + chunk * 16, src, ok);
+      cp_stage(st + OL::KOI + chunk * 16, src, ok);
     };
     if (lane < kOutChunks) copy(lane, *osrc_s, out_chunk());
     if constexpr (kOut2 > 0) {
@@ -810,18 +815,18 @@ __global__ void __launch_bounds__(kWarps * 32, (D <= 64 || (H4 && D <= 128) ? 16
         uint8_t* sl = st + lane * 16;
 #pragma unroll
         for (int k = 0; k < KVC / 32; ++k) {
-          dev::cp_async_16(sl + L::KC + k * 512, kc + k * 512, true);
-          dev::cp_async_16(sl + L::VC + k * 512, vc + k * 512, true);
+          cp_stage(sl + L::KC + k * 512, kc + k * 512, true);
+          cp_stage(sl + L::VC + k * 512, vc + k * 512, true);
         }
         if (lane < KSC) {
           const int64_t kb = (t0 / G) * D * 2 + lane * 16;
-          dev::cp_async_16(sl + L::KS, ks_g + kb, true);
-          dev::cp_async_16(sl + L::KM, km_g + kb, true);
+          cp_stage(sl + L::KS, ks_g + kb, true);
+          cp_stage(sl + L::KM, km_g + kb, true);
         }
         if (lane < VSC) {
           const int64_t vb = t0 * NG * 2 + lane * 16;
-          dev::cp_async_16(sl + L::VS, vs_g + vb, true);
-          dev::cp_async_16(sl + L::VM, vm_g + vb, true);
+          cp_stage(sl + L::VS, vs_g + vb, true);
+          cp_stage(sl + L::VM, vm_g + vb, true);
         }
         if constexpr (CORR && H4) issue_outliers_h4_full(sl, t0);
         else if constexpr (CORR) issue_corrections(st, t0, TT);
@@ -841,20 +846,20 @@ __global__ void __launch_bounds__(kWarps * 32, (D <= 64 || (H4 && D <= 128) ? 16
 #pragma unroll
       for (int c = lane; c < TT * RB / 16; c += 32) {
         const bool ok = c * 16 / RB < rows;
-        dev::cp_async_16(st + L::KC + c * 16, ok ? kc + c * 16 : kc_g, ok);
-        dev::cp_async_16(st + L::VC + c * 16, ok ? vc + c * 16 : vc_g, ok);
+        cp_stage(st + L::KC + c * 16, ok ? kc + c * 16 : kc_g, ok);
+        cp_stage(st + L::VC + c * 16, ok ? vc + c * 16 : vc_g, ok);
       }
 #pragma unroll
       for (int c = lane; c < L::NKB * D * 2 / 16; c += 32) {
         const bool ok = c * 16 / (D * 2) < kblocks;
-        dev::cp_async_16(st + L::KS + c * 16, ok ? ksb + c * 16 : ks_g, ok);
-        dev::cp_async_16(st + L::KM + c * 16, ok ? kmb + c * 16 : km_g, ok);
+        cp_stage(st + L::KS + c * 16, ok ? ksb + c * 16 : ks_g, ok);
+        cp_stage(st + L::KM + c * 16, ok ? kmb + c * 16 : km_g, ok);
       }
 #pragma unroll
       for (int c = lane; c < TT * NG * 2 / 16; c += 32) {
         const bool ok = c * 16 / (NG * 2) < rows;
-        dev::cp_async_16(st + L::VS + c * 16, ok ? vsb + c * 16 : vs_g, ok);
-        dev::cp_async_16(st + L::VM + c * 16, ok ? vmb + c * 16 : vm_g, ok);
+        cp_stage(st + L::VS + c * 16, ok ? vsb + c * 16 : vs_g, ok);
+        cp_stage(st + L::VM + c * 16, ok ? vmb + c * 16 : vm_g, ok);
       }
       if constexpr (CORR && H4) issue_outliers_h4(st, t0, rows);
       else if constexpr (CORR) issue_corrections(st, t0, rows);
@@ -884,7 +889,7 @@ __global__ void __launch_bounds__(kWarps * 32, (D <= 64 || (H4 && D <= 128) ? 16
   bool write_qo = false;
   float* mref_s = nullptr;  // H4: this warp's reference maxima of its value-outlier sums, by head
   float* vo_l = nullptr;    // H4, 2 bits: this warp's value-outlier sums [D + 1][4 heads] in global memory (row D: a
-                            // dump for indices >= D, never read), from this lane's first head (2t) & 3
+                            // dump for indices >= D, never read)
   uint32_t vo_sl = 0u;      // H4, 4 bits: the same sums in shared memory (a 32-bit shared address)
   bool v_red = false;       // H4: this lane adds value outliers (value outliers given)
   if constexpr (CORR) {
@@ -910,7 +915,7 @@ __global__ void __launch_bounds__(kWarps * 32, (D <= 64 || (H4 && D <= 128) ? 16
         }
       } else if (a.v_outliers > 0) {  // zeroed here; the CTA barrier below orders it before the first red
         float* vo_g = sp.ws_vo + (((int64_t)unit * sp.nsplit + split) * kWarps + warp) * value_outlier_warp_floats(D);
-        vo_l = vo_g + ((2 * t) & 3);
+        vo_l = vo_g;
         v_red = true;
 #pragma unroll
         for (int k = 0; k < D / 32; ++k)
@@ -1123,21 +1128,21 @@ __global__ void __launch_bounds__(kWarps * 32, (D <= 64 || (H4 && D <= 128) ? 16
     }
   };
   // Values: o[h][idx] += p x residual into the warp's [D + 1][4] sums (row D: a dump for
-  // indices >= D, never read), each lane its row's two heads. The sums are kept relative
-  // to a per-head reference max m_ref (p x 2^(m_use - m_ref)), so that they need no
-  // rescaling when the running max grows, only a rare rebase when it outgrows m_ref by
-  // more than 2^64 (see the softmax). Rows past the warp's tokens (row >= lim) have p = 0
-  // and may hold NaN residuals: they add 0 instead of branching.
-  // 2 bits: a fire-and-forget float2 reduction into the sums in global memory (L2);
-  // the kernel is issue-bound, and this is one instruction.
-  // 4 bits: the sums are in shared memory (the 4-bit kernel is memory-bound, and at long
-  // contexts one L2 atomic a token cost ~13%: ncu, session 9). Shared-memory float atomics
-  // are compare-and-swap loops, so a plain load-add-store, which is exact as long as no two
-  // lanes add to the same address at once: lanes t and t ^ 1 of a row write different
-  // halves of it (keyed apart by t & 1), and rows of an m-tile with the same channel are
-  // found by a match, issued at the start of the stage (value_peers) so that its latency
-  // hides behind the scores, and take turns by their rank among their peers. The adds
-  // come after the m-tile's P V, so that its loads and mmas do not wait behind them.
+  // indices >= D, never read). The sums are kept relative to a per-head reference max
+  // m_ref (p x 2^(m_use - m_ref)), so that they need no rescaling when the running max
+  // grows, only a rare rebase when it outgrows m_ref by more than 2^64 (see the softmax).
+  // Rows past the warp's tokens (row >= lim) have p = 0 and may hold NaN residuals: they
+  // add 0 instead of branching.
+  // 2 bits: reductions into the sums in global memory (value_outliers_pair_h4 below).
+  // 4 bits (value_outliers_h4, each lane its row's two heads): the sums are in shared
+  // memory (the 4-bit kernel is memory-bound, and at long contexts one L2 atomic a token
+  // cost ~13%: ncu, session 9). Shared-memory float atomics are compare-and-swap loops,
+  // so a plain load-add-store, which is exact as long as no two lanes add to the same
+  // address at once: lanes t and t ^ 1 of a row write different halves of it (keyed
+  // apart by t & 1), and rows of an m-tile with the same channel are found by a match,
+  // issued at the start of the stage (value_peers) so that its latency hides behind the
+  // scores, and take turns by their rank among their peers. The adds come after the
+  // m-tile's P V, so that its loads and mmas do not wait behind them.
   // (Tags in shared memory instead of the match: 1-2% slower, and racecheck flags them.)
   auto value_peers = [&](const uint8_t* ob1, int m) {
     return __match_any_sync(0xffffffffu, 2 * min((int)ob1[OL::VOI + 16 * m], D) + (t & 1));
@@ -1148,7 +1153,7 @@ __global__ void __launch_bounds__(kWarps * 32, (D <= 64 || (H4 && D <= 128) ? 16
     float e = meta_at<KIND>(ob2 + OL::VOR + 32 * m, 0);
     e = row_ok ? e : 0.0f;
     const float va = pa * (vf[0] * e), vb = pb * (vf[1] * e);
-    if constexpr (VO_SMEM) {
+    if constexpr (VO_SMEM) {  // (4 bits only)
       if (!v_red) return;  // (warp-uniform: value outliers given or not)
       const uint32_t addr = vo_sl + (uint32_t)i * 16u;
       auto add = [&]() {
@@ -1168,10 +1173,33 @@ __global__ void __launch_bounds__(kWarps * 32, (D <= 64 || (H4 && D <= 128) ? 16
         }
       }
       __syncwarp();  // the next m-tile's adds (other lanes) see these
-    } else {
-      float* row = reinterpret_cast<float*>(dev::mad_wide_u32(i, 16, reinterpret_cast<unsigned long long>(vo_l)));
-      dev::red_add_f32x2(row, va, vb, v_red);
     }
+  };
+  // 2 bits: one float4 reduction a row (its 4 heads) into the sums in global memory (L2),
+  // fire-and-forget. Lanes t and t ^ 2 hold the same probabilities, so the m-tiles go in
+  // pairs: lanes t < 2 take m-tile 2k, lanes t >= 2 m-tile 2k + 1, lane t & 1 = 0 row g
+  // and 1 row g + 8 (vrow), and each gets the other head pair of its row from lane t ^ 1
+  // (two shuffles). Against the float2 reduction per lane and m-tile of sessions 9-18: as
+  // many loop instructions, half the reductions, and half the same-address operations
+  // when rows share a channel (H100, 2-bit 128K, skewed channels 0.79 -> 0.85x of plain;
+  // random channels unchanged: the L2 cost follows the rows, one sector each).
+  // pe, pa: p of m-tiles 2k and 2k + 1 (heads (2t) & 3, +1; row g in [0], [1], g + 8 in [2], [3]).
+  auto value_outliers_pair_h4 = [&](const uint8_t* vb1, const uint8_t* vb2, int k, bool row_ok, const float (&pe)[4],
+                                    const float (&pa)[4]) {
+    const bool second = t >= 2, odd = (t & 1) != 0;
+    float q[4];
+#pragma unroll
+    for (int c = 0; c < 4; ++c) q[c] = (second ? pa[c] : pe[c]) * vf[c & 1];
+    // lane t & 1 = 0 holds heads 0, 1 of both rows, t & 1 = 1 heads 2, 3: send the other row's
+    const float r0 = __shfl_xor_sync(0xffffffffu, odd ? q[0] : q[2], 1);
+    const float r1 = __shfl_xor_sync(0xffffffffu, odd ? q[1] : q[3], 1);
+    const int i = min((int)vb1[OL::VOI + 32 * k], D);  // an index >= D goes to the dump row D
+    float e = meta_at<KIND>(vb2 + OL::VOR + 64 * k, 0);
+    e = row_ok ? e : 0.0f;
+    const float4 v = make_float4((odd ? r0 : q[0]) * e, (odd ? r1 : q[1]) * e, (odd ? q[2] : r0) * e,
+                                 (odd ? q[3] : r1) * e);
+    float* row = reinterpret_cast<float*>(dev::mad_wide_u32(i, 16, reinterpret_cast<unsigned long long>(vo_l)));
+    dev::red_add_f32x4(row, v, v_red);
   };
 
   uint32_t t_cur = w_begin32;  // CORR: this stage's first token
@@ -1198,6 +1226,10 @@ __global__ void __launch_bounds__(kWarps * 32, (D <= 64 || (H4 && D <= 128) ? 16
     const int orow = g + ((t >> 1) << 3);  // CORR && H4: the lane's outlier row in an m-tile
     const uint8_t* ob1 = st + orow;
     const uint8_t* ob2 = st + 2 * orow;
+    // (2 bits: the lane's value-outlier row in a pair of m-tiles, see value_outliers_pair_h4)
+    const int vrow = g + ((t & 1) << 3) + ((t >> 1) << 4);
+    const uint8_t* vb1 = st + vrow;
+    const uint8_t* vb2 = st + 2 * vrow;
     const uint8_t* ob4 = st + 4 * orow;  // (CK = 2 only)
     unsigned vpeers[VO_SMEM ? MT : 1];  // VO_SMEM: per m-tile, the lanes adding to this lane's address (used only when set)
     if constexpr (VO_SMEM) {
@@ -1408,7 +1440,7 @@ __global__ void __launch_bounds__(kWarps * 32, (D <= 64 || (H4 && D <= 128) ? 16
               __syncwarp();
 #pragma unroll
               for (int k = 0; k < D / 32; ++k) {
-                float4* pv = reinterpret_cast<float4*>(vo_l - hb) + lane + 32 * k;
+                float4* pv = reinterpret_cast<float4*>(vo_l) + lane + 32 * k;
                 float4 x = __ldcg(pv);
                 x.x *= f0; x.y *= f1; x.z *= f2; x.w *= f3;
                 __stcg(pv, x);
@@ -1449,17 +1481,28 @@ __global__ void __launch_bounds__(kWarps * 32, (D <= 64 || (H4 && D <= 128) ? 16
     for (int c = 0; c < 2; ++c) m_use[c] = m_run[c] == -INFINITY ? 0.0f : m_run[c];  // keep exp2 finite
 
     // ---- P V ------------------------------------------------------------------------
+    // (2-bit H4 outliers: the probabilities of every m-tile first, in place of the scores,
+    // for the paired value-outlier reductions)
+    constexpr bool VO_PAIRS = CORR && H4 && !VO_SMEM;
+    static_assert(!VO_PAIRS || MT % 2 == 0, "m-tiles in pairs");
+    if constexpr (VO_PAIRS) {
+#pragma unroll
+      for (int mt = 0; mt < MT; ++mt) {
+#pragma unroll
+        for (int c = 0; c < 4; ++c) s[mt][c] = fast_exp2(s[mt][c] - m_use[c & 1]);
+      }
+    }
 #pragma unroll
     for (int mt = 0; mt < MT; ++mt) {
       float p[4];
 #pragma unroll
-      for (int c = 0; c < 4; ++c) p[c] = fast_exp2(s[mt][c] - m_use[c & 1]);  // 0 for masked tokens
+      for (int c = 0; c < 4; ++c) p[c] = VO_PAIRS ? s[mt][c] : fast_exp2(s[mt][c] - m_use[c & 1]);  // 0 for masked tokens
       l_run[0] += p[0] + p[2];
       l_run[1] += p[1] + p[3];
       const int r0 = 16 * mt + g, r1 = r0 + 8;  // stage rows of this lane's two tokens
       const bool ok0 = row_valid(r0), ok1 = row_valid(r1);
-      if constexpr (CORR && H4 && !VO_SMEM) {
-        value_outliers_h4(ob1, ob2, mt, row_valid(16 * mt + orow), t < 2 ? p[0] : p[2], t < 2 ? p[1] : p[3], 0u);
+      if constexpr (VO_PAIRS) {
+        if (mt % 2 == 0) value_outliers_pair_h4(vb1, vb2, mt / 2, row_valid(16 * mt + vrow), s[mt], s[mt + 1 < MT ? mt + 1 : mt]);
       } else if constexpr (CORR && !H4) {
         value_corrections(st, r0, ok0, ok1, p, t0 + 16 * mt, w_end);
       }
@@ -1561,7 +1604,7 @@ __global__ void __launch_bounds__(kWarps * 32, (D <= 64 || (H4 && D <= 128) ? 16
 #pragma unroll
       for (int k = 0; k < D / 32; ++k) {
         if constexpr (VO_SMEM) vo_x[k] = dev::ld_shared_f32x4(vo_sl - 4u * ((2 * t) & 3) + 16u * (lane + 32 * k));
-        else vo_x[k] = dev::ld_relaxed_f32x4(vo_l - ((2 * t) & 3) + 4 * (lane + 32 * k));
+        else vo_x[k] = dev::ld_relaxed_f32x4(vo_l + 4 * (lane + 32 * k));
       }
     }
   }
@@ -1638,7 +1681,7 @@ __global__ void __launch_bounds__(kWarps * 32, (D <= 64 || (H4 && D <= 128) ? 16
       // next user zeroes them first).
       if constexpr (!VO_SMEM) {
         __syncwarp();
-        for (int l = lane; l < value_outlier_warp_floats(D) / 32; l += 32) dev::discard_l2_line(vo_l - hb + 32 * l);
+        for (int l = lane; l < value_outlier_warp_floats(D) / 32; l += 32) dev::discard_l2_line(vo_l + 32 * l);
       }
     }
   }

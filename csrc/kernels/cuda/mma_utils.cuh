@@ -64,6 +64,19 @@ __device__ __forceinline__ void cp_async_16(void* smem, const void* gmem, bool p
   const int bytes = pred ? 16 : 0;
   asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(s), "l"(gmem), "r"(bytes));
 }
+// An L2 policy that makes the lines a load brings in the first to go (data read once).
+__device__ __forceinline__ unsigned long long l2_evict_first_policy() {
+  unsigned long long p;
+  asm volatile("createpolicy.fractional.L2::evict_first.b64 %0, 1.0;" : "=l"(p));
+  return p;
+}
+// cp_async_16 under an L2 policy (l2_evict_first_policy).
+__device__ __forceinline__ void cp_async_16_hint(void* smem, const void* gmem, bool pred, unsigned long long policy) {
+  const unsigned s = static_cast<unsigned>(__cvta_generic_to_shared(smem));
+  const int bytes = pred ? 16 : 0;
+  asm volatile("cp.async.cg.shared.global.L2::cache_hint [%0], [%1], 16, %2, %3;\n" ::"r"(s), "l"(gmem), "r"(bytes),
+               "l"(policy));
+}
 // Invalidates the 128-byte L2 line at `addr` (128-byte aligned) without writing it back.
 __device__ __forceinline__ void discard_l2_line(const void* addr) {
   asm volatile("discard.global.L2 [%0], 128;" ::"l"(addr) : "memory");
@@ -108,13 +121,13 @@ __device__ __forceinline__ void cp_async_wait() {
   asm volatile("cp.async.wait_group %0;\n" ::"n"(N));
 }
 
-// addr[0..1] += (a, b) in global memory (8-byte aligned) when `pred`: one vector
-// reduction without a result, predicated rather than branched around (sm_90).
-__device__ __forceinline__ void red_add_f32x2(float* addr, float a, float b, bool pred) {
+// addr[0..3] += v in global memory (16-byte aligned) when `pred`: one vector reduction
+// without a result (sm_90).
+__device__ __forceinline__ void red_add_f32x4(float* addr, float4 v, bool pred) {
   asm volatile(
-      "{\n .reg .pred p;\n setp.ne.b32 p, %3, 0;\n"
-      " @p red.relaxed.gpu.global.add.v2.f32 [%0], {%1, %2};\n}\n" ::"l"(addr),
-      "f"(a), "f"(b), "r"((int)pred)
+      "{\n .reg .pred p;\n setp.ne.b32 p, %5, 0;\n"
+      " @p red.relaxed.gpu.global.add.v4.f32 [%0], {%1, %2, %3, %4};\n}\n" ::"l"(addr),
+      "f"(v.x), "f"(v.y), "f"(v.z), "f"(v.w), "r"((int)pred)
       : "memory");
 }
 // 16 bytes from global memory with a relaxed gpu-scope load (through L2: sees the
