@@ -783,9 +783,8 @@ __global__ void __launch_bounds__(kWarps * 32, (D <= 64 || (H4 && D <= 128) ? 16
   auto issue_outliers_h4_full = [&](uint8_t* sl, int64_t t0) {
     auto copy = [&](uint8_t* dst, unsigned long long w, unsigned long long advance) {
       const uint32_t unit = CK == 1 ? 1u + ((uint32_t)w & 1u) : 1u << ((uint32_t)w & 3u);  // bytes per token (t0 < 2^31)
-      cp_stage(dst,
-                       reinterpret_cast<const uint8_t*>(dev::mad_wide_u32((uint32_t)t0, unit, (w & ~15ull) + advance)),
-                       (w & kOutPresent) != 0ull);
+      cp_stage(dst, reinterpret_cast<const uint8_t*>(dev::mad_wide_u32((uint32_t)t0, unit, (w & ~15ull) + advance)),
+               (w & kOutPresent) != 0ull);
     };
     if (lane < kOutChunks) copy(sl + OL::KOI, *osrc_s, 0ull);  // (written by this lane)
     if constexpr (kOut2 > 0) {
@@ -1496,13 +1495,15 @@ __global__ void __launch_bounds__(kWarps * 32, (D <= 64 || (H4 && D <= 128) ? 16
     for (int mt = 0; mt < MT; ++mt) {
       float p[4];
 #pragma unroll
-      for (int c = 0; c < 4; ++c) p[c] = VO_PAIRS ? s[mt][c] : fast_exp2(s[mt][c] - m_use[c & 1]);  // 0 for masked tokens
+      for (int c = 0; c < 4; ++c)  // 0 for masked tokens
+        p[c] = VO_PAIRS ? s[mt][c] : fast_exp2(s[mt][c] - m_use[c & 1]);
       l_run[0] += p[0] + p[2];
       l_run[1] += p[1] + p[3];
       const int r0 = 16 * mt + g, r1 = r0 + 8;  // stage rows of this lane's two tokens
       const bool ok0 = row_valid(r0), ok1 = row_valid(r1);
       if constexpr (VO_PAIRS) {
-        if (mt % 2 == 0) value_outliers_pair_h4(vb1, vb2, mt / 2, row_valid(16 * mt + vrow), s[mt], s[mt + 1 < MT ? mt + 1 : mt]);
+        if (mt % 2 == 0)  // (mt + 1 < MT then; the clamp only keeps the unrolled dead branch in bounds)
+          value_outliers_pair_h4(vb1, vb2, mt / 2, row_valid(16 * mt + vrow), s[mt], s[mt + 1 < MT ? mt + 1 : mt]);
       } else if constexpr (CORR && !H4) {
         value_corrections(st, r0, ok0, ok1, p, t0 + 16 * mt, w_end);
       }
@@ -1584,7 +1585,8 @@ __global__ void __launch_bounds__(kWarps * 32, (D <= 64 || (H4 && D <= 128) ? 16
         }
       }
       if constexpr (VO_SMEM)
-        value_outliers_h4(ob1, ob2, mt, row_valid(16 * mt + orow), t < 2 ? p[0] : p[2], t < 2 ? p[1] : p[3], vpeers[mt]);
+        value_outliers_h4(ob1, ob2, mt, row_valid(16 * mt + orow), t < 2 ? p[0] : p[2], t < 2 ? p[1] : p[3],
+                          vpeers[mt]);
     }
     __syncwarp();  // the stage is overwritten by a later issue
     t_cur += TT;
