@@ -5,12 +5,14 @@
 // bandwidth measured in the same run, and the time an ideal fp16 cache would need
 // (its K+V bytes at copy bandwidth): the bytes-moved roofline of the fp16 baseline.
 //   kvcore_bench_decode [--json out.json] [--shape B Hq Hkv D L]  (default: a sweep)
-//                       [--timeline out.txt] [--outliers KC VC] [--bits 2|4]
+//                       [--timeline out.txt] [--outliers KC VC] [--bits 2|4] [--bf16]
+// --bf16: a bf16 cache and query (default fp16).
 // --outliers: KC key and VC value outliers a token (random channels below D, residuals
 // in [-1, 1]), as extract_outliers stores them: issue 4's sparse corrections.
 // --timeline: after timing, one more flushed launch per case with DecodeArgs::timeline
 // set; writes every CTA's %globaltimer stamps (needs the kernels built with
 // -DKVCORE_DECODE_TIMELINE=ON; scripts/decode_timeline.py summarises the file).
+#include <cuda_bf16.h>
 #include <cuda_fp16.h>
 
 #include <cstdint>
@@ -36,11 +38,24 @@ __global__ void fill_index(uint8_t* p, int64_t n, int below, uint32_t seed) {
   }
 }
 
-__global__ void fill_half(__half* p, int64_t n, float lo, float hi, uint32_t seed) {
+// 16-bit floats in [lo, hi): fp16, or bf16 bits when `bf16` (the cache's dtype).
+__global__ void fill_half_kernel(__half* p, int64_t n, float lo, float hi, uint32_t seed, bool bf16) {
   for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (int64_t)gridDim.x * blockDim.x) {
     const uint32_t h = bench::mix_hash(i, seed);
-    p[i] = __float2half(lo + (hi - lo) * (float)(h & 0xFFFFFF) / 16777216.0f);
+    const float x = lo + (hi - lo) * (float)(h & 0xFFFFFF) / 16777216.0f;
+    if (bf16) {
+      const __nv_bfloat16 b = __float2bfloat16(x);
+      p[i] = *reinterpret_cast<const __half*>(&b);
+    } else {
+      p[i] = __float2half(x);
+    }
   }
+}
+
+bool g_bf16 = false;  // --bf16
+
+void fill_half(__half* p, int64_t n, float lo, float hi, uint32_t seed) {
+  fill_half_kernel<<<1024, 256>>>(p, n, lo, hi, seed, g_bf16);
 }
 
 struct Case {
@@ -67,6 +82,7 @@ int main(int argc, char** argv) {
     if (!std::strcmp(argv[i], "--json") && i + 1 < argc) json_path = argv[++i];
     else if (!std::strcmp(argv[i], "--timeline") && i + 1 < argc) timeline_path = argv[++i];
     else if (!std::strcmp(argv[i], "--bits") && i + 1 < argc) only_bits = std::atoi(argv[++i]);
+    else if (!std::strcmp(argv[i], "--bf16")) g_bf16 = true;
     else if (!std::strcmp(argv[i], "--outliers") && i + 2 < argc) {
       kc_out = std::atoi(argv[++i]);
       vc_out = std::atoi(argv[++i]);
@@ -86,13 +102,15 @@ int main(int argc, char** argv) {
   BENCH_CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev));
   const std::string gpu = bench::gpu_name();
   const double copy_gbs = bench::copy_bandwidth_gbs(timer, (size_t)1 << 30);
-  std::printf("GPU: %s, %d SMs, copy %.0f GB/s (read+write), outliers a token: %d in keys, %d in values\n", gpu.c_str(),
-              sms, copy_gbs, kc_out, vc_out);
+  std::printf("GPU: %s, %d SMs, copy %.0f GB/s (read+write), outliers a token: %d in keys, %d in values, %s\n",
+              gpu.c_str(), sms, copy_gbs, kc_out, vc_out, g_bf16 ? "bf16" : "fp16");
   std::printf("%3s %3s %3s %4s %7s %4s %9s %9s %8s %10s %9s\n", "B", "Hq", "Hkv", "D", "L", "bits", "time_us",
               "GB/s", "vs_copy", "fp16_ideal", "x_ideal");
   FILE* js = json_path ? std::fopen(json_path, "w") : nullptr;
   FILE* tl = timeline_path ? std::fopen(timeline_path, "w") : nullptr;
-  if (js) std::fprintf(js, "{\"gpu\": \"%s\", \"sms\": %d, \"copy_gbs\": %.1f, \"rows\": [\n", gpu.c_str(), sms, copy_gbs);
+  if (js)
+    std::fprintf(js, "{\"gpu\": \"%s\", \"sms\": %d, \"copy_gbs\": %.1f, \"dtype\": \"%s\", \"rows\": [\n", gpu.c_str(),
+                 sms, copy_gbs, g_bf16 ? "bf16" : "fp16");
   bool first = true;
   const int group = 64, resid = 64;
   for (const Case& c : cases) {
@@ -102,7 +120,8 @@ int main(int argc, char** argv) {
       const int64_t rb = c.D * bits / 8, bh = (int64_t)c.B * c.Hkv;
       kvcore::DecodeArgs a;
       a.B = c.B; a.Hq = c.Hq; a.Hkv = c.Hkv; a.D = c.D; a.bits = bits; a.group = group;
-      a.t_cap = t_cap; a.r_cap = resid; a.dtype = kvcore::DType::F16; a.sm_scale = 1.0f / std::sqrt((float)c.D);
+      a.t_cap = t_cap; a.r_cap = resid; a.sm_scale = 1.0f / std::sqrt((float)c.D);
+      a.dtype = g_bf16 ? kvcore::DType::BF16 : kvcore::DType::F16;
       uint8_t* kc = dev_alloc<uint8_t>(bh * t_cap * rb);
       uint8_t* vc = dev_alloc<uint8_t>(bh * t_cap * rb);
       __half* ks = dev_alloc<__half>(bh * (t_cap / group) * c.D);
@@ -118,13 +137,13 @@ int main(int argc, char** argv) {
       int32_t* rlen = dev_alloc<int32_t>(c.B);
       fill_bytes<<<1024, 256>>>(kc, bh * t_cap * rb, 1u);
       fill_bytes<<<1024, 256>>>(vc, bh * t_cap * rb, 2u);
-      fill_half<<<1024, 256>>>(ks, bh * (t_cap / group) * c.D, 0.05f, 0.5f, 3u);
-      fill_half<<<1024, 256>>>(km, bh * (t_cap / group) * c.D, -1.0f, 0.0f, 4u);
-      fill_half<<<1024, 256>>>(vs, bh * t_cap * (c.D / group), 0.05f, 0.5f, 5u);
-      fill_half<<<1024, 256>>>(vm, bh * t_cap * (c.D / group), -1.0f, 0.0f, 6u);
-      fill_half<<<1024, 256>>>(kr, bh * resid * c.D, -1.0f, 1.0f, 7u);
-      fill_half<<<1024, 256>>>(vr, bh * resid * c.D, -1.0f, 1.0f, 8u);
-      fill_half<<<1024, 256>>>(q, (int64_t)c.B * c.Hq * c.D, -1.0f, 1.0f, 9u);
+      fill_half(ks, bh * (t_cap / group) * c.D, 0.05f, 0.5f, 3u);
+      fill_half(km, bh * (t_cap / group) * c.D, -1.0f, 0.0f, 4u);
+      fill_half(vs, bh * t_cap * (c.D / group), 0.05f, 0.5f, 5u);
+      fill_half(vm, bh * t_cap * (c.D / group), -1.0f, 0.0f, 6u);
+      fill_half(kr, bh * resid * c.D, -1.0f, 1.0f, 7u);
+      fill_half(vr, bh * resid * c.D, -1.0f, 1.0f, 8u);
+      fill_half(q, (int64_t)c.B * c.Hq * c.D, -1.0f, 1.0f, 9u);
       std::vector<int32_t> hp(c.B, (int32_t)t_cap), hr(c.B, resid);
       BENCH_CHECK(cudaMemcpy(plen, hp.data(), c.B * 4, cudaMemcpyHostToDevice));
       BENCH_CHECK(cudaMemcpy(rlen, hr.data(), c.B * 4, cudaMemcpyHostToDevice));
@@ -136,12 +155,12 @@ int main(int argc, char** argv) {
       __half* vor = dev_alloc<__half>(bh * t_cap * vc_out);
       if (kc_out > 0) {
         fill_index<<<1024, 256>>>(koi, bh * t_cap * kc_out, c.D, 10u);
-        fill_half<<<1024, 256>>>(kor, bh * t_cap * kc_out, -1.0f, 1.0f, 11u);
+        fill_half(kor, bh * t_cap * kc_out, -1.0f, 1.0f, 11u);
         a.k_outliers = kc_out; a.k_out_idx = koi; a.k_out_res = kor;
       }
       if (vc_out > 0) {
         fill_index<<<1024, 256>>>(voi, bh * t_cap * vc_out, c.D, 12u);
-        fill_half<<<1024, 256>>>(vor, bh * t_cap * vc_out, -1.0f, 1.0f, 13u);
+        fill_half(vor, bh * t_cap * vc_out, -1.0f, 1.0f, 13u);
         a.v_outliers = vc_out; a.v_out_idx = voi; a.v_out_res = vor;
       }
       void* ws = dev_alloc<uint8_t>((int64_t)kvcore::decode_attention_cuda_workspace(a, sms));

@@ -199,14 +199,18 @@ SplitParams plan_splits(const DecodeArgs& a, int num_sms) {
   const int64_t ptb = packed_token_bytes(a);
   int big_pct[2] = {90, 85}, small_kb = 16, tiny_kb = 12, tiny_pct = 5, big_kb_min = 48, max_waves = 8, fp_counts = 0;
   if (value_sums_in_global(a)) {
-    // The 2-bit kernel with value outliers (sums in global memory) starts its CTAs ~2-3 us
-    // slower (bench/PERF-NOTES.md, session 17 timelines): fewer, larger small and tiny CTAs
-    // and a larger share for them. H100, B=8 Hq=32 Hkv=8 D=128, one outlier a side against
-    // the plain kernel (scripts/plan_sweep.py, session 18): 128K 0.83 -> 0.86x, 32K and
-    // 64K +1 point, 16K and 8K unchanged.
-    big_pct[0] = 75;
-    small_kb = 24;
+    // The 2-bit kernel with value outliers (sums in global memory) starts its CTAs ~2 us
+    // slower (bench/PERF-NOTES.md, the timelines of sessions 17 and 20): fewer, larger
+    // small CTAs and a larger share for the small and tiny ones. H100, B=8 Hq=32 Hkv=8
+    // D=128, one outlier a side against the plain kernel (scripts/plan_sweep.py):
+    // session 18 (75 85 24 16 5): 128K 0.83 -> 0.86x, 32K and 64K +1 point; session 20 (80
+    // 75 32 16 10, re-swept after the paired reductions): 32K 0.85 -> 0.87x, 64K and 128K
+    // +1.5 points, two key outliers and values alone the same, 8K unchanged, 16K -1 point.
+    big_pct[0] = 80;
+    big_pct[1] = 75;
+    small_kb = 32;
     tiny_kb = 16;
+    tiny_pct = 10;
   }
 #ifdef KVCORE_DECODE_PLAN_KNOBS
   // Profiling build only (-DKVCORE_DECODE_PLAN_KNOBS=ON, scripts/plan_sweep.py): the
