@@ -205,7 +205,7 @@ SplitParams plan_splits(const DecodeArgs& a, int num_sms) {
     // D=128, one outlier a side against the plain kernel (scripts/plan_sweep.py):
     // session 18 (75 85 24 16 5): 128K 0.83 -> 0.86x, 32K and 64K +1 point; session 20 (80
     // 75 32 16 10, re-swept after the paired reductions): 32K 0.85 -> 0.87x, 64K and 128K
-    // +1.5 points, two key outliers and values alone the same, 8K unchanged, 16K -1 point.
+    // +1.5 points (two key outliers +1.5, values alone +2), 8K unchanged, 16K -1 point.
     big_pct[0] = 80;
     big_pct[1] = 75;
     small_kb = 32;
