@@ -182,6 +182,8 @@ CUDA_SHAPES = [  # Hq, Hkv, bits, D, G, packed lengths, t_cap
     (8, 2, 4, 128, 128, [9 * 128 + 50, 128], 10 * 128),          # 4-bit H4 outliers, blocks over 4 stages
     (4, 2, 4, 128, 32, [40 * 32 + 3, 5 * 32], 48 * 32),          # 4-bit H4 outliers, GQA 2 (2 padding heads)
     (8, 2, 2, 128, 32, [33 * 32, 2 * 32 + 5, 0], 33 * 32),       # 2-bit H4 outliers, blocks of 32 (best-2's), part stage
+    (9, 3, 2, 64, 64, [40 * 64 + 5, 7 * 64, 64], 48 * 64),       # 2-bit H4 at head_dim 64 (the bundled model's heads)
+    (8, 2, 2, 64, 32, [33 * 32, 2 * 32 + 5, 0], 33 * 32),        # the same, blocks of 32
 ]
 
 
@@ -191,8 +193,8 @@ CUDA_SHAPES = [  # Hq, Hkv, bits, D, G, packed lengths, t_cap
 @pytest.mark.parametrize("counts", [(1, 0, 0, 0), (0, 1, 0, 0), (1, 1, 0, 0), (2, 0, 0, 0), (2, 1, 0, 0), (0, 3, 0, 0),
                                     (16, 16, 0, 0), (0, 0, 2, 0), (0, 0, 0, 4), (2, 1, 1, 2), (16, 16, 8, 8)])
 def test_cuda_matches_reference(dtype, shape, counts):
-    """Up to two key outliers and one value outlier a token, alone, at GQA groups <= 4 and
-    head_dim >= 128 run the H4 outlier kernel (two key outliers: its CK = 2 instantiation,
+    """Up to two key outliers and one value outlier a token, alone, at GQA groups <= 4 (any
+    head_dim) run the H4 outlier kernel (two key outliers: its CK = 2 instantiation,
     whose stage copy takes two chunks in some lanes at 2 bits); every other combination
     the 8-column kernel."""
     Hq, Hkv, bits, D, G, packed, t_cap = shape
@@ -210,7 +212,8 @@ def test_cuda_matches_reference(dtype, shape, counts):
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
 @pytest.mark.parametrize("bits", [2, 4])
 @pytest.mark.parametrize("scores", ["climb", "high", "low"])
-def test_cuda_value_outlier_sums_rebase(dtype, bits, scores):
+@pytest.mark.parametrize("D", [64, 128])
+def test_cuda_value_outlier_sums_rebase(dtype, bits, scores, D):
     """The H4 outlier kernel keeps each warp's value-outlier sums relative to a head's first
     running max and rebases every head's sums when one head's max outgrows it by 2^64.
     "climb": head 0 of each KV group sees key-outlier scores that climb 1.5 (log2) a token
@@ -218,7 +221,7 @@ def test_cuda_value_outlier_sums_rebase(dtype, bits, scores):
     see them (q[..., 0] = 0), so their sums are rescaled by factors that matter.
     "high" / "low": head 0's scores are all 100 (log2) above / below the others', far
     outside the range of the others' references and factors."""
-    Hq, Hkv, D, G, t_cap = 8, 2, 128, 64, 4096
+    Hq, Hkv, G, t_cap = 8, 2, 64, 4096
     kw = make_inputs(Hq=Hq, Hkv=Hkv, D=D, bits=bits, group=G, dtype=dtype, packed=[4000, 3000 + 17],
                      resid=[5, 3], sinks=[2, 0], t_cap=t_cap)
     B = 2

@@ -59,7 +59,7 @@ struct SplitParams {
 // other corrections use the 8-column kernel.
 inline bool h4_outliers(const DecodeArgs& a) {
   return (a.k_outliers > 0 || a.v_outliers > 0) && a.k_outliers <= 2 && a.v_outliers <= 1 && a.k_rank == 0 &&
-         a.v_rank == 0 && a.attn_mass == nullptr && a.Hq / a.Hkv <= 4 && a.D >= 128;
+         a.v_rank == 0 && a.attn_mass == nullptr && a.Hq / a.Hkv <= 4 && a.D >= 64;
 }
 
 // Floats of one warp's value-outlier sums in SplitParams::ws_vo: [D + 1][4] (row D: a

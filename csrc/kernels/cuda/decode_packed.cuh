@@ -314,15 +314,26 @@ __device__ __forceinline__ float2 meta_pair(const uint8_t* base, int idx) {
 // still within 2^-25 of it, i.e. within 2^(pos-KF-25) <= 2^-23 of q' ks: far below the
 // score error of an fp16 attention.
 template <int KIND, int BITS>
+// e: the pair's index within its word (mod PW), a constant once unrolled. e_alt >= 0: the
+// pair's index is e_alt instead where `alt` (a lane-dependent choice between two constant
+// field classes: the H4 kernel at D = 64, whose half quarters split a word).
 __device__ __forceinline__ void round_query_pair(float2 qv, const uint8_t* ks, const uint8_t* km, int P, int e,
-                                                 uint32_t& hi, uint32_t& lo, float (&dk)[5]) {
+                                                 uint32_t& hi, uint32_t& lo, float (&dk)[5], int e_alt = -1,
+                                                 bool alt = false) {
   const float2 sv = meta_pair<KIND>(ks, 2 * P), mv = meta_pair<KIND>(km, 2 * P);
   const float px = qv.x * sv.x, py = qv.y * sv.y;
   hi = dev::pack_half2(px, py);
   const float2 pr = __half22float2(*reinterpret_cast<const __half2*>(&hi));
   lo = dev::pack_half2(px - pr.x, py - pr.y);
   const int cls = KeyPos<BITS>::pos(e % KeyPos<BITS>::PW) / 2;  // 2 bits: 0-4; 4 bits: 0, 2
-  dk[cls] = fmaf(qv.x, mv.x, fmaf(qv.y, mv.y, dk[cls]));
+  if (e_alt < 0) {
+    dk[cls] = fmaf(qv.x, mv.x, fmaf(qv.y, mv.y, dk[cls]));
+  } else {
+    const int cls_alt = KeyPos<BITS>::pos(e_alt % KeyPos<BITS>::PW) / 2;
+    const float x = fmaf(qv.x, mv.x, qv.y * mv.y);
+    dk[cls] += alt ? 0.0f : x;
+    dk[cls_alt] += alt ? x : 0.0f;
+  }
 }
 
 // q'.km from its per-field-position sums (class c: the q table's 2^(KF - 2c)); only
@@ -584,7 +595,8 @@ __device__ __forceinline__ void fp_split(const DecodeArgs& a, const SplitParams&
 template <int KIND, int BITS, int D, int G, int VG, bool CORR, bool H4, int CK = 1>
 __global__ void __launch_bounds__(kWarps * 32, (D <= 64 || (H4 && D <= 128) ? 16 : D <= 128 ? 12 : 8) / kWarps) decode_packed_kernel(DecodeArgs a, SplitParams sp) {
   // CORR && H4: sparse outliers only (no low rank, no attention mass; see h4_outliers).
-  static_assert(!H4 || (D / 16) % KeyPos<BITS>::PW == 0, "H4 splits a lane's channel pairs at a word boundary");
+  static_assert(!H4 || (D / 16) % KeyPos<BITS>::PW == 0 || D == 64,
+                "H4 splits a lane's channel pairs at a word boundary (D = 64: mid-word, see round_query_pair)");
   using L = StageLayout<D, BITS, G, VG, TileShape<D, BITS, H4>::TT>;
   constexpr int TT = L::TT, MT = TileShape<D, BITS, H4>::MT, RB = L::RB, NG = L::NG, KT = D / 16;
   constexpr int KW = D * BITS / 128;  // key words per row and lane (a quarter of the row)
@@ -1258,14 +1270,15 @@ __global__ void __launch_bounds__(kWarps * 32, (D <= 64 || (H4 && D <= 128) ? 16
         if constexpr (H4) {
           // Lanes g and g ^ 4 share head g & 3 and quarter t: each rounds half of the
           // quarter's channel pairs to hi + lo, then they swap what the other keeps.
-          constexpr int HE = D / 16;  // pairs per half quarter (a multiple of a word's pairs)
+          constexpr int HE = D / 16;  // pairs per half quarter (a word's or more, but half a word at D = 64)
+          constexpr bool MID = HE % KeyPos<BITS>::PW != 0;  // (the second half starts mid-word)
           const int half = g >> 2, hh = g & 3;
           const float2* q_lane = q_s + q_index<D>(t * (D / 8) + half * HE, hh);
           uint32_t mh[HE], ml[HE];
 #pragma unroll
           for (int e = 0; e < HE; ++e) {
             round_query_pair<KIND, BITS>(q_lane[e * kHeadsPerPass], ks, km, t * (D / 8) + half * HE + e, e, mh[e], ml[e],
-                                         dk);
+                                         dk, MID ? HE + e : -1, half != 0);
           }
 #pragma unroll
           for (int e = 0; e < HE; ++e) {
@@ -1779,7 +1792,7 @@ bool visit_packed(const DecodeArgs& a, F&& f) {
     using P = decltype(p_plain);
     constexpr int PD = P::kD;
     if (corr) {
-      if constexpr (PD >= 128) {
+      if constexpr (PD >= 64) {
         if (h4_outliers(a)) {
           if (a.k_outliers == 2) f(typename decltype(p_corr)::H4Variant2{});
           else f(typename decltype(p_corr)::H4Variant{});
@@ -1787,7 +1800,9 @@ bool visit_packed(const DecodeArgs& a, F&& f) {
         }
       }
       f(p_corr);
-    } else if constexpr (PD >= 128) {
+    } else if constexpr (PD >= 128 || (PD == 64 && BITS == 2)) {
+      // (4 bits at D = 64: the 8-column kernel is faster, H200 32K 49.9 vs 51.1 us, 128K
+      // 166.5 vs 175.1; 2 bits gains with H4, 128K 151.4 -> 146.4, 8K 20.4 -> 19.6)
       if (h4) f(typename P::H4Variant{});
       else f(p_plain);
     } else {
