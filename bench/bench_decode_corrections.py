@@ -51,11 +51,10 @@ VARIANTS = {  # name: (k outliers, v outliers, k rank, v rank)
 }
 
 
-def skewed_channels(idx, s, seed=0):
+def skewed_channels(idx, s, D, seed=0):
     """idx [B, H, T, c] replaced by channels drawn from a Zipf law of exponent s over a
     random order of the D channels per (b, head)."""
     B, H, T, c = idx.shape
-    D = 128
     gen = torch.Generator(device="cpu").manual_seed(seed)
     w = 1.0 / torch.arange(1, D + 1, dtype=torch.float64) ** s
     rank = torch.multinomial((w / w.sum()).expand(B * H, D), T * c, replacement=True, generator=gen)
@@ -71,7 +70,7 @@ def corrections(k, v, cache, kc, vc, kr, vr, skew=0.0):
         grp = cache["group_size"] if side == "k" else GROUP  # (keys may have their own block size)
         if count:
             idx, val, _ = kvcore.ops.extract_outliers(x, count, grp, axis)
-            out[f"{side}_outlier_idx"] = skewed_channels(idx, skew, seed=len(side) + count) if skew else idx
+            out[f"{side}_outlier_idx"] = skewed_channels(idx, skew, x.shape[-1], seed=len(side) + count) if skew else idx
             out[f"{side}_outlier_res"] = val  # a stand-in residual of realistic size
         if rank:
             codes = cache[f"{side}_codes"], cache[f"{side}_scale"], cache[f"{side}_mn"]
@@ -91,6 +90,8 @@ def main():
     ap.add_argument("--no-mass", action="store_true", help="skip the attention-mass (H2O) row")
     ap.add_argument("--key-group", type=int, default=None,
                     help="tokens per key block (default: the value group, %d); 32 is the best-2 preset's" % GROUP)
+    ap.add_argument("--shape", type=int, nargs=4, default=[8, 32, 8, 128], metavar=("B", "HQ", "HKV", "D"),
+                    help="batch, query heads, KV heads, head_dim (default: issue 4's bar shape 8 32 8 128)")
     args = ap.parse_args()
     # The read flush, as bench_decode.py: a written flush leaves L2 full of dirty lines
     # whose write-back competes with the timed call (and costs the variants that write
@@ -98,7 +99,7 @@ def main():
     timer = Timer(clean_flush=True)
     timer_wf = Timer()
     header = gpu_header()
-    B, Hq, Hkv, D = 8, 32, 8, 128
+    B, Hq, Hkv, D = args.shape
     kg = args.key_group or GROUP
     print(f"GPU: {header['gpu']}  torch {header['torch']}  B={B} Hq={Hq} Hkv={Hkv} D={D} key group {kg},"
           f" value group {GROUP}")

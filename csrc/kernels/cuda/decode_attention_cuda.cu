@@ -157,7 +157,7 @@ void print_plan(const SplitParams& sp, int per_sm) {
 
 // The H4 outlier kernel at 2 bits with value outliers: its value sums live in global
 // memory (SplitParams::ws_vo).
-bool value_sums_in_global(const DecodeArgs& a) { return h4_outliers(a) && a.v_outliers > 0 && a.bits == 2; }
+bool value_sums_in_global(const DecodeArgs& a) { return h4_outliers(a) && a.v_outliers > 0 && !h4_value_sums_in_smem(a.D, a.bits); }
 
 // Chooses the split sizes (SplitParams).
 // * When a wave (SMs x CTAs per SM) holds at least one big packed CTA of every unit: one

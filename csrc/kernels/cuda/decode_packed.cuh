@@ -57,10 +57,11 @@ using dev::Bits;
 
 // Tokens per pipeline stage. 32 where 64 would keep the kernel from 4 CTAs per SM by
 // shared memory (the H4 4-bit kernel at D = 128 fits 4 CTAs by registers; 64-token
-// stages of 4-bit codes would allow only 2).
+// stages of 4-bit codes would allow only 2). At D = 64 the H4 4-bit kernel's 64-token
+// stages fit (H200, keys only 32K 60.0 -> 52.5 us, plain 50.3; session 21).
 template <int D, int BITS, bool H4>
 struct TileShape {
-  static constexpr int TT = D <= 128 && !(H4 && BITS == 4) ? 64 : 32;
+  static constexpr int TT = D == 64 || (D == 128 && !(H4 && BITS == 4)) ? 64 : 32;
   static constexpr int MT = TT / 16;  // 16-token m-tiles per stage
 };
 
@@ -153,7 +154,7 @@ __host__ __device__ constexpr CorrCta corr_cta_h4(int D, int bits, int G) {
   CorrCta c;
   int at = h4_qo_rows(D, bits, G) * 4;  // a multiple of 4 floats: the sums stay 16-byte aligned
   c.vo = at;
-  if (bits == 4) at += kWarps * (D + 1) * 4;
+  if (h4_value_sums_in_smem(D, bits)) at += kWarps * (D + 1) * 4;
   c.qb = c.wl = c.mref = at;
   at += kWarps * 4;
   c.osrc = at;  // the lanes' outlier-copy sources [kWarps][32] (uint64, 8-byte aligned)
@@ -602,7 +603,7 @@ __global__ void __launch_bounds__(kWarps * 32, (D <= 64 || (H4 && D <= 128) ? 16
   constexpr int KW = D * BITS / 128;  // key words per row and lane (a quarter of the row)
   constexpr int VPL = VG / 16;        // value codes per lane, group and half-word parity
   constexpr float SC = (float)(1 << BITS);
-  constexpr bool VO_SMEM = CORR && H4 && BITS == 4;  // value-outlier sums in shared memory (see corr_cta)
+  constexpr bool VO_SMEM = CORR && H4 && h4_value_sums_in_smem(D, BITS);  // value-outlier sums in shared memory (see corr_cta)
   extern __shared__ __align__(16) uint8_t smem[];
   // q' of this pass's heads as float2 [D/2 channel pairs][8 heads] (index q_index):
   // the lanes of a warp read 8 heads of 4 pairs a quarter of the channels apart at once.
