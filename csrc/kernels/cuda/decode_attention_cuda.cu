@@ -155,9 +155,11 @@ void print_plan(const SplitParams& sp, int per_sm) {
 #define KVCORE_NOTE_PLAN(sp, per_sm)
 #endif
 
-// The H4 outlier kernel at 2 bits with value outliers: its value sums live in global
-// memory (SplitParams::ws_vo).
-bool value_sums_in_global(const DecodeArgs& a) { return h4_outliers(a) && a.v_outliers > 0 && !h4_value_sums_in_smem(a.D, a.bits); }
+// The H4 outlier kernel with value outliers at 2 bits, or at 4 bits and D = 64: its value
+// sums live in global memory (SplitParams::ws_vo).
+bool value_sums_in_global(const DecodeArgs& a) {
+  return h4_outliers(a) && a.v_outliers > 0 && !h4_value_sums_in_smem(a.D, a.bits);
+}
 
 // Chooses the split sizes (SplitParams).
 // * When a wave (SMs x CTAs per SM) holds at least one big packed CTA of every unit: one
@@ -361,7 +363,7 @@ cudaError_t dispatch_dim(const DecodeArgs& a, const SplitParams& sp, cudaStream_
 }
 
 // Floats of the H4 outlier kernel's value sums (SplitParams::ws_vo; whole 128-byte lines a
-// warp). 2 bits only: the 4-bit kernel keeps them in shared memory.
+// warp). Where value_sums_in_global: the 4-bit kernel at D >= 128 keeps them in shared memory.
 size_t value_outlier_floats(const DecodeArgs& a, const SplitParams& sp) {
   if (!value_sums_in_global(a)) return 0;
   return (size_t)a.B * a.Hkv * sp.passes * sp.nsplit * kWarps * value_outlier_warp_floats(a.D);

@@ -132,11 +132,11 @@ constexpr int kMaxRank = 8;
 // (key rank) and the lanes' value low-rank weights [kWarps][32][2][v_rank] (value rank;
 // in shared memory because in registers they made the kernel spill).
 // The H4 outlier kernel (h4 = true: outliers only) keeps q' by channel [qo_rows][4]
-// (h4_qo_rows), at 4 bits the warps' value-outlier sums [kWarps][D + 1][4] (row D: a
-// dump for indices >= D), the warps' reference maxima [kWarps][4] of those sums and the
-// lanes' outlier-copy sources [kWarps][32] (uint64). At 2 bits the sums live in global
-// memory (SplitParams::ws_vo): the 2-bit kernel's 64-token stages leave no room for them
-// at 4 CTAs per SM (the 4-bit kernel's 32-token stages do).
+// (h4_qo_rows), at 4 bits and D >= 128 the warps' value-outlier sums [kWarps][D + 1][4]
+// (row D: a dump for indices >= D), the warps' reference maxima [kWarps][4] of those sums
+// and the lanes' outlier-copy sources [kWarps][32] (uint64). Otherwise the sums live in
+// global memory (SplitParams::ws_vo; h4_value_sums_in_smem): the 2-bit kernel's 64-token
+// stages leave no room for them at 4 CTAs per SM (the 4-bit kernel's 32-token stages do).
 struct CorrCta {
   int qo = 0, vo = 0, qb = 0, wl = 0, mref = 0, osrc = 0, floats = 0;
 };
@@ -154,7 +154,7 @@ __host__ __device__ constexpr CorrCta corr_cta_h4(int D, int bits, int G) {
   CorrCta c;
   int at = h4_qo_rows(D, bits, G) * 4;  // a multiple of 4 floats: the sums stay 16-byte aligned
   c.vo = at;
-  if (h4_value_sums_in_smem(D, bits)) at += kWarps * (D + 1) * 4;
+  if (bits == 4 && D >= 128) at += kWarps * (D + 1) * 4;  // (h4_value_sums_in_smem, spelled out)
   c.qb = c.wl = c.mref = at;
   at += kWarps * 4;
   c.osrc = at;  // the lanes' outlier-copy sources [kWarps][32] (uint64, 8-byte aligned)
@@ -314,10 +314,10 @@ __device__ __forceinline__ float2 meta_pair(const uint8_t* base, int idx) {
 // back). Where q' ks 2^(KF-pos) is so small that lo is an fp16 subnormal, hi + lo is
 // still within 2^-25 of it, i.e. within 2^(pos-KF-25) <= 2^-23 of q' ks: far below the
 // score error of an fp16 attention.
-template <int KIND, int BITS>
 // e: the pair's index within its word (mod PW), a constant once unrolled. e_alt >= 0: the
 // pair's index is e_alt instead where `alt` (a lane-dependent choice between two constant
 // field classes: the H4 kernel at D = 64, whose half quarters split a word).
+template <int KIND, int BITS>
 __device__ __forceinline__ void round_query_pair(float2 qv, const uint8_t* ks, const uint8_t* km, int P, int e,
                                                  uint32_t& hi, uint32_t& lo, float (&dk)[5], int e_alt = -1,
                                                  bool alt = false) {
@@ -603,7 +603,8 @@ __global__ void __launch_bounds__(kWarps * 32, (D <= 64 || (H4 && D <= 128) ? 16
   constexpr int KW = D * BITS / 128;  // key words per row and lane (a quarter of the row)
   constexpr int VPL = VG / 16;        // value codes per lane, group and half-word parity
   constexpr float SC = (float)(1 << BITS);
-  constexpr bool VO_SMEM = CORR && H4 && h4_value_sums_in_smem(D, BITS);  // value-outlier sums in shared memory (see corr_cta)
+  // value-outlier sums in shared memory (see corr_cta_h4), else in global memory
+  constexpr bool VO_SMEM = CORR && H4 && h4_value_sums_in_smem(D, BITS);
   extern __shared__ __align__(16) uint8_t smem[];
   // q' of this pass's heads as float2 [D/2 channel pairs][8 heads] (index q_index):
   // the lanes of a warp read 8 heads of 4 pairs a quarter of the channels apart at once.
