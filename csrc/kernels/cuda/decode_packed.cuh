@@ -154,7 +154,9 @@ __host__ __device__ constexpr CorrCta corr_cta_h4(int D, int bits, int G) {
   CorrCta c;
   int at = h4_qo_rows(D, bits, G) * 4;  // a multiple of 4 floats: the sums stay 16-byte aligned
   c.vo = at;
-  if (bits == 4 && D >= 128) at += kWarps * (D + 1) * 4;  // (h4_value_sums_in_smem, spelled out)
+  // h4_value_sums_in_smem, spelled out: through the helper, ptxas allocated the D = 128
+  // outlier kernels' registers differently (+-16 instructions) from the measured form
+  if (bits == 4 && D >= 128) at += kWarps * (D + 1) * 4;
   c.qb = c.wl = c.mref = at;
   at += kWarps * 4;
   c.osrc = at;  // the lanes' outlier-copy sources [kWarps][32] (uint64, 8-byte aligned)
