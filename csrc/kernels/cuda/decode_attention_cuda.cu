@@ -200,16 +200,14 @@ SplitParams plan_splits(const DecodeArgs& a, int num_sms) {
   // 85%, no tiny CTAs).
   const int64_t ptb = packed_token_bytes(a);
   int big_pct[2] = {90, 85}, small_kb = 16, tiny_kb = 12, tiny_pct = 5, big_kb_min = 48, max_waves = 8, fp_counts = 0;
-  if (value_sums_in_global(a) && a.D == 64) {
+  if (value_sums_in_global(a) && a.D == 64 && a.bits == 4) {
     // The value-outlier kernel at D = 64 (H200, B=8, (Hq, Hkv) = (32, 8) and (9, 3), one
-    // outlier a side, ten plans, bench/PERF-NOTES.md session 21): 2 bits keeps the default
-    // plan (32K 56.3 -> 53.5 us, (9, 3) 128K 76.3 -> 72.4 against the D=128 one below); 4
-    // bits takes big CTAs of 75% / 70% (32K 65.7 -> 62.8, 128K 217.6 -> 213.3).
-    if (a.bits == 4) {
-      big_pct[0] = 75;
-      big_pct[1] = 70;
-    }
-  } else if (value_sums_in_global(a)) {
+    // outlier a side, ten plans, bench/PERF-NOTES.md session 21): 4 bits takes big CTAs
+    // of 75% / 70% (32K 65.7 -> 62.8 us, 128K 217.6 -> 213.3); 2 bits keeps the default
+    // plan (32K 56.3 -> 53.5, (9, 3) 128K 76.3 -> 72.4 against the D = 128 one below).
+    big_pct[0] = 75;
+    big_pct[1] = 70;
+  } else if (value_sums_in_global(a) && a.D > 64) {
     // The 2-bit kernel with value outliers (sums in global memory) starts its CTAs ~2 us
     // slower (bench/PERF-NOTES.md, the timelines of sessions 17 and 20): fewer, larger
     // small CTAs and a larger share for the small and tiny ones. H100, B=8 Hq=32 Hkv=8

@@ -60,7 +60,7 @@ struct SplitParams {
 // corrections use the 8-column kernel.
 inline bool h4_outliers(const DecodeArgs& a) {
   return (a.k_outliers > 0 || a.v_outliers > 0) && a.k_outliers <= 2 && a.v_outliers <= 1 && a.k_rank == 0 &&
-         a.v_rank == 0 && a.attn_mass == nullptr && a.Hq / a.Hkv <= 4 && a.D >= 64;
+         a.v_rank == 0 && a.attn_mass == nullptr && a.Hq / a.Hkv <= 4;
 }
 
 // Where the H4 outlier kernel adds its value outliers: into per-warp sums in shared memory

@@ -1796,12 +1796,10 @@ bool visit_packed(const DecodeArgs& a, F&& f) {
     using P = decltype(p_plain);
     constexpr int PD = P::kD;
     if (corr) {
-      if constexpr (PD >= 64) {
-        if (h4_outliers(a)) {
-          if (a.k_outliers == 2) f(typename decltype(p_corr)::H4Variant2{});
-          else f(typename decltype(p_corr)::H4Variant{});
-          return true;
-        }
+      if (h4_outliers(a)) {
+        if (a.k_outliers == 2) f(typename decltype(p_corr)::H4Variant2{});
+        else f(typename decltype(p_corr)::H4Variant{});
+        return true;
       }
       f(p_corr);
     } else if constexpr (PD >= 128 || (PD == 64 && BITS == 2)) {
