@@ -191,12 +191,13 @@ CUDA_SHAPES = [  # Hq, Hkv, bits, D, G, packed lengths, t_cap
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
 @pytest.mark.parametrize("shape", CUDA_SHAPES, ids=lambda s: f"{s[0]}-{s[1]}-b{s[2]}-d{s[3]}-g{s[4]}")
 @pytest.mark.parametrize("counts", [(1, 0, 0, 0), (0, 1, 0, 0), (1, 1, 0, 0), (2, 0, 0, 0), (2, 1, 0, 0), (0, 3, 0, 0),
-                                    (16, 16, 0, 0), (0, 0, 2, 0), (0, 0, 0, 4), (2, 1, 1, 2), (16, 16, 8, 8)])
+                                    (16, 16, 0, 0), (0, 0, 2, 0), (0, 0, 0, 4), (2, 1, 1, 2), (16, 16, 8, 8),
+                                    (0, 2, 0, 0), (1, 2, 0, 0), (2, 2, 0, 0)])
 def test_cuda_matches_reference(dtype, shape, counts):
-    """Up to two key outliers and one value outlier a token, alone, at GQA groups <= 4 (any
-    head_dim) run the H4 outlier kernel (two key outliers: its CK = 2 instantiation,
-    whose stage copy takes two chunks in some lanes at 2 bits); every other combination
-    the 8-column kernel."""
+    """Up to two key outliers and two value outliers a token, alone, at GQA groups <= 4
+    (any head_dim) run the H4 outlier kernel (its CK, CV = 2 instantiations; at 2 bits the
+    stage copy takes two chunks in some lanes, for two a side from a second table of
+    sources); every other combination the 8-column kernel."""
     Hq, Hkv, bits, D, G, packed, t_cap = shape
     kw = make_inputs(Hq=Hq, Hkv=Hkv, D=D, bits=bits, group=G, dtype=dtype, packed=packed, t_cap=t_cap,
                      resid=[5] * len(packed), sinks=[2] * len(packed))
@@ -256,18 +257,20 @@ def test_cuda_value_outlier_sums_rebase(dtype, bits, scores, D):
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
 @pytest.mark.parametrize("bits", [2, 4])
 @pytest.mark.parametrize("channels", [1, 3])
-def test_cuda_value_outliers_on_few_channels(dtype, bits, channels):
+@pytest.mark.parametrize("per_token", [1, 2])
+def test_cuda_value_outliers_on_few_channels(dtype, bits, channels, per_token):
     """Value outliers concentrated on 1 or 3 channels (as real caches have them), so that
     most tokens of an m-tile add to the same rows of the H4 kernel's value sums: the 4-bit
-    kernel's shared-memory adds must then go in rounds, none lost."""
+    kernel's shared-memory adds must then go in rounds, none lost. Two a token: a token's
+    second outlier is on its successor's first channel (1 channel: the same row twice)."""
     Hq, Hkv, D, G, t_cap = 8, 2, 128, 64, 1536
     kw = make_inputs(Hq=Hq, Hkv=Hkv, D=D, bits=bits, group=G, dtype=dtype, packed=[1400 + 9, 600],
                      resid=[4, 0], sinks=[2, 0], t_cap=t_cap)
     gen = torch.Generator().manual_seed(11 + bits + channels)
     tok = torch.arange(t_cap)
-    idx = (7 + 41 * (tok % channels)).expand(2, Hkv, t_cap)[..., None]
+    idx = torch.stack([7 + 41 * ((tok + j) % channels) for j in range(per_token)], -1).expand(2, Hkv, t_cap, per_token)
     kw["v_outlier_idx"] = idx.contiguous().to(torch.uint8)
-    kw["v_outlier_res"] = (3 * torch.randn(2, Hkv, t_cap, 1, generator=gen)).to(dtype)
+    kw["v_outlier_res"] = (3 * torch.randn(2, Hkv, t_cap, per_token, generator=gen)).to(dtype)
     poison_past_lengths(kw)
     out, lse = kvcore.ops.decode_attention(**to_device(kw, "cuda"))
     out, lse = out.cpu(), lse.cpu()

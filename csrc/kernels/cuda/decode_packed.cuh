@@ -59,9 +59,12 @@ using dev::Bits;
 // shared memory (the H4 4-bit kernel at D = 128 fits 4 CTAs by registers; 64-token
 // stages of 4-bit codes would allow only 2). At D = 64 the H4 4-bit kernel's 64-token
 // stages fit (H200, keys only 32K 60.0 -> 52.5 us, plain 50.3; session 21).
+__host__ __device__ constexpr int tile_tokens(int D, int bits, bool h4) {
+  return D == 64 || (D == 128 && !(h4 && bits == 4)) ? 64 : 32;
+}
 template <int D, int BITS, bool H4>
 struct TileShape {
-  static constexpr int TT = D == 64 || (D == 128 && !(H4 && BITS == 4)) ? 64 : 32;
+  static constexpr int TT = tile_tokens(D, BITS, H4);
   static constexpr int MT = TT / 16;  // 16-token m-tiles per stage
 };
 
@@ -91,27 +94,25 @@ struct CorrLayout {
   int koi = 0, kor = 0, voi = 0, vor = 0, kla = 0, vla = 0, bytes = 0;
 };
 __host__ __device__ inline int round16(int x) { return (x + 15) & ~15; }
-// The H4 outlier kernel (CK = 1 or 2 outliers a token in keys, at most one in values)
-// has fixed sections: key indices [TT][CK], key residuals [TT][CK], value indices [TT],
-// value residuals [TT], all present (zero-filled when a side has none) so that every
-// offset is a constant.
-template <int D, int BITS, int G, int VG, int TT, int CK = 1>
+// The H4 outlier kernel (CK = 1 or 2 outliers a token in keys, CV = 1 or 2 in values)
+// has fixed sections: key indices [TT][CK], key residuals [TT][CK], value indices
+// [TT][CV], value residuals [TT][CV], all present (zero-filled when a side has none) so
+// that every offset is a constant.
+template <int D, int BITS, int G, int VG, int TT, int CK = 1, int CV = 1>
 struct H4OutlierLayout {
   static constexpr int KOI = StageLayout<D, BITS, G, VG, TT>::BYTES, KOR = KOI + CK * TT, VOI = KOR + 2 * CK * TT,
-                       VOR = VOI + TT, BYTES = (3 * CK + 3) * TT;
+                       VOR = VOI + CV * TT, BYTES = 3 * (CK + CV) * TT;
 };
 template <int D, int BITS, int G, int VG, int TT>
 __host__ __device__ inline CorrLayout corr_layout(const DecodeArgs& a, bool h4) {
   using L = StageLayout<D, BITS, G, VG, TT>;
   CorrLayout c;
-  if (h4) {  // (CK = 2 for two key outliers a token, else 1)
-    using O1 = H4OutlierLayout<D, BITS, G, VG, TT, 1>;
-    using O2 = H4OutlierLayout<D, BITS, G, VG, TT, 2>;
-    const bool two = a.k_outliers == 2;
-    c.koi = two ? O2::KOI : O1::KOI; c.kor = two ? O2::KOR : O1::KOR;
-    c.voi = two ? O2::VOI : O1::VOI; c.vor = two ? O2::VOR : O1::VOR;
-    c.kla = c.vla = c.vor + 2 * TT;
-    c.bytes = two ? O2::BYTES : O1::BYTES;
+  if (h4) {  // (CK = 2 for two key outliers a token, else 1; CV likewise for values)
+    const int ck = a.k_outliers == 2 ? 2 : 1, cv = a.v_outliers == 2 ? 2 : 1;
+    c.koi = L::BYTES; c.kor = c.koi + ck * TT;
+    c.voi = c.kor + 2 * ck * TT; c.vor = c.voi + cv * TT;
+    c.kla = c.vla = c.vor + 2 * cv * TT;
+    c.bytes = 3 * (ck + cv) * TT;  // H4OutlierLayout<.., ck, cv>::BYTES
     return c;
   }
   int at = L::BYTES;
@@ -138,8 +139,16 @@ constexpr int kMaxRank = 8;
 // global memory (SplitParams::ws_vo; h4_value_sums_in_smem): the 2-bit kernel's 64-token
 // stages leave no room for them at 4 CTAs per SM (the 4-bit kernel's 32-token stages do).
 struct CorrCta {
-  int qo = 0, vo = 0, qb = 0, wl = 0, mref = 0, osrc = 0, floats = 0;
+  int qo = 0, vo = 0, qb = 0, wl = 0, mref = 0, osrc = 0, osrc2 = 0, floats = 0;
 };
+// The H4 outlier kernel copies a stage's outlier sections as 3 (CK + CV) TT / 16 chunks
+// of 16 bytes, one a lane; past 32 chunks lane l also copies chunk 32 + l, a value-residual
+// chunk. Its source is lane 32 - (chunks - 32) + l's advanced where that lane copies value
+// residuals too; otherwise (CK = CV = 2 at TT = 64: 48 chunks, the value residuals are
+// chunks 32-47 exactly) the lanes' second sources have a table of their own.
+__host__ __device__ constexpr bool h4_second_source_table(int TT, int CK, int CV) {
+  return 3 * (CK + CV) * TT / 16 > 32 && 32 - (3 * (CK + CV) * TT / 16 - 32) < (3 * CK + CV) * TT / 16;
+}
 // Rows of the H4 kernel's q' by channel, rows >= D zero. 2 bits: 256, so that any index
 // byte has a row and a key index needs no clamp (the kernel is issue-bound); 4 bits and
 // 2-bit key blocks of 32 tokens (whose stages carry two blocks of key scales): D + 1, so
@@ -150,7 +159,7 @@ __host__ __device__ constexpr int h4_qo_rows(int D, int bits, int G) {
 // The H4 outlier kernel's: a function of the shape only, so that the kernel's offsets are
 // compile-time constants (q' by channel even without key outliers: the outlier code runs
 // branch-free).
-__host__ __device__ constexpr CorrCta corr_cta_h4(int D, int bits, int G) {
+__host__ __device__ constexpr CorrCta corr_cta_h4(int D, int bits, int G, bool second_sources = false) {
   CorrCta c;
   int at = h4_qo_rows(D, bits, G) * 4;  // a multiple of 4 floats: the sums stay 16-byte aligned
   c.vo = at;
@@ -161,11 +170,16 @@ __host__ __device__ constexpr CorrCta corr_cta_h4(int D, int bits, int G) {
   at += kWarps * 4;
   c.osrc = at;  // the lanes' outlier-copy sources [kWarps][32] (uint64, 8-byte aligned)
   at += kWarps * 32 * 2;
+  c.osrc2 = at;  // (h4_second_source_table) their second sources [kWarps][32]
+  if (second_sources) at += kWarps * 32 * 2;
   c.floats = at;
   return c;
 }
 __host__ __device__ inline CorrCta corr_cta(const DecodeArgs& a, int D, bool h4) {
-  if (h4) return corr_cta_h4(D, a.bits, a.group);
+  if (h4)
+    return corr_cta_h4(D, a.bits, a.group,
+                       h4_second_source_table(tile_tokens(D, a.bits, true), a.k_outliers == 2 ? 2 : 1,
+                                              a.v_outliers == 2 ? 2 : 1));
   CorrCta c;
   int at = 0;
   c.qo = at; at += (a.k_outliers > 0 || a.k_rank > 0) ? 8 * D : 0;
@@ -595,7 +609,7 @@ __device__ __forceinline__ void fp_split(const DecodeArgs& a, const SplitParams&
 // the probabilities of the odd value groups (so one P' operand serves two groups).
 // Column c of a lane then belongs to head c & 3; the hi and lo score columns are summed
 // across lanes t and t ^ 2, which afterwards hold the same scores.
-template <int KIND, int BITS, int D, int G, int VG, bool CORR, bool H4, int CK = 1>
+template <int KIND, int BITS, int D, int G, int VG, bool CORR, bool H4, int CK = 1, int CV = 1>
 __global__ void __launch_bounds__(kWarps * 32, (D <= 64 || (H4 && D <= 128) ? 16 : D <= 128 ? 12 : 8) / kWarps) decode_packed_kernel(DecodeArgs a, SplitParams sp) {
   // CORR && H4: sparse outliers only (no low rank, no attention mass; see h4_outliers).
   static_assert(!H4 || (D / 16) % KeyPos<BITS>::PW == 0 || D == 64,
@@ -614,8 +628,9 @@ __global__ void __launch_bounds__(kWarps * 32, (D <= 64 || (H4 && D <= 128) ? 16
   uint8_t* stages = smem + kQBytes<D>;  // [kWarps][kStages][stage_bytes]
   CorrLayout cl;
   if constexpr (CORR) cl = corr_layout<D, BITS, G, VG, L::TT>(a, H4);
-  using OL = H4OutlierLayout<D, BITS, G, VG, L::TT, CK>;  // (CORR && H4; CK key outliers a token)
+  using OL = H4OutlierLayout<D, BITS, G, VG, L::TT, CK, CV>;  // (CORR && H4; CK key, CV value outliers a token)
   static_assert(CK == 1 || (CK == 2 && CORR && H4), "two key outliers: the H4 outlier kernel only");
+  static_assert(CV == 1 || (CV == 2 && CORR && H4), "two value outliers: the H4 outlier kernel only");
   const int stage_bytes = L::BYTES + (CORR && H4 ? OL::BYTES : cl.bytes);  // (H4: a constant, as the offsets)
 
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, g = lane >> 2, t = lane & 3;
@@ -758,22 +773,27 @@ __global__ void __launch_bounds__(kWarps * 32, (D <= 64 || (H4 && D <= 128) ? 16
       copy_part(st + cl.vla, reinterpret_cast<const uint8_t*>(a.v_lr_a + bh * a.t_cap * a.v_rank), t0, 2 * a.v_rank,
                 TT, rows);
   };
-  // H4: the four outlier sections of a stage (OL) as (3 CK + 3) TT / 16 chunks of 16
+  // H4: the four outlier sections of a stage (OL) as 3 (CK + CV) TT / 16 chunks of 16
   // bytes, one per lane (TT <= 64); a side without outliers is zero-filled. Lane q's
   // source at token 0 is worked out once (osrc_s: the 16-byte aligned address, log2 of its
   // bytes per token in bits 0-1, bit 3 (kOutPresent) set if the side is present; an absent side's
   // address is a.k_codes, never read), so a whole stage costs a load, a multiply-add and
-  // the copy. Past 32 chunks (CK = 2 at TT = 64: 36), lane l < kOut2 also copies chunk
-  // 32 + l, the value residuals' chunk kOut2 after lane 32 - kOut2 + l's (whose source
-  // it reads and advances).
-  constexpr int kOutChunks = (3 * CK + 3) * TT / 16;
-  constexpr int N1 = CK * TT / 16, N2 = 3 * CK * TT / 16, N3 = N2 + TT / 16;  // chunks before KOR, VOI, VOR
+  // the copy. Past 32 chunks (36 for CK + CV = 3 at TT = 64, 48 for 4), lane l < kOut2 also
+  // copies chunk 32 + l, a value-residual chunk: 36 chunks, the one kOut2 after lane
+  // 32 - kOut2 + l's (whose source it reads and advances); 48 chunks, from its own second
+  // source (osrc2_s, h4_second_source_table).
+  constexpr int kOutChunks = 3 * (CK + CV) * TT / 16;
+  constexpr int N1 = CK * TT / 16, N2 = 3 * CK * TT / 16, N3 = N2 + CV * TT / 16;  // chunks before KOR, VOI, VOR
   constexpr int kOut2 = kOutChunks > 32 ? kOutChunks - 32 : 0;
-  // (CK = 1 keeps the encoding it was measured with: bit 0 for the size, bit 1 present)
-  constexpr unsigned long long kOutShift = CK == 1 ? 1ull : 3ull, kOutPresent = CK == 1 ? 2ull : 8ull;
-  static_assert(kOut2 <= 32 && 32 - kOut2 >= N3, "second chunks come from value-residual lanes");
+  constexpr bool kOwn2 = h4_second_source_table(TT, CK, CV);  // second sources in a table of their own
+  // (CK = CV = 1 keeps the encoding it was measured with: bit 0 for the size, bit 1 present)
+  constexpr bool kOneEach = CK == 1 && CV == 1;
+  constexpr unsigned long long kOutShift = kOneEach ? 1ull : 3ull, kOutPresent = kOneEach ? 2ull : 8ull;
+  static_assert(kOut2 <= 32 && (kOwn2 || 32 - kOut2 >= N3), "second chunks come from value-residual lanes");
+  static_assert(!kOwn2 || 32 >= N3, "second chunks are value residuals");
   auto out_chunk = [&]() { return lane - (lane < N1 ? 0 : lane < N2 ? N1 : lane < N3 ? N2 : N3); };  // within its section
   unsigned long long* osrc_s = nullptr;
+  unsigned long long* osrc2_s = nullptr;  // (kOwn2)
   uint8_t* corr_base = smem + kQBytes<D> + stage_area_bytes(D, stage_bytes);
   if constexpr (CORR && H4) {
     // (corr_cta_h4 with a.bits, equal to BITS: the form whose SASS was measured; with BITS
@@ -787,23 +807,37 @@ __global__ void __launch_bounds__(kWarps * 32, (D <= 64 || (H4 && D <= 128) ? 16
       const uint8_t* src = key ? (res ? static_cast<const uint8_t*>(a.k_out_res) : a.k_out_idx)
                                : (res ? static_cast<const uint8_t*>(a.v_out_res) : a.v_out_idx);
       const bool present = (key ? a.k_outliers : a.v_outliers) > 0;
-      const int sh = (res ? 1 : 0) + (key && CK == 2 ? 1 : 0);  // log2 of the bytes per token
+      const int sh = (res ? 1 : 0) + ((key ? CK : CV) == 2 ? 1 : 0);  // log2 of the bytes per token
       *osrc_s = present ? reinterpret_cast<unsigned long long>(src + bh * a.t_cap * (1 << sh) + out_chunk() * 16) |
                               kOutPresent | (unsigned)sh
                         : reinterpret_cast<unsigned long long>(a.k_codes);
     }
-    if constexpr (kOut2 > 0) __syncwarp();  // lanes l < kOut2 read lane 32 - kOut2 + l's source
+    if constexpr (kOwn2) {
+      osrc2_s = reinterpret_cast<unsigned long long*>(reinterpret_cast<float*>(corr_base) +
+                                                      corr_cta_h4(D, a.bits, G, true).osrc2) +
+                warp * 32 + lane;
+      if (lane < kOut2) {  // value-residual chunk 32 + lane - N3 (4 bytes a token)
+        *osrc2_s = a.v_outliers > 0 ? reinterpret_cast<unsigned long long>(static_cast<const uint8_t*>(a.v_out_res) +
+                                                                           bh * a.t_cap * 4 + (32 + lane - N3) * 16) |
+                                          kOutPresent | 2ull
+                                    : reinterpret_cast<unsigned long long>(a.k_codes);
+      }
+    } else if constexpr (kOut2 > 0) {
+      __syncwarp();  // lanes l < kOut2 read lane 32 - kOut2 + l's source
+    }
   }
   // A whole stage in memory (the common case): a present side copies, an absent one
   // writes zeros (src-size 0).
   auto issue_outliers_h4_full = [&](uint8_t* sl, int64_t t0) {
     auto copy = [&](uint8_t* dst, unsigned long long w, unsigned long long advance) {
-      const uint32_t unit = CK == 1 ? 1u + ((uint32_t)w & 1u) : 1u << ((uint32_t)w & 3u);  // bytes per token (t0 < 2^31)
+      const uint32_t unit = kOneEach ? 1u + ((uint32_t)w & 1u) : 1u << ((uint32_t)w & 3u);  // bytes per token (t0 < 2^31)
       cp_stage(dst, reinterpret_cast<const uint8_t*>(dev::mad_wide_u32((uint32_t)t0, unit, (w & ~15ull) + advance)),
                (w & kOutPresent) != 0ull);
     };
     if (lane < kOutChunks) copy(sl + OL::KOI, *osrc_s, 0ull);  // (written by this lane)
-    if constexpr (kOut2 > 0) {
+    if constexpr (kOwn2) {
+      if (lane < kOut2) copy(sl + OL::KOI + 32 * 16, *osrc2_s, 0ull);  // (written by this lane)
+    } else if constexpr (kOut2 > 0) {
       if (lane < kOut2) copy(sl + OL::KOI + 32 * 16, osrc_s[32 - kOut2], kOut2 * 16ull);
     }
   };
@@ -815,7 +849,9 @@ __global__ void __launch_bounds__(kWarps * 32, (D <= 64 || (H4 && D <= 128) ? 16
       cp_stage(st + OL::KOI + chunk * 16, src, ok);
     };
     if (lane < kOutChunks) copy(lane, *osrc_s, out_chunk());
-    if constexpr (kOut2 > 0) {
+    if constexpr (kOwn2) {
+      if (lane < kOut2) copy(32 + lane, *osrc2_s, 32 + lane - N3);
+    } else if constexpr (kOut2 > 0) {
       if (lane < kOut2) copy(32 + lane, osrc_s[32 - kOut2] + kOut2 * 16ull, 32 + lane - N3);
     }
   };
@@ -1159,35 +1195,50 @@ __global__ void __launch_bounds__(kWarps * 32, (D <= 64 || (H4 && D <= 128) ? 16
   // scores, and take turns by their rank among their peers. The adds come after the
   // m-tile's P V, so that its loads and mmas do not wait behind them.
   // (Tags in shared memory instead of the match: 1-2% slower, and racecheck flags them.)
-  auto value_peers = [&](const uint8_t* ob1, int m) {
-    return __match_any_sync(0xffffffffu, 2 * min((int)ob1[OL::VOI + 16 * m], D) + (t & 1));
+  // (CV = 2: a row's two value outliers are added one after the other, each slot with its
+  // own peers; their indices are bytes 2 row + j of the index section, their residuals one
+  // 32-bit load from ob4 = stage + 4 x the row.)
+  auto value_index = [&](const uint8_t* ob1, const uint8_t* ob2, int m, int j) {
+    return CV == 1 ? (int)ob1[OL::VOI + 16 * m] : (int)ob2[OL::VOI + 32 * m + j];
   };
-  auto value_outliers_h4 = [&](const uint8_t* ob1, const uint8_t* ob2, int m, bool row_ok, float pa, float pb,
-                               unsigned peers) {
-    const int i = min((int)ob1[OL::VOI + 16 * m], D);  // an index >= D goes to the dump row D
-    float e = meta_at<KIND>(ob2 + OL::VOR + 32 * m, 0);
-    e = row_ok ? e : 0.0f;
-    const float va = pa * (vf[0] * e), vb = pb * (vf[1] * e);
-    if constexpr (VO_SMEM) {  // (4 bits only)
-      if (!v_red) return;  // (warp-uniform: value outliers given or not)
-      const uint32_t addr = vo_sl + (uint32_t)i * 16u;
-      auto add = [&]() {
-        const float2 x = dev::ld_shared_f32x2_ordered(addr);
-        dev::st_shared_f32x2(addr, make_float2(x.x + va, x.y + vb));
-      };
-      const int n = __popc(peers);
-      if (__all_sync(0xffffffffu, n == 1)) {
-        add();
-      } else {
-        const int rank = __popc(peers & ((1u << lane) - 1u));
-        const int rounds = (int)__reduce_max_sync(0xffffffffu, (unsigned)n);
+  auto value_peers = [&](const uint8_t* ob1, const uint8_t* ob2, int m, int j) {
+    return __match_any_sync(0xffffffffu, 2 * min(value_index(ob1, ob2, m, j), D) + (t & 1));
+  };
+  auto value_outliers_h4 = [&](const uint8_t* ob1, const uint8_t* ob2, const uint8_t* ob4, int m, bool row_ok,
+                               float pa, float pb, const unsigned* peers) {
+    float er[CV];
+    if constexpr (CV == 1) {
+      er[0] = meta_at<KIND>(ob2 + OL::VOR + 32 * m, 0);
+    } else {
+      const float2 x = bits_pair<KIND>(*reinterpret_cast<const uint32_t*>(ob4 + OL::VOR + 64 * m));
+      er[0] = x.x; er[1] = x.y;
+    }
+#pragma unroll
+    for (int j = 0; j < CV; ++j) {
+      const int i = min(value_index(ob1, ob2, m, j), D);  // an index >= D goes to the dump row D
+      const float e = row_ok ? er[j] : 0.0f;
+      const float va = pa * (vf[0] * e), vb = pb * (vf[1] * e);
+      if constexpr (VO_SMEM) {  // (4 bits only)
+        if (!v_red) return;  // (warp-uniform: value outliers given or not)
+        const uint32_t addr = vo_sl + (uint32_t)i * 16u;
+        auto add = [&]() {
+          const float2 x = dev::ld_shared_f32x2_ordered(addr);
+          dev::st_shared_f32x2(addr, make_float2(x.x + va, x.y + vb));
+        };
+        const int n = __popc(peers[j]);
+        if (__all_sync(0xffffffffu, n == 1)) {
+          add();
+        } else {
+          const int rank = __popc(peers[j] & ((1u << lane) - 1u));
+          const int rounds = (int)__reduce_max_sync(0xffffffffu, (unsigned)n);
 #pragma unroll 1
-        for (int r = 0; r < rounds; ++r) {
-          if (rank == r) add();
-          __syncwarp();
+          for (int r = 0; r < rounds; ++r) {
+            if (rank == r) add();
+            __syncwarp();
+          }
         }
+        __syncwarp();  // the next slot's or m-tile's adds (other lanes) see these
       }
-      __syncwarp();  // the next m-tile's adds (other lanes) see these
     }
   };
   // 2 bits: one float4 reduction a row (its 4 heads) into the sums in global memory (L2),
@@ -1199,8 +1250,10 @@ __global__ void __launch_bounds__(kWarps * 32, (D <= 64 || (H4 && D <= 128) ? 16
   // when rows share a channel (H100, 2-bit 128K, skewed channels 0.79 -> 0.85x of plain;
   // random channels unchanged: the L2 cost follows the rows, one sector each).
   // pe, pa: p of m-tiles 2k and 2k + 1 (heads (2t) & 3, +1; row g in [0], [1], g + 8 in [2], [3]).
-  auto value_outliers_pair_h4 = [&](const uint8_t* vb1, const uint8_t* vb2, int k, bool row_ok, const float (&pe)[4],
-                                    const float (&pa)[4]) {
+  // CV = 2: one reduction a slot (indices bytes 2 row + j, residuals one 32-bit load from
+  // vb4 = stage + 4 x the row).
+  auto value_outliers_pair_h4 = [&](const uint8_t* vb1, const uint8_t* vb2, const uint8_t* vb4, int k, bool row_ok,
+                                    const float (&pe)[4], const float (&pa)[4]) {
     const bool second = t >= 2, odd = (t & 1) != 0;
     float q[4];
 #pragma unroll
@@ -1208,13 +1261,26 @@ __global__ void __launch_bounds__(kWarps * 32, (D <= 64 || (H4 && D <= 128) ? 16
     // lane t & 1 = 0 holds heads 0, 1 of both rows, t & 1 = 1 heads 2, 3: send the other row's
     const float r0 = __shfl_xor_sync(0xffffffffu, odd ? q[0] : q[2], 1);
     const float r1 = __shfl_xor_sync(0xffffffffu, odd ? q[1] : q[3], 1);
-    const int i = min((int)vb1[OL::VOI + 32 * k], D);  // an index >= D goes to the dump row D
-    float e = meta_at<KIND>(vb2 + OL::VOR + 64 * k, 0);
-    e = row_ok ? e : 0.0f;
-    const float4 v = make_float4((odd ? r0 : q[0]) * e, (odd ? r1 : q[1]) * e, (odd ? q[2] : r0) * e,
-                                 (odd ? q[3] : r1) * e);
-    float* row = reinterpret_cast<float*>(dev::mad_wide_u32(i, 16, reinterpret_cast<unsigned long long>(vo_l)));
-    dev::red_add_f32x4(row, v, v_red);
+    if constexpr (CV == 1) {
+      const int i = min((int)vb1[OL::VOI + 32 * k], D);  // an index >= D goes to the dump row D
+      float e = meta_at<KIND>(vb2 + OL::VOR + 64 * k, 0);
+      e = row_ok ? e : 0.0f;
+      const float4 v = make_float4((odd ? r0 : q[0]) * e, (odd ? r1 : q[1]) * e, (odd ? q[2] : r0) * e,
+                                   (odd ? q[3] : r1) * e);
+      float* row = reinterpret_cast<float*>(dev::mad_wide_u32(i, 16, reinterpret_cast<unsigned long long>(vo_l)));
+      dev::red_add_f32x4(row, v, v_red);
+    } else {
+      const uint32_t iw = *reinterpret_cast<const uint16_t*>(vb2 + OL::VOI + 64 * k);
+      const float2 er = bits_pair<KIND>(*reinterpret_cast<const uint32_t*>(vb4 + OL::VOR + 128 * k));
+      const float4 u = make_float4(odd ? r0 : q[0], odd ? r1 : q[1], odd ? q[2] : r0, odd ? q[3] : r1);
+#pragma unroll
+      for (int j = 0; j < 2; ++j) {
+        const int i = min((int)(j == 0 ? iw & 0xFFu : iw >> 8), D);  // an index >= D goes to the dump row D
+        const float e = row_ok ? (j == 0 ? er.x : er.y) : 0.0f;
+        float* row = reinterpret_cast<float*>(dev::mad_wide_u32(i, 16, reinterpret_cast<unsigned long long>(vo_l)));
+        dev::red_add_f32x4(row, make_float4(u.x * e, u.y * e, u.z * e, u.w * e), v_red);
+      }
+    }
   };
 
   uint32_t t_cur = w_begin32;  // CORR: this stage's first token
@@ -1245,12 +1311,16 @@ __global__ void __launch_bounds__(kWarps * 32, (D <= 64 || (H4 && D <= 128) ? 16
     const int vrow = g + ((t & 1) << 3) + ((t >> 1) << 4);
     const uint8_t* vb1 = st + vrow;
     const uint8_t* vb2 = st + 2 * vrow;
-    const uint8_t* ob4 = st + 4 * orow;  // (CK = 2 only)
-    unsigned vpeers[VO_SMEM ? MT : 1];  // VO_SMEM: per m-tile, the lanes adding to this lane's address (used only when set)
+    const uint8_t* vb4 = st + 4 * vrow;  // (CV = 2 only)
+    const uint8_t* ob4 = st + 4 * orow;  // (CK = 2 or CV = 2 only)
+    // VO_SMEM: per m-tile and slot, the lanes adding to this lane's address (used only when set)
+    unsigned vpeers[VO_SMEM ? MT * CV : 1];
     if constexpr (VO_SMEM) {
       if (v_red) {
 #pragma unroll
-        for (int m = 0; m < MT; ++m) vpeers[m] = value_peers(ob1, m);
+        for (int m = 0; m < MT; ++m)
+#pragma unroll
+          for (int j = 0; j < CV; ++j) vpeers[m * CV + j] = value_peers(ob1, ob2, m, j);
       }
     }
 
@@ -1520,7 +1590,7 @@ __global__ void __launch_bounds__(kWarps * 32, (D <= 64 || (H4 && D <= 128) ? 16
       const bool ok0 = row_valid(r0), ok1 = row_valid(r1);
       if constexpr (VO_PAIRS) {
         if (mt % 2 == 0)  // (mt + 1 < MT then; the clamp only keeps the unrolled dead branch in bounds)
-          value_outliers_pair_h4(vb1, vb2, mt / 2, row_valid(16 * mt + vrow), s[mt], s[mt + 1 < MT ? mt + 1 : mt]);
+          value_outliers_pair_h4(vb1, vb2, vb4, mt / 2, row_valid(16 * mt + vrow), s[mt], s[mt + 1 < MT ? mt + 1 : mt]);
       } else if constexpr (CORR && !H4) {
         value_corrections(st, r0, ok0, ok1, p, t0 + 16 * mt, w_end);
       }
@@ -1602,8 +1672,8 @@ __global__ void __launch_bounds__(kWarps * 32, (D <= 64 || (H4 && D <= 128) ? 16
         }
       }
       if constexpr (VO_SMEM)
-        value_outliers_h4(ob1, ob2, mt, row_valid(16 * mt + orow), t < 2 ? p[0] : p[2], t < 2 ? p[1] : p[3],
-                          vpeers[mt]);
+        value_outliers_h4(ob1, ob2, ob4, mt, row_valid(16 * mt + orow), t < 2 ? p[0] : p[2], t < 2 ? p[1] : p[3],
+                          vpeers + mt * CV);
     }
     __syncwarp();  // the stage is overwritten by a later issue
     t_cur += TT;
@@ -1736,12 +1806,14 @@ __global__ void __launch_bounds__(kWarps * 32, (D <= 64 || (H4 && D <= 128) ? 16
 // ------------------------------------------------------------------------------------
 // One instantiation of the packed kernel: its shared memory, how many of its CTAs fit
 // on an SM (asked of the runtime once), and its launch.
-template <int KIND, int BITS, int D, int G, int VG, bool CORR, bool H4 = false, int CK = 1>
+template <int KIND, int BITS, int D, int G, int VG, bool CORR, bool H4 = false, int CK = 1, int CV = 1>
 struct Packed {
   static constexpr int TT = TileShape<D, BITS, H4>::TT;
   static constexpr int kD = D;
   using H4Variant = Packed<KIND, BITS, D, G, VG, CORR, true>;
-  using H4Variant2 = Packed<KIND, BITS, D, G, VG, CORR, true, 2>;  // (CORR: two key outliers a token)
+  // (CORR: CK key and CV value outliers a token, each 1 or 2; a side without any takes 1)
+  template <int CK_, int CV_>
+  using H4Outliers = Packed<KIND, BITS, D, G, VG, CORR, true, CK_, CV_>;
   static size_t smem(const DecodeArgs& a) {
     using L = StageLayout<D, BITS, G, VG, TT>;
     const size_t stage = (size_t)L::BYTES + (CORR ? corr_layout<D, BITS, G, VG, TT>(a, H4).bytes : 0);
@@ -1751,7 +1823,7 @@ struct Packed {
   static int ctas_per_sm(const DecodeArgs& a) {
     auto query = [](size_t bytes) {
       int blocks = 1;
-      auto kernel = decode_packed_kernel<KIND, BITS, D, G, VG, CORR, H4, CK>;
+      auto kernel = decode_packed_kernel<KIND, BITS, D, G, VG, CORR, H4, CK, CV>;
       if (cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)bytes) == cudaSuccess)
         cudaOccupancyMaxActiveBlocksPerMultiprocessor(&blocks, kernel, kWarps * 32, bytes);
       cudaGetLastError();  // a failed query leaves the estimate at 1, never an error for the caller
@@ -1773,7 +1845,7 @@ struct Packed {
     }
   }
   static cudaError_t launch(const DecodeArgs& a, const SplitParams& sp, cudaStream_t st) {
-    auto kernel = decode_packed_kernel<KIND, BITS, D, G, VG, CORR, H4, CK>;
+    auto kernel = decode_packed_kernel<KIND, BITS, D, G, VG, CORR, H4, CK, CV>;
     const size_t bytes = smem(a);
     const cudaError_t e = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)bytes);
     if (e != cudaSuccess) return e;
@@ -1797,8 +1869,15 @@ bool visit_packed(const DecodeArgs& a, F&& f) {
     constexpr int PD = P::kD;
     if (corr) {
       if (h4_outliers(a)) {
-        if (a.k_outliers == 2) f(typename decltype(p_corr)::H4Variant2{});
-        else f(typename decltype(p_corr)::H4Variant{});
+        using PC = decltype(p_corr);
+        if (a.v_outliers == 2) {
+          if (a.k_outliers == 2) f(typename PC::template H4Outliers<2, 2>{});
+          else f(typename PC::template H4Outliers<1, 2>{});
+        } else if (a.k_outliers == 2) {
+          f(typename PC::template H4Outliers<2, 1>{});
+        } else {
+          f(typename PC::H4Variant{});
+        }
         return true;
       }
       f(p_corr);
