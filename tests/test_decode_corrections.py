@@ -214,14 +214,16 @@ def test_cuda_matches_reference(dtype, shape, counts):
 @pytest.mark.parametrize("bits", [2, 4])
 @pytest.mark.parametrize("scores", ["climb", "high", "low"])
 @pytest.mark.parametrize("D", [64, 128])
-def test_cuda_value_outlier_sums_rebase(dtype, bits, scores, D):
+@pytest.mark.parametrize("per_token", [1, 2])
+def test_cuda_value_outlier_sums_rebase(dtype, bits, scores, D, per_token):
     """The H4 outlier kernel keeps each warp's value-outlier sums relative to a head's first
     running max and rebases every head's sums when one head's max outgrows it by 2^64.
     "climb": head 0 of each KV group sees key-outlier scores that climb 1.5 (log2) a token
     in 128-token saw teeth, so every warp's max outgrows its reference; heads 1-3 do not
     see them (q[..., 0] = 0), so their sums are rescaled by factors that matter.
     "high" / "low": head 0's scores are all 100 (log2) above / below the others', far
-    outside the range of the others' references and factors."""
+    outside the range of the others' references and factors. (Two value outliers a token:
+    the sums in global memory at either width.)"""
     Hq, Hkv, G, t_cap = 8, 2, 64, 4096
     kw = make_inputs(Hq=Hq, Hkv=Hkv, D=D, bits=bits, group=G, dtype=dtype, packed=[4000, 3000 + 17],
                      resid=[5, 3], sinks=[2, 0], t_cap=t_cap)
@@ -236,8 +238,8 @@ def test_cuda_value_outlier_sums_rebase(dtype, bits, scores, D):
     shift = {"climb": 1.5 * (tok % 128), "high": torch.full_like(tok, 100.0), "low": torch.full_like(tok, -100.0)}
     kw["k_outlier_res"] = (shift[scores] / scale).expand(B, Hkv, t_cap)[..., None].contiguous().to(dtype)
     gen = torch.Generator().manual_seed(5)
-    kw["v_outlier_idx"] = torch.randint(0, D, (B, Hkv, t_cap, 1), generator=gen).to(torch.uint8)
-    kw["v_outlier_res"] = (3 * torch.randn(B, Hkv, t_cap, 1, generator=gen)).to(dtype)
+    kw["v_outlier_idx"] = torch.randint(0, D, (B, Hkv, t_cap, per_token), generator=gen).to(torch.uint8)
+    kw["v_outlier_res"] = (3 * torch.randn(B, Hkv, t_cap, per_token, generator=gen)).to(dtype)
     poison_past_lengths(kw)
     out, lse = kvcore.ops.decode_attention(**to_device(kw, "cuda"))
     out, lse = out.cpu(), lse.cpu()

@@ -64,11 +64,16 @@ inline bool h4_outliers(const DecodeArgs& a) {
 }
 
 // Where the H4 outlier kernel adds its value outliers: into per-warp sums in shared memory
-// (4 bits, D >= 128: memory-bound, where one L2 reduction a token cost ~13%, session 9), or
-// by L2 reductions into per-warp sums in global memory (2 bits; 4 bits at D = 64, where the
-// shared-memory sums cost more: H200, one outlier a side 32K 71.7 -> 65.5 us, 128K 237.4 ->
-// 223.0, plain 50.3 / 167.7; bench/RESULTS.md, session 21).
-__host__ __device__ constexpr bool h4_value_sums_in_smem(int D, int bits) { return bits == 4 && D >= 128; }
+// (4 bits, D >= 128, one value outlier a token: memory-bound, where one L2 reduction a
+// token cost ~13%, session 9), or by L2 reductions into per-warp sums in global memory
+// (2 bits; 4 bits at D = 64, where the shared-memory sums cost more: H200, one outlier a
+// side 32K 71.7 -> 65.5 us, 128K 237.4 -> 223.0, plain 50.3 / 167.7; two value outliers a
+// token (cv = 2), whose two rounds of shared-memory adds cost more: H200, D = 128, two a
+// side 8K 49.0 -> 41.0 us, 32K 132.5 -> 118.2, 128K 478.1 -> 426.3, plain 34.0 / 86.7 /
+// 295.3; bench/RESULTS.md, session 22).
+__host__ __device__ constexpr bool h4_value_sums_in_smem(int D, int bits, int cv = 1) {
+  return bits == 4 && D >= 128 && cv == 1;
+}
 // Floats of one warp's value-outlier sums in SplitParams::ws_vo: [D + 1][4] (row D: a
 // dump for indices >= D), rounded up to whole 128-byte lines, which the warp discards
 // from L2 once it has read them (no write-back; no line holds another warp's sums).

@@ -133,9 +133,11 @@ constexpr int kMaxRank = 8;
 // (key rank) and the lanes' value low-rank weights [kWarps][32][2][v_rank] (value rank;
 // in shared memory because in registers they made the kernel spill).
 // The H4 outlier kernel (h4 = true: outliers only) keeps q' by channel [qo_rows][4]
-// (h4_qo_rows), at 4 bits and D >= 128 the warps' value-outlier sums [kWarps][D + 1][4]
-// (row D: a dump for indices >= D), the warps' reference maxima [kWarps][4] of those sums
-// and the lanes' outlier-copy sources [kWarps][32] (uint64). Otherwise the sums live in
+// (h4_qo_rows), at 4 bits, D >= 128 and one value outlier a token the warps' value-outlier
+// sums [kWarps][D + 1][4] (row D: a dump for indices >= D), the warps' reference maxima
+// [kWarps][4] of those sums, the lanes' outlier-copy sources [kWarps][32] (uint64) and,
+// for two outliers a side at 64-token stages, their second sources [kWarps][32]
+// (h4_second_source_table). Otherwise the sums live in
 // global memory (SplitParams::ws_vo; h4_value_sums_in_smem): the 2-bit kernel's 64-token
 // stages leave no room for them at 4 CTAs per SM (the 4-bit kernel's 32-token stages do).
 struct CorrCta {
@@ -159,13 +161,13 @@ __host__ __device__ constexpr int h4_qo_rows(int D, int bits, int G) {
 // The H4 outlier kernel's: a function of the shape only, so that the kernel's offsets are
 // compile-time constants (q' by channel even without key outliers: the outlier code runs
 // branch-free).
-__host__ __device__ constexpr CorrCta corr_cta_h4(int D, int bits, int G, bool second_sources = false) {
+__host__ __device__ constexpr CorrCta corr_cta_h4(int D, int bits, int G, bool second_sources = false, int cv = 1) {
   CorrCta c;
   int at = h4_qo_rows(D, bits, G) * 4;  // a multiple of 4 floats: the sums stay 16-byte aligned
   c.vo = at;
   // h4_value_sums_in_smem, spelled out: through the helper, ptxas allocated the D = 128
   // outlier kernels' registers differently (+-16 instructions) from the measured form
-  if (bits == 4 && D >= 128) at += kWarps * (D + 1) * 4;
+  if (bits == 4 && D >= 128 && cv == 1) at += kWarps * (D + 1) * 4;
   c.qb = c.wl = c.mref = at;
   at += kWarps * 4;
   c.osrc = at;  // the lanes' outlier-copy sources [kWarps][32] (uint64, 8-byte aligned)
@@ -179,7 +181,8 @@ __host__ __device__ inline CorrCta corr_cta(const DecodeArgs& a, int D, bool h4)
   if (h4)
     return corr_cta_h4(D, a.bits, a.group,
                        h4_second_source_table(tile_tokens(D, a.bits, true), a.k_outliers == 2 ? 2 : 1,
-                                              a.v_outliers == 2 ? 2 : 1));
+                                              a.v_outliers == 2 ? 2 : 1),
+                       a.v_outliers == 2 ? 2 : 1);
   CorrCta c;
   int at = 0;
   c.qo = at; at += (a.k_outliers > 0 || a.k_rank > 0) ? 8 * D : 0;
@@ -620,7 +623,8 @@ __global__ void __launch_bounds__(kWarps * 32, (D <= 64 || (H4 && D <= 128) ? 16
   constexpr int VPL = VG / 16;        // value codes per lane, group and half-word parity
   constexpr float SC = (float)(1 << BITS);
   // value-outlier sums in shared memory (see corr_cta_h4), else in global memory
-  constexpr bool VO_SMEM = CORR && H4 && h4_value_sums_in_smem(D, BITS);
+  constexpr bool VO_SMEM = CORR && H4 && h4_value_sums_in_smem(D, BITS, CV);
+  static_assert(!VO_SMEM || CV == 1, "two value outliers a token: sums in global memory");
   extern __shared__ __align__(16) uint8_t smem[];
   // q' of this pass's heads as float2 [D/2 channel pairs][8 heads] (index q_index):
   // the lanes of a warp read 8 heads of 4 pairs a quarter of the channels apart at once.
@@ -798,7 +802,7 @@ __global__ void __launch_bounds__(kWarps * 32, (D <= 64 || (H4 && D <= 128) ? 16
   if constexpr (CORR && H4) {
     // (corr_cta_h4 with a.bits, equal to BITS: the form whose SASS was measured; with BITS
     // ptxas allocates the one-key-outlier kernel differently)
-    osrc_s = reinterpret_cast<unsigned long long*>(reinterpret_cast<float*>(corr_base) + corr_cta_h4(D, a.bits, G).osrc) +
+    osrc_s = reinterpret_cast<unsigned long long*>(reinterpret_cast<float*>(corr_base) + corr_cta_h4(D, a.bits, G, false, CV).osrc) +
              warp * 32 + lane;
     if (lane < kOutChunks) {
       const int q = lane;
@@ -814,7 +818,7 @@ __global__ void __launch_bounds__(kWarps * 32, (D <= 64 || (H4 && D <= 128) ? 16
     }
     if constexpr (kOwn2) {
       osrc2_s = reinterpret_cast<unsigned long long*>(reinterpret_cast<float*>(corr_base) +
-                                                      corr_cta_h4(D, a.bits, G, true).osrc2) +
+                                                      corr_cta_h4(D, a.bits, G, true, CV).osrc2) +
                 warp * 32 + lane;
       if (lane < kOut2) {  // value-residual chunk 32 + lane - N3 (4 bytes a token)
         *osrc2_s = a.v_outliers > 0 ? reinterpret_cast<unsigned long long>(static_cast<const uint8_t*>(a.v_out_res) +
@@ -944,7 +948,7 @@ __global__ void __launch_bounds__(kWarps * 32, (D <= 64 || (H4 && D <= 128) ? 16
   uint32_t vo_sl = 0u;      // H4, 4 bits: the same sums in shared memory (a 32-bit shared address)
   bool v_red = false;       // H4: this lane adds value outliers (value outliers given)
   if constexpr (CORR) {
-    const CorrCta cc = H4 ? corr_cta_h4(D, a.bits, G) : corr_cta(a, D, false);
+    const CorrCta cc = H4 ? corr_cta_h4(D, a.bits, G, kOwn2, CV) : corr_cta(a, D, false);
     float* base = reinterpret_cast<float*>(corr_base);
     qo = base + cc.qo;
     vo_w = base + cc.vo + warp * kHeadsPerPass * D;
@@ -1195,50 +1199,35 @@ __global__ void __launch_bounds__(kWarps * 32, (D <= 64 || (H4 && D <= 128) ? 16
   // scores, and take turns by their rank among their peers. The adds come after the
   // m-tile's P V, so that its loads and mmas do not wait behind them.
   // (Tags in shared memory instead of the match: 1-2% slower, and racecheck flags them.)
-  // (CV = 2: a row's two value outliers are added one after the other, each slot with its
-  // own peers; their indices are bytes 2 row + j of the index section, their residuals one
-  // 32-bit load from ob4 = stage + 4 x the row.)
-  auto value_index = [&](const uint8_t* ob1, const uint8_t* ob2, int m, int j) {
-    return CV == 1 ? (int)ob1[OL::VOI + 16 * m] : (int)ob2[OL::VOI + 32 * m + j];
+  auto value_peers = [&](const uint8_t* ob1, int m) {
+    return __match_any_sync(0xffffffffu, 2 * min((int)ob1[OL::VOI + 16 * m], D) + (t & 1));
   };
-  auto value_peers = [&](const uint8_t* ob1, const uint8_t* ob2, int m, int j) {
-    return __match_any_sync(0xffffffffu, 2 * min(value_index(ob1, ob2, m, j), D) + (t & 1));
-  };
-  auto value_outliers_h4 = [&](const uint8_t* ob1, const uint8_t* ob2, const uint8_t* ob4, int m, bool row_ok,
-                               float pa, float pb, const unsigned* peers) {
-    float er[CV];
-    if constexpr (CV == 1) {
-      er[0] = meta_at<KIND>(ob2 + OL::VOR + 32 * m, 0);
-    } else {
-      const float2 x = bits_pair<KIND>(*reinterpret_cast<const uint32_t*>(ob4 + OL::VOR + 64 * m));
-      er[0] = x.x; er[1] = x.y;
-    }
-#pragma unroll
-    for (int j = 0; j < CV; ++j) {
-      const int i = min(value_index(ob1, ob2, m, j), D);  // an index >= D goes to the dump row D
-      const float e = row_ok ? er[j] : 0.0f;
-      const float va = pa * (vf[0] * e), vb = pb * (vf[1] * e);
-      if constexpr (VO_SMEM) {  // (4 bits only)
-        if (!v_red) return;  // (warp-uniform: value outliers given or not)
-        const uint32_t addr = vo_sl + (uint32_t)i * 16u;
-        auto add = [&]() {
-          const float2 x = dev::ld_shared_f32x2_ordered(addr);
-          dev::st_shared_f32x2(addr, make_float2(x.x + va, x.y + vb));
-        };
-        const int n = __popc(peers[j]);
-        if (__all_sync(0xffffffffu, n == 1)) {
-          add();
-        } else {
-          const int rank = __popc(peers[j] & ((1u << lane) - 1u));
-          const int rounds = (int)__reduce_max_sync(0xffffffffu, (unsigned)n);
+  auto value_outliers_h4 = [&](const uint8_t* ob1, const uint8_t* ob2, int m, bool row_ok, float pa, float pb,
+                               unsigned peers) {
+    const int i = min((int)ob1[OL::VOI + 16 * m], D);  // an index >= D goes to the dump row D
+    float e = meta_at<KIND>(ob2 + OL::VOR + 32 * m, 0);
+    e = row_ok ? e : 0.0f;
+    const float va = pa * (vf[0] * e), vb = pb * (vf[1] * e);
+    if constexpr (VO_SMEM) {  // (4 bits, one value outlier a token only)
+      if (!v_red) return;  // (warp-uniform: value outliers given or not)
+      const uint32_t addr = vo_sl + (uint32_t)i * 16u;
+      auto add = [&]() {
+        const float2 x = dev::ld_shared_f32x2_ordered(addr);
+        dev::st_shared_f32x2(addr, make_float2(x.x + va, x.y + vb));
+      };
+      const int n = __popc(peers);
+      if (__all_sync(0xffffffffu, n == 1)) {
+        add();
+      } else {
+        const int rank = __popc(peers & ((1u << lane) - 1u));
+        const int rounds = (int)__reduce_max_sync(0xffffffffu, (unsigned)n);
 #pragma unroll 1
-          for (int r = 0; r < rounds; ++r) {
-            if (rank == r) add();
-            __syncwarp();
-          }
+        for (int r = 0; r < rounds; ++r) {
+          if (rank == r) add();
+          __syncwarp();
         }
-        __syncwarp();  // the next slot's or m-tile's adds (other lanes) see these
       }
+      __syncwarp();  // the next m-tile's adds (other lanes) see these
     }
   };
   // 2 bits: one float4 reduction a row (its 4 heads) into the sums in global memory (L2),
@@ -1312,15 +1301,12 @@ __global__ void __launch_bounds__(kWarps * 32, (D <= 64 || (H4 && D <= 128) ? 16
     const uint8_t* vb1 = st + vrow;
     const uint8_t* vb2 = st + 2 * vrow;
     const uint8_t* vb4 = st + 4 * vrow;  // (CV = 2 only)
-    const uint8_t* ob4 = st + 4 * orow;  // (CK = 2 or CV = 2 only)
-    // VO_SMEM: per m-tile and slot, the lanes adding to this lane's address (used only when set)
-    unsigned vpeers[VO_SMEM ? MT * CV : 1];
+    const uint8_t* ob4 = st + 4 * orow;  // (CK = 2 only)
+    unsigned vpeers[VO_SMEM ? MT : 1];  // VO_SMEM: per m-tile, the lanes adding to this lane's address (used only when set)
     if constexpr (VO_SMEM) {
       if (v_red) {
 #pragma unroll
-        for (int m = 0; m < MT; ++m)
-#pragma unroll
-          for (int j = 0; j < CV; ++j) vpeers[m * CV + j] = value_peers(ob1, ob2, m, j);
+        for (int m = 0; m < MT; ++m) vpeers[m] = value_peers(ob1, m);
       }
     }
 
@@ -1672,8 +1658,8 @@ __global__ void __launch_bounds__(kWarps * 32, (D <= 64 || (H4 && D <= 128) ? 16
         }
       }
       if constexpr (VO_SMEM)
-        value_outliers_h4(ob1, ob2, ob4, mt, row_valid(16 * mt + orow), t < 2 ? p[0] : p[2], t < 2 ? p[1] : p[3],
-                          vpeers + mt * CV);
+        value_outliers_h4(ob1, ob2, mt, row_valid(16 * mt + orow), t < 2 ? p[0] : p[2], t < 2 ? p[1] : p[3],
+                          vpeers[mt]);
     }
     __syncwarp();  // the stage is overwritten by a later issue
     t_cur += TT;
