@@ -155,8 +155,8 @@ void print_plan(const SplitParams& sp, int per_sm) {
 #define KVCORE_NOTE_PLAN(sp, per_sm)
 #endif
 
-// The H4 outlier kernel with value outliers at 2 bits, or at 4 bits and D = 64: its value
-// sums live in global memory (SplitParams::ws_vo).
+// The H4 outlier kernel with value outliers at 2 bits, at 4 bits and D = 64, or two a
+// token: its value sums live in global memory (SplitParams::ws_vo).
 bool value_sums_in_global(const DecodeArgs& a) {
   return h4_outliers(a) && a.v_outliers > 0 && !h4_value_sums_in_smem(a.D, a.bits, a.v_outliers);
 }
