@@ -263,8 +263,9 @@ def test_cuda_value_outlier_sums_rebase(dtype, bits, scores, D, per_token):
 def test_cuda_value_outliers_on_few_channels(dtype, bits, channels, per_token):
     """Value outliers concentrated on 1 or 3 channels (as real caches have them), so that
     most tokens of an m-tile add to the same rows of the H4 kernel's value sums: the 4-bit
-    kernel's shared-memory adds must then go in rounds, none lost. Two a token: a token's
-    second outlier is on its successor's first channel (1 channel: the same row twice)."""
+    kernel's shared-memory adds must then go in rounds, none lost. Two a token (sums in
+    global memory at both widths): a token's second outlier is on its successor's first
+    channel (1 channel: the same row twice)."""
     Hq, Hkv, D, G, t_cap = 8, 2, 128, 64, 1536
     kw = make_inputs(Hq=Hq, Hkv=Hkv, D=D, bits=bits, group=G, dtype=dtype, packed=[1400 + 9, 600],
                      resid=[4, 0], sinks=[2, 0], t_cap=t_cap)

@@ -208,6 +208,8 @@ SplitParams plan_splits(const DecodeArgs& a, int num_sms) {
     big_pct[0] = 75;
     big_pct[1] = 70;
   } else if (value_sums_in_global(a) && a.D > 64) {
+    // (Also serves two value outliers a token at 4 bits, whose sums are in global memory
+    // too since session 22; not swept for them.)
     // The 2-bit kernel with value outliers (sums in global memory) starts its CTAs ~2 us
     // slower (bench/PERF-NOTES.md, the timelines of sessions 17 and 20): fewer, larger
     // small CTAs and a larger share for the small and tiny ones. H100, B=8 Hq=32 Hkv=8
@@ -361,7 +363,8 @@ cudaError_t dispatch_dim(const DecodeArgs& a, const SplitParams& sp, cudaStream_
 }
 
 // Floats of the H4 outlier kernel's value sums (SplitParams::ws_vo; whole 128-byte lines a
-// warp). Where value_sums_in_global: the 4-bit kernel at D >= 128 keeps them in shared memory.
+// warp). Only where value_sums_in_global: the 4-bit kernel at D >= 128 with one value
+// outlier a token keeps them in shared memory.
 size_t value_outlier_floats(const DecodeArgs& a, const SplitParams& sp) {
   if (!value_sums_in_global(a)) return 0;
   return (size_t)a.B * a.Hkv * sp.passes * sp.nsplit * kWarps * value_outlier_warp_floats(a.D);
