@@ -8,9 +8,10 @@ plan_splits read its constants from $KVCORE_PLAN:
 see plan_splits in decode_attention_cuda.cu; $KVCORE_PLAN overrides both).
 Group "rule" instead compares, over batch sizes and short lengths, the uniform layout's
 wave count with and without the full-precision CTAs counted (fp_counts 1 / 0).
-For each grid point it times the 2-bit decode step with the given outliers a token
-(B=8 Hq=32 Hkv=8 D=128, group 64, L2 flushed) and prints the time and the ratio to the
-plain kernel under the default plan, which is re-timed every few points (drift check).
+For each grid point it times the decode step (--bits, --bf16) with the swept outliers a
+token (--outliers, default one a side; B=8 Hq=32 Hkv=8 D=128, group 64, L2 flushed) and
+prints the time and the ratio to the plain kernel under the default plan, which is
+re-timed every few points (drift check). "built-in" marks the plan the library chooses.
 
     python3 scripts/plan_sweep.py --bench BUILD/bench/kvcore_bench_decode [--json out.json]
 """
@@ -22,15 +23,18 @@ import re
 import subprocess
 import sys
 
-DEFAULT = (90, 85, 16, 12, 5, 48, 8, 0)
 ROW = re.compile(r"^\s*(\d+)\s+(\d+)\s+(\d+)\s+(\d+)\s+(\d+)\s+(\d)\s+([\d.]+)")
+
+
+BITS = 2      # --bits
+BF16 = False  # --bf16
 
 
 def run(bench, lengths, outliers, knobs, batch=8):
     env = dict(os.environ, KVCORE_PLAN_PRINT="1")
     if knobs is not None:
         env["KVCORE_PLAN"] = " ".join(map(str, knobs))
-    cmd = [bench, "--bits", "2", "--outliers", str(outliers[0]), str(outliers[1])]
+    cmd = [bench, "--bits", str(BITS), "--outliers", str(outliers[0]), str(outliers[1])] + (["--bf16"] if BF16 else [])
     for L in lengths:
         cmd += ["--shape", str(batch), "32", "8", "128", str(L + 64)]  # + the residual window
     p = subprocess.run(cmd, env=env, capture_output=True, text=True, check=True)
@@ -50,12 +54,21 @@ def main():
     ap.add_argument("--repeats", type=int, default=2, help="re-runs of the best points")
     ap.add_argument("--groups", nargs="+", default=["long", "short"])
     ap.add_argument("--knobs", nargs="+", default=["90 85 16 12 5 48 8 0"], help="group rule: the plans to compare")
+    ap.add_argument("--bits", type=int, default=2, choices=(2, 4))
+    ap.add_argument("--bf16", action="store_true", help="a bf16 cache (default fp16)")
+    ap.add_argument("--outliers", type=int, nargs=2, default=(1, 1), help="KC VC swept (default: one a side)")
+    ap.add_argument("--long-grid", choices=("s18", "wide"), default="s18",
+                    help="wide: big share 70-90, small 16-48 KB, tiny 8-24 KB (big_fp_first fixed at 85: the long "
+                         "lengths never put the full-precision CTAs first)")
     args = ap.parse_args()
+    global BITS, BF16
+    BITS, BF16 = args.bits, args.bf16
+    swept = tuple(args.outliers)
     results = []
 
     def point(group, lengths, outliers, knobs, plain):
         times, plans = run(args.bench, lengths, outliers, knobs)
-        r = {"group": group, "outliers": outliers, "knobs": knobs or DEFAULT, "times": times,
+        r = {"group": group, "outliers": outliers, "knobs": knobs or "built-in", "times": times,
              "ratio": {L: plain[L] / t for L, t in times.items()}, "plans": plans}
         results.append(r)
         print(group, outliers, r["knobs"], " ".join(f"{L}:{t:.1f}us {r['ratio'][L]:.3f}x" for L, t in times.items()),
@@ -66,7 +79,10 @@ def main():
         # the one-wave-of-big-CTAs layout (32K, 128K)
         "long": ([16384, 32768, 65536, 131072],
                  [(b, f, s, t, p, 48, 8) for b, f, s, t, p in
-                  itertools.product((60, 65, 70, 75, 80), (75, 85), (24, 32, 48), (12, 16, 24), (5, 10))]),
+                  itertools.product((60, 65, 70, 75, 80), (75, 85), (24, 32, 48), (12, 16, 24), (5, 10))]
+                 if args.long_grid == "s18" else
+                 [(b, 85, s, t, p, 48, 8) for b, s, t, p in
+                  itertools.product((70, 75, 80, 85, 90), (16, 24, 32, 48), (8, 12, 16, 24), (5, 10)) if t < s]),
         # 8K: the uniform layout (max_waves) and the big layout allowed down to 8 KB a warp
         "short": ([8192], [(90, 85, 16, 12, 5, 48, w) for w in range(1, 9)] +
                   [(b, b, s, t, p, 8, 8) for b, s, t, p in
@@ -92,21 +108,21 @@ def main():
         lengths, knob_list = grids[group]
         plain, _ = run(args.bench, lengths, (0, 0), None)
         print(group, "plain (default plan)", plain, flush=True)
-        point(group, lengths, (1, 1), None, plain)
+        point(group, lengths, swept, None, plain)
         for i, knobs in enumerate(knob_list):
             if i and i % 16 == 0:
                 plain2, _ = run(args.bench, lengths, (0, 0), None)
                 print(group, "plain again", plain2, flush=True)
                 plain = {L: min(plain[L], plain2[L]) for L in lengths}
-            point(group, lengths, (1, 1), knobs, plain)
-        mine = [r for r in results if r["group"] == group and r["outliers"] == (1, 1)]
+            point(group, lengths, swept, knobs, plain)
+        mine = [r for r in results if r["group"] == group and r["outliers"] == swept]
         best = sorted(mine, key=lambda r: -sum(r["ratio"].values()))[:5]
-        candidates = [None] + [r["knobs"] for r in best if tuple(r["knobs"]) != DEFAULT]
+        candidates = [None] + [r["knobs"] for r in best if r["knobs"] != "built-in"]
         print(group, "re-runs of the default and the best points", flush=True)
         for _ in range(args.repeats):
             plain, _ = run(args.bench, lengths, (0, 0), None)
             for knobs in candidates:
-                for outl in ((1, 1), (2, 1), (0, 1)):
+                for outl in dict.fromkeys((swept, (1, 1), (0, 1), (2, 2))):
                     point(group + "-rerun", lengths, outl, knobs, plain)
     if args.json:
         with open(args.json, "w") as f:
