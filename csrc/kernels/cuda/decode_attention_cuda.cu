@@ -171,8 +171,9 @@ bool value_sums_in_global(const DecodeArgs& a) {
 //   one size; among 1..8 waves' worth take the count that fills its waves of packed CTAs
 //   best (a last wave that is mostly empty wastes the GPU), keeping at least two tiles
 //   per warp.
-// The 2-bit kernel with value outliers takes other sizes (below); a profiling build
-// (KVCORE_DECODE_PLAN_KNOBS) takes them all from $KVCORE_PLAN. The 4-bit D >= 128 kernel
+// The outlier kernels whose value sums are in global memory (value_sums_in_global) take
+// other sizes (below); a profiling build (KVCORE_DECODE_PLAN_KNOBS) takes them all from
+// $KVCORE_PLAN. The 4-bit D >= 128 kernel
 // with its value sums in shared memory keeps the default: swept on the H200 (130 plans,
 // bench/PERF-NOTES.md session 23), none was better at every length from 16K to 128K.
 SplitParams plan_splits(const DecodeArgs& a, int num_sms) {
