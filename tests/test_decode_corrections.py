@@ -288,6 +288,56 @@ def test_cuda_value_outliers_on_few_channels(dtype, bits, channels, per_token):
 
 
 @pytest.mark.cuda
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("D", [128, 256])
+@pytest.mark.parametrize("pattern", ["grow", "shrink", "spike", "zero_then"])
+def test_cuda_value_outlier_sums_scale(dtype, D, pattern):
+    """The 4-bit H4 kernel keeps one value outlier a token in 32-bit integer sums whose
+    scale follows a bound on them: residual magnitudes that sweep 2^-8 .. 2^14 over the
+    sequence ("grow": the sums are shifted right many times; "shrink": the first stages set
+    a coarse scale), one huge residual among tiny ones ("spike"), or zeros before the first
+    nonzero ("zero_then": the first nonzero stage sets the scale). Each must match the
+    reference, the small residuals included where they matter."""
+    Hq, Hkv, G, t_cap = 8, 2, 64, 3072
+    kw = make_inputs(Hq=Hq, Hkv=Hkv, D=D, bits=4, group=G, dtype=dtype, packed=[3000 + 7, 1100],
+                     resid=[5, 2], sinks=[2, 0], t_cap=t_cap)
+    gen = torch.Generator().manual_seed(D + len(pattern))
+    tok = torch.arange(t_cap, dtype=torch.float32)
+    frac = tok / t_cap
+    mag = {"grow": 2.0 ** (-8 + 22 * frac), "shrink": 2.0 ** (14 - 22 * frac),
+           "spike": torch.where(tok == 1500, torch.tensor(2.0 ** 14), torch.tensor(2.0 ** -6)),
+           "zero_then": torch.where(tok < 700, torch.tensor(0.0), torch.tensor(3.0))}[pattern]
+    kw["v_outlier_idx"] = torch.randint(0, D, (2, Hkv, t_cap, 1), generator=gen).to(torch.uint8)
+    sign = torch.randn(2, Hkv, t_cap, 1, generator=gen).sign()
+    kw["v_outlier_res"] = (sign * mag[:, None]).to(dtype)
+    poison_past_lengths(kw)
+    out, lse = kvcore.ops.decode_attention(**to_device(kw, "cuda"))
+    out, lse = out.cpu(), lse.cpu()
+    assert torch.isfinite(out.float()).all()
+    bound = check_against_reference(kw, out, lse)
+    cpu_out, _ = kvcore.ops.decode_attention(**kw)
+    assert_parity(out, cpu_out, bound)
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("bits", [2, 4])
+def test_cuda_nan_value_outlier_shows(bits):
+    """A NaN value residual of a stored token is not dropped: the output of its KV group's
+    heads is NaN at its channel (the 4-bit kernel's integer sums turn the warp's sums NaN)."""
+    Hq, Hkv, D, G, t_cap = 8, 2, 128, 64, 1024
+    kw = add_corrections(make_inputs(Hq=Hq, Hkv=Hkv, D=D, bits=bits, group=G, dtype=torch.float16,
+                                     packed=[900, 500], resid=[3, 0], sinks=[0, 0], t_cap=t_cap), 1, 1, 0, 0, seed=3)
+    kw["v_outlier_idx"][1, 0, 200, 0] = 17
+    kw["v_outlier_res"][1, 0, 200, 0] = float("nan")
+    out, _ = kvcore.ops.decode_attention(**to_device(kw, "cuda"))
+    out = out.cpu()
+    cpu_out, _ = kvcore.ops.decode_attention(**kw)
+    assert cpu_out[1, :Hq // Hkv, 17].isnan().all()
+    assert out[1, :Hq // Hkv, 17].isnan().all()
+    assert not out[0].isnan().any() and not out[1, Hq // Hkv:].isnan().any()
+
+
+@pytest.mark.cuda
 def test_cuda_graph_replay_with_corrections():
     kw = to_device(add_corrections(make_inputs(Hq=8, Hkv=2, D=128, bits=2, group=64, dtype=torch.bfloat16,
                                                packed=[900, 300], resid=[5, 0], sinks=[2, 0],

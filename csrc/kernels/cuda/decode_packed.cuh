@@ -134,7 +134,7 @@ constexpr int kMaxRank = 8;
 // in shared memory because in registers they made the kernel spill).
 // The H4 outlier kernel (h4 = true: outliers only) keeps q' by channel [qo_rows][4]
 // (h4_qo_rows), at 4 bits, D >= 128 and one value outlier a token the warps' value-outlier
-// sums [kWarps][D + 1][4] (row D: a dump for indices >= D), the warps' reference maxima
+// sums [kWarps][D + 1][4] (int32; row D: a dump for indices >= D), the warps' reference maxima
 // [kWarps][4] of those sums, the lanes' outlier-copy sources [kWarps][32] (uint64) and,
 // for two outliers a side at 64-token stages, their second sources [kWarps][32]
 // (h4_second_source_table). Otherwise the sums live in
@@ -1189,45 +1189,96 @@ __global__ void __launch_bounds__(kWarps * 32, (D <= 64 || (H4 && D <= 128) ? 16
   // Rows past the warp's tokens (row >= lim) have p = 0 and may hold NaN residuals: they
   // add 0 instead of branching.
   // 2 bits: reductions into the sums in global memory (value_outliers_pair_h4 below).
-  // 4 bits (value_outliers_h4, each lane its row's two heads): the sums are in shared
-  // memory (the 4-bit kernel is memory-bound, and at long contexts one L2 atomic a token
-  // cost ~13%: ncu, session 9). Shared-memory float atomics are compare-and-swap loops,
-  // so a plain load-add-store, which is exact as long as no two lanes add to the same
-  // address at once: lanes t and t ^ 1 of a row write different halves of it (keyed
-  // apart by t & 1), and rows of an m-tile with the same channel are found by a match,
-  // issued at the start of the stage (value_peers) so that its latency hides behind the
-  // scores, and take turns by their rank among their peers. The adds come after the
-  // m-tile's P V, so that its loads and mmas do not wait behind them.
-  // (Tags in shared memory instead of the match: 1-2% slower, and racecheck flags them.)
-  auto value_peers = [&](const uint8_t* ob1, int m) {
-    return __match_any_sync(0xffffffffu, 2 * min((int)ob1[OL::VOI + 16 * m], D) + (t & 1));
-  };
-  auto value_outliers_h4 = [&](const uint8_t* ob1, const uint8_t* ob2, int m, bool row_ok, float pa, float pb,
-                               unsigned peers) {
-    const int i = min((int)ob1[OL::VOI + 16 * m], D);  // an index >= D goes to the dump row D
-    float e = meta_at<KIND>(ob2 + OL::VOR + 32 * m, 0);
-    e = row_ok ? e : 0.0f;
-    const float va = pa * (vf[0] * e), vb = pb * (vf[1] * e);
-    if constexpr (VO_SMEM) {  // (4 bits, one value outlier a token only)
-      if (!v_red) return;  // (warp-uniform: value outliers given or not)
-      const uint32_t addr = vo_sl + (uint32_t)i * 16u;
-      auto add = [&]() {
-        const float2 x = dev::ld_shared_f32x2_ordered(addr);
-        dev::st_shared_f32x2(addr, make_float2(x.x + va, x.y + vb));
-      };
-      const int n = __popc(peers);
-      if (__all_sync(0xffffffffu, n == 1)) {
-        add();
-      } else {
-        const int rank = __popc(peers & ((1u << lane) - 1u));
-        const int rounds = (int)__reduce_max_sync(0xffffffffu, (unsigned)n);
-#pragma unroll 1
-        for (int r = 0; r < rounds; ++r) {
-          if (rank == r) add();
+  // 4 bits (VO_SMEM; value_outliers_h4 below, each lane its row's two heads): the sums are
+  // in shared memory as 32-bit integers, head h's in units of 1 / vo_sc[h], added by native
+  // integer atomics (red.shared.add.s32): the warp does not wait for them and the hardware
+  // serialises lanes with the same address, so rows that share a channel need no match,
+  // vote or turns. (Sessions 9-23 added floats by load-add-store, peers found by a match
+  // taking turns: ~50 instructions a warp and m-tile; float atomics on shared memory are
+  // compare-and-swap loops on sm_90; H200 measurements: bench/PERF-NOTES.md, session 24.)
+  // Each head's scale follows a bound vo_ub[h] >= |each of its sums| in units: an add is
+  // p 2^(m_use - m_ref) e = p vf e with p <= 1, so a stage adds at most 16 vf M to any sum,
+  // M the largest lane's sum of |e| over its rows (a sum gets adds from the 16 lanes that
+  // hold its head): one warp max a stage for all four heads (vo_fac[h] = 16 vf sc caches the
+  // factor). A head's first nonzero stage sets its scale so that the bound is in [2^22,
+  // 2^23) units (its sums still zero); where the bound reaches 2^30 units (int32 holds
+  // 2^31) the head's sums are shifted right, rounding, so that it lies in [2^26, 2^27).
+  // The headroom keeps the shifts rare (a warp's bound grows about as its stages, ~32 at
+  // 32K; each shift ~60 instructions and two warp barriers): with [2^29, 2^30) after every
+  // shift and a per-head maximum of p vf |e| (four warp maxima), the step was as slow as
+  // the float sums (H200, session 24). A scale per head, because heads' sums can differ by
+  // up to 2^64 (vf). Rounding an add errs by at most 2^-23 of the bound, a few times 2^-18
+  // vf e for a warp's first stages (vs the fp16 output's 2^-11). A bound that is not finite
+  // (inf or NaN residuals) makes the epilogue return NaN for the head, as float sums would.
+  float vo_ub[4] = {0.0f, 0.0f, 0.0f, 0.0f};  // VO_SMEM, by head (warp-uniform): the bound in units
+  // the scale, a power of 2; inf until the head's first nonzero stage (its sums zero)
+  float vo_sc[4] = {INFINITY, INFINITY, INFINITY, INFINITY};
+  float vo_fac[4] = {0.0f, 0.0f, 0.0f, 0.0f}; // 16 vf sc (0 where vf = 0: padding heads, no scores yet)
+  auto pow2i = [](int k) { return __int_as_float((k + 127) << 23); };  // 2^k, k in [-126, 127]
+  auto exponent = [](float x) { return (int)((__float_as_uint(x) >> 23) & 0xFFu) - 127; };  // floor(log2 x) of x > 0
+  auto vf_of_head = [&](int h) { return __shfl_sync(0xffffffffu, vf[h & 1], h >> 1); };  // (lanes 0, 1 hold heads 0-1, 2-3)
+  auto value_outliers_h4 = [&](const uint8_t* ob1, const uint8_t* ob2, const float (&vp)[MT][2],
+                               const bool (&row_ok)[MT]) {
+    float e[MT], me = 0.0f;
+#pragma unroll
+    for (int m = 0; m < MT; ++m) {
+      e[m] = meta_at<KIND>(ob2 + OL::VOR + 32 * m, 0);
+      e[m] = row_ok[m] ? e[m] : 0.0f;
+      me += fabsf(e[m]);
+    }
+    // (non-negative floats order as their bits, NaN above inf)
+    const float M = __uint_as_float(__reduce_max_sync(0xffffffffu, __float_as_uint(me)));
+    if (M != 0.0f) {  // (warp-uniform; NaN too: it poisons the bounds)
+#pragma unroll
+      for (int h = 0; h < 4; ++h) vo_ub[h] = fmaf(vo_fac[h], M, vo_ub[h]);  // (an unset head: inf)
+      if (fmaxf(fmaxf(vo_ub[0], vo_ub[1]), fmaxf(vo_ub[2], vo_ub[3])) >= 0x1p30f) {  // rare: new scales
+        int d[4];
+        bool shift = false;
+#pragma unroll
+        for (int h = 0; h < 4; ++h) {
+          d[h] = 0;
+          const float vh = vf_of_head(h);
+          if (!(vo_ub[h] >= 0x1p30f)) continue;
+          if (vo_sc[h] == INFINITY) {  // the head's first nonzero stage
+            const float b = 16.0f * vh * M;
+            const int sx = min(max(22 - exponent(b), -126), 126);
+            vo_sc[h] = pow2i(sx);
+            vo_ub[h] = b * vo_sc[h];
+            vo_fac[h] = 16.0f * vh * vo_sc[h];
+          } else if (vo_ub[h] < INFINITY) {  // shift into [2^26, 2^27) (inf: poisoned, left so)
+            const int sx = exponent(vo_sc[h]);
+            d[h] = sx - max(sx - (exponent(vo_ub[h]) - 26), -126);
+            const float f = pow2i(-d[h]);
+            vo_sc[h] *= f;
+            vo_ub[h] *= f;
+            vo_fac[h] *= f;
+            shift |= d[h] > 0;
+          }
+        }
+        if (shift) {
+          auto rshift = [](float x, int n) {  // the int32 in x's bits / 2^n, rounded
+            const int v = __float_as_int(x);
+            return __int_as_float(n <= 0 ? v : n > 31 ? 0 : ((v >> (n - 1)) + 1) >> 1);
+          };
+          __syncwarp();  // every lane's earlier adds are done
+#pragma unroll
+          for (int k = 0; k < D / 32; ++k) {
+            const uint32_t pv = vo_sl - 4u * ((2 * t) & 3) + 16u * (lane + 32 * k);
+            const float4 x = dev::ld_shared_f32x4(pv);
+            dev::st_shared_f32x4(pv, make_float4(rshift(x.x, d[0]), rshift(x.y, d[1]), rshift(x.z, d[2]),
+                                                 rshift(x.w, d[3])));
+          }
           __syncwarp();
         }
       }
-      __syncwarp();  // the next m-tile's adds (other lanes) see these
+    }
+    const bool odd = (t & 1) != 0;  // this lane's heads: 2, 3 (else 0, 1)
+    const float fa = vf[0] * (odd ? vo_sc[2] : vo_sc[0]), fb = vf[1] * (odd ? vo_sc[3] : vo_sc[1]);
+#pragma unroll
+    for (int m = 0; m < MT; ++m) {  // (an unset scale: 0 x inf, NaN, converts to 0)
+      const uint32_t addr = vo_sl + (uint32_t)min((int)ob1[OL::VOI + 16 * m], D) * 16u;  // index >= D: the dump row D
+      dev::red_shared_add_s32(addr, __float2int_rn(vp[m][0] * (fa * e[m])));
+      dev::red_shared_add_s32(addr + 4u, __float2int_rn(vp[m][1] * (fb * e[m])));
     }
   };
   // 2 bits: one float4 reduction a row (its 4 heads) into the sums in global memory (L2),
@@ -1302,13 +1353,6 @@ __global__ void __launch_bounds__(kWarps * 32, (D <= 64 || (H4 && D <= 128) ? 16
     const uint8_t* vb2 = st + 2 * vrow;
     const uint8_t* vb4 = st + 4 * vrow;  // (CV = 2 only)
     const uint8_t* ob4 = st + 4 * orow;  // (CK = 2 only)
-    unsigned vpeers[VO_SMEM ? MT : 1];  // VO_SMEM: per m-tile, the lanes adding to this lane's address (used only when set)
-    if constexpr (VO_SMEM) {
-      if (v_red) {
-#pragma unroll
-        for (int m = 0; m < MT; ++m) vpeers[m] = value_peers(ob1, m);
-      }
-    }
 
     // ---- scores S^T for the stage's MT m-tiles --------------------------------------
     // m-tiles of one key block share the qs fragments; for them the k loop is outer
@@ -1498,13 +1542,33 @@ __global__ void __launch_bounds__(kWarps * 32, (D <= 64 || (H4 && D <= 128) ? 16
             const float f0 = __shfl_sync(0xffffffffu, fr[0], 0), f1 = __shfl_sync(0xffffffffu, fr[1], 0);
             const float f2 = __shfl_sync(0xffffffffu, fr[0], 1), f3 = __shfl_sync(0xffffffffu, fr[1], 1);
             if constexpr (VO_SMEM) {
+              // integer sums: x fr of their head, on a new scale that keeps their precision
+              // (the bound x fr, into [2^22, 2^23) as at a head's first stage)
+              const float fh[4] = {f0, f1, f2, f3};
+              float gh[4];
+#pragma unroll
+              for (int h = 0; h < 4; ++h) {
+                gh[h] = fh[h];
+                const float nb = vo_ub[h] * fh[h];
+                if (vo_sc[h] != INFINITY && nb > 0.0f && nb < INFINITY) {
+                  const int sx = exponent(vo_sc[h]);
+                  const int s2 = min(max(sx + 22 - exponent(nb), -126), 126) - sx;
+                  gh[h] = ldexpf(fh[h], s2);
+                  vo_sc[h] = pow2i(sx + s2);
+                  vo_ub[h] = ldexpf(nb, s2);
+                } else if (nb < INFINITY) {
+                  vo_ub[h] = nb;
+                }
+              }
               __syncwarp();  // every lane's adds are done
 #pragma unroll
               for (int k = 0; k < D / 32; ++k) {
                 const uint32_t pv = vo_sl - 4u * hb + 16u * (lane + 32 * k);
-                float4 x = dev::ld_shared_f32x4(pv);
-                x.x *= f0; x.y *= f1; x.z *= f2; x.w *= f3;
-                dev::st_shared_f32x4(pv, x);
+                const float4 x = dev::ld_shared_f32x4(pv);
+                dev::st_shared_f32x4(pv, make_float4(__int_as_float(__float2int_rn(gh[0] * (float)__float_as_int(x.x))),
+                                                     __int_as_float(__float2int_rn(gh[1] * (float)__float_as_int(x.y))),
+                                                     __int_as_float(__float2int_rn(gh[2] * (float)__float_as_int(x.z))),
+                                                     __int_as_float(__float2int_rn(gh[3] * (float)__float_as_int(x.w)))));
               }
               __syncwarp();
             } else {
@@ -1530,6 +1594,13 @@ __global__ void __launch_bounds__(kWarps * 32, (D <= 64 || (H4 && D <= 128) ? 16
 #pragma unroll
           for (int c = 0; c < 2; ++c)  // (padding heads contribute nothing)
             vf[c] = m_run[c] == -INFINITY || hb + c >= nh ? 0.0f : fast_exp2(m_run[c] - mr[c]);  // <= 2^64
+          if constexpr (VO_SMEM) {  // the bounds' factors (see value_outliers_h4)
+#pragma unroll
+            for (int h = 0; h < 4; ++h) {
+              const float vh = vf_of_head(h);
+              vo_fac[h] = vh > 0.0f ? 16.0f * vh * vo_sc[h] : 0.0f;
+            }
+          }
         }
       } else if constexpr (CORR) {
 #pragma unroll 1
@@ -1564,6 +1635,8 @@ __global__ void __launch_bounds__(kWarps * 32, (D <= 64 || (H4 && D <= 128) ? 16
         for (int c = 0; c < 4; ++c) s[mt][c] = fast_exp2(s[mt][c] - m_use[c & 1]);
       }
     }
+    float vp[VO_SMEM ? MT : 1][2];  // VO_SMEM: p of the lane's outlier row, its two heads, by m-tile
+    bool vrow_ok[VO_SMEM ? MT : 1];
 #pragma unroll
     for (int mt = 0; mt < MT; ++mt) {
       float p[4];
@@ -1657,9 +1730,14 @@ __global__ void __launch_bounds__(kWarps * 32, (D <= 64 || (H4 && D <= 128) ? 16
           }
         }
       }
-      if constexpr (VO_SMEM)
-        value_outliers_h4(ob1, ob2, mt, row_valid(16 * mt + orow), t < 2 ? p[0] : p[2], t < 2 ? p[1] : p[3],
-                          vpeers[mt]);
+      if constexpr (VO_SMEM) {
+        vp[mt][0] = t < 2 ? p[0] : p[2];
+        vp[mt][1] = t < 2 ? p[1] : p[3];
+        vrow_ok[mt] = row_valid(16 * mt + orow);
+      }
+    }
+    if constexpr (VO_SMEM) {  // after the stage's P V, so that its loads and mmas do not wait behind the adds
+      if (v_red) value_outliers_h4(ob1, ob2, vp, vrow_ok);  // (warp-uniform: value outliers given or not)
     }
     __syncwarp();  // the stage is overwritten by a later issue
     t_cur += TT;
@@ -1739,14 +1817,23 @@ __global__ void __launch_bounds__(kWarps * 32, (D <= 64 || (H4 && D <= 128) ? 16
         const float mr = mref_s[hb + c];
         ef[c] = mr == -INFINITY ? 0.0f : fast_exp2(mr - m_run[c]);
       }
-      const float f0 = __shfl_sync(0xffffffffu, ef[0], 0), f1 = __shfl_sync(0xffffffffu, ef[1], 0);
-      const float f2 = __shfl_sync(0xffffffffu, ef[0], 1), f3 = __shfl_sync(0xffffffffu, ef[1], 1);
+      // (VO_SMEM: integer sums in units of 1 / vo_sc; a bound that is not finite gives NaN)
+      float u[4] = {1.0f, 1.0f, 1.0f, 1.0f};
+      if constexpr (VO_SMEM) {
+#pragma unroll
+        for (int h = 0; h < 4; ++h) u[h] = 1.0f / vo_sc[h] + (vo_ub[h] - vo_ub[h]);  // (unset: 0, the sums zero)
+      }
+      const float f0 = u[0] * __shfl_sync(0xffffffffu, ef[0], 0), f1 = u[1] * __shfl_sync(0xffffffffu, ef[1], 0);
+      const float f2 = u[2] * __shfl_sync(0xffffffffu, ef[0], 1), f3 = u[3] * __shfl_sync(0xffffffffu, ef[1], 1);
       __syncwarp();  // the warp's o columns are in wo
       float* wb = wo + warp * kHeadsPerPass * D;
 #pragma unroll
       for (int k = 0; k < D / 32; ++k) {
         const int d = lane + 32 * k;
-        const float4 x = vo_x[k];
+        float4 x = vo_x[k];
+        if constexpr (VO_SMEM)
+          x = make_float4((float)__float_as_int(x.x), (float)__float_as_int(x.y), (float)__float_as_int(x.z),
+                          (float)__float_as_int(x.w));
         wb[d] += f0 * x.x;
         wb[D + d] += f1 * x.y;
         wb[2 * D + d] += f2 * x.z;

@@ -87,15 +87,11 @@ __device__ __forceinline__ float2 ld_shared_f32x2(uint32_t addr) {
   asm volatile("ld.shared.v2.f32 {%0, %1}, [%2];" : "=f"(v.x), "=f"(v.y) : "r"(addr));
   return v;
 }
-// The same, kept in order with the other memory operations and warp barriers (a "memory"
-// clobber), for data that other lanes write.
-__device__ __forceinline__ float2 ld_shared_f32x2_ordered(uint32_t addr) {
-  float2 v;
-  asm volatile("ld.shared.v2.f32 {%0, %1}, [%2];" : "=f"(v.x), "=f"(v.y) : "r"(addr) : "memory");
-  return v;
-}
-__device__ __forceinline__ void st_shared_f32x2(uint32_t addr, float2 v) {
-  asm volatile("st.shared.v2.f32 [%0], {%1, %2};" ::"r"(addr), "f"(v.x), "f"(v.y) : "memory");
+// Adds v to the 32-bit integer at a shared-memory address, no result: a native ATOMS.ADD
+// (float adds on shared memory are compare-and-swap loops on sm_90), which the warp does
+// not wait for; lanes with the same address are serialised by the hardware.
+__device__ __forceinline__ void red_shared_add_s32(uint32_t addr, int v) {
+  asm volatile("red.shared.add.s32 [%0], %1;" ::"r"(addr), "r"(v) : "memory");
 }
 __device__ __forceinline__ float4 ld_shared_f32x4(uint32_t addr) {
   float4 v;
