@@ -173,9 +173,8 @@ bool value_sums_in_global(const DecodeArgs& a) {
 //   per warp.
 // The outlier kernels whose value sums are in global memory (value_sums_in_global) take
 // other sizes (below); a profiling build (KVCORE_DECODE_PLAN_KNOBS) takes them all from
-// $KVCORE_PLAN. The 4-bit D >= 128 kernel
-// with its value sums in shared memory keeps the default: swept on the H200 (130 plans,
-// bench/PERF-NOTES.md session 23), none was better at every length from 16K to 128K.
+// $KVCORE_PLAN. The 4-bit D = 128 kernel with its value sums in shared memory takes small
+// CTAs of 32 KB a warp and tiny ones of 24 KB (below).
 SplitParams plan_splits(const DecodeArgs& a, int num_sms) {
   SplitParams sp{};
   const int gq = a.Hq / a.Hkv;
@@ -225,6 +224,17 @@ SplitParams plan_splits(const DecodeArgs& a, int num_sms) {
     small_kb = 32;
     tiny_kb = 16;
     tiny_pct = 10;
+  }
+  if (h4_outliers(a) && a.v_outliers > 0 && !value_sums_in_global(a) && a.D == 128) {
+    // The 4-bit value-outlier kernel (sums in shared memory), whose CTAs also start slower
+    // than the plain kernel's: fewer, larger small and tiny CTAs, as the 2-bit one's. H200,
+    // B=8 Hq=32 Hkv=8 D=128, one outlier a side, native bench (bench/PERF-NOTES.md, session
+    // 24): 8K 39.7 -> 35.1 us, 32K 104.0 -> 101.6, 128K 357.2 -> 347.3 (the float sums of
+    // session 23; at 8K the small CTAs would not be smaller than the big ones, so the plan
+    // is one of equal chunks). (Session 23's sweep compared each plan against the plain
+    // kernel under the same plan, not against the plain kernel's own.)
+    small_kb = 32;
+    tiny_kb = 24;
   }
 #ifdef KVCORE_DECODE_PLAN_KNOBS
   // Profiling build only (-DKVCORE_DECODE_PLAN_KNOBS=ON, scripts/plan_sweep.py): the
