@@ -263,7 +263,7 @@ def test_cuda_value_outlier_sums_rebase(dtype, bits, scores, D, per_token):
 def test_cuda_value_outliers_on_few_channels(dtype, bits, channels, per_token):
     """Value outliers concentrated on 1 or 3 channels (as real caches have them), so that
     most tokens of an m-tile add to the same rows of the H4 kernel's value sums: the 4-bit
-    kernel's shared-memory adds must then go in rounds, none lost. Two a token (sums in
+    kernel's integer atomics in shared memory then hit the same addresses, none lost. Two a token (sums in
     global memory at both widths): a token's second outlier is on its successor's first
     channel (1 channel: the same row twice)."""
     Hq, Hkv, D, G, t_cap = 8, 2, 128, 64, 1536

@@ -70,7 +70,8 @@ inline bool h4_outliers(const DecodeArgs& a) {
 // side 32K 71.7 -> 65.5 us, 128K 237.4 -> 223.0, plain 50.3 / 167.7; two value outliers a
 // token (cv = 2), whose two rounds of shared-memory adds cost more: H200, D = 128, two a
 // side 8K 49.0 -> 41.0 us, 32K 132.5 -> 118.2, 128K 478.1 -> 426.3, plain 34.0 / 86.7 /
-// 295.3; bench/RESULTS.md, session 22).
+// 295.3; bench/RESULTS.md, session 22; measured with the float sums, before the integer
+// sums of session 24, which were not tried for cv = 2).
 __host__ __device__ constexpr bool h4_value_sums_in_smem(int D, int bits, int cv = 1) {
   return bits == 4 && D >= 128 && cv == 1;
 }
