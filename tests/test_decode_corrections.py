@@ -170,6 +170,19 @@ def poison_past_lengths(kw):
     return kw
 
 
+def run_against_reference(kw, finite=False, device="cuda"):
+    """decode_attention on `device` (optionally asserting a finite output), checked
+    against the float64 reference and against the CPU kernel; returns (out, bound)."""
+    out, lse = kvcore.ops.decode_attention(**to_device(kw, device))
+    out, lse = out.cpu(), lse.cpu()
+    if finite:
+        assert torch.isfinite(out.float()).all()
+    bound = check_against_reference(kw, out, lse)
+    cpu_out, _ = kvcore.ops.decode_attention(**kw)
+    assert_parity(out, cpu_out, bound)
+    return out, bound
+
+
 CUDA_SHAPES = [  # Hq, Hkv, bits, D, G, packed lengths, t_cap
     (8, 2, 2, 128, 64, [5 * 64 + 7, 0, 3 * 64, 0], 7 * 64),
     (9, 3, 4, 64, 32, [40 * 32 + 5, 7 * 32, 32], 48 * 32),      # GQA 3, several splits
@@ -202,11 +215,7 @@ def test_cuda_matches_reference(dtype, shape, counts):
     kw = make_inputs(Hq=Hq, Hkv=Hkv, D=D, bits=bits, group=G, dtype=dtype, packed=packed, t_cap=t_cap,
                      resid=[5] * len(packed), sinks=[2] * len(packed))
     poison_past_lengths(add_corrections(kw, *counts, seed=D + G + Hq))
-    out, lse = kvcore.ops.decode_attention(**to_device(kw, "cuda"))
-    out, lse = out.cpu(), lse.cpu()
-    bound = check_against_reference(kw, out, lse)
-    cpu_out, _ = kvcore.ops.decode_attention(**kw)
-    assert_parity(out, cpu_out, bound)
+    run_against_reference(kw)
 
 
 @pytest.mark.cuda
@@ -241,12 +250,7 @@ def test_cuda_value_outlier_sums_rebase(dtype, bits, scores, D, per_token):
     kw["v_outlier_idx"] = torch.randint(0, D, (B, Hkv, t_cap, per_token), generator=gen).to(torch.uint8)
     kw["v_outlier_res"] = (3 * torch.randn(B, Hkv, t_cap, per_token, generator=gen)).to(dtype)
     poison_past_lengths(kw)
-    out, lse = kvcore.ops.decode_attention(**to_device(kw, "cuda"))
-    out, lse = out.cpu(), lse.cpu()
-    assert torch.isfinite(out.float()).all()
-    bound = check_against_reference(kw, out, lse)
-    cpu_out, _ = kvcore.ops.decode_attention(**kw)
-    assert_parity(out, cpu_out, bound)
+    out, bound = run_against_reference(kw, finite=True)
     # heads 1-3 on their own yardstick (head 0's peaked softmax dominates the one above)
     ref_out, _ = ref.decode_attention_f64(**kw)
     others = torch.arange(Hq) % (Hq // Hkv) != 0
@@ -275,11 +279,7 @@ def test_cuda_value_outliers_on_few_channels(dtype, bits, channels, per_token):
     kw["v_outlier_idx"] = idx.contiguous().to(torch.uint8)
     kw["v_outlier_res"] = (3 * torch.randn(2, Hkv, t_cap, per_token, generator=gen)).to(dtype)
     poison_past_lengths(kw)
-    out, lse = kvcore.ops.decode_attention(**to_device(kw, "cuda"))
-    out, lse = out.cpu(), lse.cpu()
-    bound = check_against_reference(kw, out, lse)
-    cpu_out, _ = kvcore.ops.decode_attention(**kw)
-    assert_parity(out, cpu_out, bound)
+    out, bound = run_against_reference(kw)
     # the outlier channels carry a sum of ~100s of terms: compare them on their own scale
     ref_out, _ = ref.decode_attention_f64(**kw)
     chans = sorted({7 + 41 * c for c in range(channels)})
@@ -311,12 +311,7 @@ def test_cuda_value_outlier_sums_scale(dtype, D, pattern):
     sign = torch.randn(2, Hkv, t_cap, 1, generator=gen).sign()
     kw["v_outlier_res"] = (sign * mag[:, None]).to(dtype)
     poison_past_lengths(kw)
-    out, lse = kvcore.ops.decode_attention(**to_device(kw, "cuda"))
-    out, lse = out.cpu(), lse.cpu()
-    assert torch.isfinite(out.float()).all()
-    bound = check_against_reference(kw, out, lse)
-    cpu_out, _ = kvcore.ops.decode_attention(**kw)
-    assert_parity(out, cpu_out, bound)
+    run_against_reference(kw, finite=True)
 
 
 @pytest.mark.cuda
