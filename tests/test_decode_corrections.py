@@ -289,17 +289,19 @@ def test_cuda_value_outliers_on_few_channels(dtype, bits, channels, per_token):
 
 @pytest.mark.cuda
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("bits", [2, 4])
 @pytest.mark.parametrize("D", [128, 256])
 @pytest.mark.parametrize("pattern", ["grow", "shrink", "spike", "zero_then"])
-def test_cuda_value_outlier_sums_scale(dtype, D, pattern):
+def test_cuda_value_outlier_sums_scale(dtype, bits, D, pattern):
     """The 4-bit H4 kernel keeps one value outlier a token in 32-bit integer sums whose
-    scale follows a bound on them: residual magnitudes that sweep 2^-8 .. 2^14 over the
+    scale follows a bound on them (the 2-bit kernel's float sums in global memory see the
+    same residuals): residual magnitudes that sweep 2^-8 .. 2^14 over the
     sequence ("grow": the sums are shifted right many times; "shrink": the first stages set
     a coarse scale), one huge residual among tiny ones ("spike"), or zeros before the first
     nonzero ("zero_then": the first nonzero stage sets the scale). Each must match the
     reference, the small residuals included where they matter."""
     Hq, Hkv, G, t_cap = 8, 2, 64, 3072
-    kw = make_inputs(Hq=Hq, Hkv=Hkv, D=D, bits=4, group=G, dtype=dtype, packed=[3000 + 7, 1100],
+    kw = make_inputs(Hq=Hq, Hkv=Hkv, D=D, bits=bits, group=G, dtype=dtype, packed=[3000 + 7, 1100],
                      resid=[5, 2], sinks=[2, 0], t_cap=t_cap)
     gen = torch.Generator().manual_seed(D + len(pattern))
     tok = torch.arange(t_cap, dtype=torch.float32)

@@ -71,7 +71,11 @@ inline bool h4_outliers(const DecodeArgs& a) {
 // token (cv = 2), whose two rounds of shared-memory adds cost more: H200, D = 128, two a
 // side 8K 49.0 -> 41.0 us, 32K 132.5 -> 118.2, 128K 478.1 -> 426.3, plain 34.0 / 86.7 /
 // 295.3; bench/RESULTS.md, session 22; measured with the float sums, before the integer
-// sums of session 24, which were not tried for cv = 2).
+// sums of session 24, which were not tried for cv = 2). At 2 bits the integer sums were
+// tried too (D = 128, room made by q' rows D + 1, a 4-head q table and 24 copy sources a
+// warp) and were slower than the L2 reductions: H200, one outlier a side 0.863 / 0.832 /
+// 0.876x of plain -> 0.840 / 0.818 / 0.836 at 8K / 32K / 128K (bench/PERF-NOTES.md,
+// session 25).
 __host__ __device__ constexpr bool h4_value_sums_in_smem(int D, int bits, int cv = 1) {
   return bits == 4 && D >= 128 && cv == 1;
 }
