@@ -267,9 +267,9 @@ def test_cuda_value_outlier_sums_rebase(dtype, bits, scores, D, per_token):
 def test_cuda_value_outliers_on_few_channels(dtype, bits, channels, per_token):
     """Value outliers concentrated on 1 or 3 channels (as real caches have them), so that
     most tokens of an m-tile add to the same rows of the H4 kernel's value sums: the 4-bit
-    kernel's integer atomics in shared memory then hit the same addresses, none lost. Two a token (sums in
-    global memory at both widths): a token's second outlier is on its successor's first
-    channel (1 channel: the same row twice)."""
+    kernel's integer atomics in shared memory then hit the same addresses, none lost. Two
+    a token (sums in global memory at both widths): a token's second outlier is on its
+    successor's first channel (1 channel: the same row twice)."""
     Hq, Hkv, D, G, t_cap = 8, 2, 128, 64, 1536
     kw = make_inputs(Hq=Hq, Hkv=Hkv, D=D, bits=bits, group=G, dtype=dtype, packed=[1400 + 9, 600],
                      resid=[4, 0], sinks=[2, 0], t_cap=t_cap)
@@ -295,9 +295,9 @@ def test_cuda_value_outliers_on_few_channels(dtype, bits, channels, per_token):
 def test_cuda_value_outlier_sums_scale(dtype, bits, D, pattern):
     """The 4-bit H4 kernel keeps one value outlier a token in 32-bit integer sums whose
     scale follows a bound on them (the 2-bit kernel's float sums in global memory see the
-    same residuals): residual magnitudes that sweep 2^-8 .. 2^14 over the
-    sequence ("grow": the sums are shifted right many times; "shrink": the first stages set
-    a coarse scale), one huge residual among tiny ones ("spike"), or zeros before the first
+    same residuals): residual magnitudes that sweep 2^-8 .. 2^14 over the sequence
+    ("grow": the sums are shifted right many times; "shrink": the first stages set a
+    coarse scale), one huge residual among tiny ones ("spike"), or zeros before the first
     nonzero ("zero_then": the first nonzero stage sets the scale). Each must match the
     reference, the small residuals included where they matter."""
     Hq, Hkv, G, t_cap = 8, 2, 64, 3072
