@@ -706,19 +706,6 @@ __global__ void __launch_bounds__(kWarps * 32, (D <= 64 || (H4 && D <= 128) ? 16
     }
   }
 
-  // 2 bits: the warp's value-outlier sums in global memory, zeroed now, while the query
-  // and length loads are in flight (the CTA barrier below orders the stores before the
-  // first reduction).
-  float* vo_g = nullptr;
-  if constexpr (CORR && H4 && !VO_SMEM) {
-    if (a.v_outliers > 0) {
-      vo_g = sp.ws_vo + (((int64_t)unit * sp.nsplit + split) * kWarps + warp) * value_outlier_warp_floats(D);
-#pragma unroll
-      for (int k = 0; k < D / 32; ++k)
-        __stcg(reinterpret_cast<float4*>(vo_g) + lane + 32 * k, make_float4(0.0f, 0.0f, 0.0f, 0.0f));
-    }
-  }
-
   int64_t n = min((int64_t)a.packed_len[b], a.t_cap);
   n = n < 0 ? 0 : n - n % G;
   const bool big = split < sp.nbig;
@@ -981,9 +968,13 @@ __global__ void __launch_bounds__(kWarps * 32, (D <= 64 || (H4 && D <= 128) ? 16
           vo_sl = (uint32_t)__cvta_generic_to_shared(reinterpret_cast<float*>(vs) + ((2 * t) & 3));
           v_red = true;
         }
-      } else if (a.v_outliers > 0) {  // (zeroed after the query loads)
+      } else if (a.v_outliers > 0) {  // zeroed here; the CTA barrier below orders it before the first red
+        float* vo_g = sp.ws_vo + (((int64_t)unit * sp.nsplit + split) * kWarps + warp) * value_outlier_warp_floats(D);
         vo_l = vo_g;
         v_red = true;
+#pragma unroll
+        for (int k = 0; k < D / 32; ++k)
+          __stcg(reinterpret_cast<float4*>(vo_g) + lane + 32 * k, make_float4(0.0f, 0.0f, 0.0f, 0.0f));
       }
     } else {
 #pragma unroll 1
