@@ -219,13 +219,14 @@ SplitParams plan_splits(const DecodeArgs& a, int num_sms) {
     // session 18 (75 85 24 16 5): 128K 0.83 -> 0.86x, 32K and 64K +1 point; session 20 (80
     // 75 32 16 10, re-swept after the paired reductions): 32K 0.85 -> 0.87x, 64K and 128K
     // +1.5 points (two key outliers +1.5, values alone +2), 8K unchanged, 16K -1 point.
-    // One outlier a side at 2 bits (session 26) takes 85 80 32 16 10 instead, the best of
-    // eight plans on the H200 (session 25) and of six on the H100, bf16, native bench: H200
-    // 32K 0.832 -> 0.841x, 128K 0.873 -> 0.883x; H100 32K 80.7 -> 80.2 us, 128K 276.0 ->
-    // 269.0 us; 8K unchanged (the uniform layout either way). Not for the other counts:
-    // on the H100 it made 128K 1% slower for values alone and K2 V1, 4% for two a side,
-    // and 5-9% for two value outliers at 4 bits (bench/RESULTS.md, session 26).
-    const bool one_a_side_2bit = a.bits == 2 && a.k_outliers == 1 && a.v_outliers == 1;
+    // One outlier a side at 2 bits and D = 128 (session 26; D = 256 not measured) takes
+    // 85 80 32 16 10 instead, the best of eight plans on the H200 (session 25) and of six
+    // on the H100, bf16, native bench: H200 32K 0.832 -> 0.841x, 128K 0.873 -> 0.883x;
+    // H100 32K 80.7 -> 80.2 us, 128K 276.0 -> 269.0 us; 8K unchanged (the uniform layout
+    // either way). Not for the other counts: on the H100 it made 128K 1% slower for values
+    // alone and K2 V1, 4% for two a side, and 5-9% for two value outliers at 4 bits
+    // (bench/RESULTS.md, session 26).
+    const bool one_a_side_2bit = a.bits == 2 && a.D == 128 && a.k_outliers == 1 && a.v_outliers == 1;
     big_pct[0] = one_a_side_2bit ? 85 : 80;
     big_pct[1] = one_a_side_2bit ? 80 : 75;
     small_kb = 32;
