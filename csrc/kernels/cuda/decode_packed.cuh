@@ -942,7 +942,8 @@ __global__ void __launch_bounds__(kWarps * 32, (D <= 64 || (H4 && D <= 128) ? 16
   float* qb_w = nullptr;
   float* wl_s = nullptr;  // this warp's [32 lanes][2 heads][kMaxRank] value low-rank weights
   bool write_qo = false;
-  float* mref_s = nullptr;  // H4: this warp's reference maxima of its value-outlier sums, by head
+  float* mref_s = nullptr;  // VO_SMEM: this warp's reference maxima of its value-outlier sums, by head (2 bits:
+                            // per lane in registers, mref)
   float* vo_l = nullptr;    // H4, 2 bits: this warp's value-outlier sums [D + 1][4 heads] in global memory (row D: a
                             // dump for indices >= D, never read)
   uint32_t vo_sl = 0u;      // H4, 4 bits: the same sums in shared memory (a 32-bit shared address)
@@ -957,7 +958,7 @@ __global__ void __launch_bounds__(kWarps * 32, (D <= 64 || (H4 && D <= 128) ? 16
     write_qo = cc.vo > cc.qo;
     if constexpr (H4) {
       mref_s = base + cc.mref + warp * 4;
-      if (lane < 4) mref_s[lane] = -INFINITY;
+      if (VO_SMEM && lane < 4) mref_s[lane] = -INFINITY;
       constexpr int QR = h4_qo_rows(D, BITS, G);
       if constexpr (QR > D)  // q' rows D.. are zero
         for (int k = threadIdx.x; k < (QR - D) * 4; k += kWarps * 32) qo[D * 4 + k] = 0.0f;
@@ -1026,7 +1027,18 @@ __global__ void __launch_bounds__(kWarps * 32, (D <= 64 || (H4 && D <= 128) ? 16
     cvm[gr][0] = cvm[gr][1] = 0.0f;
   }
   float m_run[2] = {-INFINITY, -INFINITY}, l_run[2] = {0.0f, 0.0f};
-  float vf[2] = {1.0f, 1.0f};  // CORR && H4: 2^(m_use - m_ref) of columns 2t, 2t+1 (value outliers)
+  float vf[2] = {1.0f, 1.0f};  // VO_SMEM: 2^(m_use - m_ref) of columns 2t, 2t+1 (value outliers)
+  // The 2-bit H4 outlier kernels (VO_PAIRS) take every probability relative to m_ref (the
+  // column's first finite running max, +inf before it): p' = 2^(s - m_ref) = p vf goes
+  // straight into the value-outlier sums, l and cvm (so these need no rescaling when the
+  // running max grows, only at a rebase, and become relative to m_run in the epilogue),
+  // and the P V operand takes fsc p' = SC p with fsc = SC 2^(m_ref - m_use), set where
+  // m_run or m_ref change (the rescale branch). Against p = 2^(s - m_use) and p vf per
+  // value-outlier row: 8 FMUL and the 4 instructions of m_use a stage fewer, and m_ref in
+  // registers instead of shared memory (no load, store or warp barrier in the rescale).
+  constexpr bool VO_PAIRS = CORR && H4 && !VO_SMEM;
+  float mref[2] = {INFINITY, INFINITY};  // VO_PAIRS: m_ref of columns 2t, 2t+1
+  float fsc[2] = {0.0f, 0.0f};           // VO_PAIRS: SC 2^(m_ref - m_use) (0 while m_ref is unset: p' = 0)
   // B fragments of the scaled queries for head g: qsb[e] holds channels 2P, 2P+1 with
   // P = t * D/8 + e (this lane's quarter of the channels), times 2^(KF - pos).
   // (H4: lanes g < 4 hold the hi half of head g, lanes g >= 4 the lo half of head g - 4.)
@@ -1184,7 +1196,7 @@ __global__ void __launch_bounds__(kWarps * 32, (D <= 64 || (H4 && D <= 128) ? 16
   };
   // Values: o[h][idx] += p x residual into the warp's [D + 1][4] sums (row D: a dump for
   // indices >= D, never read). The sums are kept relative to a per-head reference max
-  // m_ref (p x 2^(m_use - m_ref)), so that they need no rescaling when the running max
+  // m_ref (p x 2^(m_use - m_ref); 2 bits: p' of VO_PAIRS), so that they need no rescaling when the running max
   // grows, only a rare rebase when it outgrows m_ref by more than 2^64 (see the softmax).
   // Rows past the warp's tokens (row >= lim) have p = 0 and may hold NaN residuals: they
   // add 0 instead of branching.
@@ -1295,9 +1307,9 @@ __global__ void __launch_bounds__(kWarps * 32, (D <= 64 || (H4 && D <= 128) ? 16
   auto value_outliers_pair_h4 = [&](const uint8_t* vb1, const uint8_t* vb2, const uint8_t* vb4, int k, bool row_ok,
                                     const float (&pe)[4], const float (&pa)[4]) {
     const bool second = t >= 2, odd = (t & 1) != 0;
-    float q[4];
+    float q[4];  // (p' = p 2^(m_use - m_ref), see VO_PAIRS)
 #pragma unroll
-    for (int c = 0; c < 4; ++c) q[c] = (second ? pa[c] : pe[c]) * vf[c & 1];
+    for (int c = 0; c < 4; ++c) q[c] = second ? pa[c] : pe[c];
     // lane t & 1 = 0 holds heads 0, 1 of both rows, t & 1 = 1 heads 2, 3: send the other row's
     const float r0 = __shfl_xor_sync(0xffffffffu, odd ? q[0] : q[2], 1);
     const float r1 = __shfl_xor_sync(0xffffffffu, odd ? q[1] : q[3], 1);
@@ -1511,22 +1523,63 @@ __global__ void __launch_bounds__(kWarps * 32, (D <= 64 || (H4 && D <= 128) ? 16
         const float m_new = fmaxf(m_run[c], mx[c] + kMaxSlack);
         alpha[c] = m_new == -INFINITY ? 1.0f : fast_exp2(m_run[c] - m_new);
         m_run[c] = m_new;
-        l_run[c] *= alpha[c];
+        if constexpr (!VO_PAIRS) l_run[c] *= alpha[c];  // (VO_PAIRS: l is relative to m_ref)
       }
 #pragma unroll
       for (int mc = 0; mc < KT; ++mc) {
         o[mc][0] *= alpha[0]; o[mc][1] *= alpha[1];
         o[mc][2] *= alpha[0]; o[mc][3] *= alpha[1];
       }
+      if constexpr (!VO_PAIRS) {
 #pragma unroll
-      for (int gr = 0; gr < NS; ++gr) {
-        cvm[gr][0] *= alpha[0]; cvm[gr][1] *= alpha[1];
+        for (int gr = 0; gr < NS; ++gr) {
+          cvm[gr][0] *= alpha[0]; cvm[gr][1] *= alpha[1];
+        }
       }
-      if constexpr (CORR && H4) {
+      if constexpr (VO_PAIRS) {
+        // m_ref: set by a column's first finite running max; rebased to the running max
+        // when that outgrows it by more than 2^64 (every column of the warp at once: the
+        // value-outlier sums in global memory, l and cvm x 2^(m_ref - m_run)): rare.
+        bool rebase = false;
+#pragma unroll
+        for (int c = 0; c < 2; ++c) {
+          if (mref[c] == INFINITY && m_run[c] != -INFINITY) mref[c] = m_run[c];  // (its sums, l, cvm are zero)
+          rebase |= m_run[c] - mref[c] > 64.0f;
+        }
+        if (__any_sync(0xffffffffu, rebase)) {
+          float fr[2];
+#pragma unroll
+          for (int c = 0; c < 2; ++c) fr[c] = mref[c] == INFINITY ? 1.0f : exp2f(mref[c] - m_run[c]);
+          if (a.v_outliers > 0) {  // the sums' heads 0-3 are columns 2t, 2t+1 of lanes 0 and 1
+            const float f0 = __shfl_sync(0xffffffffu, fr[0], 0), f1 = __shfl_sync(0xffffffffu, fr[1], 0);
+            const float f2 = __shfl_sync(0xffffffffu, fr[0], 1), f3 = __shfl_sync(0xffffffffu, fr[1], 1);
+            __threadfence();  // this lane's reductions are performed before any lane reads the sums
+            __syncwarp();
+#pragma unroll
+            for (int k = 0; k < D / 32; ++k) {
+              float4* pv = reinterpret_cast<float4*>(vo_l) + lane + 32 * k;
+              float4 x = __ldcg(pv);
+              x.x *= f0; x.y *= f1; x.z *= f2; x.w *= f3;
+              __stcg(pv, x);
+            }
+            __threadfence();
+          }
+#pragma unroll
+          for (int c = 0; c < 2; ++c) {
+            l_run[c] *= fr[c];
+#pragma unroll
+            for (int gr = 0; gr < NS; ++gr) cvm[gr][c] *= fr[c];
+            if (mref[c] != INFINITY) mref[c] = m_run[c];
+          }
+        }
+#pragma unroll
+        for (int c = 0; c < 2; ++c)  // (m_ref finite: m_run >= m_ref, finite)
+          fsc[c] = mref[c] == INFINITY ? 0.0f : SC * fast_exp2(mref[c] - m_run[c]);
+      } else if constexpr (VO_SMEM) {
         if (a.v_outliers > 0) {
           // The value-outlier sums stay relative to m_ref (a head's first running max)
           // until the running max outgrows it by 2^64; then every head is rebased to its
-          // running max (sums x 2^(m_ref - m_run) <= 1), in global memory: rare.
+          // running max (sums x 2^(m_ref - m_run) <= 1): rare.
           const int hb = (2 * t) & 3;
           float mr[2] = {mref_s[hb], mref_s[hb + 1]};
           bool rebase = false;
@@ -1541,48 +1594,35 @@ __global__ void __launch_bounds__(kWarps * 32, (D <= 64 || (H4 && D <= 128) ? 16
             for (int c = 0; c < 2; ++c) fr[c] = mr[c] == -INFINITY ? 1.0f : exp2f(mr[c] - m_run[c]);
             const float f0 = __shfl_sync(0xffffffffu, fr[0], 0), f1 = __shfl_sync(0xffffffffu, fr[1], 0);
             const float f2 = __shfl_sync(0xffffffffu, fr[0], 1), f3 = __shfl_sync(0xffffffffu, fr[1], 1);
-            if constexpr (VO_SMEM) {
-              // integer sums: x fr of their head, on a new scale that keeps their precision
-              // (the bound x fr, into [2^22, 2^23) as at a head's first stage)
-              const float fh[4] = {f0, f1, f2, f3};
-              float gh[4];
+            // integer sums: x fr of their head, on a new scale that keeps their precision
+            // (the bound x fr, into [2^22, 2^23) as at a head's first stage)
+            const float fh[4] = {f0, f1, f2, f3};
+            float gh[4];
 #pragma unroll
-              for (int h = 0; h < 4; ++h) {
-                gh[h] = fh[h];
-                const float nb = vo_ub[h] * fh[h];
-                if (vo_sc[h] != INFINITY && nb > 0.0f && nb < INFINITY) {
-                  const int sx = exponent(vo_sc[h]);
-                  const int s2 = min(max(sx + 22 - exponent(nb), -126), 126) - sx;
-                  gh[h] = ldexpf(fh[h], s2);
-                  vo_sc[h] = pow2i(sx + s2);
-                  vo_ub[h] = ldexpf(nb, s2);
-                } else if (nb < INFINITY) {
-                  vo_ub[h] = nb;
-                }
+            for (int h = 0; h < 4; ++h) {
+              gh[h] = fh[h];
+              const float nb = vo_ub[h] * fh[h];
+              if (vo_sc[h] != INFINITY && nb > 0.0f && nb < INFINITY) {
+                const int sx = exponent(vo_sc[h]);
+                const int s2 = min(max(sx + 22 - exponent(nb), -126), 126) - sx;
+                gh[h] = ldexpf(fh[h], s2);
+                vo_sc[h] = pow2i(sx + s2);
+                vo_ub[h] = ldexpf(nb, s2);
+              } else if (nb < INFINITY) {
+                vo_ub[h] = nb;
               }
-              __syncwarp();  // every lane's adds are done
-#pragma unroll
-              for (int k = 0; k < D / 32; ++k) {
-                const uint32_t pv = vo_sl - 4u * hb + 16u * (lane + 32 * k);
-                const float4 x = dev::ld_shared_f32x4(pv);
-                dev::st_shared_f32x4(pv, make_float4(__int_as_float(__float2int_rn(gh[0] * (float)__float_as_int(x.x))),
-                                                     __int_as_float(__float2int_rn(gh[1] * (float)__float_as_int(x.y))),
-                                                     __int_as_float(__float2int_rn(gh[2] * (float)__float_as_int(x.z))),
-                                                     __int_as_float(__float2int_rn(gh[3] * (float)__float_as_int(x.w)))));
-              }
-              __syncwarp();
-            } else {
-              __threadfence();  // this lane's reductions are performed before any lane reads the sums
-              __syncwarp();
-#pragma unroll
-              for (int k = 0; k < D / 32; ++k) {
-                float4* pv = reinterpret_cast<float4*>(vo_l) + lane + 32 * k;
-                float4 x = __ldcg(pv);
-                x.x *= f0; x.y *= f1; x.z *= f2; x.w *= f3;
-                __stcg(pv, x);
-              }
-              __threadfence();
             }
+            __syncwarp();  // every lane's adds are done
+#pragma unroll
+            for (int k = 0; k < D / 32; ++k) {
+              const uint32_t pv = vo_sl - 4u * hb + 16u * (lane + 32 * k);
+              const float4 x = dev::ld_shared_f32x4(pv);
+              dev::st_shared_f32x4(pv, make_float4(__int_as_float(__float2int_rn(gh[0] * (float)__float_as_int(x.x))),
+                                                   __int_as_float(__float2int_rn(gh[1] * (float)__float_as_int(x.y))),
+                                                   __int_as_float(__float2int_rn(gh[2] * (float)__float_as_int(x.z))),
+                                                   __int_as_float(__float2int_rn(gh[3] * (float)__float_as_int(x.w)))));
+            }
+            __syncwarp();
             mr[0] = m_run[0];
             mr[1] = m_run[1];
           }
@@ -1594,12 +1634,10 @@ __global__ void __launch_bounds__(kWarps * 32, (D <= 64 || (H4 && D <= 128) ? 16
 #pragma unroll
           for (int c = 0; c < 2; ++c)  // (padding heads contribute nothing)
             vf[c] = m_run[c] == -INFINITY || hb + c >= nh ? 0.0f : fast_exp2(m_run[c] - mr[c]);  // <= 2^64
-          if constexpr (VO_SMEM) {  // the bounds' factors (see value_outliers_h4)
 #pragma unroll
-            for (int h = 0; h < 4; ++h) {
-              const float vh = vf_of_head(h);
-              vo_fac[h] = vh > 0.0f ? 16.0f * vh * vo_sc[h] : 0.0f;
-            }
+          for (int h = 0; h < 4; ++h) {  // the bounds' factors (see value_outliers_h4)
+            const float vh = vf_of_head(h);
+            vo_fac[h] = vh > 0.0f ? 16.0f * vh * vo_sc[h] : 0.0f;
           }
         }
       } else if constexpr (CORR) {
@@ -1624,15 +1662,14 @@ __global__ void __launch_bounds__(kWarps * 32, (D <= 64 || (H4 && D <= 128) ? 16
     for (int c = 0; c < 2; ++c) m_use[c] = m_run[c] == -INFINITY ? 0.0f : m_run[c];  // keep exp2 finite
 
     // ---- P V ------------------------------------------------------------------------
-    // (2-bit H4 outliers: the probabilities of every m-tile first, in place of the scores,
-    // for the paired value-outlier reductions)
-    constexpr bool VO_PAIRS = CORR && H4 && !VO_SMEM;
+    // (2-bit H4 outliers: p' = 2^(s - m_ref) of every m-tile first, in place of the scores,
+    // for the paired value-outlier reductions; an unset m_ref, +inf, gives 0)
     static_assert(!VO_PAIRS || MT % 2 == 0, "m-tiles in pairs");
     if constexpr (VO_PAIRS) {
 #pragma unroll
       for (int mt = 0; mt < MT; ++mt) {
 #pragma unroll
-        for (int c = 0; c < 4; ++c) s[mt][c] = fast_exp2(s[mt][c] - m_use[c & 1]);
+        for (int c = 0; c < 4; ++c) s[mt][c] = fast_exp2(s[mt][c] - mref[c & 1]);
       }
     }
     float vp[VO_SMEM ? MT : 1][2];  // VO_SMEM: p of the lane's outlier row, its two heads, by m-tile
@@ -1654,7 +1691,9 @@ __global__ void __launch_bounds__(kWarps * 32, (D <= 64 || (H4 && D <= 128) ? 16
         value_corrections(st, r0, ok0, ok1, p, t0 + 16 * mt, w_end);
       }
       uint32_t bfr[NS][2];  // P' = SC p vs fragments (fp16), one per operand set
-      const float sp0 = SC * p[0], sp1 = SC * p[1], sp2 = SC * p[2], sp3 = SC * p[3];
+      // (VO_PAIRS: SC p = fsc p')
+      const float sc0 = VO_PAIRS ? fsc[0] : SC, sc1 = VO_PAIRS ? fsc[1] : SC;
+      const float sp0 = sc0 * p[0], sp1 = sc1 * p[1], sp2 = sc0 * p[2], sp3 = sc1 * p[3];
 #pragma unroll
       for (int ps = 0; ps < NS; ++ps) {
         // this lane's value group: the set's own (8 columns) or, H4, its even or odd one
@@ -1775,6 +1814,17 @@ __global__ void __launch_bounds__(kWarps * 32, (D <= 64 || (H4 && D <= 128) ? 16
       cvm[gr][c] += __shfl_xor_sync(0xffffffffu, cvm[gr][c], 16);
     }
   }
+  // VO_PAIRS: l, cvm and the value-outlier sums from m_ref to the running max
+  float ef[2] = {0.0f, 0.0f};
+  if constexpr (VO_PAIRS) {
+#pragma unroll
+    for (int c = 0; c < 2; ++c) {
+      ef[c] = mref[c] == INFINITY ? 0.0f : fast_exp2(mref[c] - m_run[c]);  // (unset: l, cvm, sums are zero)
+      l_run[c] *= ef[c];
+#pragma unroll
+      for (int gr = 0; gr < NS; ++gr) cvm[gr][c] *= ef[c];
+    }
+  }
   __syncthreads();  // all warps done with their stages: reuse them for the merge
   float* wo = reinterpret_cast<float*>(stages);                 // [kWarps][8][D]
   float* wm = wo + kWarps * kHeadsPerPass * D;                  // [kWarps][8]
@@ -1810,12 +1860,13 @@ __global__ void __launch_bounds__(kWarps * 32, (D <= 64 || (H4 && D <= 128) ? 16
   }
   if constexpr (CORR && H4) {
     if (a.v_outliers > 0) {  // add the warp's value-outlier sums, from m_ref to its running max
-      const int hb = (2 * t) & 3;
-      float ef[2];
+      if constexpr (VO_SMEM) {
+        const int hb = (2 * t) & 3;
 #pragma unroll
-      for (int c = 0; c < 2; ++c) {
-        const float mr = mref_s[hb + c];
-        ef[c] = mr == -INFINITY ? 0.0f : fast_exp2(mr - m_run[c]);
+        for (int c = 0; c < 2; ++c) {
+          const float mr = mref_s[hb + c];
+          ef[c] = mr == -INFINITY ? 0.0f : fast_exp2(mr - m_run[c]);
+        }
       }
       // (VO_SMEM: integer sums in units of 1 / vo_sc; a bound that is not finite gives NaN)
       float u[4] = {1.0f, 1.0f, 1.0f, 1.0f};
