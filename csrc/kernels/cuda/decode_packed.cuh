@@ -942,8 +942,8 @@ __global__ void __launch_bounds__(kWarps * 32, (D <= 64 || (H4 && D <= 128) ? 16
   float* qb_w = nullptr;
   float* wl_s = nullptr;  // this warp's [32 lanes][2 heads][kMaxRank] value low-rank weights
   bool write_qo = false;
-  float* mref_s = nullptr;  // VO_SMEM: this warp's reference maxima of its value-outlier sums, by head (2 bits:
-                            // per lane in registers, mref)
+  float* mref_s = nullptr;  // VO_SMEM: this warp's reference maxima of its value-outlier sums, by head
+                            // (2 bits: per lane in registers, mref)
   float* vo_l = nullptr;    // H4, 2 bits: this warp's value-outlier sums [D + 1][4 heads] in global memory (row D: a
                             // dump for indices >= D, never read)
   uint32_t vo_sl = 0u;      // H4, 4 bits: the same sums in shared memory (a 32-bit shared address)
@@ -1196,8 +1196,9 @@ __global__ void __launch_bounds__(kWarps * 32, (D <= 64 || (H4 && D <= 128) ? 16
   };
   // Values: o[h][idx] += p x residual into the warp's [D + 1][4] sums (row D: a dump for
   // indices >= D, never read). The sums are kept relative to a per-head reference max
-  // m_ref (p x 2^(m_use - m_ref); 2 bits: p' of VO_PAIRS), so that they need no rescaling when the running max
-  // grows, only a rare rebase when it outgrows m_ref by more than 2^64 (see the softmax).
+  // m_ref (p x 2^(m_use - m_ref); 2 bits: p' of VO_PAIRS), so that they need no rescaling
+  // when the running max grows, only a rare rebase when it outgrows m_ref by more than 2^64
+  // (see the softmax).
   // Rows past the warp's tokens (row >= lim) have p = 0 and may hold NaN residuals: they
   // add 0 instead of branching.
   // 2 bits: reductions into the sums in global memory (value_outliers_pair_h4 below).
