@@ -225,10 +225,12 @@ SplitParams plan_splits(const DecodeArgs& a, int num_sms) {
     // H100 32K 80.7 -> 80.2 us, 128K 276.0 -> 269.0 us; 8K unchanged (the uniform layout
     // either way). Not for the other counts: on the H100 it made 128K 1% slower for values
     // alone and K2 V1, 4% for two a side, and 5-9% for two value outliers at 4 bits
-    // (bench/RESULTS.md, session 26).
+    // (bench/RESULTS.md, session 26). Its share with the full-precision CTAs first (the
+    // layout of ~17-22K tokens at B=8, where big CTAs hold < 48 KB a warp) is 75%, as the
+    // other counts': H200, 20K 56.3 -> 54.0 us; 8K-16K and 24K-128K unchanged (session 28).
     const bool one_a_side_2bit = a.bits == 2 && a.D == 128 && a.k_outliers == 1 && a.v_outliers == 1;
     big_pct[0] = one_a_side_2bit ? 85 : 80;
-    big_pct[1] = one_a_side_2bit ? 80 : 75;
+    big_pct[1] = 75;
     small_kb = 32;
     tiny_kb = 16;
     tiny_pct = 10;
@@ -240,9 +242,12 @@ SplitParams plan_splits(const DecodeArgs& a, int num_sms) {
     // 24): 8K 39.7 -> 35.1 us, 32K 104.0 -> 101.6, 128K 357.2 -> 347.3 (the float sums of
     // session 23; at 8K the small CTAs would not be smaller than the big ones, so the plan
     // is one of equal chunks). (Session 23's sweep compared each plan against the plain
-    // kernel under the same plan, not against the plain kernel's own.)
+    // kernel under the same plan, not against the plain kernel's own.) Big CTAs with the
+    // full-precision ones last need 72 KB a warp (else they go first): H200, 16K 61.0 ->
+    // 58.8 us; 12K and 20K-32K unchanged (session 28).
     small_kb = 32;
     tiny_kb = 24;
+    big_kb_min = 72;
   }
 #ifdef KVCORE_DECODE_PLAN_KNOBS
   // Profiling build only (-DKVCORE_DECODE_PLAN_KNOBS=ON, scripts/plan_sweep.py): the
@@ -259,7 +264,11 @@ SplitParams plan_splits(const DecodeArgs& a, int num_sms) {
     if (nbig < 1) continue;
     const int64_t big_tokens = a.t_cap * big_pct[fp_first] / 100 / (nbig * align) * (nbig * align);
     const int64_t big = big_tokens / nbig;
-    if (big < 4LL * kWarps * tt || small >= big) continue;
+    // Big CTAs that are not clearly bigger than the small ones (less than 1.25x) buy no
+    // balance and cost the small CTAs' extra prologues: equal chunks instead. H200, 2-bit
+    // one outlier a side, B=8 Hq=32 Hkv=8 D=128 16K: big 1792 / small 1536 tokens 47.7 us,
+    // equal chunks of 2048 44.7 us (bench/PERF-NOTES.md, session 28).
+    if (big < 4LL * kWarps * tt || small * 5 > big * 4) continue;
     if (!fp_first && big * ptb < kWarps * 1024LL * big_kb_min) continue;
     sp.chunk = big;
     sp.small_chunk = small;
