@@ -54,7 +54,7 @@ def main():
     ap.add_argument("--bench", required=True)
     ap.add_argument("--json")
     ap.add_argument("--repeats", type=int, default=2, help="re-runs of the best points")
-    ap.add_argument("--groups", nargs="+", default=["long", "short"])
+    ap.add_argument("--groups", nargs="+", default=["long", "short"], help="long, mid, short, rule")
     ap.add_argument("--knobs", nargs="+", default=["90 85 16 12 5 48 8 0"], help="group rule: the plans to compare")
     ap.add_argument("--bits", type=int, default=2, choices=(2, 4))
     ap.add_argument("--bf16", action="store_true", help="a bf16 cache (default fp16)")
@@ -85,6 +85,12 @@ def main():
                  if args.long_grid == "s18" else
                  [(b, 85, s, t, p, 48, 8) for b, s, t, p in
                   itertools.product((70, 75, 80, 85, 90), (16, 24, 32, 48), (8, 12, 16, 24), (5, 10)) if t < s]),
+        # 12K-24K, where the full-precision CTAs go first or last depending on big_kb_min
+        # (session 28: the built-in plans lost 4-7% at 16K and 20K; 4 bits at 12K is still
+        # below the bar)
+        "mid": ([12288, 16384, 20480, 24576],
+                [(b, f, s, t, p, m, 8) for b, f, s, t, p, m in
+                 itertools.product((85, 90), (70, 75, 80), (32, 48), (16, 24), (5, 10), (48, 72))]),
         # 8K: the uniform layout (max_waves) and the big layout allowed down to 8 KB a warp
         "short": ([8192], [(90, 85, 16, 12, 5, 48, w) for w in range(1, 9)] +
                   [(b, b, s, t, p, 8, 8) for b, s, t, p in
