@@ -167,8 +167,8 @@ bool value_sums_in_global(const DecodeArgs& a) {
 //   warp, then tiny ones of ~12 KB, take the rest as slots free up. CTAs with the same
 //   work end up to ~40% apart (the SM's warp scheduler favours older CTAs:
 //   bench/PERF-NOTES.md, the timeline); the small and tiny ones fill that in.
-// * Otherwise (many units, or too few tokens for big CTAs of 4+ tiles a warp): chunks of
-//   one size; among 1..8 waves' worth take the count that fills its waves of packed CTAs
+// * Otherwise (many units, too few tokens for big CTAs of 4+ tiles a warp, or big CTAs
+//   under 1.25x the small ones): chunks of one size; among 1..8 waves' worth take the count that fills its waves of packed CTAs
 //   best (a last wave that is mostly empty wastes the GPU), keeping at least two tiles
 //   per warp.
 // The outlier kernels whose value sums are in global memory (value_sums_in_global) take
