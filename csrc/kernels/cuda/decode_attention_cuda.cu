@@ -168,9 +168,9 @@ bool value_sums_in_global(const DecodeArgs& a) {
 //   work end up to ~40% apart (the SM's warp scheduler favours older CTAs:
 //   bench/PERF-NOTES.md, the timeline); the small and tiny ones fill that in.
 // * Otherwise (many units, too few tokens for big CTAs of 4+ tiles a warp, or big CTAs
-//   under 1.25x the small ones): chunks of one size; among 1..8 waves' worth take the count that fills its waves of packed CTAs
-//   best (a last wave that is mostly empty wastes the GPU), keeping at least two tiles
-//   per warp.
+//   under 1.25x the small ones): chunks of one size; among 1..8 waves' worth take the
+//   count that fills its waves of packed CTAs best (a last wave that is mostly empty
+//   wastes the GPU), keeping at least two tiles per warp.
 // The outlier kernels whose value sums are in global memory (value_sums_in_global) take
 // other sizes (below); a profiling build (KVCORE_DECODE_PLAN_KNOBS) takes them all from
 // $KVCORE_PLAN. The 4-bit D = 128 kernel with its value sums in shared memory takes small
