@@ -7,7 +7,9 @@ plan_splits read its constants from $KVCORE_PLAN:
 (defaults "90 85 16 12 5 48 8 0"; the value-outlier kernel with its sums in L2
 "80 75 32 16 10 48 8 0", or "85 75 32 16 10 48 8 0" for one outlier a side at 2 bits
 and D = 128; the 4-bit D = 128 one with its sums in shared memory "90 85 32 24 5 72 8 0";
-see plan_splits in decode_attention_cuda.cu; $KVCORE_PLAN overrides all).
+see plan_splits in decode_attention_cuda.cu; $KVCORE_PLAN overrides all). Since session 29
+the uniform layout takes every length whose equal chunks hold few tokens a warp, whatever
+the big/small knobs; set KVCORE_PLAN_UNIFORM="0 1" to sweep those lengths' big/small plans.
 Group "rule" instead compares, over batch sizes and short lengths, the uniform layout's
 wave count with and without the full-precision CTAs counted (fp_counts 1 / 0).
 For each grid point it times the decode step (--bits, --bf16) with the swept outliers a

@@ -162,7 +162,9 @@ bool value_sums_in_global(const DecodeArgs& a) {
 }
 
 // Chooses the split sizes (SplitParams).
-// * When a wave (SMs x CTAs per SM) holds at least one big packed CTA of every unit: one
+// * Where the equal chunks of the uniform layout (last point) hold few tokens a warp
+//   (uniform_warp_max below): those.
+// * Else, when a wave (SMs x CTAs per SM) holds at least one big packed CTA of every unit: one
 //   wave of big CTAs takes 85-90% of the tokens, and small CTAs of ~16 KB of cache per
 //   warp, then tiny ones of ~12 KB, take the rest as slots free up. CTAs with the same
 //   work end up to ~40% apart (the SM's warp scheduler favours older CTAs:
@@ -202,6 +204,25 @@ SplitParams plan_splits(const DecodeArgs& a, int num_sms) {
   // 85%, no tiny CTAs).
   const int64_t ptb = packed_token_bytes(a);
   int big_pct[2] = {90, 85}, small_kb = 16, tiny_kb = 12, tiny_pct = 5, big_kb_min = 48, max_waves = 8, fp_counts = 0;
+  // The uniform layout wins wherever its chunks hold at most this many tokens a warp: up to
+  // there the big/small layout's extra CTAs, whose starts fall in the step, cost more than
+  // the tail they even out. Measured with one wave of equal chunks against the big/small
+  // plans on an H200 and an H100, bf16, Hq=32 Hkv=8, B = 1-64, D = 64-256, plain and one
+  // outlier a side (native bench, scripts/plan_rule_check.py, bench/PERF-NOTES.md session
+  // 29). The H200 gains further out than the H100; each limit is where the H100 stops
+  // gaining on the whole:
+  // * plain 2 bits 768 (H100 B=8 12K 39.4 -> 33.9 us, 16K 45.8 -> 41.1; no shape lost);
+  // * plain 4 bits 512 (H100 B=8 8K 39.9 -> 37.3, H200 34.2 -> 29.8; the H100 lost up to
+  //   3.5% at some points (B=8 16K, B=32 2K), and from 1024 on 1-6% everywhere, where the
+  //   H200 still gained 2-4%);
+  // * the 4-bit value-outlier kernel (sums in shared memory) 768 (H100 B=8 12K 63.8 ->
+  //   56.0, H200 48.4 -> 43.5; up to 2% lost at B=16 8K and B=32 2K-4K on the H100);
+  // * the value-outlier kernels with their sums in global memory (2 bits, 4 bits at D = 64)
+  //   384 and 256: the 2-bit one lost 4-11% on the H100 from 512 on (B=16 8K, B=8 32K).
+  int uniform_warp_max = value_sums_in_global(a) ? (a.bits == 2 ? 384 : 256)
+                         : h4_outliers(a) && a.v_outliers > 0 ? 768
+                         : a.bits == 2 ? 768 : 512;
+  int floor_counts = 1;
   if (value_sums_in_global(a) && a.D == 64 && a.bits == 4) {
     // The value-outlier kernel at D = 64 (H200, B=8, (Hq, Hkv) = (32, 8) and (9, 3), one
     // outlier a side, ten plans, bench/PERF-NOTES.md session 21): 4 bits takes big CTAs
@@ -256,10 +277,40 @@ SplitParams plan_splits(const DecodeArgs& a, int num_sms) {
   if (const char* knobs = std::getenv("KVCORE_PLAN"))
     std::sscanf(knobs, "%d %d %d %d %d %d %d %d", &big_pct[0], &big_pct[1], &small_kb, &tiny_kb, &tiny_pct, &big_kb_min,
                 &max_waves, &fp_counts);
+  // and KVCORE_PLAN_UNIFORM="uniform_warp_max floor_counts" ("0 0": session 28's planner).
+  if (const char* knobs = std::getenv("KVCORE_PLAN_UNIFORM")) std::sscanf(knobs, "%d %d", &uniform_warp_max, &floor_counts);
 #endif
+
+  // The uniform layout: chunks of one size; among 1..max_waves waves' worth take the count
+  // that fills its waves of packed CTAs best (a last wave that is mostly empty wastes the
+  // GPU), keeping at least two tiles per warp.
+  const int64_t min_chunk = std::max<int64_t>(align, 2LL * kWarps * tt);
+  int64_t best_chunk = 0;
+  double best_eff = -1.0;
+  for (int waves = 1; waves <= max_waves; ++waves) {
+    // Chunks per unit: the waves' slots per unit rounded down (every CTA inside the waves)
+    // and up. Only rounded up (session 28), one wave of 528 slots over 64 units asked for 9
+    // chunks: 12K tokens at 4 bits (128-token alignment) became 9 chunks of 1408, 576
+    // CTAs, and the best fill was two waves of 768, where 8 chunks of 1536 fill one wave.
+    for (int up = floor_counts ? 0 : 1; up <= 1; ++up) {
+      const int64_t target = std::max<int64_t>(1, (waves * slots + (up ? units - 1 : 0)) / units);
+      int64_t chunk = (a.t_cap + target - 1) / target;
+      chunk = std::max(min_chunk, (chunk + align - 1) / align * align);
+      // The full-precision CTAs (a few residual rows each) are not counted: short, they do
+      // not hold a slot for a wave (H100, B=8 8K and B=4 16K: 10-13% faster than counting
+      // them, which chose twice the CTAs; no shape lost: scripts/plan_sweep.py --groups rule).
+      const int64_t ctas = ((a.t_cap + chunk - 1) / chunk + fp_counts) * units;
+      const double eff = (double)ctas / (double)(((ctas + slots - 1) / slots) * slots);
+      if (eff > best_eff + 0.02) {  // prefer fewer, larger splits unless clearly better
+        best_eff = eff;
+        best_chunk = chunk;
+      }
+    }
+  }
+  const bool uniform = best_chunk <= (int64_t)uniform_warp_max * kWarps;
   auto chunk_of = [&](int64_t warp_bytes) { return std::max<int64_t>(align, kWarps * warp_bytes / ptb / align * align); };
   const int64_t small = chunk_of(1024LL * small_kb), tiny = chunk_of(1024LL * tiny_kb);
-  for (int fp_first = 0; fp_first <= 1; ++fp_first) {
+  for (int fp_first = 0; fp_first <= 1 && !uniform; ++fp_first) {
     const int64_t nbig = (slots - (fp_first ? units : 0)) / units;  // big CTAs per unit in one wave
     if (nbig < 1) continue;
     const int64_t big_tokens = a.t_cap * big_pct[fp_first] / 100 / (nbig * align) * (nbig * align);
@@ -286,23 +337,6 @@ SplitParams plan_splits(const DecodeArgs& a, int num_sms) {
     return sp;
   }
 
-  const int64_t min_chunk = std::max<int64_t>(align, 2LL * kWarps * tt);
-  int64_t best_chunk = 0;
-  double best_eff = -1.0;
-  for (int waves = 1; waves <= max_waves; ++waves) {
-    const int64_t target = std::max<int64_t>(1, (waves * slots + units - 1) / units);
-    int64_t chunk = (a.t_cap + target - 1) / target;
-    chunk = std::max(min_chunk, (chunk + align - 1) / align * align);
-    // The full-precision CTAs (a few residual rows each) are not counted: short, they do not
-    // hold a slot for a wave (H100, B=8 8K and B=4 16K: 10-13% faster than counting them,
-    // which chose twice the CTAs; no shape lost: scripts/plan_sweep.py --groups rule).
-    const int64_t ctas = ((a.t_cap + chunk - 1) / chunk + fp_counts) * units;
-    const double eff = (double)ctas / (double)(((ctas + slots - 1) / slots) * slots);
-    if (eff > best_eff + 0.02) {  // prefer fewer, larger splits unless clearly better
-      best_eff = eff;
-      best_chunk = chunk;
-    }
-  }
   sp.chunk = sp.small_chunk = sp.tiny_chunk = best_chunk;
   sp.nbig = a.t_cap > 0 ? (int)((a.t_cap + best_chunk - 1) / best_chunk) : 0;
   sp.nsmall = sp.ntiny = 0;

@@ -1,0 +1,90 @@
+#!/usr/bin/env python3
+"""Times the decode split plan's layout rule against session 28's planner (a profiling aid).
+
+Needs kvcore_bench_decode built with -DKVCORE_DECODE_PLAN_KNOBS=ON. "new" is the built-in
+plan; "old" sets KVCORE_PLAN_UNIFORM="0 0": no uniform layout by tokens a warp, and the
+uniform layout's chunk counts rounded up only (plan_splits, decode_attention_cuda.cu).
+Each configuration runs plain and with one outlier a side (grid: also values only), both
+planners interleaved, two rounds, bf16, Hq=32 Hkv=8; it prints the minimum time of each
+(us) and the speed of each outlier variant against plain under the same planner.
+
+    python3 scripts/plan_rule_check.py BUILD/bench/kvcore_bench_decode grid,batch,dims [--json out.json]
+
+Groups: grid (B=8, D=128, 8K-128K), batch (B = 1, 4, 16, 32, 64), dims (B=8, D = 64, 256).
+"""
+import argparse
+import json
+import os
+import re
+import subprocess
+import sys
+
+ROW = re.compile(r"^\s*(\d+)\s+(\d+)\s+(\d+)\s+(\d+)\s+(\d+)\s+(\d)\s+([\d.]+)")
+K = 1024
+GROUPS = {
+    "grid": [(8, 128, [8 * K, 12 * K, 16 * K, 20 * K, 24 * K, 32 * K, 48 * K, 64 * K, 128 * K], ((0, 0), (1, 1), (0, 1)))],
+    "batch": [(1, 128, [16 * K, 32 * K, 64 * K, 128 * K, 256 * K], ((0, 0), (1, 1))),
+              (4, 128, [8 * K, 16 * K, 32 * K, 64 * K], ((0, 0), (1, 1))),
+              (16, 128, [4 * K, 8 * K, 12 * K, 16 * K, 24 * K], ((0, 0), (1, 1))),
+              (32, 128, [2 * K, 4 * K, 8 * K, 12 * K], ((0, 0), (1, 1))),
+              (64, 128, [1 * K, 2 * K, 4 * K, 6 * K], ((0, 0), (1, 1)))],
+    "dims": [(8, 64, [8 * K, 16 * K, 32 * K, 64 * K, 128 * K], ((0, 0), (1, 1))),
+             (8, 256, [8 * K, 16 * K, 24 * K, 32 * K, 64 * K], ((0, 0), (1, 1)))],
+}
+
+
+def run(bench, bits, outl, planner, B, D, lengths):
+    """Times of one bench process (us by packed length) and the plans it printed."""
+    env = dict(os.environ, KVCORE_PLAN_PRINT="1")
+    env.pop("KVCORE_PLAN", None)
+    env.pop("KVCORE_PLAN_UNIFORM", None)
+    if planner == "old":
+        env["KVCORE_PLAN_UNIFORM"] = "0 0"
+    cmd = [bench, "--bits", str(bits), "--bf16", "--outliers", str(outl[0]), str(outl[1])]
+    for L in lengths:
+        cmd += ["--shape", str(B), "32", "8", str(D), str(L + 64)]  # + the residual window
+    p = subprocess.run(cmd, env=env, capture_output=True, text=True, check=True)
+    times = {}
+    for line in p.stdout.splitlines():
+        m = ROW.match(line)
+        if m:
+            times[int(m.group(5)) - 64] = float(m.group(7))
+    return times, [l[6:] for l in p.stderr.splitlines() if l.startswith("plan:")]
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("bench")
+    ap.add_argument("groups", help="comma-separated: grid, batch, dims")
+    ap.add_argument("--rounds", type=int, default=2)
+    ap.add_argument("--json")
+    args = ap.parse_args()
+    results = []
+    for group in args.groups.split(","):
+        for B, D, lengths, outls in GROUPS[group]:
+            for bits in (2, 4):
+                t = {}
+                for r in range(args.rounds):
+                    for outl in outls:
+                        for planner in ("new", "old"):
+                            times, plans = run(args.bench, bits, outl, planner, B, D, lengths)
+                            for L, v in times.items():
+                                t.setdefault(f"{outl[0]}{outl[1]} {planner}", {}).setdefault(L, []).append(v)
+                            if r == 0:
+                                print(f"B{B} D{D} b{bits} {outl} {planner} |", "; ".join(plans), flush=True)
+                mins = {k: {L: min(v) for L, v in d.items()} for k, d in t.items()}
+                results.append({"B": B, "D": D, "bits": bits, "min_us": mins})
+                print(f"== B{B} D{D} bits {bits}; L(K):", " ".join(f"{L // K:>6}" for L in lengths))
+                for k, d in mins.items():
+                    print(f"   {k:8s}", " ".join(f"{d[L]:6.1f}" for L in lengths))
+                for o in outls[1:]:
+                    for planner in ("new", "old"):
+                        ko, kp = f"{o[0]}{o[1]} {planner}", f"00 {planner}"
+                        print(f"   ratio {ko:8s}", " ".join(f"{mins[kp][L] / mins[ko][L]:6.3f}" for L in lengths))
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(results, f, indent=1)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
