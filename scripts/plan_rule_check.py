@@ -15,11 +15,11 @@ Groups: grid (B=8, D=128, 8K-128K), batch (B = 1, 4, 16, 32, 64), dims (B=8, D =
 import argparse
 import json
 import os
-import re
-import subprocess
 import sys
 
-ROW = re.compile(r"^\s*(\d+)\s+(\d+)\s+(\d+)\s+(\d+)\s+(\d+)\s+(\d)\s+([\d.]+)")
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from plan_sweep import time_shapes  # noqa: E402
+
 K = 1024
 GROUPS = {
     "grid": [(8, 128, [8 * K, 12 * K, 16 * K, 20 * K, 24 * K, 32 * K, 48 * K, 64 * K, 128 * K], ((0, 0), (1, 1), (0, 1)))],
@@ -35,21 +35,14 @@ GROUPS = {
 
 def run(bench, bits, outl, planner, B, D, lengths):
     """Times of one bench process (us by packed length) and the plans it printed."""
-    env = dict(os.environ, KVCORE_PLAN_PRINT="1")
+    env = dict(os.environ)
     env.pop("KVCORE_PLAN", None)
     env.pop("KVCORE_PLAN_UNIFORM", None)
     if planner == "old":
         env["KVCORE_PLAN_UNIFORM"] = "0 0"
     cmd = [bench, "--bits", str(bits), "--bf16", "--outliers", str(outl[0]), str(outl[1])]
-    for L in lengths:
-        cmd += ["--shape", str(B), "32", "8", str(D), str(L + 64)]  # + the residual window
-    p = subprocess.run(cmd, env=env, capture_output=True, text=True, check=True)
-    times = {}
-    for line in p.stdout.splitlines():
-        m = ROW.match(line)
-        if m:
-            times[int(m.group(5)) - 64] = float(m.group(7))
-    return times, [l[6:] for l in p.stderr.splitlines() if l.startswith("plan:")]
+    times, plans = time_shapes(cmd, env, B, D, lengths)
+    return times, [l[6:] for l in plans]
 
 
 def main():

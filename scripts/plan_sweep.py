@@ -34,21 +34,27 @@ BITS = 2      # --bits
 BF16 = False  # --bf16
 
 
-def run(bench, lengths, outliers, knobs, batch=8):
-    env = dict(os.environ, KVCORE_PLAN_PRINT="1")
-    if knobs is not None:
-        env["KVCORE_PLAN"] = " ".join(map(str, knobs))
-    cmd = [bench, "--bits", str(BITS), "--outliers", str(outliers[0]), str(outliers[1])] + (["--bf16"] if BF16 else [])
+def time_shapes(cmd, env, batch, D, lengths):
+    """Runs the bench command `cmd` over (batch, 32, 8, D, L + 64) for each L (+ the residual
+    window) with `env` plus KVCORE_PLAN_PRINT; returns (us by L, the plans it printed)."""
+    cmd = list(cmd)
     for L in lengths:
-        cmd += ["--shape", str(batch), "32", "8", "128", str(L + 64)]  # + the residual window
-    p = subprocess.run(cmd, env=env, capture_output=True, text=True, check=True)
+        cmd += ["--shape", str(batch), "32", "8", str(D), str(L + 64)]
+    p = subprocess.run(cmd, env=dict(env, KVCORE_PLAN_PRINT="1"), capture_output=True, text=True, check=True)
     times = {}
     for line in p.stdout.splitlines():
         m = ROW.match(line)
         if m:
             times[int(m.group(5)) - 64] = float(m.group(7))
-    plans = [l for l in p.stderr.splitlines() if l.startswith("plan:")]
-    return times, plans
+    return times, [l for l in p.stderr.splitlines() if l.startswith("plan:")]
+
+
+def run(bench, lengths, outliers, knobs, batch=8):
+    env = dict(os.environ)
+    if knobs is not None:
+        env["KVCORE_PLAN"] = " ".join(map(str, knobs))
+    cmd = [bench, "--bits", str(BITS), "--outliers", str(outliers[0]), str(outliers[1])] + (["--bf16"] if BF16 else [])
+    return time_shapes(cmd, env, batch, 128, lengths)
 
 
 def main():
