@@ -344,6 +344,29 @@ SplitParams plan_splits(const DecodeArgs& a, int num_sms) {
   sp.nsplit = sp.nbig;
   sp.np = sp.nsplit + 1;
   sp.fp_at = (int)(units * sp.nsplit);  // (after the packed CTAs)
+#ifdef KVCORE_DECODE_PLAN_KNOBS
+  // Profiling build only, for an A/B not yet run: KVCORE_PLAN_GRADED="a b" grades the
+  // uniform layout by launch rank. Its first quarter of a unit's chunks (launched first:
+  // rank 0 on their SMs at B=8) get (100 + a)% of the chunk, its last quarter (100 - b)%,
+  // the middle half the rest. With outliers the co-resident CTAs of an SM end up to 8 us
+  // apart at 2 bits, 16K (bench/PERF-NOTES.md, session 29); nothing starts after them.
+  if (const char* graded = std::getenv("KVCORE_PLAN_GRADED"); graded != nullptr && sp.nbig >= 4) {
+    int up = 0, down = 0;
+    std::sscanf(graded, "%d %d", &up, &down);
+    const int n = sp.nbig, q = n / 4;
+    const int64_t big = (best_chunk * (100 + up) / 100 + align - 1) / align * align;
+    const int64_t tiny = std::max<int64_t>(align, best_chunk * (100 - down) / 100 / align * align);
+    const int64_t mid = std::max<int64_t>(0, a.t_cap - q * big - q * tiny);
+    const int64_t small = std::max<int64_t>(align, (mid + (n - 2 * q) - 1) / (n - 2 * q) + align - 1) / align * align;
+    sp.chunk = big;
+    sp.small_chunk = small;
+    sp.tiny_chunk = tiny;
+    sp.nbig = q;
+    sp.nsmall = n - 2 * q;
+    sp.ntiny = q;
+    sp.tiny_at = q * big + sp.nsmall * small;  // (nsplit stays n; the last CTAs may hold fewer tokens, or none)
+  }
+#endif
   KVCORE_NOTE_PLAN(sp, per_sm);
   return sp;
 }
