@@ -9,6 +9,10 @@ planners interleaved, two rounds, bf16, Hq=32 Hkv=8; it prints the minimum time 
 (us) and the speed of each outlier variant against plain under the same planner.
 
     python3 scripts/plan_rule_check.py BUILD/bench/kvcore_bench_decode grid,batch,dims [--json out.json]
+        [--graded "13 10" ...]
+
+--graded adds planners "g<a>_<b>": the built-in plan with KVCORE_PLAN_GRADED="a b" (the
+uniform layout's first quarter of chunks a unit (100 + a)%, its last (100 - b)%).
 
 Groups: grid (B=8, D=128, 8K-128K), batch (B = 1, 4, 16, 32, 64), dims (B=8, D = 64, 256).
 """
@@ -33,13 +37,21 @@ GROUPS = {
 }
 
 
+def planner_env(planner):
+    """The knob variables of a planner: "new" (built-in), "old" or "g<a>_<b>" (graded)."""
+    if planner == "old":
+        return {"KVCORE_PLAN_UNIFORM": "0 0"}
+    if planner.startswith("g"):
+        return {"KVCORE_PLAN_GRADED": planner[1:].replace("_", " ")}
+    return {}
+
+
 def run(bench, bits, outl, planner, B, D, lengths):
     """Times of one bench process (us by packed length) and the plans it printed."""
     env = dict(os.environ)
-    env.pop("KVCORE_PLAN", None)
-    env.pop("KVCORE_PLAN_UNIFORM", None)
-    if planner == "old":
-        env["KVCORE_PLAN_UNIFORM"] = "0 0"
+    for k in ("KVCORE_PLAN", "KVCORE_PLAN_UNIFORM", "KVCORE_PLAN_GRADED"):
+        env.pop(k, None)
+    env.update(planner_env(planner))
     cmd = [bench, "--bits", str(bits), "--bf16", "--outliers", str(outl[0]), str(outl[1])]
     times, plans = time_shapes(cmd, env, B, D, lengths)
     return times, [l[6:] for l in plans]
@@ -51,7 +63,9 @@ def main():
     ap.add_argument("groups", help="comma-separated: grid, batch, dims")
     ap.add_argument("--rounds", type=int, default=2)
     ap.add_argument("--json")
+    ap.add_argument("--graded", nargs="*", default=[], help='extra planners, each "a b"')
     args = ap.parse_args()
+    planners = ["new", "old"] + ["g" + g.replace(" ", "_") for g in args.graded]
     results = []
     for group in args.groups.split(","):
         for B, D, lengths, outls in GROUPS[group]:
@@ -59,7 +73,7 @@ def main():
                 t = {}
                 for r in range(args.rounds):
                     for outl in outls:
-                        for planner in ("new", "old"):
+                        for planner in planners:
                             times, plans = run(args.bench, bits, outl, planner, B, D, lengths)
                             for L, v in times.items():
                                 t.setdefault(f"{outl[0]}{outl[1]} {planner}", {}).setdefault(L, []).append(v)
@@ -69,11 +83,11 @@ def main():
                 results.append({"B": B, "D": D, "bits": bits, "min_us": mins})
                 print(f"== B{B} D{D} bits {bits}; L(K):", " ".join(f"{L // K:>6}" for L in lengths))
                 for k, d in mins.items():
-                    print(f"   {k:8s}", " ".join(f"{d[L]:6.1f}" for L in lengths))
+                    print(f"   {k:10s}", " ".join(f"{d[L]:6.1f}" for L in lengths))
                 for o in outls[1:]:
-                    for planner in ("new", "old"):
+                    for planner in planners:
                         ko, kp = f"{o[0]}{o[1]} {planner}", f"00 {planner}"
-                        print(f"   ratio {ko:8s}", " ".join(f"{mins[kp][L] / mins[ko][L]:6.3f}" for L in lengths))
+                        print(f"   ratio {ko:10s}", " ".join(f"{mins[kp][L] / mins[ko][L]:6.3f}" for L in lengths))
     if args.json:
         with open(args.json, "w") as f:
             json.dump(results, f, indent=1)
