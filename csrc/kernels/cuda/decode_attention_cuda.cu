@@ -213,8 +213,8 @@ SplitParams plan_splits(const DecodeArgs& a, int num_sms) {
   // gaining on the whole:
   // * plain 2 bits 768 (H100 B=8 12K 39.4 -> 33.9 us, 16K 45.8 -> 41.1; no shape lost);
   // * plain 4 bits 512 (H100 B=8 8K 39.9 -> 37.3, H200 34.2 -> 29.8; the H100 lost up to
-  //   3.5% at some points (B=8 16K, B=32 2K), and from 1024 on 1-6% everywhere, where the
-  //   H200 still gained 2-4%);
+  //   4% at some points (B=8 16K, B=32 2K), and from 1024 on 1-6% everywhere, where the
+  //   H200 still gained 3-7%);
   // * the 4-bit value-outlier kernel (sums in shared memory) 768 (H100 B=8 12K 63.8 ->
   //   56.0, H200 48.4 -> 43.5; up to 2% lost at B=16 8K and B=32 2K-4K on the H100);
   // * the value-outlier kernels with their sums in global memory (2 bits, 4 bits at D = 64)
