@@ -15,7 +15,9 @@
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 
+#include <cmath>
 #include <cstdint>
+#include <cstdlib>
 #include <cstring>
 #include <vector>
 
@@ -192,6 +194,25 @@ int main(int argc, char** argv) {
           ++written;
         }
         if (written == 0) std::fprintf(stderr, "--timeline: no stamps (build with -DKVCORE_DECODE_TIMELINE=ON)\n");
+      }
+      if (std::getenv("KVCORE_BENCH_CHECKSUM") != nullptr) {  // to compare kernel variants' outputs (A/B runs)
+        std::vector<uint16_t> ho((size_t)c.B * c.Hq * c.D);
+        BENCH_CHECK(cudaMemcpy(ho.data(), out, ho.size() * 2, cudaMemcpyDeviceToHost));
+        double sum = 0.0, sum_abs = 0.0;
+        for (uint16_t h : ho) {
+          float f;
+          if (g_bf16) {
+            const uint32_t w = (uint32_t)h << 16;
+            std::memcpy(&f, &w, 4);
+          } else {
+            __half_raw r;
+            r.x = h;
+            f = __half2float(__half(r));
+          }
+          sum += f;
+          sum_abs += std::fabs(f);
+        }
+        std::fprintf(stderr, "checksum L=%lld bits=%d sum=%.6e sum_abs=%.6e\n", (long long)c.L, bits, sum, sum_abs);
       }
       std::vector<float> hl(c.B * c.Hq);
       BENCH_CHECK(cudaMemcpy(hl.data(), lse, hl.size() * 4, cudaMemcpyDeviceToHost));

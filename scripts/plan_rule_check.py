@@ -9,10 +9,11 @@ planners interleaved, two rounds, bf16, Hq=32 Hkv=8; it prints the minimum time 
 (us) and the speed of each outlier variant against plain under the same planner.
 
     python3 scripts/plan_rule_check.py BUILD/bench/kvcore_bench_decode grid,batch,dims [--json out.json]
-        [--graded "13 10" ...]
+        [--graded "13 10" ...] [--exp 1 2 ...] [--bits 2] [--max-length 32768]
 
 --graded adds planners "g<a>_<b>": the built-in plan with KVCORE_PLAN_GRADED="a b" (the
-uniform layout's first quarter of chunks a unit (100 + a)%, its last (100 - b)%).
+uniform layout's first quarter of chunks a unit (100 + a)%, its last (100 - b)%); --exp adds
+"x<n>": the built-in plan with KVCORE_EXP=n (kernel variants of the knobs build, exp_flags).
 
 Groups: grid (B=8, D=128, 8K-128K), batch (B = 1, 4, 16, 32, 64), dims (B=8, D = 64, 256).
 """
@@ -38,18 +39,20 @@ GROUPS = {
 
 
 def planner_env(planner):
-    """The knob variables of a planner: "new" (built-in), "old" or "g<a>_<b>" (graded)."""
+    """The knob variables of a planner: "new" (built-in), "old", "g<a>_<b>" (graded) or "x<n>"."""
     if planner == "old":
         return {"KVCORE_PLAN_UNIFORM": "0 0"}
     if planner.startswith("g"):
         return {"KVCORE_PLAN_GRADED": planner[1:].replace("_", " ")}
+    if planner.startswith("x"):
+        return {"KVCORE_EXP": planner[1:]}
     return {}
 
 
 def run(bench, bits, outl, planner, B, D, lengths):
     """Times of one bench process (us by packed length) and the plans it printed."""
     env = dict(os.environ)
-    for k in ("KVCORE_PLAN", "KVCORE_PLAN_UNIFORM", "KVCORE_PLAN_GRADED"):
+    for k in ("KVCORE_PLAN", "KVCORE_PLAN_UNIFORM", "KVCORE_PLAN_GRADED", "KVCORE_EXP"):
         env.pop(k, None)
     env.update(planner_env(planner))
     cmd = [bench, "--bits", str(bits), "--bf16", "--outliers", str(outl[0]), str(outl[1])]
@@ -64,12 +67,16 @@ def main():
     ap.add_argument("--rounds", type=int, default=2)
     ap.add_argument("--json")
     ap.add_argument("--graded", nargs="*", default=[], help='extra planners, each "a b"')
+    ap.add_argument("--exp", nargs="*", default=[], help="extra planners: the built-in plan with KVCORE_EXP=n")
+    ap.add_argument("--bits", type=int, nargs="+", default=[2, 4], choices=(2, 4))
+    ap.add_argument("--max-length", type=int, default=None, help="drop the groups' longer lengths")
     args = ap.parse_args()
-    planners = ["new", "old"] + ["g" + g.replace(" ", "_") for g in args.graded]
+    planners = ["new", "old"] + ["g" + g.replace(" ", "_") for g in args.graded] + ["x" + x for x in args.exp]
     results = []
     for group in args.groups.split(","):
         for B, D, lengths, outls in GROUPS[group]:
-            for bits in (2, 4):
+            lengths = [L for L in lengths if args.max_length is None or L <= args.max_length]
+            for bits in args.bits:
                 t = {}
                 for r in range(args.rounds):
                     for outl in outls:
@@ -88,6 +95,9 @@ def main():
                     for planner in planners:
                         ko, kp = f"{o[0]}{o[1]} {planner}", f"00 {planner}"
                         print(f"   ratio {ko:10s}", " ".join(f"{mins[kp][L] / mins[ko][L]:6.3f}" for L in lengths))
+                        if planner[0] in "gx":  # outlier variants against the built-in plain plan
+                            print(f"   vs 00 new {ko:10s}", " ".join(f"{mins['00 new'][L] / mins[ko][L]:6.3f}"
+                                                              for L in lengths))
     if args.json:
         with open(args.json, "w") as f:
             json.dump(results, f, indent=1)

@@ -279,6 +279,7 @@ SplitParams plan_splits(const DecodeArgs& a, int num_sms) {
                 &max_waves, &fp_counts);
   // and KVCORE_PLAN_UNIFORM="uniform_warp_max floor_counts" ("0 0": session 28's planner).
   if (const char* knobs = std::getenv("KVCORE_PLAN_UNIFORM")) std::sscanf(knobs, "%d %d", &uniform_warp_max, &floor_counts);
+  if (const char* knobs = std::getenv("KVCORE_EXP")) sp.exp_flags = std::atoi(knobs);
 #endif
 
   // The uniform layout: chunks of one size; among 1..max_waves waves' worth take the count

@@ -50,6 +50,10 @@ struct SplitParams {
   float* ws_m;     // [B, Hq, np]   running max (base 2)
   float* ws_l;     // [B, Hq, np]   sum of exp2
   float* ws_vo;    // h4_outliers with value outliers, 2 bits: [packed CTAs][kWarps][value_outlier_warp_floats(D)] sums
+#ifdef KVCORE_DECODE_PLAN_KNOBS
+  int exp_flags;   // profiling build only: $KVCORE_EXP, for kernel variants under an A/B (none at present;
+                   // session 30's read sp.exp_flags in decode_packed_kernel: bench/PERF-NOTES.md)
+#endif
 };
 
 // The corrections served by the H4 outlier kernel (decode_packed.cuh): at most two
