@@ -7,9 +7,8 @@
 #include <algorithm>
 #ifdef KVCORE_DECODE_PLAN_KNOBS
 #include <cstdio>
-#endif
 #include <cstdlib>
-#include <cstring>
+#endif
 #include <type_traits>
 
 #include "../decode_attention.h"
@@ -144,13 +143,12 @@ void print_plan(const SplitParams& sp, int per_sm) {
   static SplitParams last{};
   if (std::getenv("KVCORE_PLAN_PRINT") == nullptr ||
       (last.chunk == sp.chunk && last.nbig == sp.nbig && last.nsmall == sp.nsmall && last.ntiny == sp.ntiny &&
-       last.small_chunk == sp.small_chunk && last.tiny_chunk == sp.tiny_chunk && last.fp_at == sp.fp_at &&
-       last.static_tiles == sp.static_tiles))
+       last.small_chunk == sp.small_chunk && last.tiny_chunk == sp.tiny_chunk && last.fp_at == sp.fp_at))
     return;
   last = sp;
-  std::fprintf(stderr, "plan: per_sm %d big %lld x %d small %lld x %d tiny %lld x %d fp_at %d%s\n", per_sm,
+  std::fprintf(stderr, "plan: per_sm %d big %lld x %d small %lld x %d tiny %lld x %d fp_at %d\n", per_sm,
                (long long)sp.chunk, sp.nbig, (long long)sp.small_chunk, sp.nsmall, (long long)sp.tiny_chunk, sp.ntiny,
-               sp.fp_at, sp.static_tiles > 0 ? " dynamic" : "");
+               sp.fp_at);
 }
 #define KVCORE_NOTE_PLAN(sp, per_sm) print_plan(sp, per_sm)
 #else
@@ -284,37 +282,6 @@ SplitParams plan_splits(const DecodeArgs& a, int num_sms) {
   if (const char* knobs = std::getenv("KVCORE_EXP")) sp.exp_flags = std::atoi(knobs);
 #endif
 
-  // Dynamic tiles (SplitParams::static_tiles) for the value-outlier kernels whose sums are
-  // in global memory: one wave of packed CTAs, the full-precision CTAs first (their slots
-  // then go to the packed CTAs that did not fit), as many packed CTAs a unit as a wave
-  // holds (never more: a CTA that started only when others ran out of tiles would still
-  // have its two static tiles to do), and no more than one per 4 tiles a warp of the
-  // sequence. In one wave of static chunks the CTAs of one launch rank ended up to 8 us
-  // apart, by their SM (bench/PERF-NOTES.md, session 30); with tickets they end within a
-  // tile of each other.
-  // KVCORE_DECODE_DYNAMIC_TILES=0 keeps the static plans below (each CTA's tokens then
-  // fixed from step to step; an A/B of the two).
-  static const bool dynamic_tiles = [] {
-    const char* v = std::getenv("KVCORE_DECODE_DYNAMIC_TILES");
-    return v == nullptr || std::strcmp(v, "0") != 0;
-  }();
-  if (dynamic_tiles && value_sums_in_global(a) && h4_dynamic_tiles(a.D, a.bits, a.group, tt, a.v_outliers)) {
-    const int64_t by_length = (a.t_cap + 4LL * kWarps * tt - 1) / (4LL * kWarps * tt);
-    const int64_t per_unit = std::min<int64_t>(slots / units, by_length);
-    if (per_unit >= 2) {
-      sp.chunk = sp.small_chunk = sp.tiny_chunk = align;  // (unused: the warps' tiles come from static_tiles)
-      sp.nbig = (int)per_unit;
-      sp.nsmall = sp.ntiny = 0;
-      sp.tiny_at = a.t_cap;
-      sp.nsplit = sp.nbig;
-      sp.np = sp.nsplit + 1;
-      sp.fp_at = 0;
-      sp.static_tiles = (int)(2 * per_unit * kWarps);
-      KVCORE_NOTE_PLAN(sp, per_sm);
-      return sp;
-    }
-  }
-
   // The uniform layout: chunks of one size; among 1..max_waves waves' worth take the count
   // that fills its waves of packed CTAs best (a last wave that is mostly empty wastes the
   // GPU), keeping at least two tiles per warp.
@@ -379,7 +346,7 @@ SplitParams plan_splits(const DecodeArgs& a, int num_sms) {
   sp.np = sp.nsplit + 1;
   sp.fp_at = (int)(units * sp.nsplit);  // (after the packed CTAs)
 #ifdef KVCORE_DECODE_PLAN_KNOBS
-  // Profiling build only (no gain: bench/PERF-NOTES.md, session 30): KVCORE_PLAN_GRADED="a b" grades the
+  // Profiling build only, for an A/B not yet run: KVCORE_PLAN_GRADED="a b" grades the
   // uniform layout by launch rank. Its first quarter of a unit's chunks (launched first:
   // rank 0 on their SMs at B=8) get (100 + a)% of the chunk, its last quarter (100 - b)%,
   // the middle half the rest. With outliers the co-resident CTAs of an SM end up to 8 us
@@ -435,22 +402,8 @@ __global__ void __launch_bounds__(kMassThreads) attention_mass_kernel(DecodeArgs
   a.attn_mass[row * cols + col] += p;
 }
 
-// Tickets of the dynamic tiles (SplitParams::tile_ctr): one int a unit.
-size_t ticket_words(const DecodeArgs& a, const SplitParams& sp) {
-  return sp.static_tiles > 0 ? (size_t)a.B * a.Hkv * sp.passes : 0;
-}
-
-// Zeroes the dynamic tiles' tickets. The split kernel is its programmatic dependent: it
-// may be scheduled at once and waits (griddepcontrol.wait) only before its first ticket,
-// after its first two tiles' copies are out.
-__global__ void __launch_bounds__(256) decode_zero_tickets(int* tickets, int64_t n) {
-  dev::launch_dependents();
-  for (int64_t i = threadIdx.x; i < n; i += blockDim.x) tickets[i] = 0;
-}
-
 template <int KIND, int D>
 cudaError_t run_all(const DecodeArgs& a, const SplitParams& sp, cudaStream_t st) {
-  if (sp.tile_ctr != nullptr) decode_zero_tickets<<<1, 256, 0, st>>>(sp.tile_ctr, ticket_words(a, sp));
   const cudaError_t e = for_kind_bits(a, [&](auto k, auto b) {
     return packed_launch<decltype(k)::value, decltype(b)::value>(a, sp, st);
   });
@@ -506,13 +459,13 @@ size_t value_outlier_floats(const DecodeArgs& a, const SplitParams& sp) {
 }
 }  // namespace
 
-// Workspace: [value-outlier sums][partials o, m, l][logits][tickets]; the sums first, so
-// that their lines are 128-byte aligned and the partials' float4 rows 16-byte aligned.
+// Workspace: [value-outlier sums][partials o, m, l][logits]; the sums first, so that their
+// lines are 128-byte aligned and the partials' float4 rows 16-byte aligned.
 size_t decode_attention_cuda_workspace(const DecodeArgs& a, int num_sms) {
   const SplitParams sp = plan_splits(a, num_sms);
   const size_t slots = (size_t)a.B * a.Hq * sp.np;
   const size_t logits = a.attn_mass != nullptr ? (size_t)a.B * a.Hq * (size_t)a.mass_cols() : 0;
-  return (value_outlier_floats(a, sp) + slots * ((size_t)a.D + 2) + logits + ticket_words(a, sp)) * sizeof(float);
+  return (value_outlier_floats(a, sp) + slots * ((size_t)a.D + 2) + logits) * sizeof(float);
 }
 
 cudaError_t decode_attention_cuda(const DecodeArgs& args, void* workspace, int num_sms, cudaStream_t stream) {
@@ -525,8 +478,6 @@ cudaError_t decode_attention_cuda(const DecodeArgs& args, void* workspace, int n
   sp.ws_m = sp.ws_o + slots * a.D;
   sp.ws_l = sp.ws_m + slots;
   a.logits = a.attn_mass != nullptr ? sp.ws_l + slots : nullptr;
-  const size_t logits = a.attn_mass != nullptr ? (size_t)a.B * a.Hq * (size_t)a.mass_cols() : 0;
-  sp.tile_ctr = sp.static_tiles > 0 ? reinterpret_cast<int*>(sp.ws_l + slots + logits) : nullptr;
   return a.dtype == DType::BF16 ? dispatch_dim<2>(a, sp, stream) : dispatch_dim<1>(a, sp, stream);
 }
 
