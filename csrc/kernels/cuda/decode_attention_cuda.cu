@@ -346,10 +346,10 @@ SplitParams plan_splits(const DecodeArgs& a, int num_sms) {
   sp.np = sp.nsplit + 1;
   sp.fp_at = (int)(units * sp.nsplit);  // (after the packed CTAs)
 #ifdef KVCORE_DECODE_PLAN_KNOBS
-  // Profiling build only, for an A/B not yet run: KVCORE_PLAN_GRADED="a b" grades the
-  // uniform layout by launch rank. Its first quarter of a unit's chunks (launched first:
-  // rank 0 on their SMs at B=8) get (100 + a)% of the chunk, its last quarter (100 - b)%,
-  // the middle half the rest. With outliers the co-resident CTAs of an SM end up to 8 us
+  // Profiling build only: KVCORE_PLAN_GRADED="a b" grades the uniform layout by launch
+  // rank (measured in session 30: no gain, the SMs of one rank still end apart). Its
+  // first quarter of a unit's chunks (launched first: rank 0 on their SMs at B=8) get
+  // (100 + a)% of the chunk, its last quarter (100 - b)%, the middle half the rest. With outliers the co-resident CTAs of an SM end up to 8 us
   // apart at 2 bits, 16K (bench/PERF-NOTES.md, session 29); nothing starts after them.
   if (const char* graded = std::getenv("KVCORE_PLAN_GRADED"); graded != nullptr && sp.nbig >= 4) {
     int up = 0, down = 0;
