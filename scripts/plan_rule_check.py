@@ -13,7 +13,9 @@ planners interleaved, two rounds, bf16, Hq=32 Hkv=8; it prints the minimum time 
 
 --graded adds planners "g<a>_<b>": the built-in plan with KVCORE_PLAN_GRADED="a b" (the
 uniform layout's first quarter of chunks a unit (100 + a)%, its last (100 - b)%); --exp adds
-"x<n>": the built-in plan with KVCORE_EXP=n (kernel variants of the knobs build, exp_flags).
+"x<n>": the built-in plan with KVCORE_EXP=n (kernel variants of the knobs build, exp_flags);
+--static adds "static": KVCORE_DECODE_DYNAMIC_TILES=0 (the value-outlier kernels' static
+ranges instead of tickets; any build, with --no-old outside knobs builds).
 
 Groups: grid (B=8, D=128, 8K-128K), batch (B = 1, 4, 16, 32, 64), dims (B=8, D = 64, 256).
 """
@@ -46,13 +48,15 @@ def planner_env(planner):
         return {"KVCORE_PLAN_GRADED": planner[1:].replace("_", " ")}
     if planner.startswith("x"):
         return {"KVCORE_EXP": planner[1:]}
+    if planner == "static":
+        return {"KVCORE_DECODE_DYNAMIC_TILES": "0"}
     return {}
 
 
 def run(bench, bits, outl, planner, B, D, lengths):
     """Times of one bench process (us by packed length) and the plans it printed."""
     env = dict(os.environ)
-    for k in ("KVCORE_PLAN", "KVCORE_PLAN_UNIFORM", "KVCORE_PLAN_GRADED", "KVCORE_EXP"):
+    for k in ("KVCORE_PLAN", "KVCORE_PLAN_UNIFORM", "KVCORE_PLAN_GRADED", "KVCORE_EXP", "KVCORE_DECODE_DYNAMIC_TILES"):
         env.pop(k, None)
     env.update(planner_env(planner))
     cmd = [bench, "--bits", str(bits), "--bf16", "--outliers", str(outl[0]), str(outl[1])]
@@ -68,10 +72,14 @@ def main():
     ap.add_argument("--json")
     ap.add_argument("--graded", nargs="*", default=[], help='extra planners, each "a b"')
     ap.add_argument("--exp", nargs="*", default=[], help="extra planners: the built-in plan with KVCORE_EXP=n")
+    ap.add_argument("--static", action="store_true",
+                    help='add planner "static": KVCORE_DECODE_DYNAMIC_TILES=0 (any build)')
+    ap.add_argument("--no-old", action="store_true", help='drop planner "old" (needs a knobs build)')
     ap.add_argument("--bits", type=int, nargs="+", default=[2, 4], choices=(2, 4))
     ap.add_argument("--max-length", type=int, default=None, help="drop the groups' longer lengths")
     args = ap.parse_args()
-    planners = ["new", "old"] + ["g" + g.replace(" ", "_") for g in args.graded] + ["x" + x for x in args.exp]
+    planners = (["new"] + ([] if args.no_old else ["old"]) + ["g" + g.replace(" ", "_") for g in args.graded]
+                + ["x" + x for x in args.exp] + (["static"] if args.static else []))
     results = []
     for group in args.groups.split(","):
         for B, D, lengths, outls in GROUPS[group]:
@@ -95,7 +103,7 @@ def main():
                     for planner in planners:
                         ko, kp = f"{o[0]}{o[1]} {planner}", f"00 {planner}"
                         print(f"   ratio {ko:10s}", " ".join(f"{mins[kp][L] / mins[ko][L]:6.3f}" for L in lengths))
-                        if planner[0] in "gx":  # outlier variants against the built-in plain plan
+                        if planner[0] in "gxs":  # outlier variants against the built-in plain plan
                             print(f"   vs 00 new {ko:10s}", " ".join(f"{mins['00 new'][L] / mins[ko][L]:6.3f}"
                                                               for L in lengths))
     if args.json:

@@ -355,6 +355,32 @@ def test_cuda_graph_replay_with_corrections():
 
 
 @pytest.mark.cuda
+@pytest.mark.parametrize("bits, D", [(2, 128), (4, 64)])
+def test_cuda_dynamic_tiles_across_graph_replays(bits, D):
+    """The value-outlier kernels with their sums in global memory (2 bits; 4 bits at
+    head_dim 64) hand out tiles by ticket, from per-unit counters that a kernel zeroes
+    before each step. Replays of a captured call, whose previous replay left the counters
+    past the end, must still see every tile: each replay matches the reference."""
+    kw = add_corrections(make_inputs(Hq=16, Hkv=4, D=D, bits=bits, group=64, dtype=torch.bfloat16,
+                                     packed=[4000, 2500 + 7, 64], resid=[5, 0, 3], sinks=[2, 0, 1], t_cap=4096),
+                         1, 1, 0, 0, seed=5)
+    dev = to_device(kw, "cuda")
+    static_q = dev["q"].clone()
+    kvcore.ops.decode_attention(**{**dev, "q": static_q})  # warm-up outside the capture
+    torch.cuda.synchronize()
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        out, lse = kvcore.ops.decode_attention(**{**dev, "q": static_q})
+    gen = torch.Generator().manual_seed(11)
+    for _ in range(3):
+        q = torch.randn(kw["q"].shape, generator=gen).to(kw["q"].dtype)
+        static_q.copy_(q)
+        graph.replay()
+        torch.cuda.synchronize()
+        check_against_reference({**kw, "q": q}, out.cpu(), lse.cpu())
+
+
+@pytest.mark.cuda
 def test_cuda_rejects_misaligned_corrections():
     kw = to_device(add_corrections(make_inputs(Hq=4, Hkv=2, D=128, bits=2, group=64, dtype=torch.float16),
                                    1, 0, 0, 0), "cuda")

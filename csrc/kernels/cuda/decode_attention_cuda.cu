@@ -7,8 +7,9 @@
 #include <algorithm>
 #ifdef KVCORE_DECODE_PLAN_KNOBS
 #include <cstdio>
-#include <cstdlib>
 #endif
+#include <cstdlib>
+#include <cstring>
 #include <type_traits>
 
 #include "../decode_attention.h"
@@ -143,12 +144,17 @@ void print_plan(const SplitParams& sp, int per_sm) {
   static SplitParams last{};
   if (std::getenv("KVCORE_PLAN_PRINT") == nullptr ||
       (last.chunk == sp.chunk && last.nbig == sp.nbig && last.nsmall == sp.nsmall && last.ntiny == sp.ntiny &&
-       last.small_chunk == sp.small_chunk && last.tiny_chunk == sp.tiny_chunk && last.fp_at == sp.fp_at))
+       last.small_chunk == sp.small_chunk && last.tiny_chunk == sp.tiny_chunk && last.fp_at == sp.fp_at &&
+       last.static_tiles == sp.static_tiles && last.tile_run_mask == sp.tile_run_mask &&
+       last.tile_stride == sp.tile_stride))
     return;
   last = sp;
-  std::fprintf(stderr, "plan: per_sm %d big %lld x %d small %lld x %d tiny %lld x %d fp_at %d\n", per_sm,
+  std::fprintf(stderr, "plan: per_sm %d big %lld x %d small %lld x %d tiny %lld x %d fp_at %d", per_sm,
                (long long)sp.chunk, sp.nbig, (long long)sp.small_chunk, sp.nsmall, (long long)sp.tiny_chunk, sp.ntiny,
                sp.fp_at);
+  if (sp.static_tiles > 0)
+    std::fprintf(stderr, " dynamic: static %d run %d stride %d", sp.static_tiles, sp.tile_run_mask + 1, sp.tile_stride);
+  std::fprintf(stderr, "\n");
 }
 #define KVCORE_NOTE_PLAN(sp, per_sm) print_plan(sp, per_sm)
 #else
@@ -282,6 +288,52 @@ SplitParams plan_splits(const DecodeArgs& a, int num_sms) {
   if (const char* knobs = std::getenv("KVCORE_EXP")) sp.exp_flags = std::atoi(knobs);
 #endif
 
+  // Dynamic tiles (SplitParams::static_tiles) for the value-outlier kernels whose sums are
+  // in global memory: one wave of packed CTAs, the full-precision CTAs first (their slots
+  // then go to the packed CTAs that did not fit), as many packed CTAs a unit as a wave
+  // holds (never more: a CTA that started only when others ran out of tiles would still
+  // have its two static tiles to do), and no more than one per 4 tiles a warp of the
+  // sequence. In one wave of static chunks the CTAs of one launch rank ended up to 8 us
+  // apart, by their SM (bench/PERF-NOTES.md, session 30); with tickets they end within a
+  // tile of each other.
+  // KVCORE_DECODE_DYNAMIC_TILES=0 keeps the static plans below (each CTA's tokens then
+  // fixed from step to step; an A/B of the two).
+  static const bool dynamic_tiles = [] {
+    const char* v = std::getenv("KVCORE_DECODE_DYNAMIC_TILES");
+    return v == nullptr || std::strcmp(v, "0") != 0;
+  }();
+  if (dynamic_tiles && value_sums_in_global(a) && h4_dynamic_tiles(a.D, a.bits, a.group, tt, a.v_outliers)) {
+    // Tickets a line apart (128 bytes), so that the units' atomics spread over L2 slices.
+    int run = 1, stride = 32;
+    bool fit_wave = false, fp_last = false;
+#ifdef KVCORE_DECODE_PLAN_KNOBS
+    // KVCORE_EXP bits (session 31's A/B): 1 tickets packed (4 bytes apart), 2 as many
+    // packed CTAs a unit as fit in one wave beside the full-precision ones, 4 runs of two
+    // tiles, 8 runs of four, 16 the full-precision CTAs last.
+    if (sp.exp_flags & 1) stride = 1;
+    if (sp.exp_flags & 2) fit_wave = true;
+    if (sp.exp_flags & 4) run = 2;
+    if (sp.exp_flags & 8) run = 4;
+    if (sp.exp_flags & 16) fp_last = true;
+#endif
+    const int64_t by_length = (a.t_cap + 4LL * kWarps * tt - 1) / (4LL * kWarps * tt);
+    const int64_t per_unit = std::min<int64_t>(fit_wave ? (slots - units) / units : slots / units, by_length);
+    if (per_unit >= 2) {
+      sp.chunk = sp.small_chunk = sp.tiny_chunk = align;  // (unused: the warps' tiles come from static_tiles)
+      sp.nbig = (int)per_unit;
+      sp.nsmall = sp.ntiny = 0;
+      sp.tiny_at = a.t_cap;
+      sp.nsplit = sp.nbig;
+      sp.np = sp.nsplit + 1;
+      sp.fp_at = fp_last ? (int)(units * sp.nsplit) : 0;
+      sp.static_tiles = (int)(std::max(2, run) * per_unit * kWarps);
+      sp.tile_run_mask = run - 1;
+      sp.tile_stride = stride;
+      KVCORE_NOTE_PLAN(sp, per_sm);
+      return sp;
+    }
+  }
+
   // The uniform layout: chunks of one size; among 1..max_waves waves' worth take the count
   // that fills its waves of packed CTAs best (a last wave that is mostly empty wastes the
   // GPU), keeping at least two tiles per warp.
@@ -402,8 +454,23 @@ __global__ void __launch_bounds__(kMassThreads) attention_mass_kernel(DecodeArgs
   a.attn_mass[row * cols + col] += p;
 }
 
+// Ints of the dynamic tiles' tickets (SplitParams::tile_ctr): one a unit, tile_stride
+// apart, rounded up to whole 128-byte lines (the value-outlier sums after them stay aligned).
+size_t ticket_words(const DecodeArgs& a, const SplitParams& sp) {
+  return sp.static_tiles > 0 ? ((size_t)a.B * a.Hkv * sp.passes * sp.tile_stride + 31) / 32 * 32 : 0;
+}
+
+// Zeroes the dynamic tiles' tickets. The split kernel is its programmatic dependent: it
+// may be scheduled at once; its warps wait (griddepcontrol.wait) in their first stage,
+// after its copies are out, and take their first ticket after that.
+__global__ void __launch_bounds__(256) decode_zero_tickets(int* tickets, int64_t n) {
+  dev::launch_dependents();
+  for (int64_t i = threadIdx.x; i < n; i += blockDim.x) tickets[i] = 0;
+}
+
 template <int KIND, int D>
 cudaError_t run_all(const DecodeArgs& a, const SplitParams& sp, cudaStream_t st) {
+  if (sp.tile_ctr != nullptr) decode_zero_tickets<<<1, 256, 0, st>>>(sp.tile_ctr, ticket_words(a, sp));
   const cudaError_t e = for_kind_bits(a, [&](auto k, auto b) {
     return packed_launch<decltype(k)::value, decltype(b)::value>(a, sp, st);
   });
@@ -459,13 +526,14 @@ size_t value_outlier_floats(const DecodeArgs& a, const SplitParams& sp) {
 }
 }  // namespace
 
-// Workspace: [value-outlier sums][partials o, m, l][logits]; the sums first, so that their
-// lines are 128-byte aligned and the partials' float4 rows 16-byte aligned.
+// Workspace: [tickets][value-outlier sums][partials o, m, l][logits]; the tickets and the
+// sums first (whole 128-byte lines), so that the sums' lines are 128-byte aligned and the
+// partials' float4 rows 16-byte aligned.
 size_t decode_attention_cuda_workspace(const DecodeArgs& a, int num_sms) {
   const SplitParams sp = plan_splits(a, num_sms);
   const size_t slots = (size_t)a.B * a.Hq * sp.np;
   const size_t logits = a.attn_mass != nullptr ? (size_t)a.B * a.Hq * (size_t)a.mass_cols() : 0;
-  return (value_outlier_floats(a, sp) + slots * ((size_t)a.D + 2) + logits) * sizeof(float);
+  return (ticket_words(a, sp) + value_outlier_floats(a, sp) + slots * ((size_t)a.D + 2) + logits) * sizeof(float);
 }
 
 cudaError_t decode_attention_cuda(const DecodeArgs& args, void* workspace, int num_sms, cudaStream_t stream) {
@@ -473,7 +541,9 @@ cudaError_t decode_attention_cuda(const DecodeArgs& args, void* workspace, int n
   DecodeArgs a = args;
   SplitParams sp = plan_splits(a, num_sms);
   const size_t slots = (size_t)a.B * a.Hq * sp.np;
-  sp.ws_vo = static_cast<float*>(workspace);  // 128-byte aligned (cudaMalloc, torch's allocator): lines are discarded
+  // (the workspace is 128-byte aligned: cudaMalloc, torch's allocator; the sums' lines are discarded)
+  sp.tile_ctr = sp.static_tiles > 0 ? static_cast<int*>(workspace) : nullptr;
+  sp.ws_vo = static_cast<float*>(workspace) + ticket_words(a, sp);
   sp.ws_o = sp.ws_vo + value_outlier_floats(a, sp);
   sp.ws_m = sp.ws_o + slots * a.D;
   sp.ws_l = sp.ws_m + slots;

@@ -50,6 +50,17 @@ struct SplitParams {
   float* ws_m;     // [B, Hq, np]   running max (base 2)
   float* ws_l;     // [B, Hq, np]   sum of exp2
   float* ws_vo;    // h4_outliers with value outliers, 2 bits: [packed CTAs][kWarps][value_outlier_warp_floats(D)] sums
+  // Dynamic tiles (static_tiles > 0; the value-outlier kernels with their sums in global
+  // memory; tiles of TT tokens, runs of R = tile_run_mask + 1 tiles, R a power of two): a
+  // warp takes the static run of S = max(2, R) tiles from S (split kWarps + warp) of its
+  // unit, then runs by ticket: tiles static_tiles + R atomicAdd(tile_ctr[unit *
+  // tile_stride], 1) onwards, until the sequence's end, so that the CTAs of a unit end
+  // together whatever their SM's speed. tile_ctr: the units' tickets in the workspace
+  // (tile_stride ints apart), zeroed by decode_zero_tickets just before the split kernel.
+  int static_tiles;
+  int tile_run_mask;
+  int tile_stride;
+  int* tile_ctr;
 #ifdef KVCORE_DECODE_PLAN_KNOBS
   int exp_flags;   // profiling build only: $KVCORE_EXP, for kernel variants under an A/B (none at present;
                    // session 30's read sp.exp_flags in decode_packed_kernel: bench/PERF-NOTES.md)
@@ -82,6 +93,16 @@ inline bool h4_outliers(const DecodeArgs& a) {
 // session 25).
 __host__ __device__ constexpr bool h4_value_sums_in_smem(int D, int bits, int cv = 1) {
   return bits == 4 && D >= 128 && cv == 1;
+}
+// The H4 outlier kernels (with value outliers) that take their tiles by ticket
+// (SplitParams::static_tiles): those whose value sums are in global memory and whose key
+// blocks are exactly one stage (G == TT, TT: the stage's tokens), except at 4 bits (two
+// value outliers a token at D >= 128). A key block over two stages (G > TT) keeps its
+// query fragments from its first stage, which a ticket could skip (session 30's 32 test
+// failures); at G < TT the two registers the tickets take spilled (G = 32 at 2 bits and
+// D = 128), as they did in the 4-bit D = 128 G = 32 two-a-side kernel.
+__host__ __device__ constexpr bool h4_dynamic_tiles(int D, int bits, int G, int TT, int cv) {
+  return !h4_value_sums_in_smem(D, bits, cv) && G == TT && !(bits == 4 && D >= 128);
 }
 // Floats of one warp's value-outlier sums in SplitParams::ws_vo: [D + 1][4] (row D: a
 // dump for indices >= D), rounded up to whole 128-byte lines, which the warp discards

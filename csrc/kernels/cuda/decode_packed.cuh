@@ -672,6 +672,9 @@ __global__ void __launch_bounds__(kWarps * 32, (D <= 64 || (H4 && D <= 128) ? 16
     // (rows of 4 * D bytes, K and V; the merge's share alone holds >= 32)
     const int buf_bytes = (int)stage_area_bytes(D, stage_bytes);
     fp_split<KIND, D>(a, sp, b, kvh, h0, nh, stages, buf_bytes / (4 * D) / 16 * 16, warp, lane);
+    // Dynamic tiles: this grid (and so the merge after it) ends only after decode_zero_tickets,
+    // even if no warp takes a ticket (the full-precision CTAs run first and end long after it).
+    if (sp.tile_ctr != nullptr) dev::wait_primary();
     if (threadIdx.x == 0) timeline_stamp(a.timeline, tl_rec, 6);
     return;
   }
@@ -742,7 +745,16 @@ __global__ void __launch_bounds__(kWarps * 32, (D <= 64 || (H4 && D <= 128) ? 16
   // form ptxas spilled in their loops (H100, 2-bit 32K: K2 V1 96 -> 92-93 us, one outlier
   // a side 89.5 -> 88.4-88.9). The plain kernels keep the index form: 32-bit positions
   // there made 2-bit 32K ~1% slower (bench/PERF-NOTES.md, session 14).
-  const uint32_t w_begin32 = (uint32_t)min(w_begin, n), w_end32 = (uint32_t)max(w_end, (int64_t)0);
+  uint32_t w_begin32 = (uint32_t)min(w_begin, n), w_end32 = (uint32_t)max(w_end, (int64_t)0);
+  // Dynamic tiles (SplitParams::static_tiles): the warp's static run of max(2, R) tiles,
+  // then runs of R tiles by ticket up to n (the loop below).
+  constexpr bool DYN = CORR && H4 && h4_dynamic_tiles(D, BITS, G, TT, CV);
+  const bool dyn = DYN && sp.static_tiles > 0;
+  if (dyn) {
+    const int run0 = max(2, sp.tile_run_mask + 1);
+    w_begin32 = (uint32_t)min((int64_t)(run0 * (split * kWarps + warp)) * TT, n);
+    w_end32 = (uint32_t)n;
+  }
 
   constexpr int KVC = TT * RB / 16;             // 16-byte chunks of codes per stage (a multiple of 32)
   constexpr int KSC = L::NKB * D * 2 / 16;      // of key scales (<= 32)
@@ -1336,13 +1348,24 @@ __global__ void __launch_bounds__(kWarps * 32, (D <= 64 || (H4 && D <= 128) ? 16
     }
   };
 
-  uint32_t t_cur = w_begin32;  // CORR: this stage's first token
+  uint32_t t_cur = w_begin32;       // CORR: this stage's first token
+  uint32_t t_next = w_begin32 + TT;  // CORR: the next stage's (dynamic tiles: the second static tile, then tickets)
+  int ticket = 0;                    // dynamic tiles, lane 0: the ticket taken for the stage after the next
   for (int i = 0; CORR ? t_cur < w_end32 : i < ntiles; ++i) {
     dev::cp_async_wait<kStages - 2>();
     __syncwarp();
     if constexpr (CORR) {
       static_assert(kStages == 2, "one tile ahead");
-      issue_at(my_stages + ((i + 1) % kStages) * stage_bytes, t_cur + TT, t_cur + TT < w_end32);
+      issue_at(my_stages + ((i + 1) % kStages) * stage_bytes, t_next, t_next < w_end32);
+      if constexpr (DYN) {
+        // A stage ahead of its use, so that the atomic's round trip hides behind this stage;
+        // taken when the next stage is its run's last (runs of R tiles start at multiples of R).
+        if (dyn && lane == 0) {
+          if (i == 0) dev::wait_primary();  // the tickets are zeroed (decode_zero_tickets)
+          if (t_next < w_end32 && ((t_next / TT) & (uint32_t)sp.tile_run_mask) == (uint32_t)sp.tile_run_mask)
+            ticket = atomicAdd(sp.tile_ctr + unit * (unsigned)sp.tile_stride, 1);
+        }
+      }
     } else {
       issue_tile(i + kStages - 1);
     }
@@ -1780,7 +1803,16 @@ __global__ void __launch_bounds__(kWarps * 32, (D <= 64 || (H4 && D <= 128) ? 16
       if (v_red) value_outliers_h4(ob1, ob2, vp, vrow_ok);  // (warp-uniform: value outliers given or not)
     }
     __syncwarp();  // the stage is overwritten by a later issue
-    t_cur += TT;
+    if constexpr (CORR) {
+      // (a ticket not taken, t_next >= n: t_cur leaves the loop and t_next is not used)
+      const uint32_t mask = (uint32_t)sp.tile_run_mask;
+      const uint32_t after =
+          dyn && ((t_next / TT) & mask) == mask
+              ? (uint32_t)(sp.static_tiles + __shfl_sync(0xffffffffu, ticket, 0) * (int)(mask + 1)) * TT
+              : t_next + TT;
+      t_cur = t_next;
+      t_next = after;
+    }
   }
   dev::cp_async_wait<0>();
   if (lane == 0) timeline_stamp(a.timeline, tl_rec, 2 + warp);
@@ -1976,8 +2008,22 @@ struct Packed {
     if (e != cudaSuccess) return e;
     const int64_t ctas = (int64_t)a.B * a.Hkv * sp.passes * sp.np;  // + the fp split
     if (ctas > INT32_MAX) return cudaErrorInvalidConfiguration;
-    kernel<<<(unsigned)ctas, kWarps * 32, bytes, st>>>(a, sp);
-    return cudaGetLastError();
+    if (sp.tile_ctr == nullptr) {
+      kernel<<<(unsigned)ctas, kWarps * 32, bytes, st>>>(a, sp);
+      return cudaGetLastError();
+    }
+    // Dynamic tiles: a programmatic dependent of decode_zero_tickets (decode_attention_cuda.cu).
+    cudaLaunchConfig_t cfg = {};
+    cfg.gridDim = dim3((unsigned)ctas);
+    cfg.blockDim = dim3(kWarps * 32);
+    cfg.dynamicSmemBytes = bytes;
+    cfg.stream = st;
+    cudaLaunchAttribute attr[1];
+    attr[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
+    attr[0].val.programmaticStreamSerializationAllowed = 1;
+    cfg.attrs = attr;
+    cfg.numAttrs = 1;
+    return cudaLaunchKernelEx(&cfg, kernel, a, sp);
   }
 };
 
