@@ -1363,7 +1363,7 @@ __global__ void __launch_bounds__(kWarps * 32, (D <= 64 || (H4 && D <= 128) ? 16
         if (dyn && lane == 0) {
           if (i == 0) dev::wait_primary();  // the tickets are zeroed (decode_zero_tickets)
           if (t_next < w_end32 && ((t_next / TT) & (uint32_t)sp.tile_run_mask) == (uint32_t)sp.tile_run_mask)
-            ticket = atomicAdd(sp.tile_ctr + unit * (unsigned)sp.tile_stride, 1);
+            ticket = dev::take_ticket(sp.tile_ctr + unit * (unsigned)sp.tile_stride);
         }
       }
     } else {

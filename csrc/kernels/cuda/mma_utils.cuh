@@ -126,6 +126,16 @@ __device__ __forceinline__ void red_add_f32x4(float* addr, float4 v, bool pred) 
       "f"(v.x), "f"(v.y), "f"(v.z), "f"(v.w), "r"((int)pred)
       : "memory");
 }
+// *addr += 1 (relaxed, gpu scope; below 2^31 - 1), returning the old value: a ticket. As
+// atom.inc, because ptxas aggregates a warp's atom.add (vote, popc, one ATOMG) and
+// shuffles its result right after the ATOMG, which then waits for the atomic's whole
+// round trip (~0.3 us a ticket in session 31's dynamic tiles); atom.inc it leaves alone,
+// so the result is waited for only where it is used.
+__device__ __forceinline__ int take_ticket(int* addr) {
+  int old;
+  asm volatile("atom.relaxed.gpu.global.inc.u32 %0, [%1], 2147483647;" : "=r"(old) : "l"(addr));
+  return old;
+}
 // 16 bytes from global memory with a relaxed gpu-scope load (through L2: sees the
 // reductions that a barrier has ordered before it).
 __device__ __forceinline__ float4 ld_relaxed_f32x4(const float* addr) {
