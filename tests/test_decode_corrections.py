@@ -218,13 +218,37 @@ def test_cuda_matches_reference(dtype, shape, counts):
     run_against_reference(kw)
 
 
+DYNAMIC_SHAPES = [  # Hq, Hkv, bits, D, G, packed lengths, t_cap: value sums in global memory, G == TT
+    (8, 2, 2, 128, 64, [40 * 64 + 7, 9 * 64, 0], 48 * 64),
+    (9, 3, 2, 64, 64, [40 * 64 + 5, 7 * 64, 64], 48 * 64),
+    (8, 2, 4, 64, 64, [33 * 64, 2 * 64 + 5, 20 * 64], 36 * 64),
+]
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("shape", DYNAMIC_SHAPES, ids=lambda s: f"{s[0]}-{s[1]}-b{s[2]}-d{s[3]}-g{s[4]}")
+@pytest.mark.parametrize("counts", [(0, 1, 0, 0), (1, 1, 0, 0), (2, 1, 0, 0), (0, 2, 0, 0), (1, 2, 0, 0), (2, 2, 0, 0)])
+def test_cuda_dynamic_tiles_match_reference(dtype, shape, counts, monkeypatch):
+    """The value-outlier kernels that take tiles by ticket (long sequences only, see
+    plan_splits), forced at these shapes: sequences of unequal lengths (one empty), a
+    partial last stage, every outlier count they serve."""
+    monkeypatch.setenv("KVCORE_DECODE_DYNAMIC_TILES", "always")
+    Hq, Hkv, bits, D, G, packed, t_cap = shape
+    kw = make_inputs(Hq=Hq, Hkv=Hkv, D=D, bits=bits, group=G, dtype=dtype, packed=packed, t_cap=t_cap,
+                     resid=[5] * len(packed), sinks=[2] * len(packed))
+    poison_past_lengths(add_corrections(kw, *counts, seed=D + G + Hq))
+    run_against_reference(kw)
+
+
 @pytest.mark.cuda
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
 @pytest.mark.parametrize("bits", [2, 4])
 @pytest.mark.parametrize("scores", ["climb", "high", "low"])
 @pytest.mark.parametrize("D", [64, 128])
 @pytest.mark.parametrize("per_token", [1, 2])
-def test_cuda_value_outlier_sums_rebase(dtype, bits, scores, D, per_token):
+@pytest.mark.parametrize("tiles", ["auto", "always"])
+def test_cuda_value_outlier_sums_rebase(dtype, bits, scores, D, per_token, tiles, monkeypatch):
     """The H4 outlier kernel keeps each warp's value-outlier sums relative to a head's first
     running max and rebases every head's sums when one head's max outgrows it by 2^64.
     "climb": head 0 of each KV group sees key-outlier scores that climb 1.5 (log2) a token
@@ -232,7 +256,9 @@ def test_cuda_value_outlier_sums_rebase(dtype, bits, scores, D, per_token):
     see them (q[..., 0] = 0), so their sums are rescaled by factors that matter.
     "high" / "low": head 0's scores are all 100 (log2) above / below the others', far
     outside the range of the others' references and factors. (Two value outliers a token:
-    the sums in global memory at either width.)"""
+    the sums in global memory at either width.) tiles: the plan's choice (static at this
+    length) or tickets wherever the kernel takes them (KVCORE_DECODE_DYNAMIC_TILES)."""
+    monkeypatch.setenv("KVCORE_DECODE_DYNAMIC_TILES", "1" if tiles == "auto" else "always")
     Hq, Hkv, G, t_cap = 8, 2, 64, 4096
     kw = make_inputs(Hq=Hq, Hkv=Hkv, D=D, bits=bits, group=G, dtype=dtype, packed=[4000, 3000 + 17],
                      resid=[5, 3], sinks=[2, 0], t_cap=t_cap)
@@ -356,17 +382,24 @@ def test_cuda_graph_replay_with_corrections():
 
 @pytest.mark.cuda
 @pytest.mark.parametrize("bits, D", [(2, 128), (4, 64)])
-def test_cuda_dynamic_tiles_across_graph_replays(bits, D):
+def test_cuda_dynamic_tiles_across_graph_replays(bits, D, monkeypatch):
     """The value-outlier kernels with their sums in global memory (2 bits; 4 bits at
-    head_dim 64) hand out tiles by ticket, from per-unit counters that a kernel zeroes
-    before each step. Replays of a captured call, whose previous replay left the counters
-    past the end, must still see every tile: each replay matches the reference."""
+    head_dim 64) hand out tiles by ticket, from per-unit counters in the workspace that no
+    kernel zeroes: each grid opens them with its own epoch (%gridid). Eager calls over a
+    workspace of garbage, and replays of a captured call, whose previous replay left the
+    counters past the end, must still see every tile: each matches the reference. (These
+    shapes are below the length where the plan takes tickets by itself: "always".)"""
+    monkeypatch.setenv("KVCORE_DECODE_DYNAMIC_TILES", "always")
     kw = add_corrections(make_inputs(Hq=16, Hkv=4, D=D, bits=bits, group=64, dtype=torch.bfloat16,
                                      packed=[4000, 2500 + 7, 64], resid=[5, 0, 3], sinks=[2, 0, 1], t_cap=4096),
                          1, 1, 0, 0, seed=5)
     dev = to_device(kw, "cuda")
     static_q = dev["q"].clone()
-    kvcore.ops.decode_attention(**{**dev, "q": static_q})  # warm-up outside the capture
+    junk = torch.full((1 << 22,), -1, dtype=torch.int32, device="cuda")  # freed: the workspace may reuse it
+    del junk
+    for _ in range(2):  # eager (the second over the first's counters); the first also warms up the capture
+        out, lse = kvcore.ops.decode_attention(**{**dev, "q": static_q})
+        check_against_reference({**kw, "q": dev["q"].cpu()}, out.cpu(), lse.cpu())
     torch.cuda.synchronize()
     graph = torch.cuda.CUDAGraph()
     with torch.cuda.graph(graph):

@@ -292,33 +292,38 @@ SplitParams plan_splits(const DecodeArgs& a, int num_sms) {
   // in global memory: one wave of packed CTAs, the full-precision CTAs first (their slots
   // then go to the packed CTAs that did not fit), as many packed CTAs a unit as a wave
   // holds (never more: a CTA that started only when others ran out of tiles would still
-  // have its two static tiles to do), and no more than one per 4 tiles a warp of the
-  // sequence. In one wave of static chunks the CTAs of one launch rank ended up to 8 us
-  // apart, by their SM (bench/PERF-NOTES.md, session 30); with tickets they end within a
-  // tile of each other.
+  // have its static run to do), tiles taken one at a time. In one wave of static chunks
+  // the CTAs of one launch rank ended up to 8 us apart, by their SM (bench/PERF-NOTES.md,
+  // sessions 29-30); with tickets a unit's CTAs end within a tile of each other (session
+  // 31: H100 one a side 12K-20K 0.81-0.83x -> 0.86x). Only from 5 tiles a warp (B=8 Hkv=8:
+  // 10K tokens): below that the static plan was as fast on the H100 and 1-3 points faster
+  // on the H200 (8K-16K).
   // KVCORE_DECODE_DYNAMIC_TILES=0 keeps the static plans below (each CTA's tokens then
-  // fixed from step to step; an A/B of the two).
-  static const bool dynamic_tiles = [] {
-    const char* v = std::getenv("KVCORE_DECODE_DYNAMIC_TILES");
-    return v == nullptr || std::strcmp(v, "0") != 0;
-  }();
+  // fixed from step to step; an A/B of the two); =always takes tickets at any length (the
+  // tests' small shapes). Read at every call (a getenv), so that a test can switch it.
+  const char* dynamic_env = std::getenv("KVCORE_DECODE_DYNAMIC_TILES");
+  const bool dynamic_tiles = dynamic_env == nullptr || std::strcmp(dynamic_env, "0") != 0;
+  const bool dynamic_always = dynamic_env != nullptr && std::strcmp(dynamic_env, "always") == 0;
   if (dynamic_tiles && value_sums_in_global(a) && h4_dynamic_tiles(a.D, a.bits, a.group, tt, a.v_outliers)) {
-    // Tickets a line apart (128 bytes), so that the units' atomics spread over L2 slices.
-    int run = 1, stride = 32;
+    // Tickets a line apart (128 bytes), so that the units' atomics spread over L2 slices
+    // (4 bytes apart, two lines in all, the step took 15-19% longer at 32K-128K).
+    int run = 1, min_warp_tiles = 5;
+    const int stride = 32;
     bool fit_wave = false, fp_last = false;
 #ifdef KVCORE_DECODE_PLAN_KNOBS
-    // KVCORE_EXP bits (session 31's A/B): 1 tickets packed (4 bytes apart), 2 as many
-    // packed CTAs a unit as fit in one wave beside the full-precision ones, 4 runs of two
-    // tiles, 8 runs of four, 16 the full-precision CTAs last.
-    if (sp.exp_flags & 1) stride = 1;
+    // KVCORE_EXP bits (session 31's A/B): 2 as many packed CTAs a unit as fit in one wave
+    // beside the full-precision ones, 4 runs of two tiles, 8 runs of four, 16 the
+    // full-precision CTAs last, 32 dynamic from 3 tiles a warp, 64 from 8.
     if (sp.exp_flags & 2) fit_wave = true;
     if (sp.exp_flags & 4) run = 2;
     if (sp.exp_flags & 8) run = 4;
     if (sp.exp_flags & 16) fp_last = true;
+    if (sp.exp_flags & 32) min_warp_tiles = 3;
+    if (sp.exp_flags & 64) min_warp_tiles = 8;
 #endif
     const int64_t by_length = (a.t_cap + 4LL * kWarps * tt - 1) / (4LL * kWarps * tt);
     const int64_t per_unit = std::min<int64_t>(fit_wave ? (slots - units) / units : slots / units, by_length);
-    if (per_unit >= 2) {
+    if (per_unit >= 2 && (dynamic_always || a.t_cap >= (int64_t)min_warp_tiles * per_unit * kWarps * tt)) {
       sp.chunk = sp.small_chunk = sp.tiny_chunk = align;  // (unused: the warps' tiles come from static_tiles)
       sp.nbig = (int)per_unit;
       sp.nsmall = sp.ntiny = 0;
@@ -454,23 +459,16 @@ __global__ void __launch_bounds__(kMassThreads) attention_mass_kernel(DecodeArgs
   a.attn_mass[row * cols + col] += p;
 }
 
-// Ints of the dynamic tiles' tickets (SplitParams::tile_ctr): one a unit, tile_stride
-// apart, rounded up to whole 128-byte lines (the value-outlier sums after them stay aligned).
+// Ints of the dynamic tiles' tickets (SplitParams::tile_ctr): a unit's 64-bit epoch and
+// its count (dev::open_tickets), tile_stride ints apart, rounded up to whole 128-byte lines
+// (the value-outlier sums after them stay aligned). Never zeroed by the host: the epoch
+// tells a count of this grid's from garbage.
 size_t ticket_words(const DecodeArgs& a, const SplitParams& sp) {
   return sp.static_tiles > 0 ? ((size_t)a.B * a.Hkv * sp.passes * sp.tile_stride + 31) / 32 * 32 : 0;
 }
 
-// Zeroes the dynamic tiles' tickets. The split kernel is its programmatic dependent: it
-// may be scheduled at once; its warps wait (griddepcontrol.wait) in their first stage,
-// after its copies are out, and take their first ticket after that.
-__global__ void __launch_bounds__(256) decode_zero_tickets(int* tickets, int64_t n) {
-  dev::launch_dependents();
-  for (int64_t i = threadIdx.x; i < n; i += blockDim.x) tickets[i] = 0;
-}
-
 template <int KIND, int D>
 cudaError_t run_all(const DecodeArgs& a, const SplitParams& sp, cudaStream_t st) {
-  if (sp.tile_ctr != nullptr) decode_zero_tickets<<<1, 256, 0, st>>>(sp.tile_ctr, ticket_words(a, sp));
   const cudaError_t e = for_kind_bits(a, [&](auto k, auto b) {
     return packed_launch<decltype(k)::value, decltype(b)::value>(a, sp, st);
   });

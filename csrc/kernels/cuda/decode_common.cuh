@@ -54,9 +54,9 @@ struct SplitParams {
   // memory; tiles of TT tokens, runs of R = tile_run_mask + 1 tiles, R a power of two): a
   // warp takes the static run of S = max(2, R) tiles from S (split kWarps + warp) of its
   // unit, then runs by ticket: tiles static_tiles + R atomicAdd(tile_ctr[unit *
-  // tile_stride], 1) onwards, until the sequence's end, so that the CTAs of a unit end
+  // tile_stride + 2], 1) onwards, until the sequence's end, so that the CTAs of a unit end
   // together whatever their SM's speed. tile_ctr: the units' tickets in the workspace
-  // (tile_stride ints apart), zeroed by decode_zero_tickets just before the split kernel.
+  // (tile_stride >= 4 ints apart: a 64-bit epoch, then the count; see dev::open_tickets).
   int static_tiles;
   int tile_run_mask;
   int tile_stride;

@@ -672,9 +672,6 @@ __global__ void __launch_bounds__(kWarps * 32, (D <= 64 || (H4 && D <= 128) ? 16
     // (rows of 4 * D bytes, K and V; the merge's share alone holds >= 32)
     const int buf_bytes = (int)stage_area_bytes(D, stage_bytes);
     fp_split<KIND, D>(a, sp, b, kvh, h0, nh, stages, buf_bytes / (4 * D) / 16 * 16, warp, lane);
-    // Dynamic tiles: this grid (and so the merge after it) ends only after decode_zero_tickets,
-    // even if no warp takes a ticket (the full-precision CTAs run first and end long after it).
-    if (sp.tile_ctr != nullptr) dev::wait_primary();
     if (threadIdx.x == 0) timeline_stamp(a.timeline, tl_rec, 6);
     return;
   }
@@ -943,6 +940,12 @@ __global__ void __launch_bounds__(kWarps * 32, (D <= 64 || (H4 && D <= 128) ? 16
   // once per CTA: ~4 CTAs per slot at 32K tokens).
   if constexpr (CORR) {
     issue_at(my_stages, w_begin32, w_begin32 < w_end32);
+    if constexpr (DYN) {  // (while the copies are in flight)
+      if (dyn && lane == 0) {
+        int* unit_tickets = sp.tile_ctr + unit * (unsigned)sp.tile_stride;
+        dev::open_tickets(reinterpret_cast<unsigned long long*>(unit_tickets), unit_tickets + 2);
+      }
+    }
   } else {
 #pragma unroll
     for (int s = 0; s < kStages - 1; ++s) issue_tile(s);
@@ -1360,11 +1363,9 @@ __global__ void __launch_bounds__(kWarps * 32, (D <= 64 || (H4 && D <= 128) ? 16
       if constexpr (DYN) {
         // A stage ahead of its use, so that the atomic's round trip hides behind this stage;
         // taken when the next stage is its run's last (runs of R tiles start at multiples of R).
-        if (dyn && lane == 0) {
-          if (i == 0) dev::wait_primary();  // the tickets are zeroed (decode_zero_tickets)
-          if (t_next < w_end32 && ((t_next / TT) & (uint32_t)sp.tile_run_mask) == (uint32_t)sp.tile_run_mask)
-            ticket = dev::take_ticket(sp.tile_ctr + unit * (unsigned)sp.tile_stride);
-        }
+        if (dyn && lane == 0 && t_next < w_end32 &&
+            ((t_next / TT) & (uint32_t)sp.tile_run_mask) == (uint32_t)sp.tile_run_mask)
+          ticket = dev::take_ticket(sp.tile_ctr + unit * (unsigned)sp.tile_stride + 2);  // (opened above)
       }
     } else {
       issue_tile(i + kStages - 1);
@@ -2008,22 +2009,8 @@ struct Packed {
     if (e != cudaSuccess) return e;
     const int64_t ctas = (int64_t)a.B * a.Hkv * sp.passes * sp.np;  // + the fp split
     if (ctas > INT32_MAX) return cudaErrorInvalidConfiguration;
-    if (sp.tile_ctr == nullptr) {
-      kernel<<<(unsigned)ctas, kWarps * 32, bytes, st>>>(a, sp);
-      return cudaGetLastError();
-    }
-    // Dynamic tiles: a programmatic dependent of decode_zero_tickets (decode_attention_cuda.cu).
-    cudaLaunchConfig_t cfg = {};
-    cfg.gridDim = dim3((unsigned)ctas);
-    cfg.blockDim = dim3(kWarps * 32);
-    cfg.dynamicSmemBytes = bytes;
-    cfg.stream = st;
-    cudaLaunchAttribute attr[1];
-    attr[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
-    attr[0].val.programmaticStreamSerializationAllowed = 1;
-    cfg.attrs = attr;
-    cfg.numAttrs = 1;
-    return cudaLaunchKernelEx(&cfg, kernel, a, sp);
+    kernel<<<(unsigned)ctas, kWarps * 32, bytes, st>>>(a, sp);
+    return cudaGetLastError();
   }
 };
 

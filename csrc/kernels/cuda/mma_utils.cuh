@@ -136,6 +136,27 @@ __device__ __forceinline__ int take_ticket(int* addr) {
   asm volatile("atom.relaxed.gpu.global.inc.u32 %0, [%1], 2147483647;" : "=r"(old) : "l"(addr));
   return old;
 }
+// Opens a unit's tickets (`count`, next to its 64-bit `epoch`) for this grid, so that no
+// kernel has to zero them before each step: the workspace holds garbage or an earlier
+// grid's values. %gridid (unique per launch in the context, graph replays included) is
+// the epoch. The first of the unit's warps to find another epoch claims the unit (CAS to
+// ~gridid, "opening"), zeroes the count and publishes the epoch with a release; the
+// others poll until they see it (the claimant waits on nothing meanwhile). Lane 0 only.
+__device__ __forceinline__ void open_tickets(unsigned long long* epoch, int* count) {
+  unsigned long long g;
+  asm volatile("mov.u64 %0, %%gridid;" : "=l"(g));
+  unsigned long long e;
+  asm volatile("ld.acquire.gpu.global.u64 %0, [%1];" : "=l"(e) : "l"(epoch) : "memory");
+  while (e != g) {
+    if (e != ~g && atomicCAS(epoch, e, ~g) == e) {
+      asm volatile("st.relaxed.gpu.global.u32 [%0], 0;" ::"l"(count) : "memory");
+      asm volatile("st.release.gpu.global.u64 [%0], %1;" ::"l"(epoch), "l"(g) : "memory");
+      return;
+    }
+    __nanosleep(100);
+    asm volatile("ld.acquire.gpu.global.u64 %0, [%1];" : "=l"(e) : "l"(epoch) : "memory");
+  }
+}
 // 16 bytes from global memory with a relaxed gpu-scope load (through L2: sees the
 // reductions that a barrier has ordered before it).
 __device__ __forceinline__ float4 ld_relaxed_f32x4(const float* addr) {
