@@ -68,6 +68,13 @@ __global__ void __launch_bounds__(kMergeThreads) decode_merge_kernel(DecodeArgs 
   const int64_t unit = blockIdx.x;
   if (threadIdx.x == 0) timeline_stamp(a.timeline, unit, 0);
   dev::wait_primary();  // launched as a programmatic dependent of the split kernel
+  // Dynamic tiles: close the split kernel's tickets (epoch 0), so that a replay of the
+  // same graph, whose split kernel has the same %gridid, opens them again (dev::open_tickets).
+  if (sp.tile_ctr != nullptr && unit == 0) {
+    const int64_t units = (int64_t)a.B * a.Hkv * sp.passes;
+    for (int64_t u = threadIdx.x; u < units; u += blockDim.x)
+      *reinterpret_cast<unsigned long long*>(sp.tile_ctr + u * sp.tile_stride) = 0ull;
+  }
   const int np = sp.np;
   const float* m = sp.ws_m + unit * np;
   const float* l = sp.ws_l + unit * np;
