@@ -302,9 +302,10 @@ SplitParams plan_splits(const DecodeArgs& a, int num_sms) {
   // have its static run to do), tiles taken one at a time. In one wave of static chunks
   // the CTAs of one launch rank ended up to 8 us apart, by their SM (bench/PERF-NOTES.md,
   // sessions 29-30); with tickets a unit's CTAs end within a tile of each other (session
-  // 31: H100 one a side 12K-20K 0.81-0.83x -> 0.86x). Only from 5 tiles a warp (B=8 Hkv=8:
-  // 10K tokens): below that the static plan was as fast on the H100 and 1-3 points faster
-  // on the H200 (8K-16K).
+  // 31: H100 one a side 12K-20K 0.81-0.83x -> 0.86x; H200 20K-48K +1-2 points). Only from
+  // 5 tiles a warp (B=8 Hkv=8: 10K tokens): at 8K they were even on the H100 and 3 points
+  // slower on the H200. (At 12K-16K the H200 was faster static, 0.87 against 0.83-0.85;
+  // the H100 much slower: bench/PERF-NOTES.md, session 31.)
   // KVCORE_DECODE_DYNAMIC_TILES=0 keeps the static plans below (each CTA's tokens then
   // fixed from step to step; an A/B of the two); =always takes tickets at any length (the
   // tests' small shapes). Read at every call (a getenv), so that a test can switch it.
@@ -313,7 +314,7 @@ SplitParams plan_splits(const DecodeArgs& a, int num_sms) {
   const bool dynamic_always = dynamic_env != nullptr && std::strcmp(dynamic_env, "always") == 0;
   if (dynamic_tiles && value_sums_in_global(a) && h4_dynamic_tiles(a.D, a.bits, a.group, tt, a.v_outliers)) {
     // Tickets a line apart (128 bytes), so that the units' atomics spread over L2 slices
-    // (4 bytes apart, two lines in all, the step took 15-19% longer at 32K-128K).
+    // (4 bytes apart, two lines in all, the step took 10-15% longer at 32K-128K).
     int run = 1, min_warp_tiles = 5;
     const int stride = 32;
     bool fit_wave = false, fp_last = false;

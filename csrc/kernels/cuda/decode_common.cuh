@@ -62,8 +62,8 @@ struct SplitParams {
   int tile_stride;
   int* tile_ctr;
 #ifdef KVCORE_DECODE_PLAN_KNOBS
-  int exp_flags;   // profiling build only: $KVCORE_EXP, for kernel variants under an A/B (none at present;
-                   // session 30's read sp.exp_flags in decode_packed_kernel: bench/PERF-NOTES.md)
+  int exp_flags;   // profiling build only: $KVCORE_EXP, for variants under an A/B (no kernel reads it at
+                   // present; plan_splits' dynamic-tile variants do; bench/PERF-NOTES.md, sessions 30-31)
 #endif
 };
 
