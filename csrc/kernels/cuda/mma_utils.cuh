@@ -138,8 +138,11 @@ __device__ __forceinline__ int take_ticket(int* addr) {
 }
 // Opens a unit's tickets (`count`, next to its 64-bit `epoch`) for this grid, so that no
 // kernel has to zero them before each step: the workspace holds garbage or an earlier
-// grid's values. %gridid (unique per launch in the context, graph replays included) is
-// the epoch. The first of the unit's warps to find another epoch claims the unit (CAS to
+// grid's values. %gridid is the epoch: unique per launch in the context, but a CUDA graph
+// replay repeats its capture's, so the merge kernel closes every epoch (to 0) after the
+// step. (A grid whose %gridid were 0 would take a closed unit for open; its values were
+// not read, and bench/wip/tickets-one-word.patch makes the epoch never 0.) The first
+// of the unit's warps to find another epoch claims the unit (CAS to
 // ~gridid, "opening"), zeroes the count and publishes the epoch with a release; the
 // others poll until they see it (the claimant waits on nothing meanwhile). Lane 0 only.
 __device__ __forceinline__ void open_tickets(unsigned long long* epoch, int* count) {
