@@ -47,6 +47,9 @@ step "CUDA tests under compute-sanitizer (memcheck), benchmark binaries under ra
   echo "=== racecheck: decode with outliers (H4 outlier kernel: value-sum rebase, integer sums in shared memory)"
   compute-sanitizer --tool racecheck --error-exitcode 9 python3 -m pytest -q tests/test_decode_corrections.py -m cuda \
     -p no:cacheprovider -k "rebase or few_channels or ((8-2-b2-d128-g64 or 8-2-b4-d128-g64 or 8-2-b2-d128-g32) and (counts2 or counts4))" 2>&1 | tail -3
+  echo "=== racecheck: decode with outliers by ticket (dynamic tiles forced)"
+  KVCORE_DECODE_DYNAMIC_TILES=always compute-sanitizer --tool racecheck --error-exitcode 9 build/cmake/bench/kvcore_bench_decode \
+    --bits 2 --bf16 --outliers 1 1 --shape 2 8 2 128 4160 --shape 3 12 3 64 6000 2>&1 | tail -3
   echo "=== memcheck: kvcore_bench_decode"
   compute-sanitizer --tool memcheck --error-exitcode 9 build/cmake/bench/kvcore_bench_decode --shape 3 9 3 64 3000 2>&1 | tail -3
 } >> "$TESTS"
