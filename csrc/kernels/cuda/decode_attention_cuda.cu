@@ -321,13 +321,15 @@ SplitParams plan_splits(const DecodeArgs& a, int num_sms) {
 #ifdef KVCORE_DECODE_PLAN_KNOBS
     // KVCORE_EXP bits (session 31's A/B): 2 as many packed CTAs a unit as fit in one wave
     // beside the full-precision ones, 4 runs of two tiles, 8 runs of four, 16 the
-    // full-precision CTAs last, 32 dynamic from 3 tiles a warp, 64 from 8.
+    // full-precision CTAs last, 32 dynamic from 3 tiles a warp, 64 from 8, 128 from 10
+    // (B=8 Hkv=8 D=128: 8K / 16K / 20K and up).
     if (sp.exp_flags & 2) fit_wave = true;
     if (sp.exp_flags & 4) run = 2;
     if (sp.exp_flags & 8) run = 4;
     if (sp.exp_flags & 16) fp_last = true;
     if (sp.exp_flags & 32) min_warp_tiles = 3;
     if (sp.exp_flags & 64) min_warp_tiles = 8;
+    if (sp.exp_flags & 128) min_warp_tiles = 10;
 #endif
     const int64_t by_length = (a.t_cap + 4LL * kWarps * tt - 1) / (4LL * kWarps * tt);
     const int64_t per_unit = std::min<int64_t>(fit_wave ? (slots - units) / units : slots / units, by_length);
