@@ -5,6 +5,7 @@
 #include <cuda_fp16.h>
 
 #include <algorithm>
+#include <atomic>
 #ifdef KVCORE_DECODE_PLAN_KNOBS
 #include <cstdio>
 #endif
@@ -168,6 +169,27 @@ void print_plan(const SplitParams& sp, int per_sm) {
 #define KVCORE_NOTE_PLAN(sp, per_sm)
 #endif
 
+// Peak DRAM bandwidth of the current device in GB/s (memory clock x bus width, both
+// edges), 0 where the driver does not say; read once a device (host attributes, no sync).
+// The dynamic tiles' threshold depends on it (plan_splits).
+double dram_gbps() {
+  static std::atomic<double> cache[64];
+  int dev = 0;
+  if (cudaGetDevice(&dev) != cudaSuccess || dev < 0 || dev >= 64) return 0.0;
+  double v = cache[dev].load(std::memory_order_relaxed);
+  if (v == 0.0) {
+    int khz = 0, bits = 0;
+    if (cudaDeviceGetAttribute(&khz, cudaDevAttrMemoryClockRate, dev) != cudaSuccess ||
+        cudaDeviceGetAttribute(&bits, cudaDevAttrGlobalMemoryBusWidth, dev) != cudaSuccess) {
+      (void)cudaGetLastError();
+      return 0.0;
+    }
+    v = 2.0 * khz * 1e3 * (bits / 8) / 1e9;
+    cache[dev].store(v, std::memory_order_relaxed);
+  }
+  return v;
+}
+
 // The H4 outlier kernel with value outliers at 2 bits, at 4 bits and D = 64, or two a
 // token: its value sums live in global memory (SplitParams::ws_vo).
 bool value_sums_in_global(const DecodeArgs& a) {
@@ -303,9 +325,10 @@ SplitParams plan_splits(const DecodeArgs& a, int num_sms) {
   // the CTAs of one launch rank ended up to 8 us apart, by their SM (bench/PERF-NOTES.md,
   // sessions 29-30); with tickets a unit's CTAs end within a tile of each other (session
   // 31: H100 one a side 12K-20K 0.81-0.83x -> 0.86x; H200 20K-48K +1-2 points). Only from
-  // 5 tiles a warp (B=8 Hkv=8: 10K tokens): at 8K they were even on the H100 and 3 points
-  // slower on the H200. (At 12K-16K the H200 was faster static, 0.87 against 0.83-0.85;
-  // the H100 much slower: bench/PERF-NOTES.md, session 31.)
+  // 5 tiles a warp (B=8 Hkv=8: 10K tokens) on cards under 4 TB/s (H100: 3.35), from 10 on
+  // faster ones (H200: 4.8; 20K tokens): at 8K tickets were even on the H100 and 3 points
+  // slower on the H200; at 12K-16K the H100 took 0.86 with tickets against 0.81-0.83
+  // static, the H200 0.83-0.85 against 0.87 static (bench/PERF-NOTES.md, sessions 31-32).
   // KVCORE_DECODE_DYNAMIC_TILES=0 keeps the static plans below (each CTA's tokens then
   // fixed from step to step; an A/B of the two); =always takes tickets at any length (the
   // tests' small shapes). Read at every call (a getenv), so that a test can switch it.
@@ -315,13 +338,13 @@ SplitParams plan_splits(const DecodeArgs& a, int num_sms) {
   if (dynamic_tiles && value_sums_in_global(a) && h4_dynamic_tiles(a.D, a.bits, a.group, tt, a.v_outliers)) {
     // Tickets a line apart (128 bytes), so that the units' atomics spread over L2 slices
     // (4 bytes apart, two lines in all, the step took 10-15% longer at 32K-128K).
-    int run = 1, min_warp_tiles = 5;
+    int run = 1, min_warp_tiles = dram_gbps() >= 4000.0 ? 10 : 5;
     const int stride = 32;
     bool fit_wave = false, fp_last = false;
 #ifdef KVCORE_DECODE_PLAN_KNOBS
     // KVCORE_EXP bits (session 31's A/B): 2 as many packed CTAs a unit as fit in one wave
     // beside the full-precision ones, 4 runs of two tiles, 8 runs of four, 16 the
-    // full-precision CTAs last, 32 dynamic from 3 tiles a warp, 64 from 8, 128 from 10
+    // full-precision CTAs last, 32 dynamic from 3 tiles a warp, 64 from 8, 128 from 10, 256 from 5
     // (B=8 Hkv=8 D=128: 8K / 16K / 20K and up).
     if (sp.exp_flags & 2) fit_wave = true;
     if (sp.exp_flags & 4) run = 2;
@@ -330,6 +353,7 @@ SplitParams plan_splits(const DecodeArgs& a, int num_sms) {
     if (sp.exp_flags & 32) min_warp_tiles = 3;
     if (sp.exp_flags & 64) min_warp_tiles = 8;
     if (sp.exp_flags & 128) min_warp_tiles = 10;
+    if (sp.exp_flags & 256) min_warp_tiles = 5;  // (the rule of cards under 4 TB/s)
 #endif
     const int64_t by_length = (a.t_cap + 4LL * kWarps * tt - 1) / (4LL * kWarps * tt);
     const int64_t per_unit = std::min<int64_t>(fit_wave ? (slots - units) / units : slots / units, by_length);

@@ -138,16 +138,16 @@ __device__ __forceinline__ int take_ticket(int* addr) {
 }
 // Opens a unit's tickets (`count`, next to its 64-bit `epoch`) for this grid, so that no
 // kernel has to zero them before each step: the workspace holds garbage or an earlier
-// grid's values. %gridid is the epoch: unique per launch in the context, but a CUDA graph
-// replay repeats its capture's, so the merge kernel closes every epoch (to 0) after the
-// step. (A grid whose %gridid were 0 would take a closed unit for open; its values were
-// not read, and bench/wip/tickets-one-word.patch makes the epoch never 0.) The first
-// of the unit's warps to find another epoch claims the unit (CAS to
-// ~gridid, "opening"), zeroes the count and publishes the epoch with a release; the
-// others poll until they see it (the claimant waits on nothing meanwhile). Lane 0 only.
+// grid's values. The epoch is %gridid with its top bit set (never 0, the closed epoch):
+// %gridid is unique per launch in the context, but a CUDA graph replay repeats its
+// capture's, so the merge kernel closes every epoch (to 0) after the step. The first of
+// the unit's warps to find another epoch claims the unit (CAS to ~epoch, "opening"),
+// zeroes the count and publishes the epoch with a release; the others poll until they
+// see it (the claimant waits on nothing meanwhile). Lane 0 only.
 __device__ __forceinline__ void open_tickets(unsigned long long* epoch, int* count) {
   unsigned long long g;
   asm volatile("mov.u64 %0, %%gridid;" : "=l"(g));
+  g |= 1ull << 63;
   unsigned long long e;
   asm volatile("ld.acquire.gpu.global.u64 %0, [%1];" : "=l"(e) : "l"(epoch) : "memory");
   while (e != g) {
