@@ -12,12 +12,14 @@ planners interleaved, two rounds, bf16, Hq=32 Hkv=8; it prints the minimum time 
         [--graded "13 10" ...] [--exp 1 2 ...] [--bits 2] [--max-length 32768]
 
 --graded adds planners "g<a>_<b>": the built-in plan with KVCORE_PLAN_GRADED="a b" (the
-uniform layout's first quarter of chunks a unit (100 + a)%, its last (100 - b)%); --exp adds
+uniform layout's first quarter of chunks a unit (100 + a)%, its last (100 - b)%); --uniform
+adds "u<a>_<b>": KVCORE_PLAN_UNIFORM="a b" (the uniform layout up to a tokens a warp); --exp adds
 "x<n>": the built-in plan with KVCORE_EXP=n (kernel variants of the knobs build, exp_flags);
 --static adds "static": KVCORE_DECODE_DYNAMIC_TILES=0 (the value-outlier kernels' static
 ranges instead of tickets; any build, with --no-old outside knobs builds).
 
-Groups: grid (B=8, D=128, 8K-128K), batch (B = 1, 4, 16, 32, 64), dims (B=8, D = 64, 256).
+Groups: grid (B=8, D=128, 8K-128K), batch (B = 1, 4, 16, 32, 64), dims (B=8, D = 64, 256),
+d256 (B = 1-32, D = 256, short lengths).
 """
 import argparse
 import json
@@ -35,17 +37,26 @@ GROUPS = {
               (16, 128, [4 * K, 8 * K, 12 * K, 16 * K, 24 * K], ((0, 0), (1, 1))),
               (32, 128, [2 * K, 4 * K, 8 * K, 12 * K], ((0, 0), (1, 1))),
               (64, 128, [1 * K, 2 * K, 4 * K, 6 * K], ((0, 0), (1, 1)))],
+    # D = 256 where the uniform layout's chunks hold 384-512 tokens a warp (session 32)
+    "d256": [(1, 256, [32 * K, 64 * K, 128 * K], ((0, 0), (1, 1))),
+             (4, 256, [8 * K, 16 * K, 32 * K], ((0, 0), (1, 1))),
+             (8, 256, [8 * K, 12 * K, 16 * K], ((0, 0), (1, 1))),
+             (16, 256, [4 * K, 6 * K, 8 * K], ((0, 0), (1, 1))),
+             (32, 256, [2 * K, 3 * K, 4 * K], ((0, 0), (1, 1)))],
     "dims": [(8, 64, [8 * K, 16 * K, 32 * K, 64 * K, 128 * K], ((0, 0), (1, 1))),
              (8, 256, [8 * K, 16 * K, 24 * K, 32 * K, 64 * K], ((0, 0), (1, 1)))],
 }
 
 
 def planner_env(planner):
-    """The knob variables of a planner: "new" (built-in), "old", "g<a>_<b>" (graded) or "x<n>"."""
+    """The knob variables of a planner: "new" (built-in), "old", "g<a>_<b>" (graded), "u<a>_<b>"
+    (uniform rule) or "x<n>"."""
     if planner == "old":
         return {"KVCORE_PLAN_UNIFORM": "0 0"}
     if planner.startswith("g"):
         return {"KVCORE_PLAN_GRADED": planner[1:].replace("_", " ")}
+    if planner.startswith("u"):
+        return {"KVCORE_PLAN_UNIFORM": planner[1:].replace("_", " ")}
     if planner.startswith("x"):
         return {"KVCORE_EXP": planner[1:]}
     if planner == "static":
@@ -67,10 +78,11 @@ def run(bench, bits, outl, planner, B, D, lengths):
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("bench")
-    ap.add_argument("groups", help="comma-separated: grid, batch, dims")
+    ap.add_argument("groups", help="comma-separated: grid, batch, dims, d256")
     ap.add_argument("--rounds", type=int, default=2)
     ap.add_argument("--json")
     ap.add_argument("--graded", nargs="*", default=[], help='extra planners, each "a b"')
+    ap.add_argument("--uniform", nargs="*", default=[], help='extra planners, KVCORE_PLAN_UNIFORM="a b" each')
     ap.add_argument("--exp", nargs="*", default=[], help="extra planners: the built-in plan with KVCORE_EXP=n")
     ap.add_argument("--static", action="store_true",
                     help='add planner "static": KVCORE_DECODE_DYNAMIC_TILES=0 (any build)')
@@ -79,6 +91,7 @@ def main():
     ap.add_argument("--max-length", type=int, default=None, help="drop the groups' longer lengths")
     args = ap.parse_args()
     planners = (["new"] + ([] if args.no_old else ["old"]) + ["g" + g.replace(" ", "_") for g in args.graded]
+                + ["u" + u.replace(" ", "_") for u in args.uniform]
                 + ["x" + x for x in args.exp] + (["static"] if args.static else []))
     results = []
     for group in args.groups.split(","):
@@ -103,7 +116,7 @@ def main():
                     for planner in planners:
                         ko, kp = f"{o[0]}{o[1]} {planner}", f"00 {planner}"
                         print(f"   ratio {ko:10s}", " ".join(f"{mins[kp][L] / mins[ko][L]:6.3f}" for L in lengths))
-                        if planner[0] in "gxs":  # outlier variants against the built-in plain plan
+                        if planner[0] in "gxsu":  # outlier variants against the built-in plain plan
                             print(f"   vs 00 new {ko:10s}", " ".join(f"{mins['00 new'][L] / mins[ko][L]:6.3f}"
                                                               for L in lengths))
     if args.json:

@@ -253,8 +253,12 @@ SplitParams plan_splits(const DecodeArgs& a, int num_sms) {
   // * the 4-bit value-outlier kernel (sums in shared memory) 768 (H100 B=8 12K 63.8 ->
   //   56.0, H200 48.4 -> 43.5; up to 2% lost at B=16 8K and B=32 2K-4K on the H100);
   // * the value-outlier kernels with their sums in global memory (2 bits, 4 bits at D = 64)
-  //   384 and 256: the 2-bit one lost 4-11% on the H100 from 512 on (B=16 8K, B=8 32K).
-  int uniform_warp_max = value_sums_in_global(a) ? (a.bits == 2 ? 384 : 256)
+  //   384 and 256: the 2-bit one lost 4-11% on the H100 from 512 on (B=16 8K, B=8 32K);
+  //   at D = 256 (2 CTAs an SM) the 2-bit one takes 768, the plain kernel's limit: H200,
+  //   B = 1-32, one a side, 0.80-0.85x of plain -> 0.88-0.93x where the chunks hold 512
+  //   or 768 tokens a warp (B=8 8K 54.3 -> 49.6 us, 12K 71.7 -> 64.3; bench/RESULTS.md
+  //   session 32; session 29 saw the same at B=8 8K on the H100, 54.7 -> 50.3).
+  int uniform_warp_max = value_sums_in_global(a) ? (a.bits == 2 ? (a.D == 256 ? 768 : 384) : 256)
                          : h4_outliers(a) && a.v_outliers > 0 ? 768
                          : a.bits == 2 ? 768 : 512;
   int floor_counts = 1;
