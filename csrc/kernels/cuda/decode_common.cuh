@@ -53,8 +53,8 @@ struct SplitParams {
   // Dynamic tiles (static_tiles > 0; the value-outlier kernels with their sums in global
   // memory; tiles of TT tokens, runs of R = tile_run_mask + 1 tiles, R a power of two): a
   // warp takes the static run of S = max(2, R) tiles from S (split kWarps + warp) of its
-  // unit, then runs by ticket: tiles static_tiles + R atomicAdd(tile_ctr[unit *
-  // tile_stride + 2], 1) onwards, until the sequence's end, so that the CTAs of a unit end
+  // unit, then runs by ticket: tiles static_tiles + R dev::take_ticket(tile_ctr + unit *
+  // tile_stride + 2) onwards, until the sequence's end, so that the CTAs of a unit end
   // together whatever their SM's speed. tile_ctr: the units' tickets in the workspace
   // (tile_stride >= 4 ints apart: a 64-bit epoch, then the count; see dev::open_tickets).
   int static_tiles;
