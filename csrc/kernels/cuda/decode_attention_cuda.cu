@@ -249,7 +249,9 @@ SplitParams plan_splits(const DecodeArgs& a, int num_sms) {
   // * plain 2 bits 768 (H100 B=8 12K 39.4 -> 33.9 us, 16K 45.8 -> 41.1; no shape lost);
   // * plain 4 bits 512 (H100 B=8 8K 39.9 -> 37.3, H200 34.2 -> 29.8; the H100 lost up to
   //   4% at some points (B=8 16K, B=32 2K), and from 1024 on 1-6% everywhere, where the
-  //   H200 still gained 3-7%);
+  //   H200 still gained 3-7%); at D = 256 768 (H200, B=8 12K 79.8 -> 66.2 us, B=16 6K
+  //   83.5 -> 68.2, B=32 3K 87.6 -> 71.7, the big/small layout there was slower than the
+  //   value-outlier kernel's uniform one; B=1-32 elsewhere within 1%; session 33);
   // * the 4-bit value-outlier kernel (sums in shared memory) 768 (H100 B=8 12K 63.8 ->
   //   56.0, H200 48.4 -> 43.5; up to 2% lost at B=16 8K and B=32 2K-4K on the H100);
   // * the value-outlier kernels with their sums in global memory (2 bits, 4 bits at D = 64)
@@ -260,7 +262,7 @@ SplitParams plan_splits(const DecodeArgs& a, int num_sms) {
   //   session 32; session 29 saw the same at B=8 8K on the H100, 54.7 -> 50.3).
   int uniform_warp_max = value_sums_in_global(a) ? (a.bits == 2 ? (a.D == 256 ? 768 : 384) : 256)
                          : h4_outliers(a) && a.v_outliers > 0 ? 768
-                         : a.bits == 2 ? 768 : 512;
+                         : a.bits == 2 || a.D == 256 ? 768 : 512;
   int floor_counts = 1;
   if (value_sums_in_global(a) && a.D == 64 && a.bits == 4) {
     // The value-outlier kernel at D = 64 (H200, B=8, (Hq, Hkv) = (32, 8) and (9, 3), one
@@ -358,10 +360,18 @@ SplitParams plan_splits(const DecodeArgs& a, int num_sms) {
     if (sp.exp_flags & 64) min_warp_tiles = 8;
     if (sp.exp_flags & 128) min_warp_tiles = 10;
     if (sp.exp_flags & 256) min_warp_tiles = 5;  // (the rule of cards under 4 TB/s)
+    const bool tickets_at_two = (sp.exp_flags & 4096) != 0;  // session 32's rule: tickets from 2 CTAs a unit
+#else
+    const bool tickets_at_two = false;
 #endif
     const int64_t by_length = (a.t_cap + 4LL * kWarps * tt - 1) / (4LL * kWarps * tt);
     const int64_t per_unit = std::min<int64_t>(fit_wave ? (slots - units) / units : slots / units, by_length);
-    if (per_unit >= 2 && (dynamic_always || a.t_cap >= (int64_t)min_warp_tiles * per_unit * kWarps * tt)) {
+    // At least 3 CTAs a unit (outside the tests' =always): with two, the tickets cost more
+    // than the balance they buy. H200, B=32 Hq=32 Hkv=8 D=128 2 bits one a side (a wave
+    // holds two CTAs a unit): 8K 0.853 -> 0.862x, 12K 0.831 -> 0.847x of plain with the
+    // static plan (bench/RESULTS.md, session 33; not measured on an H100).
+    const int64_t min_per_unit = dynamic_always || tickets_at_two ? 2 : 3;
+    if (per_unit >= min_per_unit && (dynamic_always || a.t_cap >= (int64_t)min_warp_tiles * per_unit * kWarps * tt)) {
       sp.chunk = sp.small_chunk = sp.tiny_chunk = align;  // (unused: the warps' tiles come from static_tiles)
       sp.nbig = (int)per_unit;
       sp.nsmall = sp.ntiny = 0;
@@ -380,7 +390,23 @@ SplitParams plan_splits(const DecodeArgs& a, int num_sms) {
   // The uniform layout: chunks of one size; among 1..max_waves waves' worth take the count
   // that fills its waves of packed CTAs best (a last wave that is mostly empty wastes the
   // GPU), keeping at least two tiles per warp.
-  const int64_t min_chunk = std::max<int64_t>(align, 2LL * kWarps * tt);
+  int64_t min_chunk = std::max<int64_t>(align, 2LL * kWarps * tt);
+  // The value-outlier kernels, whose CTAs cost more to start and to merge (their value
+  // sums), take chunks of up to 4 tiles a warp where that still leaves ~2 CTAs an SM:
+  // where a wave of 4 CTAs an SM would give chunks of 2 tiles, half as many CTAs of twice
+  // the tokens. H200, Hq=32 Hkv=8 D=128, one outlier a side (session 33): 2 bits B=1 32K
+  // 22.1 -> 19.9 us (plain 19.0), B=4 8K 20.9 -> 19.8 (plain 18.8); 4 bits B=1 16K 19.3 ->
+  // 17.5 (plain 16.2). Not fewer: B=1 16K at 2 bits (256 CTAs of 2 tiles) took 16.3 us
+  // with 128 CTAs of 4 tiles against 15.2.
+  bool outlier_min_chunk = h4_outliers(a) && a.v_outliers > 0;
+#ifdef KVCORE_DECODE_PLAN_KNOBS
+  if (sp.exp_flags & 512) outlier_min_chunk = false;  // session 32's minimum (2 tiles a warp)
+#endif
+  if (outlier_min_chunk && per_sm > 2) {
+    const int64_t per_unit_two = std::max<int64_t>(1, 2LL * num_sms / units);
+    const int64_t two_per_sm = ((a.t_cap + per_unit_two - 1) / per_unit_two + align - 1) / align * align;
+    min_chunk = std::max(min_chunk, std::min<int64_t>(two_per_sm, std::max<int64_t>(align, 4LL * kWarps * tt)));
+  }
   int64_t best_chunk = 0;
   double best_eff = -1.0;
   for (int waves = 1; waves <= max_waves; ++waves) {
