@@ -392,9 +392,9 @@ SplitParams plan_splits(const DecodeArgs& a, int num_sms) {
   // GPU), keeping at least two tiles per warp.
   int64_t min_chunk = std::max<int64_t>(align, 2LL * kWarps * tt);
   // The value-outlier kernels, whose CTAs cost more to start and to merge (their value
-  // sums), take chunks of up to 4 tiles a warp where that still leaves ~2 CTAs an SM:
-  // where a wave of 4 CTAs an SM would give chunks of 2 tiles, half as many CTAs of twice
-  // the tokens. H200, Hq=32 Hkv=8 D=128, one outlier a side (session 33): 2 bits B=1 32K
+  // sums), take chunks of up to 256 tokens a warp (4 tiles of 64, 8 of 32) where that still
+  // leaves ~2 CTAs an SM: where a wave of 4 CTAs an SM would give shorter chunks, half as
+  // many CTAs of twice the tokens. H200, Hq=32 Hkv=8 D=128, one outlier a side (session 33): 2 bits B=1 32K
   // 22.1 -> 19.9 us (plain 19.0), B=4 8K 20.9 -> 19.8 (plain 18.8); 4 bits B=1 16K 19.3 ->
   // 17.5 (plain 16.2). Not fewer: B=1 16K at 2 bits (256 CTAs of 2 tiles) took 16.3 us
   // with 128 CTAs of 4 tiles against 15.2.
@@ -405,7 +405,7 @@ SplitParams plan_splits(const DecodeArgs& a, int num_sms) {
   if (outlier_min_chunk && per_sm > 2) {
     const int64_t per_unit_two = std::max<int64_t>(1, 2LL * num_sms / units);
     const int64_t two_per_sm = ((a.t_cap + per_unit_two - 1) / per_unit_two + align - 1) / align * align;
-    min_chunk = std::max(min_chunk, std::min<int64_t>(two_per_sm, std::max<int64_t>(align, 4LL * kWarps * tt)));
+    min_chunk = std::max(min_chunk, std::min<int64_t>(two_per_sm, std::max<int64_t>(align, 256LL * kWarps)));
   }
   int64_t best_chunk = 0;
   double best_eff = -1.0;
