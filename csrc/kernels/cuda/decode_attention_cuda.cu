@@ -368,7 +368,7 @@ SplitParams plan_splits(const DecodeArgs& a, int num_sms) {
     const int64_t per_unit = std::min<int64_t>(fit_wave ? (slots - units) / units : slots / units, by_length);
     // At least 3 CTAs a unit (outside the tests' =always): with two, the tickets cost more
     // than the balance they buy. H200, B=32 Hq=32 Hkv=8 D=128 2 bits one a side (a wave
-    // holds two CTAs a unit): 8K 0.853 -> 0.862x, 12K 0.831 -> 0.847x of plain with the
+    // holds two CTAs a unit): 8K 0.850 -> 0.864x, 12K 0.831 -> 0.850x of plain with the
     // static plan (bench/RESULTS.md, session 33; not measured on an H100).
     const int64_t min_per_unit = dynamic_always || tickets_at_two ? 2 : 3;
     if (per_unit >= min_per_unit && (dynamic_always || a.t_cap >= (int64_t)min_warp_tiles * per_unit * kWarps * tt)) {
@@ -394,10 +394,13 @@ SplitParams plan_splits(const DecodeArgs& a, int num_sms) {
   // The value-outlier kernels, whose CTAs cost more to start and to merge (their value
   // sums), take chunks of up to 256 tokens a warp (4 tiles of 64, 8 of 32) where that still
   // leaves ~2 CTAs an SM: where a wave of 4 CTAs an SM would give shorter chunks, half as
-  // many CTAs of twice the tokens. H200, Hq=32 Hkv=8 D=128, one outlier a side (session 33): 2 bits B=1 32K
-  // 22.1 -> 19.9 us (plain 19.0), B=4 8K 20.9 -> 19.8 (plain 18.8); 4 bits B=1 16K 19.3 ->
-  // 17.5 (plain 16.2). Not fewer: B=1 16K at 2 bits (256 CTAs of 2 tiles) took 16.3 us
-  // with 128 CTAs of 4 tiles against 15.2.
+  // many CTAs of twice the tokens. H200, Hq=32 Hkv=8 D=128, one outlier a side, production
+  // builds (bench/RESULTS.md, session 33): 2 bits B=1 32K 22.1 -> 19.7 us (plain 19.0), B=4
+  // 8K 21.1 -> 20.0 (plain 18.9); 4 bits B=1 16K 19.4 -> 17.6 (plain 16.4). At 4 bits the
+  // cap in tokens (8 tiles) rather than 4 tiles: B=1 32K 24.5 -> 23.6 us, B=4 8K 23.3 ->
+  // 24.0 (a wash, kept for the one rule). Not fewer CTAs: B=1 16K at 2 bits (256 CTAs of 2
+  // tiles) took 16.3 us with 128 CTAs of 4 tiles against 15.2. The D = 256 kernels (2 CTAs
+  // an SM) are left as they are.
   bool outlier_min_chunk = h4_outliers(a) && a.v_outliers > 0;
 #ifdef KVCORE_DECODE_PLAN_KNOBS
   if (sp.exp_flags & 512) outlier_min_chunk = false;  // session 32's minimum (2 tiles a warp)
