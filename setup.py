@@ -7,6 +7,7 @@ Environment knobs (all optional):
   MAX_JOBS=N                parallel compile jobs
 """
 import os
+import shlex
 import subprocess
 import sys
 from pathlib import Path
@@ -35,6 +36,10 @@ class CMakeBuild(build_ext):
             f"-DKVCORE_CUDA_ARCHS={os.environ.get('KVCORE_CUDA_ARCHS', '90a')}",
             f"-DCMAKE_BUILD_TYPE={os.environ.get('KVCORE_BUILD_TYPE', 'Release')}",
         ]
+        # Extra configure arguments, e.g. a profiling build's options
+        # (KVCORE_CMAKE_ARGS="-DKVCORE_EXP_D64_SMEM=ON"); CMake caches them, so give such a
+        # build its own KVCORE_BUILD_DIR.
+        cfg += shlex.split(os.environ.get("KVCORE_CMAKE_ARGS", ""))
         subprocess.run(cfg, check=True)
         build = ["cmake", "--build", str(build_dir)]
         if os.environ.get("MAX_JOBS"):

@@ -91,8 +91,17 @@ inline bool h4_outliers(const DecodeArgs& a) {
 // warp) and were slower than the L2 reductions: H200, one outlier a side 0.863 / 0.832 /
 // 0.876x of plain -> 0.840 / 0.818 / 0.836 at 8K / 32K / 128K (bench/PERF-NOTES.md,
 // session 25).
+// (A profiling build with KVCORE_EXP_D64_SMEM, session 33's proposal for the next A/B:
+// the integer shared-memory sums at D = 64 too, where the 4-bit kernel's L2 reductions cost
+// the most: one a side 0.76-0.79x of plain from 16K on the H200. Session 23 measured
+// float shared-memory sums there on the H100, before the integer sums existed: mixed.)
+#ifdef KVCORE_EXP_D64_SMEM
+inline constexpr int kVoSmemMinD = 64;
+#else
+inline constexpr int kVoSmemMinD = 128;
+#endif
 __host__ __device__ constexpr bool h4_value_sums_in_smem(int D, int bits, int cv = 1) {
-  return bits == 4 && D >= 128 && cv == 1;
+  return bits == 4 && D >= kVoSmemMinD && cv == 1;
 }
 // The H4 outlier kernels (with value outliers) that take their tiles by ticket
 // (SplitParams::static_tiles): those whose value sums are in global memory and whose key

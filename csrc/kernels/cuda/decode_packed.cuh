@@ -167,7 +167,7 @@ __host__ __device__ constexpr CorrCta corr_cta_h4(int D, int bits, int G, bool s
   c.vo = at;
   // h4_value_sums_in_smem, spelled out: through the helper, ptxas allocated the D = 128
   // outlier kernels' registers differently (+-16 instructions) from the measured form
-  if (bits == 4 && D >= 128 && cv == 1) at += kWarps * (D + 1) * 4;
+  if (bits == 4 && D >= kVoSmemMinD && cv == 1) at += kWarps * (D + 1) * 4;
   c.qb = c.wl = c.mref = at;
   at += kWarps * 4;
   c.osrc = at;  // the lanes' outlier-copy sources [kWarps][32] (uint64, 8-byte aligned)
