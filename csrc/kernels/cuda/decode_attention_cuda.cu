@@ -365,7 +365,14 @@ SplitParams plan_splits(const DecodeArgs& a, int num_sms) {
     const bool tickets_at_two = false;
 #endif
     const int64_t by_length = (a.t_cap + 4LL * kWarps * tt - 1) / (4LL * kWarps * tt);
-    const int64_t per_unit = std::min<int64_t>(fit_wave ? (slots - units) / units : slots / units, by_length);
+    int64_t wave_slots = slots;
+#ifdef KVCORE_DECODE_PLAN_KNOBS
+    // Session 33's proposal (unrun): fewer ticket CTAs, half (8192) or three quarters
+    // (16384) of a wave, as the short uniform chunks gained from half as many CTAs.
+    if (sp.exp_flags & 8192) wave_slots = slots / 2;
+    if (sp.exp_flags & 16384) wave_slots = slots * 3 / 4;
+#endif
+    const int64_t per_unit = std::min<int64_t>(fit_wave ? (wave_slots - units) / units : wave_slots / units, by_length);
     // At least 3 CTAs a unit (outside the tests' =always): with two, the tickets cost more
     // than the balance they buy. H200, B=32 Hq=32 Hkv=8 D=128 2 bits one a side (a wave
     // holds two CTAs a unit): 8K 0.850 -> 0.864x, 12K 0.831 -> 0.850x of plain with the
