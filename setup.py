@@ -5,6 +5,7 @@ Environment knobs (all optional):
   KVCORE_CUDA_ARCHS=90a     CUDA architectures
   KVCORE_BUILD_DIR=...      CMake build folder (default: build/cmake)
   MAX_JOBS=N                parallel compile jobs
+  KVCORE_CMAKE_ARGS="..."   extra CMake configure arguments (profiling and experiment builds)
 """
 import os
 import shlex
