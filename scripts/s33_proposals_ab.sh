@@ -4,7 +4,9 @@
 #     integer shared-memory value sums (CMake option KVCORE_EXP_D64_SMEM) instead of L2
 #     reductions;
 #  2. ticket plans of half / three quarters of a wave (KVCORE_EXP 8192 / 16384), for B=8
-#     D=128 2 bits 32K (0.846x) and D=64 2 bits 64K-128K (0.81-0.83x).
+#     D=128 2 bits 32K (0.846x) and D=64 2 bits 64K-128K (0.81-0.83x);
+#  3. the value-outlier kernels' short-chunk floor up to 512 tokens a warp instead of 256
+#     (KVCORE_EXP 32768), for B=1 D=128 4 bits 64K (0.843x).
 # Builds the production extension (build/cmake) and an experiment build (build/exp: knobs
 # on, KVCORE_EXP_D64_SMEM on; its _C in build/exp/pkg/kvcore beside a copy of the Python
 # package), then times plan_rule_check group dims at 4 bits on each build's native bench,
@@ -50,6 +52,9 @@ for b in build/cmake "$EXP"; do
 done
 echo "== ticket plans (experiment build's knobs)" >> "$LOG"
 python3 scripts/plan_rule_check.py "$EXP/bench/kvcore_bench_decode" grid,dims --bits 2 --no-old --exp 8192 16384 2>&1 \
+  | grep -v "^B[0-9]* D[0-9]* b[24] (" >> "$LOG"
+echo "== value-outlier chunks up to 512 tokens a warp (KVCORE_EXP 32768; B=1 4 bits 64K 0.843x)" >> "$LOG"
+python3 scripts/plan_rule_check.py "$EXP/bench/kvcore_bench_decode" batch --bits 2 4 --no-old --exp 32768 2>&1 \
   | grep -v "^B[0-9]* D[0-9]* b[24] (" >> "$LOG"
 echo "== experiment build: CUDA tests of test_decode_corrections.py" >> "$LOG"
 PYTHONPATH="$EXP/pkg:$PYTHONPATH" python3 -c "import kvcore; print(kvcore.__file__)" >> "$LOG" 2>&1

@@ -409,13 +409,15 @@ SplitParams plan_splits(const DecodeArgs& a, int num_sms) {
   // tiles) took 16.3 us with 128 CTAs of 4 tiles against 15.2. The D = 256 kernels (2 CTAs
   // an SM) are left as they are.
   bool outlier_min_chunk = h4_outliers(a) && a.v_outliers > 0;
+  int64_t outlier_warp_cap = 256;
 #ifdef KVCORE_DECODE_PLAN_KNOBS
   if (sp.exp_flags & 512) outlier_min_chunk = false;  // session 32's minimum (2 tiles a warp)
+  if (sp.exp_flags & 32768) outlier_warp_cap = 512;   // session 33's proposal (unrun): B=1 4 bits 64K
 #endif
   if (outlier_min_chunk && per_sm > 2) {
     const int64_t per_unit_two = std::max<int64_t>(1, 2LL * num_sms / units);
     const int64_t two_per_sm = ((a.t_cap + per_unit_two - 1) / per_unit_two + align - 1) / align * align;
-    min_chunk = std::max(min_chunk, std::min<int64_t>(two_per_sm, std::max<int64_t>(align, 256LL * kWarps)));
+    min_chunk = std::max(min_chunk, std::min<int64_t>(two_per_sm, std::max<int64_t>(align, outlier_warp_cap * kWarps)));
   }
   int64_t best_chunk = 0;
   double best_eff = -1.0;
