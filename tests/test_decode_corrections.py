@@ -2,6 +2,8 @@
 (channel index + residual per token) and GEAR low-rank terms (A @ B.T per block), on
 the CPU against the float64 reference, plus an end-to-end check that the corrections
 built by extract_outliers / lowrank_error bring decode closer to exact attention."""
+import warnings
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -421,3 +423,35 @@ def test_cuda_rejects_misaligned_corrections():
     kw["k_outlier_idx"] = flat[1:].view(kw["k_outlier_idx"].shape)
     with pytest.raises(RuntimeError, match="k_outlier_idx must be 16-byte aligned on CUDA"):
         kvcore.ops.decode_attention(**kw)
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("shape, counts, why", [
+    ((8, 2), (3, 0, 0, 0), "more than 2 outliers a token"),
+    ((8, 2), (1, 1, 1, 0), "outliers together with low-rank terms"),
+    ((16, 2), (1, 1, 0, 0), "a GQA group of more than 4"),
+    ((8, 2), (1, 1, 0, 0), None),
+    ((8, 2), (2, 2, 0, 0), None),
+    ((8, 2), (0, 0, 2, 2), None),  # low rank alone: the general kernel is its only path
+])
+def test_cuda_says_when_outliers_miss_the_fast_kernel(shape, counts, why):
+    """Outliers the fast outlier kernel cannot serve run on the general corrections kernel
+    (~0.3-0.6x of plain): the op says so once a process (TORCH_WARN_ONCE; warn-always here
+    so that every case is seen), naming the reason, and says nothing where the fast kernel
+    serves them."""
+    Hq, Hkv = shape
+    kw = to_device(add_corrections(make_inputs(Hq=Hq, Hkv=Hkv, D=128, bits=2, group=64, dtype=torch.bfloat16,
+                                               packed=[300, 64], resid=[5, 0], sinks=[2, 0]), *counts), "cuda")
+    was = torch.is_warn_always_enabled()
+    torch.set_warn_always(True)
+    try:
+        with warnings.catch_warnings(record=True) as seen:
+            warnings.simplefilter("always")
+            kvcore.ops.decode_attention(**kw)
+    finally:
+        torch.set_warn_always(was)
+    said = [str(w.message) for w in seen if "general corrections kernel" in str(w.message)]
+    if why is None:
+        assert not said, said
+    else:
+        assert len(said) == 1 and why in said[0], said

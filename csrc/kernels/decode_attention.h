@@ -94,6 +94,11 @@ size_t decode_attention_cuda_workspace(const DecodeArgs& a, int num_sms);
 // Enqueues the split kernels and the merge (and, with attn_mass, the mass kernel, whose
 // logits live in the workspace) on `stream`. No host synchronisation.
 cudaError_t decode_attention_cuda(const DecodeArgs& a, void* workspace, int num_sms, cudaStream_t stream);
+// Why sparse outliers in `a` cannot take the fast outlier kernel (a short phrase), or
+// nullptr where they can or where none are given. The general corrections kernel then
+// serves them at ~0.3-0.6x of the plain kernel's speed (bench/PERF-NOTES.md, sessions
+// 21-22), so the glue says so once.
+const char* decode_attention_cuda_slow_outliers(const DecodeArgs& a);
 #endif
 
 }  // namespace kvcore

@@ -57,6 +57,11 @@ std::tuple<at::Tensor, at::Tensor> decode_attention_cuda_op(
   check_aligned16(v_resid, "v_resid");
   if (k_sink.has_value()) check_aligned16(*k_sink, "k_sink");
   if (v_sink.has_value()) check_aligned16(*v_sink, "v_sink");
+  if (const char* why = decode_attention_cuda_slow_outliers(a))  // no silent slow path
+    TORCH_WARN_ONCE("kvcore.decode_attention: ", why, " (k_outliers=", a.k_outliers, ", v_outliers=", a.v_outliers,
+                    ") take the general corrections kernel, ~0.3-0.6x of the plain kernel's speed; the fast "
+                    "outlier kernel serves up to 2 outliers a token in keys and in values, GQA groups of up to 4 "
+                    "query heads, without low-rank terms or attn_mass");
   const c10::cuda::CUDAGuard guard(q.device());
   auto outs = alloc_decode_outputs(q, a);
   const int sms = sm_count(q.get_device(), "kvcore.decode_attention");
