@@ -6,6 +6,7 @@
 #include <cuda_runtime.h>
 
 #include <cstdint>
+#include <type_traits>
 
 #include "../decode_attention.h"
 
@@ -138,22 +139,51 @@ __device__ __forceinline__ void timeline_stamp(unsigned long long* tl, int64_t r
 #endif
 }
 
-// Entry points of the packed kernel for one (KIND: 1 fp16, 2 bf16; BITS) pair.
-template <int KIND, int BITS>
-int packed_ctas_per_sm(const DecodeArgs& a);  // CTAs of the instantiation serving `a` per SM
-template <int KIND, int BITS>
-int packed_tile_tokens(const DecodeArgs& a);  // tokens per pipeline stage
-template <int KIND, int BITS>
-cudaError_t packed_launch(const DecodeArgs& a, const SplitParams& sp, cudaStream_t st);
+// Entry points of the packed kernel for one (KIND: 1 fp16, 2 bf16; BITS; head_dim D)
+// triple, defined in decode_packed.cuh and instantiated one triple a translation unit
+// (decode_packed_<dtype>_<bits>bit_d<D>.cu), so that the many kernel instantiations
+// compile in parallel (by (dtype, bits) only, the four units took ~2.5 min each on the GPU
+// machine's 16 cores, the build's critical path).
+template <int KIND, int BITS, int D>
+int packed_ctas_per_sm_d(const DecodeArgs& a);  // CTAs of the instantiation serving `a` per SM
+template <int KIND, int BITS, int D>
+int packed_tile_tokens_d(const DecodeArgs& a);  // tokens per pipeline stage
+template <int KIND, int BITS, int D>
+cudaError_t packed_launch_d(const DecodeArgs& a, const SplitParams& sp, cudaStream_t st);
 
-#define KVCORE_DECODE_PACKED_ENTRY_POINTS(SPEC, K, B)                                   \
-  SPEC template int packed_ctas_per_sm<K, B>(const DecodeArgs&);                       \
-  SPEC template int packed_tile_tokens<K, B>(const DecodeArgs&);                       \
-  SPEC template cudaError_t packed_launch<K, B>(const DecodeArgs&, const SplitParams&, cudaStream_t);
-KVCORE_DECODE_PACKED_ENTRY_POINTS(extern, 1, 2)
-KVCORE_DECODE_PACKED_ENTRY_POINTS(extern, 1, 4)
-KVCORE_DECODE_PACKED_ENTRY_POINTS(extern, 2, 2)
-KVCORE_DECODE_PACKED_ENTRY_POINTS(extern, 2, 4)
+#define KVCORE_DECODE_PACKED_ENTRY_POINTS(SPEC, K, B, D)                                       \
+  SPEC template int packed_ctas_per_sm_d<K, B, D>(const DecodeArgs&);                          \
+  SPEC template int packed_tile_tokens_d<K, B, D>(const DecodeArgs&);                          \
+  SPEC template cudaError_t packed_launch_d<K, B, D>(const DecodeArgs&, const SplitParams&, cudaStream_t);
+#define KVCORE_DECODE_PACKED_ENTRY_POINTS_ALL_D(SPEC, K, B) \
+  KVCORE_DECODE_PACKED_ENTRY_POINTS(SPEC, K, B, 64)         \
+  KVCORE_DECODE_PACKED_ENTRY_POINTS(SPEC, K, B, 128)        \
+  KVCORE_DECODE_PACKED_ENTRY_POINTS(SPEC, K, B, 256)
+KVCORE_DECODE_PACKED_ENTRY_POINTS_ALL_D(extern, 1, 2)
+KVCORE_DECODE_PACKED_ENTRY_POINTS_ALL_D(extern, 1, 4)
+KVCORE_DECODE_PACKED_ENTRY_POINTS_ALL_D(extern, 2, 2)
+KVCORE_DECODE_PACKED_ENTRY_POINTS_ALL_D(extern, 2, 4)
+
+// f(integral_constant<int, D>) with the head_dim of `a` (64, 128, else 256: the glue
+// rejects the rest).
+template <typename F>
+auto for_head_dim(const DecodeArgs& a, F&& f) {
+  if (a.D == 64) return f(std::integral_constant<int, 64>{});
+  if (a.D == 128) return f(std::integral_constant<int, 128>{});
+  return f(std::integral_constant<int, 256>{});
+}
+template <int KIND, int BITS>
+int packed_ctas_per_sm(const DecodeArgs& a) {
+  return for_head_dim(a, [&](auto d) { return packed_ctas_per_sm_d<KIND, BITS, decltype(d)::value>(a); });
+}
+template <int KIND, int BITS>
+int packed_tile_tokens(const DecodeArgs& a) {
+  return for_head_dim(a, [&](auto d) { return packed_tile_tokens_d<KIND, BITS, decltype(d)::value>(a); });
+}
+template <int KIND, int BITS>
+cudaError_t packed_launch(const DecodeArgs& a, const SplitParams& sp, cudaStream_t st) {
+  return for_head_dim(a, [&](auto d) { return packed_launch_d<KIND, BITS, decltype(d)::value>(a, sp, st); });
+}
 
 }  // namespace decode_detail
 }  // namespace kvcore

@@ -1,5 +1,5 @@
 // The packed split kernel of the fused decode attention (flash-decoding on tensor cores);
-// included by decode_packed_*.cu, one (dtype, bits) pair each. decode_attention_cuda.cu
+// included by decode_packed_*.cu, one (dtype, bits, head_dim) triple each. decode_attention_cuda.cu
 // plans the splits and merges them.
 //
 // Work split: grid (split, KV head x head pass, batch). A CTA owns `chunk` packed tokens
@@ -2014,8 +2014,9 @@ struct Packed {
   }
 };
 
-// Calls f(Packed<...>{}) for the instantiation that serves `a` (false: none does).
-template <int KIND, int BITS, typename F>
+// Calls f(Packed<...>{}) for the instantiation that serves `a` (head_dim D; false: none
+// does).
+template <int KIND, int BITS, int D, typename F>
 bool visit_packed(const DecodeArgs& a, F&& f) {
   // The logits for the attention mass (attn_mass given) are written by the CORR
   // instantiation only, so the plain kernel stays as it is; the workspace sizing
@@ -2050,9 +2051,8 @@ bool visit_packed(const DecodeArgs& a, F&& f) {
     return true;
   };
   // (key block, value group) pairs with key block <= value group (the glue rejects the rest).
-  auto by_vgroup = [&](auto kind, auto bits, auto dim, auto kgroup) {
-    constexpr int K = decltype(kind)::value, B = decltype(bits)::value, D = decltype(dim)::value;
-    constexpr int KG = decltype(kgroup)::value;
+  auto by_vgroup = [&](auto kgroup) {
+    constexpr int K = KIND, B = BITS, KG = decltype(kgroup)::value;
     switch (a.v_group) {
       case 32:
         if constexpr (KG <= 32) return by_corr(Packed<K, B, D, KG, 32, false>{}, Packed<K, B, D, KG, 32, true>{});
@@ -2065,19 +2065,10 @@ bool visit_packed(const DecodeArgs& a, F&& f) {
         return false;
     }
   };
-  auto by_group = [&](auto kind, auto bits, auto dim) {
-    switch (a.group) {
-      case 32: return by_vgroup(kind, bits, dim, std::integral_constant<int, 32>{});
-      case 64: return by_vgroup(kind, bits, dim, std::integral_constant<int, 64>{});
-      default: return by_vgroup(kind, bits, dim, std::integral_constant<int, 128>{});
-    }
-  };
-  using kind = std::integral_constant<int, KIND>;
-  using bits = std::integral_constant<int, BITS>;
-  switch (a.D) {
-    case 64: return by_group(kind{}, bits{}, std::integral_constant<int, 64>{});
-    case 128: return by_group(kind{}, bits{}, std::integral_constant<int, 128>{});
-    default: return by_group(kind{}, bits{}, std::integral_constant<int, 256>{});
+  switch (a.group) {
+    case 32: return by_vgroup(std::integral_constant<int, 32>{});
+    case 64: return by_vgroup(std::integral_constant<int, 64>{});
+    default: return by_vgroup(std::integral_constant<int, 128>{});
   }
 }
 
@@ -2085,24 +2076,24 @@ bool visit_packed(const DecodeArgs& a, F&& f) {
 
 namespace decode_detail {
 
-template <int KIND, int BITS>
-int packed_ctas_per_sm(const DecodeArgs& a) {
+template <int KIND, int BITS, int D>
+int packed_ctas_per_sm_d(const DecodeArgs& a) {
   int n = 1;
-  visit_packed<KIND, BITS>(a, [&](auto p) { n = decltype(p)::ctas_per_sm(a); });
+  visit_packed<KIND, BITS, D>(a, [&](auto p) { n = decltype(p)::ctas_per_sm(a); });
   return n;
 }
 
-template <int KIND, int BITS>
-int packed_tile_tokens(const DecodeArgs& a) {
+template <int KIND, int BITS, int D>
+int packed_tile_tokens_d(const DecodeArgs& a) {
   int tt = 64;
-  visit_packed<KIND, BITS>(a, [&](auto p) { tt = decltype(p)::TT; });
+  visit_packed<KIND, BITS, D>(a, [&](auto p) { tt = decltype(p)::TT; });
   return tt;
 }
 
-template <int KIND, int BITS>
-cudaError_t packed_launch(const DecodeArgs& a, const SplitParams& sp, cudaStream_t st) {
+template <int KIND, int BITS, int D>
+cudaError_t packed_launch_d(const DecodeArgs& a, const SplitParams& sp, cudaStream_t st) {
   cudaError_t e = cudaErrorInvalidValue;  // no instantiation serves `a` (the glue rejects that first)
-  visit_packed<KIND, BITS>(a, [&](auto p) { e = decltype(p)::launch(a, sp, st); });
+  visit_packed<KIND, BITS, D>(a, [&](auto p) { e = decltype(p)::launch(a, sp, st); });
   return e;
 }
 
