@@ -610,14 +610,7 @@ size_t decode_attention_cuda_workspace(const DecodeArgs& a, int num_sms) {
   return (ticket_words(a, sp) + value_outlier_floats(a, sp) + slots * ((size_t)a.D + 2) + logits) * sizeof(float);
 }
 
-const char* decode_attention_cuda_slow_outliers(const DecodeArgs& a) {
-  if ((a.k_outliers == 0 && a.v_outliers == 0) || h4_outliers(a)) return nullptr;
-  // (the conditions of h4_outliers, in its order)
-  if (a.k_outliers > 2 || a.v_outliers > 2) return "more than 2 outliers a token in keys or values";
-  if (a.k_rank > 0 || a.v_rank > 0) return "outliers together with low-rank terms";
-  if (a.attn_mass != nullptr) return "outliers together with attn_mass";
-  return "a GQA group of more than 4 query heads a KV head";
-}
+const char* decode_attention_cuda_slow_outliers(const DecodeArgs& a) { return h4_outliers_miss(a); }
 
 cudaError_t decode_attention_cuda(const DecodeArgs& args, void* workspace, int num_sms, cudaStream_t stream) {
   if ((int64_t)args.B * args.Hq == 0) return cudaSuccess;

@@ -73,10 +73,19 @@ struct SplitParams {
 // 2) and two in values (session 22), without low rank or attention mass, GQA groups of at most 4
 // heads (the H4 layout's), any head_dim (64 since session 21: the 8-column kernel had
 // kept 0.43-0.63x of the plain speed there). Its offsets are then constants. The other
-// corrections use the 8-column kernel.
+// corrections use the 8-column kernel. h4_outliers_miss: why the sparse outliers of `a`
+// cannot take the H4 kernel (a short phrase for the user, decode_attention_cuda_slow_outliers),
+// or nullptr where they can or none are given.
+inline const char* h4_outliers_miss(const DecodeArgs& a) {
+  if (a.k_outliers == 0 && a.v_outliers == 0) return nullptr;
+  if (a.k_outliers > 2 || a.v_outliers > 2) return "more than 2 outliers a token in keys or values";
+  if (a.k_rank > 0 || a.v_rank > 0) return "outliers together with low-rank terms";
+  if (a.attn_mass != nullptr) return "outliers together with attn_mass";
+  if (a.Hq / a.Hkv > 4) return "a GQA group of more than 4 query heads a KV head";
+  return nullptr;
+}
 inline bool h4_outliers(const DecodeArgs& a) {
-  return (a.k_outliers > 0 || a.v_outliers > 0) && a.k_outliers <= 2 && a.v_outliers <= 2 && a.k_rank == 0 &&
-         a.v_rank == 0 && a.attn_mass == nullptr && a.Hq / a.Hkv <= 4;
+  return (a.k_outliers > 0 || a.v_outliers > 0) && h4_outliers_miss(a) == nullptr;
 }
 
 // Where the H4 outlier kernel adds its value outliers: into per-warp sums in shared memory
@@ -142,8 +151,8 @@ __device__ __forceinline__ void timeline_stamp(unsigned long long* tl, int64_t r
 // Entry points of the packed kernel for one (KIND: 1 fp16, 2 bf16; BITS; head_dim D)
 // triple, defined in decode_packed.cuh and instantiated one triple a translation unit
 // (decode_packed_<dtype>_<bits>bit_d<D>.cu), so that the many kernel instantiations
-// compile in parallel (by (dtype, bits) only, the four units took ~2.5 min each on the GPU
-// machine's 16 cores, the build's critical path).
+// compile in parallel (by (dtype, bits) only, the longest of four units took 77 s on a
+// 2-core machine, the longest of these twelve 36 s; session 33).
 template <int KIND, int BITS, int D>
 int packed_ctas_per_sm_d(const DecodeArgs& a);  // CTAs of the instantiation serving `a` per SM
 template <int KIND, int BITS, int D>
