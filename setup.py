@@ -38,7 +38,7 @@ class CMakeBuild(build_ext):
             f"-DCMAKE_BUILD_TYPE={os.environ.get('KVCORE_BUILD_TYPE', 'Release')}",
         ]
         # Extra configure arguments, e.g. a profiling build's options
-        # (KVCORE_CMAKE_ARGS="-DKVCORE_EXP_D64_SMEM=ON"); CMake caches them, so give such a
+        # (KVCORE_CMAKE_ARGS="-DKVCORE_DECODE_PLAN_KNOBS=ON"); CMake caches them, so give such a
         # build its own KVCORE_BUILD_DIR.
         cfg += shlex.split(os.environ.get("KVCORE_CMAKE_ARGS", ""))
         subprocess.run(cfg, check=True)

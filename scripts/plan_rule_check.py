@@ -13,13 +13,15 @@ planners interleaved, two rounds, bf16, Hq=32 Hkv=8; it prints the minimum time 
 
 --graded adds planners "g<a>_<b>": the built-in plan with KVCORE_PLAN_GRADED="a b" (the
 uniform layout's first quarter of chunks a unit (100 + a)%, its last (100 - b)%); --uniform
-adds "u<a>_<b>": KVCORE_PLAN_UNIFORM="a b" (the uniform layout up to a tokens a warp); --exp adds
+adds "u<a>_<b>": KVCORE_PLAN_UNIFORM="a b" (the uniform layout up to a tokens a warp); --plan
+adds "p<a>_<b>_...": KVCORE_PLAN="a b ..." (the big/small layout's eight constants); --exp adds
 "x<n>": the built-in plan with KVCORE_EXP=n (kernel variants of the knobs build, exp_flags);
 --static adds "static": KVCORE_DECODE_DYNAMIC_TILES=0 (the value-outlier kernels' static
 ranges instead of tickets; any build, with --no-old outside knobs builds).
 
 Groups: grid (B=8, D=128, 8K-128K), batch (B = 1, 4, 16, 32, 64), dims (B=8, D = 64, 256),
-d256 (B = 1-32, D = 256, short lengths).
+d256 (B = 1-32, D = 256, short lengths), d64 (B = 1, 4, 16, 32 at D = 64),
+d64b8 (B=8 at D = 64).
 """
 import argparse
 import json
@@ -43,6 +45,11 @@ GROUPS = {
              (8, 256, [8 * K, 12 * K, 16 * K], ((0, 0), (1, 1))),
              (16, 256, [4 * K, 6 * K, 8 * K], ((0, 0), (1, 1))),
              (32, 256, [2 * K, 3 * K, 4 * K], ((0, 0), (1, 1)))],
+    "d64b8": [(8, 64, [8 * K, 16 * K, 32 * K, 64 * K, 128 * K], ((0, 0), (1, 1)))],
+    "d64": [(1, 64, [16 * K, 32 * K, 64 * K, 128 * K], ((0, 0), (1, 1))),
+            (4, 64, [8 * K, 16 * K, 32 * K, 64 * K], ((0, 0), (1, 1))),
+            (16, 64, [4 * K, 8 * K, 16 * K, 24 * K], ((0, 0), (1, 1))),
+            (32, 64, [2 * K, 4 * K, 8 * K, 12 * K], ((0, 0), (1, 1)))],
     "dims": [(8, 64, [8 * K, 16 * K, 32 * K, 64 * K, 128 * K], ((0, 0), (1, 1))),
              (8, 256, [8 * K, 16 * K, 24 * K, 32 * K, 64 * K], ((0, 0), (1, 1)))],
 }
@@ -50,11 +57,13 @@ GROUPS = {
 
 def planner_env(planner):
     """The knob variables of a planner: "new" (built-in), "old", "g<a>_<b>" (graded), "u<a>_<b>"
-    (uniform rule) or "x<n>"."""
+    (uniform rule), "p<a>_..._<h>" (plan constants) or "x<n>"."""
     if planner == "old":
         return {"KVCORE_PLAN_UNIFORM": "0 0"}
     if planner.startswith("g"):
         return {"KVCORE_PLAN_GRADED": planner[1:].replace("_", " ")}
+    if planner.startswith("p"):
+        return {"KVCORE_PLAN": planner[1:].replace("_", " ")}
     if planner.startswith("u"):
         return {"KVCORE_PLAN_UNIFORM": planner[1:].replace("_", " ")}
     if planner.startswith("x"):
@@ -83,6 +92,7 @@ def main():
     ap.add_argument("--json")
     ap.add_argument("--graded", nargs="*", default=[], help='extra planners, each "a b"')
     ap.add_argument("--uniform", nargs="*", default=[], help='extra planners, KVCORE_PLAN_UNIFORM="a b" each')
+    ap.add_argument("--plan", nargs="*", default=[], help='extra planners, KVCORE_PLAN="a b c d e f g h" each')
     ap.add_argument("--exp", nargs="*", default=[], help="extra planners: the built-in plan with KVCORE_EXP=n")
     ap.add_argument("--static", action="store_true",
                     help='add planner "static": KVCORE_DECODE_DYNAMIC_TILES=0 (any build)')
@@ -92,6 +102,7 @@ def main():
     args = ap.parse_args()
     planners = (["new"] + ([] if args.no_old else ["old"]) + ["g" + g.replace(" ", "_") for g in args.graded]
                 + ["u" + u.replace(" ", "_") for u in args.uniform]
+                + ["p" + p.replace(" ", "_") for p in args.plan]
                 + ["x" + x for x in args.exp] + (["static"] if args.static else []))
     results = []
     for group in args.groups.split(","):
@@ -116,7 +127,7 @@ def main():
                     for planner in planners:
                         ko, kp = f"{o[0]}{o[1]} {planner}", f"00 {planner}"
                         print(f"   ratio {ko:10s}", " ".join(f"{mins[kp][L] / mins[ko][L]:6.3f}" for L in lengths))
-                        if planner[0] in "gxsu":  # outlier variants against the built-in plain plan
+                        if planner[0] in "gxsup":  # outlier variants against the built-in plain plan
                             print(f"   vs 00 new {ko:10s}", " ".join(f"{mins['00 new'][L] / mins[ko][L]:6.3f}"
                                                               for L in lengths))
     if args.json:

@@ -269,6 +269,9 @@ SplitParams plan_splits(const DecodeArgs& a, int num_sms) {
     // outlier a side, ten plans, bench/PERF-NOTES.md session 21): 4 bits takes big CTAs
     // of 75% / 70% (32K 65.7 -> 62.8 us, 128K 217.6 -> 213.3); 2 bits keeps the default
     // plan (32K 56.3 -> 53.5, (9, 3) 128K 76.3 -> 72.4 against the D = 128 one below).
+    // Since session 34 one value outlier a token at 4 bits keeps its sums in shared memory
+    // at D = 64 too, and takes the default constants (D = 128's shared-memory ones below:
+    // H200 B=8 32K -2.4 points, 64K-128K +1); this now serves two value outliers a token.
     big_pct[0] = 75;
     big_pct[1] = 70;
   } else if (value_sums_in_global(a) && a.D > 64) {

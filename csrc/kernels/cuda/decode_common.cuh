@@ -88,28 +88,21 @@ inline bool h4_outliers(const DecodeArgs& a) {
   return (a.k_outliers > 0 || a.v_outliers > 0) && h4_outliers_miss(a) == nullptr;
 }
 
-// Where the H4 outlier kernel adds its value outliers: into per-warp sums in shared memory
-// (4 bits, D >= 128, one value outlier a token: memory-bound, where one L2 reduction a
-// token cost ~13%, session 9), or by L2 reductions into per-warp sums in global memory
-// (2 bits; 4 bits at D = 64, where the shared-memory sums cost more: H200, one outlier a
-// side 32K 71.7 -> 65.5 us, 128K 237.4 -> 223.0, plain 50.3 / 167.7; two value outliers a
-// token (cv = 2), whose two rounds of shared-memory adds cost more: H200, D = 128, two a
-// side 8K 49.0 -> 41.0 us, 32K 132.5 -> 118.2, 128K 478.1 -> 426.3, plain 34.0 / 86.7 /
-// 295.3; bench/RESULTS.md, session 22; measured with the float sums, before the integer
-// sums of session 24, which were not tried for cv = 2). At 2 bits the integer sums were
-// tried too (D = 128, room made by q' rows D + 1, a 4-head q table and 24 copy sources a
-// warp) and were slower than the L2 reductions: H200, one outlier a side 0.863 / 0.832 /
-// 0.876x of plain -> 0.840 / 0.818 / 0.836 at 8K / 32K / 128K (bench/PERF-NOTES.md,
-// session 25).
-// (A profiling build with KVCORE_EXP_D64_SMEM, session 33's proposal for the next A/B:
-// the integer shared-memory sums at D = 64 too, where the 4-bit kernel's L2 reductions cost
-// the most: one a side 0.76-0.79x of plain from 16K on the H200. Session 23 measured
-// float shared-memory sums there on the H100, before the integer sums existed: mixed.)
-#ifdef KVCORE_EXP_D64_SMEM
+// Where the H4 outlier kernel adds its value outliers: into per-warp integer sums in shared
+// memory at 4 bits with one value outlier a token (memory-bound, where one L2 reduction a
+// token cost ~13% at D = 128, session 9; from D = 64 since session 34: H200, B=8 Hq=32
+// Hkv=8, one outlier a side, 0.784 / 0.790 / 0.764 / 0.764x of plain at 16K / 32K / 64K /
+// 128K -> 0.866 / 0.847 / 0.852 / 0.855x, bench/RESULTS.md session 34; session 23's float
+// shared-memory sums there had been mixed on the H100, before the integer sums of session
+// 24), or by L2 reductions into per-warp sums in global memory: 2 bits, and two value
+// outliers a token (cv = 2), whose two rounds of shared-memory adds cost more (H200, D =
+// 128, two a side 8K 49.0 -> 41.0 us, 32K 132.5 -> 118.2, 128K 478.1 -> 426.3, plain 34.0
+// / 86.7 / 295.3; session 22, float sums; the integer sums were not tried for cv = 2). At 2
+// bits the integer sums were tried too (D = 128, room made by q' rows D + 1, a 4-head q
+// table and 24 copy sources a warp) and were slower than the L2 reductions: H200, one
+// outlier a side 0.863 / 0.832 / 0.876x of plain -> 0.840 / 0.818 / 0.836 at 8K / 32K /
+// 128K (bench/PERF-NOTES.md, session 25).
 inline constexpr int kVoSmemMinD = 64;
-#else
-inline constexpr int kVoSmemMinD = 128;
-#endif
 __host__ __device__ constexpr bool h4_value_sums_in_smem(int D, int bits, int cv = 1) {
   return bits == 4 && D >= kVoSmemMinD && cv == 1;
 }
