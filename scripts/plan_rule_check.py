@@ -21,7 +21,7 @@ ranges instead of tickets; any build, with --no-old outside knobs builds).
 
 Groups: grid (B=8, D=128, 8K-128K), batch (B = 1, 4, 16, 32, 64), dims (B=8, D = 64, 256),
 d256 (B = 1-32, D = 256, short lengths), d64 (B = 1, 4, 16, 32 at D = 64),
-d64b8 (B=8 at D = 64).
+d64b8 (B=8 at D = 64), b1 (B=1 at D = 128 and 256).
 """
 import argparse
 import json
@@ -45,6 +45,8 @@ GROUPS = {
              (8, 256, [8 * K, 12 * K, 16 * K], ((0, 0), (1, 1))),
              (16, 256, [4 * K, 6 * K, 8 * K], ((0, 0), (1, 1))),
              (32, 256, [2 * K, 3 * K, 4 * K], ((0, 0), (1, 1)))],
+    "b1": [(1, 128, [32 * K, 64 * K, 128 * K], ((0, 0), (1, 1))),
+           (1, 256, [16 * K, 32 * K, 64 * K], ((0, 0), (1, 1)))],
     "d64b8": [(8, 64, [8 * K, 16 * K, 32 * K, 64 * K, 128 * K], ((0, 0), (1, 1)))],
     "d64": [(1, 64, [16 * K, 32 * K, 64 * K, 128 * K], ((0, 0), (1, 1))),
             (4, 64, [8 * K, 16 * K, 32 * K, 64 * K], ((0, 0), (1, 1))),
@@ -57,7 +59,13 @@ GROUPS = {
 
 def planner_env(planner):
     """The knob variables of a planner: "new" (built-in), "old", "g<a>_<b>" (graded), "u<a>_<b>"
-    (uniform rule), "p<a>_..._<h>" (plan constants) or "x<n>"."""
+    (uniform rule), "p<a>_..._<h>" (plan constants) or "x<n>"; several joined by "+"
+    ("u0_1+p90_85_32_24_5_72_8_0": the big/small layout with those constants)."""
+    if "+" in planner:
+        env = {}
+        for part in planner.split("+"):
+            env.update(planner_env(part))
+        return env
     if planner == "old":
         return {"KVCORE_PLAN_UNIFORM": "0 0"}
     if planner.startswith("g"):
@@ -92,6 +100,7 @@ def main():
     ap.add_argument("--json")
     ap.add_argument("--graded", nargs="*", default=[], help='extra planners, each "a b"')
     ap.add_argument("--uniform", nargs="*", default=[], help='extra planners, KVCORE_PLAN_UNIFORM="a b" each')
+    ap.add_argument("--combo", nargs="*", default=[], help='extra planners given whole, e.g. "u0_1+p90_85_32_24_5_72_8_0"')
     ap.add_argument("--plan", nargs="*", default=[], help='extra planners, KVCORE_PLAN="a b c d e f g h" each')
     ap.add_argument("--exp", nargs="*", default=[], help="extra planners: the built-in plan with KVCORE_EXP=n")
     ap.add_argument("--static", action="store_true",
@@ -103,6 +112,7 @@ def main():
     planners = (["new"] + ([] if args.no_old else ["old"]) + ["g" + g.replace(" ", "_") for g in args.graded]
                 + ["u" + u.replace(" ", "_") for u in args.uniform]
                 + ["p" + p.replace(" ", "_") for p in args.plan]
+                + args.combo
                 + ["x" + x for x in args.exp] + (["static"] if args.static else []))
     results = []
     for group in args.groups.split(","):
@@ -127,7 +137,7 @@ def main():
                     for planner in planners:
                         ko, kp = f"{o[0]}{o[1]} {planner}", f"00 {planner}"
                         print(f"   ratio {ko:10s}", " ".join(f"{mins[kp][L] / mins[ko][L]:6.3f}" for L in lengths))
-                        if planner[0] in "gxsup":  # outlier variants against the built-in plain plan
+                        if planner[0] in "gxsup" or "+" in planner:  # outlier variants against the built-in plain plan
                             print(f"   vs 00 new {ko:10s}", " ".join(f"{mins['00 new'][L] / mins[ko][L]:6.3f}"
                                                               for L in lengths))
     if args.json:
