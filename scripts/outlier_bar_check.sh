@@ -24,6 +24,9 @@ BENCH=build/cmake/bench/kvcore_bench_decode
 # (plan lines dropped: the tables name the lengths; --static: KVCORE_DECODE_DYNAMIC_TILES=0)
 python3 scripts/plan_rule_check.py $BENCH grid,batch,dims,d256 --bits 2 4 --no-old --static 2>&1 \
   | grep -v "^B[0-9]* D[0-9]* b[24] (" >> "$LOG"
+# B = 1-32 at D = 64 and short steps at B = 1-2 (session 34), the built-in plan only
+python3 scripts/plan_rule_check.py $BENCH d64,short --bits 2 4 --no-old 2>&1 \
+  | grep -v "^B[0-9]* D[0-9]* b[24] (" >> "$LOG"
 python3 bench/bench_decode_corrections.py --lengths 8192 16384 32768 131072 --variants plain "outliers 1" \
   "value outliers 1" --no-mass >> "$LOG" 2>&1
 date -u >> "$LOG"

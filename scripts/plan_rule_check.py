@@ -21,7 +21,8 @@ ranges instead of tickets; any build, with --no-old outside knobs builds).
 
 Groups: grid (B=8, D=128, 8K-128K), batch (B = 1, 4, 16, 32, 64), dims (B=8, D = 64, 256),
 d256 (B = 1-32, D = 256, short lengths), d64 (B = 1, 4, 16, 32 at D = 64),
-d64b8 (B=8 at D = 64), b1 (B=1 at D = 128 and 256).
+d64b8 (B=8 at D = 64), b1 (B=1 at D = 128 and 256),
+short (B = 1-2 at 8K-24K, D = 64-256).
 """
 import argparse
 import json
@@ -45,6 +46,11 @@ GROUPS = {
              (8, 256, [8 * K, 12 * K, 16 * K], ((0, 0), (1, 1))),
              (16, 256, [4 * K, 6 * K, 8 * K], ((0, 0), (1, 1))),
              (32, 256, [2 * K, 3 * K, 4 * K], ((0, 0), (1, 1)))],
+    # short steps at small batch, where the outlier kernels' fixed costs show (session 34)
+    "short": [(1, 256, [8 * K, 16 * K, 24 * K], ((0, 0), (1, 1))),
+              (2, 256, [8 * K, 16 * K], ((0, 0), (1, 1))),
+              (1, 128, [8 * K, 16 * K], ((0, 0), (1, 1))),
+              (1, 64, [8 * K, 16 * K], ((0, 0), (1, 1)))],
     "b1": [(1, 128, [32 * K, 64 * K, 128 * K], ((0, 0), (1, 1))),
            (1, 256, [16 * K, 32 * K, 64 * K], ((0, 0), (1, 1)))],
     "d64b8": [(8, 64, [8 * K, 16 * K, 32 * K, 64 * K, 128 * K], ((0, 0), (1, 1)))],
