@@ -190,8 +190,8 @@ double dram_gbps() {
   return v;
 }
 
-// The H4 outlier kernel with value outliers at 2 bits, at 4 bits and D = 64, or two a
-// token: its value sums live in global memory (SplitParams::ws_vo).
+// The H4 outlier kernel with value outliers at 2 bits, or two a token: its value sums
+// live in global memory (SplitParams::ws_vo).
 bool value_sums_in_global(const DecodeArgs& a) {
   return h4_outliers(a) && a.v_outliers > 0 && !h4_value_sums_in_smem(a.D, a.bits, a.v_outliers);
 }
@@ -344,7 +344,12 @@ SplitParams plan_splits(const DecodeArgs& a, int num_sms) {
   const char* dynamic_env = std::getenv("KVCORE_DECODE_DYNAMIC_TILES");
   const bool dynamic_tiles = dynamic_env == nullptr || std::strcmp(dynamic_env, "0") != 0;
   const bool dynamic_always = dynamic_env != nullptr && std::strcmp(dynamic_env, "always") == 0;
-  if (dynamic_tiles && value_sums_in_global(a) && h4_dynamic_tiles(a.D, a.bits, a.group, tt, a.v_outliers)) {
+#ifdef KVCORE_EXP_SMEM_TICKETS
+  const bool ticket_kernel = h4_outliers(a) && a.v_outliers > 0;  // (also the shared-memory sums')
+#else
+  const bool ticket_kernel = value_sums_in_global(a);
+#endif
+  if (dynamic_tiles && ticket_kernel && h4_dynamic_tiles(a.D, a.bits, a.group, tt, a.v_outliers)) {
     // Tickets a line apart (128 bytes), so that the units' atomics spread over L2 slices
     // (4 bytes apart, two lines in all, the step took 10-15% longer at 32K-128K).
     int run = 1, min_warp_tiles = dram_gbps() >= 4000.0 ? 10 : 5;
@@ -367,6 +372,9 @@ SplitParams plan_splits(const DecodeArgs& a, int num_sms) {
 #else
     const bool tickets_at_two = false;
 #endif
+    // Runs of whole key blocks (a key block over several stages builds its query fragments
+    // at its first; h4_dynamic_tiles admits G > TT only in the experiment build).
+    if (a.group > tt) run = std::max(run, a.group / tt);
     const int64_t by_length = (a.t_cap + 4LL * kWarps * tt - 1) / (4LL * kWarps * tt);
     int64_t wave_slots = slots;
 #ifdef KVCORE_DECODE_PLAN_KNOBS
@@ -595,7 +603,7 @@ cudaError_t dispatch_dim(const DecodeArgs& a, const SplitParams& sp, cudaStream_
 }
 
 // Floats of the H4 outlier kernel's value sums (SplitParams::ws_vo; whole 128-byte lines a
-// warp). Only where value_sums_in_global: the 4-bit kernel at D >= 128 with one value
+// warp). Only where value_sums_in_global: the 4-bit kernel with one value
 // outlier a token keeps them in shared memory.
 size_t value_outlier_floats(const DecodeArgs& a, const SplitParams& sp) {
   if (!value_sums_in_global(a)) return 0;

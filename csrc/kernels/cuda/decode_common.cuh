@@ -113,7 +113,15 @@ __host__ __device__ constexpr bool h4_value_sums_in_smem(int D, int bits, int cv
 // query fragments from its first stage, which a ticket could skip (session 30's 32 test
 // failures); at G < TT the two registers the tickets take spilled (G = 32 at 2 bits and
 // D = 128), as they did in the 4-bit D = 128 G = 32 two-a-side kernel.
+// (An experiment build, KVCORE_EXP_SMEM_TICKETS, session 34's proposal, unrun: tickets for
+// the 4-bit kernels with their value sums in shared memory too, in runs of whole key blocks
+// (G / TT tiles; plan_splits), so that every run starts a key block and builds its query
+// fragments. At B=1 D=128 64K their CTAs of equal work end up to 5.6 us apart by launch
+// rank on their SM; the plain kernel's 1.5 us.)
 __host__ __device__ constexpr bool h4_dynamic_tiles(int D, int bits, int G, int TT, int cv) {
+#ifdef KVCORE_EXP_SMEM_TICKETS
+  if (h4_value_sums_in_smem(D, bits, cv)) return G % TT == 0;
+#endif
   return !h4_value_sums_in_smem(D, bits, cv) && G == TT && !(bits == 4 && D >= 128);
 }
 // Floats of one warp's value-outlier sums in SplitParams::ws_vo: [D + 1][4] (row D: a
