@@ -11,6 +11,8 @@
 # back to back while the machine stays warm (build folders are ignored paths and stay):
 #   bash scripts/s34_smem_tickets_ab.sh OUT_DIR --build-only   # build, tests, sanitizers (~5 min)
 #   bash scripts/s34_smem_tickets_ab.sh OUT_DIR --no-build     # timings (~6 min)
+#   bash scripts/s34_smem_tickets_ab.sh OUT_DIR --graded       # (after a build) rank-graded
+#     equal chunks at B = 1-2 (KVCORE_PLAN_GRADED; ~3 min): the older CTAs of an SM get more
 # Writes OUT_DIR/s34_ab.txt.
 set -uo pipefail
 OUT_DIR=${1:-${OUT:-$PWD/gpu_out}}
@@ -26,7 +28,7 @@ fi
 export PYTHONUNBUFFERED=1
 { date -u; nvidia-smi --query-gpu=name --format=csv,noheader; echo "mode: ${MODE:-all}"; } >> "$LOG"
 BENCH="$EXP/bench/kvcore_bench_decode"
-if [ "$MODE" != "--no-build" ]; then
+if [ "$MODE" != "--no-build" ] && [ "$MODE" != "--graded" ]; then
   mkdir -p "$EXP/pkg/kvcore"
   { cmake -S . -B "$EXP" -G Ninja -DKVCORE_CUDA=ON -DKVCORE_CUDA_ARCHS=90a -DCMAKE_BUILD_TYPE=Release \
       -DKVCORE_DECODE_PLAN_KNOBS=ON -DKVCORE_EXP_SMEM_TICKETS=ON -DKVCORE_OUTPUT_DIR="$EXP/pkg/kvcore" \
@@ -54,6 +56,12 @@ if [ "$MODE" != "--no-build" ]; then
   done
   echo "== checks done $(date -u +%T)" >> "$LOG"
   [ "$MODE" = "--build-only" ] && exit 0
+fi
+if [ "$MODE" = "--graded" ]; then
+  python3 scripts/plan_rule_check.py "$BENCH" b1,short --bits 4 --no-old --graded "10 10" "20 20" 2>&1 \
+    | grep -v "^B[0-9]* D[0-9]* b[24] (" >> "$LOG"
+  date -u >> "$LOG"
+  exit 0
 fi
 python3 scripts/plan_rule_check.py "$BENCH" b1,grid,dims --bits 4 --no-old --static --exp 256 32 2>&1 \
   | grep -v "^B[0-9]* D[0-9]* b[24] (" >> "$LOG"
