@@ -13,6 +13,9 @@
 #   bash scripts/s34_smem_tickets_ab.sh OUT_DIR --no-build     # timings (~6 min)
 #   bash scripts/s34_smem_tickets_ab.sh OUT_DIR --graded       # (after a build) rank-graded
 #     equal chunks at B = 1-2 (KVCORE_PLAN_GRADED; ~3 min): the older CTAs of an SM get more
+#   bash scripts/s34_smem_tickets_ab.sh OUT_DIR --ncu          # (after a build) ncu of the
+#     4-bit D = 256 split kernel at B=1 16K, plain against one a side (why its stage loop
+#     is ~20% longer with outliers, against 8% at D = 128; ~2 min)
 # Writes OUT_DIR/s34_ab.txt.
 set -uo pipefail
 OUT_DIR=${1:-${OUT:-$PWD/gpu_out}}
@@ -28,7 +31,7 @@ fi
 export PYTHONUNBUFFERED=1
 { date -u; nvidia-smi --query-gpu=name --format=csv,noheader; echo "mode: ${MODE:-all}"; } >> "$LOG"
 BENCH="$EXP/bench/kvcore_bench_decode"
-if [ "$MODE" != "--no-build" ] && [ "$MODE" != "--graded" ]; then
+if [ "$MODE" != "--no-build" ] && [ "$MODE" != "--graded" ] && [ "$MODE" != "--ncu" ]; then
   mkdir -p "$EXP/pkg/kvcore"
   { cmake -S . -B "$EXP" -G Ninja -DKVCORE_CUDA=ON -DKVCORE_CUDA_ARCHS=90a -DCMAKE_BUILD_TYPE=Release \
       -DKVCORE_DECODE_PLAN_KNOBS=ON -DKVCORE_EXP_SMEM_TICKETS=ON -DKVCORE_OUTPUT_DIR="$EXP/pkg/kvcore" \
@@ -56,6 +59,18 @@ if [ "$MODE" != "--no-build" ] && [ "$MODE" != "--graded" ]; then
   done
   echo "== checks done $(date -u +%T)" >> "$LOG"
   [ "$MODE" = "--build-only" ] && exit 0
+fi
+if [ "$MODE" = "--ncu" ]; then
+  for o in "0 0" "1 1"; do
+    for shape in "1 32 8 256 16448" "1 32 8 128 65600"; do
+      echo "== ncu, 4 bits, outliers $o, shape $shape" >> "$LOG"
+      ncu --clock-control none -k regex:decode_packed -s 3 -c 1 --section SpeedOfLight --section Occupancy \
+        --section SchedulerStats --section WarpStateStats --section InstructionStats --section MemoryWorkloadAnalysis \
+        "$BENCH" --bits 4 --bf16 --outliers $o --shape $shape 2>&1 | grep -vE "^==PROF==|^\s+[0-9]+\s+32\s" >> "$LOG"
+    done
+  done
+  date -u >> "$LOG"
+  exit 0
 fi
 if [ "$MODE" = "--graded" ]; then
   python3 scripts/plan_rule_check.py "$BENCH" b1,short --bits 4 --no-old --graded "10 10" "20 20" 2>&1 \
