@@ -344,12 +344,10 @@ SplitParams plan_splits(const DecodeArgs& a, int num_sms) {
   const char* dynamic_env = std::getenv("KVCORE_DECODE_DYNAMIC_TILES");
   const bool dynamic_tiles = dynamic_env == nullptr || std::strcmp(dynamic_env, "0") != 0;
   const bool dynamic_always = dynamic_env != nullptr && std::strcmp(dynamic_env, "always") == 0;
-#ifdef KVCORE_EXP_SMEM_TICKETS
-  const bool ticket_kernel = h4_outliers(a) && a.v_outliers > 0;  // (also the shared-memory sums')
-#else
-  const bool ticket_kernel = value_sums_in_global(a);
-#endif
-  if (dynamic_tiles && ticket_kernel && h4_dynamic_tiles(a.D, a.bits, a.group, tt, a.v_outliers)) {
+  // (h4_dynamic_tiles says which value-outlier kernels take tickets: those with their sums
+  // in global memory, and in the KVCORE_EXP_SMEM_TICKETS build the shared-memory ones too.)
+  if (dynamic_tiles && h4_outliers(a) && a.v_outliers > 0 &&
+      h4_dynamic_tiles(a.D, a.bits, a.group, tt, a.v_outliers)) {
     // Tickets a line apart (128 bytes), so that the units' atomics spread over L2 slices
     // (4 bytes apart, two lines in all, the step took 10-15% longer at 32K-128K).
     int run = 1, min_warp_tiles = dram_gbps() >= 4000.0 ? 10 : 5;
