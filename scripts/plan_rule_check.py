@@ -16,12 +16,13 @@ uniform layout's first quarter of chunks a unit (100 + a)%, its last (100 - b)%)
 adds "u<a>_<b>": KVCORE_PLAN_UNIFORM="a b" (the uniform layout up to a tokens a warp); --plan
 adds "p<a>_<b>_...": KVCORE_PLAN="a b ..." (the big/small layout's eight constants); --exp adds
 "x<n>": the built-in plan with KVCORE_EXP=n (kernel variants of the knobs build, exp_flags);
+--tickets-from adds "t<n>": tickets from n tiles a warp (KVCORE_PLAN_TICKETS_FROM);
 --static adds "static": KVCORE_DECODE_DYNAMIC_TILES=0 (the value-outlier kernels' static
 ranges instead of tickets; any build, with --no-old outside knobs builds).
 
 Groups: grid (B=8, D=128, 8K-128K), batch (B = 1, 4, 16, 32, 64), dims (B=8, D = 64, 256),
 d256 (B = 1-32, D = 256, short lengths), d64 (B = 1, 4, 16, 32 at D = 64),
-d64b8 (B=8 at D = 64), b1 (B=1 at D = 128 and 256),
+d64b8 (B=8 at D = 64), d256long (B = 1, 4, 8 at D = 256, long), b1 (B=1 at D = 128 and 256),
 short (B = 1-2 at 8K-24K, D = 64-256).
 """
 import argparse
@@ -53,6 +54,11 @@ GROUPS = {
               (1, 64, [8 * K, 16 * K], ((0, 0), (1, 1)))],
     "b1": [(1, 128, [32 * K, 64 * K, 128 * K], ((0, 0), (1, 1))),
            (1, 256, [16 * K, 32 * K, 64 * K], ((0, 0), (1, 1)))],
+    # plain 4 bits D = 256 from 16K at B=8 / 128K at B=1, where the big/small layout took
+    # over and the one-a-side kernel with tickets ran 7-16% faster than plain (session 35)
+    "d256long": [(1, 256, [64 * K, 128 * K, 256 * K], ((0, 0), (1, 1))),
+                 (4, 256, [16 * K, 32 * K, 64 * K], ((0, 0), (1, 1))),
+                 (8, 256, [16 * K, 24 * K, 32 * K, 64 * K], ((0, 0), (1, 1)))],
     "d64b8": [(8, 64, [8 * K, 16 * K, 32 * K, 64 * K, 128 * K], ((0, 0), (1, 1)))],
     "d64": [(1, 64, [16 * K, 32 * K, 64 * K, 128 * K], ((0, 0), (1, 1))),
             (4, 64, [8 * K, 16 * K, 32 * K, 64 * K], ((0, 0), (1, 1))),
@@ -82,6 +88,8 @@ def planner_env(planner):
         return {"KVCORE_PLAN_UNIFORM": planner[1:].replace("_", " ")}
     if planner.startswith("x"):
         return {"KVCORE_EXP": planner[1:]}
+    if planner.startswith("t"):
+        return {"KVCORE_PLAN_TICKETS_FROM": planner[1:]}
     if planner == "static":
         return {"KVCORE_DECODE_DYNAMIC_TILES": "0"}
     return {}
@@ -90,7 +98,8 @@ def planner_env(planner):
 def run(bench, bits, outl, planner, B, D, lengths):
     """Times of one bench process (us by packed length) and the plans it printed."""
     env = dict(os.environ)
-    for k in ("KVCORE_PLAN", "KVCORE_PLAN_UNIFORM", "KVCORE_PLAN_GRADED", "KVCORE_EXP", "KVCORE_DECODE_DYNAMIC_TILES"):
+    for k in ("KVCORE_PLAN", "KVCORE_PLAN_UNIFORM", "KVCORE_PLAN_GRADED", "KVCORE_EXP", "KVCORE_DECODE_DYNAMIC_TILES",
+              "KVCORE_PLAN_TICKETS_FROM"):
         env.pop(k, None)
     env.update(planner_env(planner))
     cmd = [bench, "--bits", str(bits), "--bf16", "--outliers", str(outl[0]), str(outl[1])]
@@ -109,6 +118,8 @@ def main():
     ap.add_argument("--combo", nargs="*", default=[], help='extra planners given whole, e.g. "u0_1+p90_85_32_24_5_72_8_0"')
     ap.add_argument("--plan", nargs="*", default=[], help='extra planners, KVCORE_PLAN="a b c d e f g h" each')
     ap.add_argument("--exp", nargs="*", default=[], help="extra planners: the built-in plan with KVCORE_EXP=n")
+    ap.add_argument("--tickets-from", nargs="*", default=[],
+                    help="extra planners t<n>: tickets from n tiles a warp (KVCORE_PLAN_TICKETS_FROM, knobs build)")
     ap.add_argument("--static", action="store_true",
                     help='add planner "static": KVCORE_DECODE_DYNAMIC_TILES=0 (any build)')
     ap.add_argument("--no-old", action="store_true", help='drop planner "old" (needs a knobs build)')
@@ -119,7 +130,8 @@ def main():
                 + ["u" + u.replace(" ", "_") for u in args.uniform]
                 + ["p" + p.replace(" ", "_") for p in args.plan]
                 + args.combo
-                + ["x" + x for x in args.exp] + (["static"] if args.static else []))
+                + ["x" + x for x in args.exp] + ["t" + n for n in args.tickets_from]
+                + (["static"] if args.static else []))
     results = []
     for group in args.groups.split(","):
         for B, D, lengths, outls in GROUPS[group]:

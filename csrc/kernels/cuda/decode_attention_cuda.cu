@@ -212,6 +212,15 @@ bool value_sums_in_global(const DecodeArgs& a) {
 // other sizes (below); a profiling build (KVCORE_DECODE_PLAN_KNOBS) takes them all from
 // $KVCORE_PLAN. The 4-bit D = 128 kernel with its value sums in shared memory takes small
 // CTAs of 32 KB a warp and tiny ones of 24 KB (below).
+// The 4-bit value-outlier kernels with their sums in shared memory take tickets from this
+// many tiles a warp (14; 20 at D = 256), on any card. H200, Hq=32 Hkv=8 bf16, one outlier
+// a side against plain, tickets from 10 / 14 / 20 tiles a warp against static plans
+// (bench/RESULTS.md, session 35): B=8 D=128 12K 0.832 / 0.858 / 0.858 (static 0.860), B=1
+// D=128 128K 0.859 / 0.861 / 0.845 (0.849), B=8 D=256 8K 0.892 / 0.885 / 0.922 (0.926),
+// 16K-64K 1.06-1.08x at all three (0.875-0.886). The H100 was not measured (the global-sum
+// kernels take tickets there from half as many tiles as on the H200).
+inline int smem_ticket_warp_tiles(int D) { return D == 256 ? 20 : 14; }
+
 SplitParams plan_splits(const DecodeArgs& a, int num_sms) {
   SplitParams sp{};
   const int gq = a.Hq / a.Hkv;
@@ -345,12 +354,14 @@ SplitParams plan_splits(const DecodeArgs& a, int num_sms) {
   const bool dynamic_tiles = dynamic_env == nullptr || std::strcmp(dynamic_env, "0") != 0;
   const bool dynamic_always = dynamic_env != nullptr && std::strcmp(dynamic_env, "always") == 0;
   // (h4_dynamic_tiles says which value-outlier kernels take tickets: those with their sums
-  // in global memory, and in the KVCORE_EXP_SMEM_TICKETS build the shared-memory ones too.)
+  // in global memory, and since session 35 the 4-bit ones with their sums in shared memory.)
   if (dynamic_tiles && h4_outliers(a) && a.v_outliers > 0 &&
       h4_dynamic_tiles(a.D, a.bits, a.group, tt, a.v_outliers)) {
     // Tickets a line apart (128 bytes), so that the units' atomics spread over L2 slices
     // (4 bytes apart, two lines in all, the step took 10-15% longer at 32K-128K).
     int run = 1, min_warp_tiles = dram_gbps() >= 4000.0 ? 10 : 5;
+    // The 4-bit kernels with their value sums in shared memory: their own threshold.
+    if (h4_value_sums_in_smem(a.D, a.bits, a.v_outliers)) min_warp_tiles = smem_ticket_warp_tiles(a.D);
     const int stride = 32;
     bool fit_wave = false, fp_last = false;
 #ifdef KVCORE_DECODE_PLAN_KNOBS
@@ -367,11 +378,13 @@ SplitParams plan_splits(const DecodeArgs& a, int num_sms) {
     if (sp.exp_flags & 128) min_warp_tiles = 10;
     if (sp.exp_flags & 256) min_warp_tiles = 5;  // (the rule of cards under 4 TB/s)
     const bool tickets_at_two = (sp.exp_flags & 4096) != 0;  // session 32's rule: tickets from 2 CTAs a unit
+    // Session 35's sweep: KVCORE_PLAN_TICKETS_FROM=n takes tickets from n tiles a warp.
+    if (const char* from = std::getenv("KVCORE_PLAN_TICKETS_FROM")) min_warp_tiles = std::atoi(from);
 #else
     const bool tickets_at_two = false;
 #endif
     // Runs of whole key blocks (a key block over several stages builds its query fragments
-    // at its first; h4_dynamic_tiles admits G > TT only in the experiment build).
+    // at its first; h4_dynamic_tiles admits G > TT only for the shared-memory-sum kernels).
     if (a.group > tt) run = std::max(run, a.group / tt);
     const int64_t by_length = (a.t_cap + 4LL * kWarps * tt - 1) / (4LL * kWarps * tt);
     int64_t wave_slots = slots;

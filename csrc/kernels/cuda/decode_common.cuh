@@ -107,22 +107,20 @@ __host__ __device__ constexpr bool h4_value_sums_in_smem(int D, int bits, int cv
   return bits == 4 && D >= kVoSmemMinD && cv == 1;
 }
 // The H4 outlier kernels (with value outliers) that take their tiles by ticket
-// (SplitParams::static_tiles): those whose value sums are in global memory and whose key
-// blocks are exactly one stage (G == TT, TT: the stage's tokens), except at 4 bits (two
-// value outliers a token at D >= 128). A key block over two stages (G > TT) keeps its
-// query fragments from its first stage, which a ticket could skip (session 30's 32 test
-// failures); at G < TT the two registers the tickets take spilled (G = 32 at 2 bits and
-// D = 128), as they did in the 4-bit D = 128 G = 32 two-a-side kernel.
-// (An experiment build, KVCORE_EXP_SMEM_TICKETS, session 34's proposal, unrun: tickets for
-// the 4-bit kernels with their value sums in shared memory too, in runs of whole key blocks
-// (G / TT tiles; plan_splits), so that every run starts a key block and builds its query
-// fragments. At B=1 D=128 64K their CTAs of equal work end up to 5.6 us apart by launch
-// rank on their SM; the plain kernel's 1.5 us.)
+// (SplitParams::static_tiles):
+// * those whose value sums are in global memory and whose key blocks are exactly one stage
+//   (G == TT, TT: the stage's tokens), except at 4 bits (two value outliers a token at
+//   D >= 128). At G < TT the two registers the tickets take spilled (G = 32 at 2 bits and
+//   D = 128), as they did in the 4-bit D = 128 G = 32 two-a-side kernel.
+// * those with their value sums in shared memory (4 bits, one value outlier a token) where
+//   G % TT == 0, in runs of whole key blocks (G / TT tiles; plan_splits): a key block over
+//   several stages keeps its query fragments from its first stage, which a lone ticket
+//   could skip (session 30's 32 test failures). Session 35 (H200, bench/RESULTS.md): B=8
+//   D=256 16K-64K 0.87-0.88x of plain -> 1.06-1.07x, B=16 D=128 16K-24K +3-4 points, B=8
+//   D=64 32K-128K +2; no spills (compared with -Xptxas=-v, session 34).
 __host__ __device__ constexpr bool h4_dynamic_tiles(int D, int bits, int G, int TT, int cv) {
-#ifdef KVCORE_EXP_SMEM_TICKETS
   if (h4_value_sums_in_smem(D, bits, cv)) return G % TT == 0;
-#endif
-  return !h4_value_sums_in_smem(D, bits, cv) && G == TT && !(bits == 4 && D >= 128);
+  return G == TT && !(bits == 4 && D >= 128);
 }
 // Floats of one warp's value-outlier sums in SplitParams::ws_vo: [D + 1][4] (row D: a
 // dump for indices >= D), rounded up to whole 128-byte lines, which the warp discards
