@@ -224,11 +224,12 @@ DYNAMIC_SHAPES = [  # Hq, Hkv, bits, D, G, packed lengths, t_cap
     # value sums in global memory, G == TT: tickets in every build
     (8, 2, 2, 128, 64, [40 * 64 + 7, 9 * 64, 0], 48 * 64),
     (9, 3, 2, 64, 64, [40 * 64 + 5, 7 * 64, 64], 48 * 64),
-    # 4 bits, sums in shared memory: static plans, tickets (runs of whole key blocks) only in
-    # the KVCORE_EXP_SMEM_TICKETS build; two value outliers a token: sums in global memory
+    # 4 bits, one value outlier a token: sums in shared memory, tickets in runs of whole key
+    # blocks (since session 35); two value outliers a token: sums in global memory, static
     (8, 2, 4, 64, 64, [33 * 64, 2 * 64 + 5, 20 * 64], 36 * 64),
     (8, 2, 4, 128, 64, [37 * 64 + 9, 3 * 64, 20 * 64], 40 * 64),
     (12, 3, 4, 128, 128, [30 * 128, 5 * 128 + 33, 0], 32 * 128),
+    (8, 2, 4, 256, 64, [29 * 64 + 3, 4 * 64, 17 * 64], 32 * 64),
 ]
 
 
@@ -390,10 +391,9 @@ def test_cuda_graph_replay_with_corrections():
 @pytest.mark.cuda
 @pytest.mark.parametrize("bits, D", [(2, 128), (4, 64)])
 def test_cuda_dynamic_tiles_across_graph_replays(bits, D, monkeypatch):
-    """The value-outlier kernels with their sums in global memory (2 bits; 4 bits with
-    shared-memory sums only in the KVCORE_EXP_SMEM_TICKETS build) hand out tiles by
-    ticket, from per-unit counters in the workspace that no kernel zeroes: each grid
-    opens them with its own epoch (%gridid). Eager calls over a workspace of garbage, and
+    """The value-outlier kernels (2 bits, sums in global memory; 4 bits, sums in shared
+    memory, since session 35) hand out tiles by ticket, from per-unit counters in the
+    workspace that no kernel zeroes: each grid opens them with its own epoch (%gridid). Eager calls over a workspace of garbage, and
     replays of a captured call, whose previous replay left the counters past the end,
     must still see every tile: each matches the reference. (These shapes are below the
     length where the plan takes tickets by itself: "always".)"""

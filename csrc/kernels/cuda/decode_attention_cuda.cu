@@ -11,6 +11,7 @@
 #endif
 #include <cstdlib>
 #include <cstring>
+#include <limits>
 #include <type_traits>
 
 #include "../decode_attention.h"
@@ -272,6 +273,15 @@ SplitParams plan_splits(const DecodeArgs& a, int num_sms) {
   int uniform_warp_max = value_sums_in_global(a) ? (a.bits == 2 ? (a.D == 256 ? 768 : 384) : 256)
                          : h4_outliers(a) && a.v_outliers > 0 ? 768
                          : a.bits == 2 || a.D == 256 ? 768 : 512;
+  // 4 bits at D = 256 (plain, key outliers, and one value outlier a token with its sums in
+  // shared memory): the uniform layout at any length. There the big/small layout's small
+  // CTAs fell to the minimum chunk (16 KB a warp is under 128 tokens) and plain ran slower
+  // than the one-a-side kernel with tickets. H200, Hq=32 Hkv=8 bf16 plain, 768 -> no limit
+  // (bench/RESULTS.md, session 35): B=8 16K 100.7 -> 92.1 us, 24K 139.5 -> 119.8, 64K 337.2
+  // -> 294.6; B=1 128K 106.4 -> 91.4, 256K 190.5 -> 153.1; B=4 64K 182.0 -> 163.3; B=16 8K
+  // 103.1 -> 91.6; B=32 4K 109.0 -> 93.4 (one a side there 123.1 -> 101.7); shorter steps
+  // unchanged. Not measured on an H100.
+  if (a.bits == 4 && a.D == 256 && !value_sums_in_global(a)) uniform_warp_max = std::numeric_limits<int>::max();
   int floor_counts = 1;
   if (value_sums_in_global(a) && a.D == 64 && a.bits == 4) {
     // The value-outlier kernel at D = 64 (H200, B=8, (Hq, Hkv) = (32, 8) and (9, 3), one
