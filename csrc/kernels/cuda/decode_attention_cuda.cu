@@ -197,6 +197,15 @@ bool value_sums_in_global(const DecodeArgs& a) {
   return h4_outliers(a) && a.v_outliers > 0 && !h4_value_sums_in_smem(a.D, a.bits, a.v_outliers);
 }
 
+// The 4-bit value-outlier kernels with their sums in shared memory take tickets from this
+// many tiles a warp (14; 20 at D = 256), on any card. H200, Hq=32 Hkv=8 bf16, one outlier
+// a side against plain, tickets from 10 / 14 / 20 tiles a warp against static plans
+// (bench/RESULTS.md, session 35): B=8 D=128 12K 0.832 / 0.858 / 0.858 (static 0.860), B=1
+// D=128 128K 0.859 / 0.861 / 0.845 (0.849), B=8 D=256 8K 0.892 / 0.885 / 0.922 (0.926),
+// 16K-64K 1.06-1.08x at all three (0.875-0.886). The H100 was not measured (the global-sum
+// kernels take tickets there from half as many tiles as on the H200).
+inline int smem_ticket_warp_tiles(int D) { return D == 256 ? 20 : 14; }
+
 // Chooses the split sizes (SplitParams).
 // * Where the equal chunks of the uniform layout (last point) hold few tokens a warp
 //   (uniform_warp_max below): those.
@@ -213,15 +222,6 @@ bool value_sums_in_global(const DecodeArgs& a) {
 // other sizes (below); a profiling build (KVCORE_DECODE_PLAN_KNOBS) takes them all from
 // $KVCORE_PLAN. The 4-bit D = 128 kernel with its value sums in shared memory takes small
 // CTAs of 32 KB a warp and tiny ones of 24 KB (below).
-// The 4-bit value-outlier kernels with their sums in shared memory take tickets from this
-// many tiles a warp (14; 20 at D = 256), on any card. H200, Hq=32 Hkv=8 bf16, one outlier
-// a side against plain, tickets from 10 / 14 / 20 tiles a warp against static plans
-// (bench/RESULTS.md, session 35): B=8 D=128 12K 0.832 / 0.858 / 0.858 (static 0.860), B=1
-// D=128 128K 0.859 / 0.861 / 0.845 (0.849), B=8 D=256 8K 0.892 / 0.885 / 0.922 (0.926),
-// 16K-64K 1.06-1.08x at all three (0.875-0.886). The H100 was not measured (the global-sum
-// kernels take tickets there from half as many tiles as on the H200).
-inline int smem_ticket_warp_tiles(int D) { return D == 256 ? 20 : 14; }
-
 SplitParams plan_splits(const DecodeArgs& a, int num_sms) {
   SplitParams sp{};
   const int gq = a.Hq / a.Hkv;

@@ -116,8 +116,9 @@ __host__ __device__ constexpr bool h4_value_sums_in_smem(int D, int bits, int cv
 //   G % TT == 0, in runs of whole key blocks (G / TT tiles; plan_splits): a key block over
 //   several stages keeps its query fragments from its first stage, which a lone ticket
 //   could skip (session 30's 32 test failures). Session 35 (H200, bench/RESULTS.md): B=8
-//   D=256 16K-64K 0.87-0.88x of plain -> 1.06-1.07x, B=16 D=128 16K-24K +3-4 points, B=8
-//   D=64 32K-128K +2; no spills (compared with -Xptxas=-v, session 34).
+//   D=256 16K-64K 0.87-0.88x of plain -> 1.06-1.07x (of the plain plan then, which took
+//   the uniform layout after it), B=16 D=128 16K-24K +3-4 points, B=8 D=64 32K-128K +2;
+//   no spills (compared with -Xptxas=-v, session 34).
 __host__ __device__ constexpr bool h4_dynamic_tiles(int D, int bits, int G, int TT, int cv) {
   if (h4_value_sums_in_smem(D, bits, cv)) return G % TT == 0;
   return G == TT && !(bits == 4 && D >= 128);
