@@ -393,10 +393,11 @@ def test_cuda_graph_replay_with_corrections():
 def test_cuda_dynamic_tiles_across_graph_replays(bits, D, monkeypatch):
     """The value-outlier kernels (2 bits, sums in global memory; 4 bits, sums in shared
     memory, since session 35) hand out tiles by ticket, from per-unit counters in the
-    workspace that no kernel zeroes: each grid opens them with its own epoch (%gridid). Eager calls over a workspace of garbage, and
-    replays of a captured call, whose previous replay left the counters past the end,
-    must still see every tile: each matches the reference. (These shapes are below the
-    length where the plan takes tickets by itself: "always".)"""
+    workspace that no kernel zeroes: each grid opens them with its own epoch (%gridid).
+    Eager calls over a workspace of garbage, and replays of a captured call, whose previous
+    replay left the counters past the end, must still see every tile: each matches the
+    reference. (These shapes are below the length where the plan takes tickets by itself:
+    "always".)"""
     monkeypatch.setenv("KVCORE_DECODE_DYNAMIC_TILES", "always")
     kw = add_corrections(make_inputs(Hq=16, Hkv=4, D=D, bits=bits, group=64, dtype=torch.bfloat16,
                                      packed=[4000, 2500 + 7, 64], resid=[5, 0, 3], sinks=[2, 0, 1], t_cap=4096),

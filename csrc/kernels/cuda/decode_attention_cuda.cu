@@ -259,9 +259,15 @@ SplitParams plan_splits(const DecodeArgs& a, int num_sms) {
   // * plain 2 bits 768 (H100 B=8 12K 39.4 -> 33.9 us, 16K 45.8 -> 41.1; no shape lost);
   // * plain 4 bits 512 (H100 B=8 8K 39.9 -> 37.3, H200 34.2 -> 29.8; the H100 lost up to
   //   4% at some points (B=8 16K, B=32 2K), and from 1024 on 1-6% everywhere, where the
-  //   H200 still gained 3-7%); at D = 256 768 (H200, B=8 12K 79.8 -> 66.2 us, B=16 6K
-  //   83.5 -> 68.2, B=32 3K 87.6 -> 71.7, the big/small layout there was slower than the
-  //   value-outlier kernel's uniform one; B=1-32 elsewhere within 1%; session 33);
+  //   H200 still gained 3-7%); at D = 256 no limit (plain, key outliers, and one value
+  //   outlier a token with its sums in shared memory): there the big/small layout's small
+  //   CTAs fall to the minimum chunk (16 KB a warp is under 128 tokens) and plain ran
+  //   slower than the one-a-side kernel with tickets. H200, Hq=32 Hkv=8 bf16 plain: 512 ->
+  //   768 (session 33) B=8 12K 79.8 -> 66.2 us, B=16 6K 83.5 -> 68.2, B=32 3K 87.6 ->
+  //   71.7; 768 -> no limit (session 35) B=8 16K 100.7 -> 92.1, 24K 139.5 -> 119.8, 64K
+  //   337.2 -> 294.6, B=1 128K 106.4 -> 91.4, 256K 190.5 -> 153.1, B=4 64K 182.0 -> 163.3,
+  //   B=16 8K 103.1 -> 91.6, B=32 4K 109.0 -> 93.4 (one a side there 123.1 -> 101.7);
+  //   shorter steps unchanged; not measured on an H100;
   // * the 4-bit value-outlier kernel (sums in shared memory) 768 (H100 B=8 12K 63.8 ->
   //   56.0, H200 48.4 -> 43.5; up to 2% lost at B=16 8K and B=32 2K-4K on the H100);
   // * the value-outlier kernels with their sums in global memory (2 bits, 4 bits at D = 64)
@@ -271,17 +277,9 @@ SplitParams plan_splits(const DecodeArgs& a, int num_sms) {
   //   or 768 tokens a warp (B=8 8K 54.3 -> 49.6 us, 12K 71.7 -> 64.3; bench/RESULTS.md
   //   session 32; session 29 saw the same at B=8 8K on the H100, 54.7 -> 50.3).
   int uniform_warp_max = value_sums_in_global(a) ? (a.bits == 2 ? (a.D == 256 ? 768 : 384) : 256)
+                         : a.bits == 4 && a.D == 256 ? std::numeric_limits<int>::max()
                          : h4_outliers(a) && a.v_outliers > 0 ? 768
-                         : a.bits == 2 || a.D == 256 ? 768 : 512;
-  // 4 bits at D = 256 (plain, key outliers, and one value outlier a token with its sums in
-  // shared memory): the uniform layout at any length. There the big/small layout's small
-  // CTAs fell to the minimum chunk (16 KB a warp is under 128 tokens) and plain ran slower
-  // than the one-a-side kernel with tickets. H200, Hq=32 Hkv=8 bf16 plain, 768 -> no limit
-  // (bench/RESULTS.md, session 35): B=8 16K 100.7 -> 92.1 us, 24K 139.5 -> 119.8, 64K 337.2
-  // -> 294.6; B=1 128K 106.4 -> 91.4, 256K 190.5 -> 153.1; B=4 64K 182.0 -> 163.3; B=16 8K
-  // 103.1 -> 91.6; B=32 4K 109.0 -> 93.4 (one a side there 123.1 -> 101.7); shorter steps
-  // unchanged. Not measured on an H100.
-  if (a.bits == 4 && a.D == 256 && !value_sums_in_global(a)) uniform_warp_max = std::numeric_limits<int>::max();
+                         : a.bits == 2 ? 768 : 512;
   int floor_counts = 1;
   if (value_sums_in_global(a) && a.D == 64 && a.bits == 4) {
     // The value-outlier kernel at D = 64 (H200, B=8, (Hq, Hkv) = (32, 8) and (9, 3), one
@@ -369,9 +367,9 @@ SplitParams plan_splits(const DecodeArgs& a, int num_sms) {
       h4_dynamic_tiles(a.D, a.bits, a.group, tt, a.v_outliers)) {
     // Tickets a line apart (128 bytes), so that the units' atomics spread over L2 slices
     // (4 bytes apart, two lines in all, the step took 10-15% longer at 32K-128K).
-    int run = 1, min_warp_tiles = dram_gbps() >= 4000.0 ? 10 : 5;
-    // The 4-bit kernels with their value sums in shared memory: their own threshold.
-    if (h4_value_sums_in_smem(a.D, a.bits, a.v_outliers)) min_warp_tiles = smem_ticket_warp_tiles(a.D);
+    // (the 4-bit kernels with their value sums in shared memory: their own threshold)
+    const bool smem_sums = h4_value_sums_in_smem(a.D, a.bits, a.v_outliers);
+    int run = 1, min_warp_tiles = smem_sums ? smem_ticket_warp_tiles(a.D) : dram_gbps() >= 4000.0 ? 10 : 5;
     const int stride = 32;
     bool fit_wave = false, fp_last = false;
 #ifdef KVCORE_DECODE_PLAN_KNOBS
